@@ -1,0 +1,217 @@
+"""A frozen timm ViT that returns every requested layer's tokens, queries, keys and values as grids."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .weights import WeightsInfo, load_weights
+
+KINDS = ("x", "q", "k", "v")
+"""Token kinds: ``x`` block output, ``q``/``k``/``v`` from the block's fused qkv projection (heads concatenated)."""
+
+MODEL_ALIASES = {
+    "dino_vits8": "vit_small_patch8_224.dino",
+    "dino_vits16": "vit_small_patch16_224.dino",
+    "dino_vitb8": "vit_base_patch8_224.dino",
+    "dino_vitb16": "vit_base_patch16_224.dino",
+    "dinov2_vits14": "vit_small_patch14_dinov2.lvd142m",
+    "dinov2_vitb14": "vit_base_patch14_dinov2.lvd142m",
+    "dinov2_vits14_reg": "vit_small_patch14_reg4_dinov2.lvd142m",
+    "dinov2_vitb14_reg": "vit_base_patch14_reg4_dinov2.lvd142m",
+}
+"""Short names used by the field's papers -> timm model names (with their pretrained tag)."""
+
+
+class UnknownModelError(ValueError):
+    """The model name is neither a timm model nor an alias, or it is not a ViT with fused qkv."""
+
+
+@dataclass
+class ViTFeatures:
+    """Per-layer token grids of one batch.
+
+    ``grids[kind][layer]`` is ``[B, h, w, D]`` (patch tokens only); ``prefix[kind][layer]`` is
+    ``[B, P, D]`` for the P prefix tokens (CLS, registers).
+    """
+
+    grids: dict[str, dict[int, Tensor]] = field(default_factory=dict)
+    prefix: dict[str, dict[int, Tensor]] = field(default_factory=dict)
+
+    def __getitem__(self, key: tuple[str, int]) -> Tensor:
+        kind, layer = key
+        try:
+            return self.grids[kind][layer]
+        except KeyError:
+            raise KeyError(f"({kind!r}, {layer}) was not computed; available: {self.keys()}") from None
+
+    def keys(self) -> list[tuple[str, int]]:
+        return [(k, layer) for k, layers in self.grids.items() for layer in layers]
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        first = next(iter(next(iter(self.grids.values())).values()))
+        return tuple(first.shape[1:3])
+
+
+def resolve_model_name(name: str) -> str:
+    """The timm name for ``name`` (an alias such as ``dino_vits8`` or any timm model name)."""
+    import timm
+
+    resolved = MODEL_ALIASES.get(name, name)
+    if not timm.is_model(resolved.split(".")[0]):
+        candidates = list(MODEL_ALIASES) + timm.list_models("vit_*")
+        close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
+        hint = f"; did you mean {close}?" if close else ""
+        raise UnknownModelError(f"unknown model '{name}': not a timm model nor one of {sorted(MODEL_ALIASES)}{hint}")
+    return resolved
+
+
+class FrozenViT(nn.Module):
+    """Any timm ViT, frozen, in eval mode, without gradients, accepting any image size that is a multiple of its patch.
+
+    ``forward(images)`` takes RGB images in [0, 1] (``[B, 3, H, W]``), normalises them with the
+    model's mean/std and returns a :class:`ViTFeatures` holding, for the requested layers
+    (0-based block indices, negatives count from the end) and kinds, the patch-token grids.
+    Only the requested tensors are kept; blocks after the deepest requested layer are not run.
+    ``weights`` is a source (see :mod:`ultra.weights`) or a file; ``model_kwargs`` go to ``timm.create_model``.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        weights: str | Path = "auto",
+        layers: Sequence[int] | None = None,
+        kinds: Iterable[str] = KINDS,
+        model_kwargs: dict | None = None,
+    ) -> None:
+        super().__init__()
+        import timm
+
+        self.model_name = resolve_model_name(model_name)
+        self.model_kwargs = dict(model_kwargs or {})
+        try:
+            self.model = timm.create_model(
+                self.model_name, pretrained=False, num_classes=0, dynamic_img_size=True, **self.model_kwargs
+            )
+        except TypeError as err:
+            raise UnknownModelError(f"'{model_name}' is not a timm ViT accepting these arguments: {err}") from err
+        blocks = getattr(self.model, "blocks", None)
+        if blocks is None or not all(hasattr(b, "attn") and hasattr(b.attn, "qkv") for b in blocks):
+            raise UnknownModelError(f"'{model_name}' is not a ViT: its blocks lack a fused attn.qkv projection")
+        self.weights_info: WeightsInfo = load_weights(self.model, self.model_name, weights)
+        self.model.eval().requires_grad_(False)
+        cfg = self.model.pretrained_cfg
+        self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg["std"]).view(1, 3, 1, 1), persistent=False)
+        self.layers = self.check_layers(range(self.num_layers) if layers is None else layers)
+        self.kinds = self.check_kinds(kinds)
+
+    # --- description -------------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return len(self.model.blocks)
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.model.patch_embed.patch_size[0])
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.embed_dim)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return int(self.model.num_prefix_tokens)
+
+    def describe(self) -> dict:
+        """JSON-able identity of this backbone (used in cache keys and checkpoints)."""
+        return {"model": self.model_name, "model_kwargs": self.model_kwargs, "weights": self.weights_info.as_dict()}
+
+    def train(self, mode: bool = True) -> "FrozenViT":
+        """The backbone stays in eval mode whatever the caller asks."""
+        return super().train(False)
+
+    # --- validation --------------------------------------------------------------------------
+    def check_layers(self, layers: Iterable[int]) -> tuple[int, ...]:
+        n = self.num_layers
+        out = []
+        for layer in layers:
+            if not -n <= int(layer) < n:
+                raise ValueError(f"layer {layer} is out of range for {self.model_name} with {n} blocks (0..{n - 1} or -{n}..-1)")
+            out.append(int(layer) % n)
+        if not out:
+            raise ValueError("no layers requested")
+        return tuple(sorted(set(out)))
+
+    @staticmethod
+    def check_kinds(kinds: Iterable[str]) -> tuple[str, ...]:
+        kinds = tuple(dict.fromkeys(kinds))
+        bad = [k for k in kinds if k not in KINDS]
+        if bad or not kinds:
+            raise ValueError(f"token kinds must be among {KINDS}, got {list(kinds)}")
+        return kinds
+
+    def check_images(self, images: Tensor) -> tuple[int, int]:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
+        h, w = images.shape[-2:]
+        p = self.patch_size
+        if h < p or w < p:
+            raise ValueError(f"image of {h}x{w} px is smaller than one {p}x{p} patch of {self.model_name}")
+        if h % p or w % p:
+            raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {p}; resize to {snap_to_patch((h, w), p)}")
+        return h // p, w // p
+
+    # --- forward -----------------------------------------------------------------------------
+    def normalize(self, images: Tensor) -> Tensor:
+        return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+
+    @torch.no_grad()
+    def forward(self, images: Tensor, layers: Sequence[int] | None = None, kinds: Iterable[str] | None = None) -> ViTFeatures:
+        h, w = self.check_images(images)
+        layers = self.layers if layers is None else self.check_layers(layers)
+        kinds = self.kinds if kinds is None else self.check_kinds(kinds)
+        out = ViTFeatures()
+        captured: dict[int, Tensor] = {}
+        hooks = []
+        if {"q", "k", "v"} & set(kinds):
+            for layer in layers:
+                hooks.append(self.model.blocks[layer].attn.qkv.register_forward_hook(_capture(captured, layer)))
+        index = sorted(set(layers) | {max(layers)})  # run up to the deepest requested layer only
+        try:
+            result = self.model.forward_intermediates(
+                self.normalize(images), indices=index, return_prefix_tokens=True, norm=False,
+                stop_early=True, output_fmt="NLC", intermediates_only=True, output_dict=True,
+            )
+        finally:
+            for hook in hooks:
+                hook.remove()
+        b, p = images.shape[0], self.num_prefix_tokens
+        if "x" in kinds:
+            blocks = result["image_intermediates"]
+            prefixes = result.get("image_intermediates_prefix") or [t[:, :0] for t in blocks]
+            out.grids["x"] = {layer: blocks[index.index(layer)].reshape(b, h, w, -1) for layer in layers}
+            out.prefix["x"] = {layer: prefixes[index.index(layer)] for layer in layers}
+        for j, kind in enumerate("qkv"):
+            if kind in kinds:
+                parts = {layer: captured[layer].chunk(3, dim=-1)[j] for layer in layers}
+                out.grids[kind] = {layer: t[:, p:].reshape(b, h, w, -1) for layer, t in parts.items()}
+                out.prefix[kind] = {layer: t[:, :p] for layer, t in parts.items()}
+        return out
+
+
+def _capture(store: dict[int, Tensor], layer: int):
+    def hook(_module, _inputs, output):
+        store[layer] = output
+
+    return hook
+
+
+def snap_to_patch(size: tuple[int, int], patch: int) -> tuple[int, int]:
+    """The nearest size (at least one patch) whose sides are multiples of ``patch``."""
+    return tuple(max(patch, int(round(s / patch)) * patch) for s in size)
