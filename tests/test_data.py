@@ -1,0 +1,301 @@
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ultra.data import (
+    Cityscapes27, CocoStuff27, DataError, EvalTransform, FiveCropViews, ImageFolder, RandomViews,
+    SyntheticScenes, write_synthetic_folder,
+)
+from ultra.data.cityscapes import CLASSES as CITY_CLASSES
+from ultra.data.cocostuff import COARSE_CLASSES, fine_to_coarse
+from ultra.data.io import read_label
+
+from conftest import realdata, save_jpg, save_png
+
+RNG = np.random.default_rng(0)
+
+
+# --- COCO-Stuff ---------------------------------------------------------------------------------
+
+def test_fine_to_coarse_table_shape():
+    table = fine_to_coarse()
+    assert sorted(table) == list(range(182))
+    assert sorted(set(table.values())) == list(range(27))
+    assert len(COARSE_CLASSES) == 27
+    # spot checks from the COCO category hierarchy: person, car, dog, tv, grass, sky-other, wall-brick, road
+    assert [table[i] for i in (0, 2, 17, 71, 123, 156, 170, 148)] == [
+        COARSE_CLASSES.index(n) for n in ("person", "vehicle", "animal", "electronic", "plant", "sky", "wall", "ground")
+    ]
+    assert all(table[i] < 12 for i in range(91)) and all(table[i] >= 12 for i in range(91, 182))
+
+
+def test_real_cocostuff_labels_match_the_shipped_coarse_maps():
+    root = realdata("cocostuff-mini/cocostuff")
+    data = CocoStuff27(root, "val")
+    assert len(data) == 2
+    for item in data:
+        reference = read_label(root / "coarse27" / "val2017" / f"{item['name']}.png")
+        assert np.array_equal(item["label"].numpy(), reference)
+        assert item["image"].shape[1:] == reference.shape
+
+
+def _coco_fixture(root, names=("000000000001", "000000000002", "000000000003"), curated=("000000000001", "000000000003")):
+    fine = {}
+    for i, name in enumerate(names):
+        h, w = 30 + i, 40
+        save_jpg(root / "images" / "val2017" / f"{name}.jpg", RNG.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        label = np.full((h, w), 255, np.uint8)
+        label[:10] = 0          # person
+        label[10:20, :20] = 123  # grass
+        label[10:20, 20:] = 156  # sky-other
+        fine[name] = label
+        save_png(root / "annotations" / "val2017" / f"{name}.png", label)
+    (root / "curated" / "val2017").mkdir(parents=True)
+    (root / "curated" / "val2017" / "Coco164kFull_Stuff_Coarse_7.txt").write_text("\n".join(curated) + "\n")
+    return fine
+
+
+def test_cocostuff_png_layout_and_curated_list(tmp_path):
+    fine = _coco_fixture(tmp_path)
+    data = CocoStuff27(tmp_path, "val2017")
+    assert [s.name for s in data.samples] == ["000000000001", "000000000003"]
+    table = fine_to_coarse()
+    for item in data:
+        raw = fine[item["name"]]
+        expected = np.where(raw == 255, 255, np.vectorize(lambda v: table.get(int(v), 255))(raw))
+        assert np.array_equal(item["label"].numpy(), expected)
+    assert len(CocoStuff27(tmp_path, "val", curated=False)) == 3
+
+
+def test_cocostuff_json_annotations_render_like_the_pngs(tmp_path):
+    from pycocotools import mask as mask_utils
+
+    h, w = 24, 32
+    save_jpg(tmp_path / "images" / "val2017" / "000000000007.jpg", RNG.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    (tmp_path / "curated" / "val2017").mkdir(parents=True)
+    (tmp_path / "curated" / "val2017" / "Coco164kFull_Stuff_Coarse_7.txt").write_text("000000000007\n")
+    grass, other, dog = (np.zeros((h, w), np.uint8) for _ in range(3))
+    grass[12:] = 1
+    other[4:12, 8:20] = 1
+    dog[5:11, 9:19] = 1
+
+    def ann(i, mask, category, crowd=0):
+        rle = mask_utils.encode(np.asfortranarray(mask))
+        rle["counts"] = rle["counts"].decode()
+        return {"id": i, "image_id": 7, "category_id": category, "segmentation": rle, "area": int(mask.sum()),
+                "bbox": [0, 0, w, h], "iscrowd": crowd}
+
+    image = {"id": 7, "file_name": "000000000007.jpg", "height": h, "width": w}
+    stuff = {"images": [image], "annotations": [ann(1, grass, 124), ann(2, other, 183)],
+             "categories": [{"id": 124, "name": "grass"}, {"id": 183, "name": "other"}]}
+    things = {"images": [image], "annotations": [ann(3, dog, 18, crowd=1)], "categories": [{"id": 18, "name": "dog"}]}
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "stuff_val2017.json").write_text(json.dumps(stuff))
+    (tmp_path / "annotations" / "instances_val2017.json").write_text(json.dumps(things))
+
+    label = CocoStuff27(tmp_path, "val", annotations="json")[0]["label"].numpy()
+    expected = np.full((h, w), 255)
+    expected[grass == 1] = COARSE_CLASSES.index("plant")
+    expected[dog == 1] = COARSE_CLASSES.index("animal")  # "other" pixels outside the dog stay unlabelled
+    assert np.array_equal(label, expected)
+
+
+def test_cocostuff_errors_name_the_file(tmp_path):
+    with pytest.raises(DataError, match="COCO-Stuff root .*nope does not exist"):
+        CocoStuff27(tmp_path / "nope")
+    _coco_fixture(tmp_path)
+    with pytest.raises(DataError, match="COCO-Stuff image folder .*train2017 does not exist"):
+        CocoStuff27(tmp_path, "train")
+    (tmp_path / "images" / "train2017").mkdir()
+    with pytest.raises(DataError, match="Coco164kFull_Stuff_Coarse.txt does not exist"):
+        CocoStuff27(tmp_path, "train")
+    (tmp_path / "annotations" / "val2017" / "000000000003.png").unlink()
+    with pytest.raises(DataError, match="label map .*000000000003.png of image .*000000000003.jpg does not exist"):
+        CocoStuff27(tmp_path, "val")
+    with pytest.raises(DataError, match="split must be one of"):
+        CocoStuff27(tmp_path, "test")
+
+
+def test_cocostuff_errors_for_bad_label_contents(tmp_path):
+    _coco_fixture(tmp_path)
+    labels = tmp_path / "annotations" / "val2017"
+    save_png(labels / "000000000001.png", np.full((30, 40), 200, np.uint8))
+    with pytest.raises(DataError, match=r"000000000001.png: values \[200\] are not valid .*fine ids 0-181 or 255"):
+        CocoStuff27(tmp_path)[0]
+    save_png(labels / "000000000001.png", np.zeros((31, 40), np.uint8))
+    with pytest.raises(DataError, match="000000000001.png is 40x31 px but its image .*000000000001.jpg is 40x30 px"):
+        CocoStuff27(tmp_path)[0]
+    save_png(labels / "000000000001.png", np.zeros((30, 40, 3), np.uint8))
+    with pytest.raises(DataError, match="000000000001.png must be single-channel .*found mode RGB"):
+        CocoStuff27(tmp_path)[0]
+    (tmp_path / "images" / "val2017" / "000000000003.jpg").write_bytes(b"not a jpeg at all")
+    with pytest.raises(DataError, match="cannot read image .*000000000003.jpg"):
+        CocoStuff27(tmp_path)[1]
+
+
+# --- Cityscapes ---------------------------------------------------------------------------------
+
+def _city_fixture(root, label_ids):
+    h, w = label_ids.shape
+    save_png(root / "leftImg8bit" / "val" / "aachen" / "aachen_000000_000019_leftImg8bit.png",
+             RNG.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    save_png(root / "gtFine" / "val" / "aachen" / "aachen_000000_000019_gtFine_labelIds.png", label_ids.astype(np.uint8))
+
+
+def test_cityscapes_label_ids_map_to_27_classes(tmp_path):
+    ids = np.arange(34, dtype=np.uint8).repeat(2).reshape(4, 17)
+    _city_fixture(tmp_path, ids)
+    label = Cityscapes27(tmp_path, "val")[0]["label"].numpy()
+    expected = np.where(ids >= 7, ids.astype(int) - 7, 255)
+    assert np.array_equal(label, expected)
+    assert len(CITY_CLASSES) == 27 and CITY_CLASSES[0] == "road" and CITY_CLASSES[26] == "bicycle"
+
+
+def test_cityscapes_errors(tmp_path):
+    _city_fixture(tmp_path, np.full((4, 6), 40))
+    with pytest.raises(DataError, match=r"labelIds.png: values \[40\] are not valid .*labelIds 0-33"):
+        Cityscapes27(tmp_path)[0]
+    (tmp_path / "gtFine" / "val" / "aachen" / "aachen_000000_000019_gtFine_labelIds.png").unlink()
+    with pytest.raises(DataError, match="label map .*aachen_000000_000019_gtFine_labelIds.png of image"):
+        Cityscapes27(tmp_path)
+    with pytest.raises(DataError, match="Cityscapes image folder .*train does not exist"):
+        Cityscapes27(tmp_path, "train")
+
+
+def test_real_cityscapes_agrees_with_its_train_ids():
+    root = realdata("cityscapes-mini")
+    item = Cityscapes27(root, "val")[0]
+    train_ids = read_label(next((root / "gtFine" / "val").glob("*/*_labelTrainIds.png")))
+    label_of_train_id = {0: 7, 1: 8, 2: 11, 3: 12, 4: 13, 5: 17, 6: 19, 7: 20, 8: 21, 9: 22, 10: 23, 11: 24,
+                         12: 25, 13: 26, 14: 27, 15: 28, 16: 31, 17: 32, 18: 33}
+    label = item["label"].numpy()
+    # the downscaled sample resampled labelIds and trainIds separately: compare by majority per class
+    present = [t for t in label_of_train_id if (train_ids == t).any()]
+    assert len(present) >= 8
+    for train_id in present:
+        values, counts = np.unique(label[train_ids == train_id], return_counts=True)
+        assert values[counts.argmax()] == label_of_train_id[train_id] - 7, CITY_CLASSES[label_of_train_id[train_id] - 7]
+        assert counts.max() > 0.9 * counts.sum()
+
+
+# --- image folder -------------------------------------------------------------------------------
+
+def test_real_voc_folder():
+    data = ImageFolder(realdata("voc-mini"), classes=21)
+    assert len(data) == 14
+    for item in data:
+        raw = np.array(Image.open(data.samples[item["index"]].label))
+        assert np.array_equal(item["label"].numpy(), raw)
+        assert item["image"].dtype == torch.uint8 and item["image"].shape[0] == 3
+
+
+def test_folder_converts_image_modes_and_checks_pairs(tmp_path, caplog):
+    rgb = RNG.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    save_png(tmp_path / "images" / "gray.png", rgb[..., 0])
+    save_png(tmp_path / "images" / "rgba.png", np.concatenate([rgb, np.full((8, 8, 1), 255, np.uint8)], -1))
+    save_png(tmp_path / "images" / "palette.png", rgb, palette=True)
+    for name in ("gray", "rgba", "palette"):
+        save_png(tmp_path / "labels" / f"{name}.png", np.full((8, 8), 2, np.uint8), palette=(name == "palette"))
+    save_png(tmp_path / "labels" / "orphan.png", np.zeros((8, 8), np.uint8))
+    with caplog.at_level(logging.WARNING):
+        data = ImageFolder(tmp_path, classes=["a", "b", "c"])
+    assert "orphan" in caplog.text
+    for item in data:
+        assert item["image"].shape == (3, 8, 8)
+        assert (item["label"] == 2).all()
+    gray = data[[s.name for s in data.samples].index("gray")]["image"]
+    assert torch.equal(gray[0], gray[1])
+    with pytest.raises(DataError, match="holds labels: pass classes"):
+        ImageFolder(tmp_path)
+    assert not ImageFolder(tmp_path, use_labels=False).has_labels
+    with pytest.raises(DataError, match=r"values \[2\] are not valid .*class ids 0-1 or 255"):
+        ImageFolder(tmp_path, classes=2)[0]
+    (tmp_path / "labels" / "gray.png").unlink()
+    with pytest.raises(DataError, match="image .*gray.png has no label map .*labels/gray.png"):
+        ImageFolder(tmp_path, classes=3)
+
+
+def test_folder_ignore_value_and_flat_folders(tmp_path):
+    save_png(tmp_path / "a" / "images" / "x.png", np.zeros((4, 4, 3), np.uint8))
+    save_png(tmp_path / "a" / "labels" / "x.png", np.array([[0, 1, 9, 9]] * 4, np.uint8))
+    label = ImageFolder(tmp_path / "a", classes=2, ignore_index=9)[0]["label"]
+    assert label[0].tolist() == [0, 1, 255, 255]
+    save_png(tmp_path / "flat" / "y.jpg", np.zeros((4, 4, 3), np.uint8))
+    flat = ImageFolder(tmp_path / "flat")
+    assert (flat[0]["label"] == 255).all()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="contains no images"):
+        ImageFolder(tmp_path / "empty")
+
+
+# --- synthetic ----------------------------------------------------------------------------------
+
+def test_synthetic_is_deterministic_and_exact(tmp_path):
+    a, b = SyntheticScenes(4, 64, 6, seed=3), SyntheticScenes(4, 64, 6, seed=3)
+    for i in range(4):
+        assert torch.equal(a[i]["image"], b[i]["image"]) and torch.equal(a[i]["label"], b[i]["label"])
+    assert not torch.equal(a[0]["image"], SyntheticScenes(4, 64, 6, seed=4)[0]["image"])
+    seen = set().union(*(set(a[i]["label"].unique().tolist()) for i in range(4)))
+    assert seen <= set(range(6)) and len(seen) >= 3
+    write_synthetic_folder(tmp_path, 4, 64, 6, seed=3)
+    folder = ImageFolder(tmp_path, classes=6)
+    for i in range(4):
+        assert torch.equal(folder[i]["image"], a[i]["image"]) and torch.equal(folder[i]["label"], a[i]["label"])
+
+
+def test_synthetic_classes_have_their_own_appearance():
+    """Mean colour of each class is consistent across images: a property the unsupervised methods rely on."""
+    data = SyntheticScenes(12, 64, 4, seed=0)
+    means = {c: [] for c in range(4)}
+    for item in data:
+        img, lab = item["image"].float(), item["label"]
+        for c in lab.unique().tolist():
+            means[c].append(img[:, lab == c].mean(1))
+    spread = max(torch.stack(v).std(0).max() for v in means.values() if len(v) > 1)
+    centers = torch.stack([torch.stack(v).mean(0) for v in means.values()])
+    assert spread < torch.cdist(centers, centers).masked_fill(torch.eye(4, dtype=bool), 1e9).min()
+
+
+# --- transforms ---------------------------------------------------------------------------------
+
+def _coordinate_image(h, w):
+    yy, xx = np.mgrid[0:h, 0:w]
+    image = np.stack([xx * 255 // (w - 1), yy * 255 // (h - 1), np.zeros_like(xx)], -1).astype(np.uint8)
+    return image, (yy // 8 * 10 + xx // 8).astype(np.int64)
+
+
+def test_eval_transform_protocol():
+    from torchvision import tv_tensors
+
+    image, label = _coordinate_image(400, 600)
+    out = EvalTransform(320, 320)(tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)), tv_tensors.Mask(torch.from_numpy(label)))
+    assert out["image"].shape == (3, 320, 320) and out["label"].shape == (320, 320)
+    assert out["image"].dtype == torch.float32 and 0 <= out["image"].min() and out["image"].max() <= 1
+    assert set(out["label"].unique().tolist()) <= set(np.unique(label).tolist())  # nearest: no new ids
+    # centre crop of a 480x320 resize: x spans the middle two thirds
+    assert abs(out["image"][0, :, 0].mean() - 80 / 480) < 0.02 and abs(out["image"][0, :, -1].mean() - 400 / 480) < 0.02
+
+
+def test_view_geometry_describes_the_crops():
+    from torchvision import tv_tensors
+
+    image, label = _coordinate_image(200, 300)
+    views = FiveCropViews(size=32, resize=None, crop_fraction=0.6, flip=True)(
+        tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)), tv_tensors.Mask(torch.from_numpy(label)))
+    assert views["image"].shape == (10, 3, 32, 32) and views["label"].shape == (10, 32, 32)
+    for img, (x0, y0, x1, y1, flip) in zip(views["image"], views["geometry"].tolist()):
+        left, right = img[0, :, 0].mean().item(), img[0, :, -1].mean().item()
+        if flip:
+            left, right = right, left
+        assert abs(left - x0) < 0.03 and abs(right - x1) < 0.03
+        assert abs(img[1, 0].mean().item() - y0) < 0.03 and abs(img[1, -1].mean().item() - y1) < 0.03
+    torch.manual_seed(0)
+    rand = RandomViews(size=32, num_views=3)(tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)), tv_tensors.Mask(torch.from_numpy(label)))
+    assert rand["geometry"].shape == (3, 5)
+    for img, (x0, _, x1, _, flip) in zip(rand["image"], rand["geometry"].tolist()):
+        left = img[0, :, -1 if flip else 0].mean().item()
+        assert abs(left - x0) < 0.03

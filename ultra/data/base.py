@@ -1,0 +1,108 @@
+"""The dataset base class: pairs of image and label files, label mapping through a lookup table, checks."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from .io import DataError, read_image, read_label
+
+IGNORE = 255
+_INVALID = -1
+
+Transform = Callable[[tv_tensors.Image, tv_tensors.Mask], dict]
+"""``(image, label) -> {"image": ..., "label": ..., ...}`` (see :mod:`ultra.data.transforms`)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image file and its label file (``None`` when unlabelled)."""
+
+    name: str
+    image: Path
+    label: Path | None = None
+
+
+def label_lut(mapping: dict[int, int], size: int = 65536) -> np.ndarray:
+    """A lookup table raw id -> class id (or ``IGNORE``); raw ids not in ``mapping`` are invalid."""
+    lut = np.full(size, _INVALID, dtype=np.int64)
+    for raw, cls in mapping.items():
+        lut[raw] = cls
+    return lut
+
+
+class SegmentationDataset(Dataset):
+    """Base class of every dataset: ``samples`` of files, ``classes`` names and a raw-id lookup table.
+
+    ``valid_ids`` describes the raw ids the lookup table accepts, for error messages.
+    ``__getitem__`` returns ``{"image", "label", "name", "index"}`` (plus what ``transform`` adds);
+    without a transform the image is ``uint8 [3, H, W]`` and the label ``int64 [H, W]`` with
+    ``ignore_index`` (255) for unlabelled pixels. Unlabelled samples get a label of all ``ignore_index``.
+    """
+
+    ignore_index = IGNORE
+
+    def __init__(self, samples: Sequence[Sample], classes: Sequence[str], lut: np.ndarray, valid_ids: str,
+                 transform: Transform | None = None):
+        if not samples:
+            raise DataError(f"{type(self).__name__}: no images found")
+        self.samples = list(samples)
+        self.classes = tuple(classes)
+        self.lut = lut
+        self.valid_ids = valid_ids
+        self.transform = transform
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def has_labels(self) -> bool:
+        return all(s.label is not None for s in self.samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The raw ``uint8 [H, W, 3]`` image and raw label ids (before the lookup table) of one sample."""
+        sample = self.samples[index]
+        return read_image(sample.image), read_label(sample.label) if sample.label is not None else None
+
+    def map_label(self, raw: np.ndarray, where: object) -> np.ndarray:
+        """Raw ids -> class ids through the lookup table; unknown ids raise an error naming ``where``."""
+        if raw.min() < 0 or raw.max() >= len(self.lut):
+            bad = raw[(raw < 0) | (raw >= len(self.lut))]
+            raise DataError(f"label map {where}: values {np.unique(bad)[:10].tolist()} are outside the known ids")
+        mapped = self.lut[raw]
+        if (mapped == _INVALID).any():
+            bad = np.unique(raw[mapped == _INVALID])
+            raise DataError(
+                f"label map {where}: values {bad[:10].tolist()} are not valid for {type(self).__name__} "
+                f"(expected {self.valid_ids})"
+            )
+        return mapped
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.samples[index]
+        image, raw = self.load(index)
+        if raw is None:
+            label = np.full(image.shape[:2], self.ignore_index, dtype=np.int64)
+        else:
+            if raw.shape != image.shape[:2]:
+                raise DataError(
+                    f"label map {sample.label or sample.name} is {raw.shape[1]}x{raw.shape[0]} px but its image "
+                    f"{sample.image} is {image.shape[1]}x{image.shape[0]} px"
+                )
+            label = self.map_label(raw, sample.label or sample.name)
+        item = {
+            "image": tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)),
+            "label": tv_tensors.Mask(torch.from_numpy(label)),
+        }
+        if self.transform is not None:
+            item = self.transform(item["image"], item["label"])
+        return {**item, "name": sample.name, "index": index}

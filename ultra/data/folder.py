@@ -1,0 +1,62 @@
+"""A folder of the user's own photos: ``ROOT/images/*`` and optional ``ROOT/labels/<stem>.png``.
+
+Labels are single-channel PNGs of class ids ``0..num_classes-1`` plus an ignore value. A folder
+without an ``images/`` subfolder is read as a flat folder of unlabelled images.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+from .base import IGNORE, Sample, SegmentationDataset, Transform, label_lut
+from .io import DataError, list_images, require_dir
+
+log = logging.getLogger(__name__)
+
+
+class ImageFolder(SegmentationDataset):
+    """Images matched to label maps by file stem.
+
+    ``classes``: the class names, or their number, required when ``labels/`` exists and
+    ``use_labels`` is true. Every image must then have a label; labels without an image are reported.
+    """
+
+    def __init__(self, root: str | Path, classes: Sequence[str] | int | None = None, ignore_index: int = IGNORE,
+                 use_labels: bool = True, transform: Transform | None = None):
+        root = require_dir(Path(root), "image folder")
+        image_dir = root / "images" if (root / "images").is_dir() else root
+        images = list_images(image_dir)
+        if not images:
+            raise DataError(f"image folder {image_dir} contains no images ({', '.join(('jpg', 'png', '...'))})")
+        label_dir = root / "labels"
+        labelled = use_labels and label_dir.is_dir()
+        if labelled and classes is None:
+            raise DataError(f"{label_dir} holds labels: pass classes (their names or their number) to ImageFolder")
+        names = _class_names(classes)
+        samples = []
+        for image in images:
+            label = label_dir / f"{image.stem}.png" if labelled else None
+            if label is not None and not label.is_file():
+                raise DataError(f"image {image} has no label map {label}")
+            samples.append(Sample(image.stem, image, label))
+        if labelled:
+            orphans = sorted({p.stem for p in label_dir.glob("*.png")} - {s.name for s in samples})
+            if orphans:
+                log.warning("%s: %d label maps have no image and are not used: %s", label_dir, len(orphans), orphans[:5])
+        if len(names) > IGNORE:
+            raise DataError(f"at most {IGNORE} classes are supported, got {len(names)}")
+        if not len(names) <= ignore_index < 65536:
+            raise DataError(f"ignore_index {ignore_index} must be in [{len(names)}, 65535]")
+        mapping = {i: i for i in range(len(names))} | {ignore_index: IGNORE}
+        super().__init__(samples, names, label_lut(mapping), f"class ids 0-{len(names) - 1} or {ignore_index}", transform)
+
+
+def _class_names(classes: Sequence[str] | int | None) -> tuple[str, ...]:
+    if classes is None:
+        return ()
+    if isinstance(classes, int):
+        if classes < 1:
+            raise DataError(f"classes must be positive, got {classes}")
+        return tuple(f"class_{i}" for i in range(classes))
+    return tuple(classes)

@@ -1,0 +1,59 @@
+"""Reading images and label maps from disk, with errors that name the file and the problem."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+_LABEL_MODES = ("L", "P", "I", "I;16", "I;16L", "I;16B")
+
+
+class DataError(ValueError):
+    """A data file or folder is missing, unreadable or inconsistent; the message names it."""
+
+
+def _open(path: Path, what: str) -> Image.Image:
+    if not path.is_file():
+        raise DataError(f"{what} {path} does not exist")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise DataError(f"cannot read {what} {path}: {err}") from err
+    return img
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An image file as ``uint8 [H, W, 3]`` RGB; grayscale, RGBA, palette and 16-bit images are converted."""
+    img = _open(Path(path), "image")
+    if img.mode in ("I;16", "I;16L", "I;16B", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 255.0 / max(float(arr.max()), 1.0)
+        img = Image.fromarray((arr * scale).astype(np.uint8))
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return np.array(img.convert("RGB"), dtype=np.uint8)
+
+
+def read_label(path: str | Path) -> np.ndarray:
+    """A single-channel label map (mode L, P or 16-bit) as an integer array of class ids (palette indices for P)."""
+    path = Path(path)
+    img = _open(path, "label map")
+    if img.mode not in _LABEL_MODES:
+        raise DataError(f"label map {path} must be single-channel (mode L, P or 16-bit), found mode {img.mode}")
+    return np.array(img, dtype=np.int64 if img.mode.startswith("I") else np.uint8)
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise DataError(f"{what} {path} does not exist or is not a folder")
+    return path

@@ -1,0 +1,101 @@
+"""Joint image/label transforms (torchvision.transforms.v2; labels are ``tv_tensors.Mask``, resized with nearest).
+
+Every transform maps ``(image uint8 [3, H, W], label [H, W])`` to a dict with ``image`` (float in
+[0, 1]) and ``label``; the view transforms add ``geometry``: one row ``(x0, y0, x1, y1, flip)`` per
+view, the crop box in coordinates normalised to the source image, so that the geometric part of
+two views can be undone when they are compared.
+"""
+from __future__ import annotations
+
+import torch
+import torchvision.transforms.v2 as v2
+import torchvision.transforms.v2.functional as F
+from torch import Tensor
+from torchvision import tv_tensors
+
+_TO_FLOAT = v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True)
+
+
+class EvalTransform:
+    """The evaluation protocol: shorter side resized to ``resize``, centre crop ``crop`` (labels with nearest)."""
+
+    def __init__(self, resize: int = 320, crop: int | None = 320):
+        steps = [v2.Resize(resize, antialias=True)] + ([v2.CenterCrop(crop)] if crop else []) + [_TO_FLOAT]
+        self.transform = v2.Compose(steps)
+
+    def __call__(self, image: tv_tensors.Image, label: tv_tensors.Mask) -> dict:
+        image, label = self.transform(image, label)
+        return {"image": image, "label": label}
+
+
+class _Views:
+    """Crops given as boxes in pixels of the (resized) image, each resized to ``size`` and optionally flipped."""
+
+    def __init__(self, size: int, resize: int | None):
+        self.size, self.resize = size, resize
+
+    def boxes(self, height: int, width: int) -> list[tuple[int, int, int, int, bool]]:  # top, left, h, w, flip
+        raise NotImplementedError
+
+    def __call__(self, image: tv_tensors.Image, label: tv_tensors.Mask) -> dict:
+        if self.resize:
+            image, label = v2.Resize(self.resize, antialias=True)(image, label)
+        height, width = image.shape[-2:]
+        images, labels, geometry = [], [], []
+        for top, left, h, w, flip in self.boxes(height, width):
+            view_image = F.resized_crop(image, top, left, h, w, [self.size, self.size], antialias=True)
+            view_label = F.resized_crop(label, top, left, h, w, [self.size, self.size])
+            if flip:
+                view_image, view_label = F.horizontal_flip(view_image), F.horizontal_flip(view_label)
+            images.append(view_image)
+            labels.append(view_label)
+            geometry.append([left / width, top / height, (left + w) / width, (top + h) / height, float(flip)])
+        return {
+            "image": _TO_FLOAT(tv_tensors.Image(torch.stack(images))),
+            "label": tv_tensors.Mask(torch.stack(labels)),
+            "geometry": torch.tensor(geometry, dtype=torch.float32),
+        }
+
+
+class FiveCropViews(_Views):
+    """The five-crop scheme: shorter side to ``resize``, square crops of ``crop_fraction`` of it at the four corners
+    and the centre, each resized to ``size`` (with ``flip``, their mirror images are added: ten views).
+
+    With ``crop_fraction`` above 0.5 the centre crop overlaps every corner crop, so views can be compared.
+    """
+
+    def __init__(self, size: int = 224, resize: int | None = 320, crop_fraction: float = 0.6, flip: bool = False):
+        if not 0 < crop_fraction <= 1:
+            raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
+        super().__init__(size, resize)
+        self.crop_fraction, self.flip = crop_fraction, flip
+
+    def boxes(self, height: int, width: int) -> list[tuple[int, int, int, int, bool]]:
+        c = max(1, int(round(self.crop_fraction * min(height, width))))
+        corners = [(0, 0), (0, width - c), (height - c, 0), (height - c, width - c), ((height - c) // 2, (width - c) // 2)]
+        flips = (False, True) if self.flip else (False,)
+        return [(t, l, c, c, f) for f in flips for t, l in corners]
+
+
+class RandomViews(_Views):
+    """``num_views`` random resized crops (torchvision's sampling: area ``scale``, aspect 3/4-4/3), each flipped
+    horizontally with probability 0.5 when ``flip``. Uses torch's global RNG (seeded per worker by Lightning)."""
+
+    def __init__(self, size: int = 224, resize: int | None = None, num_views: int = 2,
+                 scale: tuple[float, float] = (0.3, 1.0), flip: bool = True):
+        super().__init__(size, resize)
+        self.num_views, self.flip = num_views, flip
+        self.sampler = v2.RandomResizedCrop(size, scale=scale)
+
+    def boxes(self, height: int, width: int) -> list[tuple[int, int, int, int, bool]]:
+        out = []
+        for _ in range(self.num_views):
+            p = self.sampler.make_params([tv_tensors.Image(torch.empty(1, height, width))])
+            flip = self.flip and bool(torch.rand(()) < 0.5)
+            out.append((p["top"], p["left"], p["height"], p["width"], flip))
+        return out
+
+
+def image_to_tensor(image) -> Tensor:
+    """A PIL image or ``uint8 [H, W, 3]`` array as float ``[3, H, W]`` in [0, 1]."""
+    return _TO_FLOAT(tv_tensors.Image(F.pil_to_tensor(image) if hasattr(image, "mode") else torch.as_tensor(image).permute(2, 0, 1)))
