@@ -1,0 +1,152 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ultra.affinity import GraphSpec, KnnConfig, affinity_graphs, knn_graph, nearest_images, topk_blockwise
+from ultra.graph import SparseGraph, lift_graph, pooling_matrix
+
+
+def _dense_reference(rows, cols, k_intra, k_inter, threshold, candidates=None):
+    """Straightforward dense construction of the same graph: S = D^-1/2 ((W + W^T)/2) D^-1/2."""
+    b, n, _ = rows.shape
+    r, c = F.normalize(rows.reshape(b * n, -1), dim=-1), F.normalize(cols.reshape(b * n, -1), dim=-1)
+    sim = r @ c.T
+    image = torch.arange(b).repeat_interleave(n)
+    w = torch.zeros(b * n, b * n)
+    for i in range(b * n):
+        same = image == image[i]
+        intra = sim[i].masked_fill(~same, -float("inf"))
+        intra[i] = -float("inf")
+        for j in intra.topk(k_intra).indices:
+            w[i, j] = sim[i, j]
+        if k_inter and b > 1:
+            allowed = ~same if candidates is None else torch.isin(image, candidates[image[i]])
+            inter = sim[i].masked_fill(~allowed, -float("inf"))
+            for j in inter.topk(k_inter).indices:
+                w[i, j] = sim[i, j]
+    w = torch.where(w >= threshold, w, torch.zeros_like(w)) * (w != 0)
+    a = (w + w.T) / 2
+    d = a.sum(1)
+    inv = d.clamp_min(1e-12).rsqrt()
+    return inv[:, None] * a * inv[None, :], d
+
+
+@pytest.mark.parametrize("k_intra, k_inter, threshold", [(3, 2, 0.0), (4, 0, 0.6), (2, 5, 0.3)])
+def test_knn_graph_matches_dense_construction(k_intra, k_inter, threshold):
+    g = torch.Generator().manual_seed(0)
+    rows, cols = torch.randn(3, 10, 6, generator=g) + 1, torch.randn(3, 10, 6, generator=g) + 1
+    graph = knn_graph(rows, cols, KnnConfig(k_intra, k_inter, threshold, max_block=37))  # tiny blocks
+    expected, degree = _dense_reference(rows, cols, k_intra, k_inter, threshold)
+    assert torch.allclose(graph.to_dense(), expected, atol=1e-6)
+    assert torch.allclose(graph.degree, degree, atol=1e-6)
+    walk = graph.random_walk().to_dense()
+    connected = degree > 0
+    assert torch.allclose(walk.sum(1)[connected], torch.ones(int(connected.sum())), atol=1e-5)
+    eig_s = torch.linalg.eigvalsh(graph.to_dense().double())
+    assert eig_s.max() <= 1 + 1e-6 and eig_s.min() >= -1 - 1e-6
+
+
+def test_candidate_images_restrict_the_inter_image_search():
+    g = torch.Generator().manual_seed(1)
+    rows = torch.randn(5, 6, 4, generator=g) + 1
+    config = KnnConfig(2, 3, 0.0, candidate_images=2)
+    graph = knn_graph(rows, config=config)
+    candidates = nearest_images(F.normalize(rows, dim=-1).mean(1), 2)
+    expected, _ = _dense_reference(rows, rows, 2, 3, 0.0, candidates)
+    assert torch.allclose(graph.to_dense(), expected, atol=1e-6)
+
+
+def test_topk_blockwise_equals_plain_topk():
+    g = torch.Generator().manual_seed(2)
+    q, k = torch.randn(7, 5, generator=g), torch.randn(50, 5, generator=g)
+    v, i = topk_blockwise(q, k, 6, max_block=7 * 4, exclude=(10, 20))
+    sim = q @ k.T
+    sim[:, 10:20] = -float("inf")
+    ref_v, _ = sim.topk(6, dim=1)
+    assert torch.allclose(v, ref_v)
+    assert torch.allclose(sim.gather(1, i), ref_v)
+
+
+def test_graph_rows_give_the_rows_of_the_operator():
+    g = torch.Generator().manual_seed(3)
+    graph = knn_graph(torch.randn(4, 9, 5, generator=g), config=KnnConfig(3, 3, teleport=0.5))
+    x = torch.randn(36, 4, generator=g)
+    nodes = torch.tensor([3, 17, 30, 31])
+    rows = graph.rows(nodes)
+    sparse_part = rows.block.to_dense() @ x[rows.neighbors]
+    full = graph.matmul(x)
+    dense = graph.to_dense() @ x
+    assert torch.allclose(full, dense, atol=1e-5)
+    teleport_free = SparseGraph(graph.indptr, graph.indices, graph.values, graph.degree).matmul(x)
+    assert torch.allclose(sparse_part, teleport_free[nodes], atol=1e-5)
+    all_rows = graph.rows(torch.arange(36))
+    assert torch.allclose(all_rows.propagate(x[all_rows.neighbors], x), dense, atol=1e-5)
+
+
+def test_save_and_load_roundtrip(tmp_path):
+    graph = knn_graph(torch.randn(2, 8, 3), config=KnnConfig(2, 2, teleport=0.1))
+    graph.save(tmp_path / "g.safetensors")
+    back = SparseGraph.load(tmp_path / "g.safetensors")
+    assert torch.equal(back.to_dense(), graph.to_dense()) and back.teleport == 0.1
+
+
+def test_pooling_lift_keeps_eigenvalues_of_cell_constant_vectors():
+    coarse = knn_graph(torch.randn(2, 4, 3) + 2, config=KnnConfig(3, 4))  # 2 images, 2x2 grids, connected
+    pool = pooling_matrix((4, 4), (2, 2), images=2)
+    assert torch.allclose((pool @ pool.t()).to_dense(), torch.eye(8))
+    lifted = lift_graph(coarse, pool)
+    values_c = torch.linalg.eigvalsh(coarse.to_dense().double())
+    values_f = torch.linalg.eigvalsh(lifted.to_dense().double())
+    nonzero = values_f[values_f.abs() > 1e-5]  # float32 operator: zero eigenvalues come out as ~1e-7
+    assert torch.allclose(nonzero.sort().values, values_c[values_c.abs() > 1e-5].sort().values, atol=1e-5)
+    top = torch.linalg.eigh(lifted.to_dense().double()).eigenvectors[:, -1].abs()
+    assert torch.allclose(top / top.norm(), lifted.degree.double().sqrt() / lifted.degree.double().sqrt().norm(), atol=1e-5)
+
+
+def test_affinity_graphs_from_grids_with_two_grid_sizes():
+    g = torch.Generator().manual_seed(4)
+    grids = {("q", 0): torch.randn(2, 4, 4, 8, generator=g), ("k", 0): torch.randn(2, 4, 4, 8, generator=g),
+             ("v", 1): torch.randn(2, 2, 2, 8, generator=g)}
+    graphs = affinity_graphs(grids, [GraphSpec("kq", 0), GraphSpec("vv", 1)], KnnConfig(3, 2))
+    assert [gr.num_nodes for gr in graphs] == [32, 32]
+    with pytest.raises(KeyError, match="graph feat1 needs 'x' tokens of layer 1"):
+        affinity_graphs(grids, [GraphSpec("feat", 1)])
+    with pytest.raises(ValueError, match="teleport is not supported"):
+        affinity_graphs(grids, [GraphSpec("kq", 0), GraphSpec("vv", 1)], KnnConfig(1, 1, teleport=0.1))
+
+
+def test_bad_neighbour_counts_and_specs():
+    tokens = torch.randn(2, 5, 3)
+    with pytest.raises(ValueError, match="k_intra=5 exceeds the 4 other tokens of an image"):
+        knn_graph(tokens, config=KnnConfig(5, 1))
+    with pytest.raises(ValueError, match="k_inter=6 exceeds the 5 tokens of the other images"):
+        knn_graph(tokens, config=KnnConfig(1, 6))
+    with pytest.raises(ValueError, match="threshold must be >= 0"):
+        KnnConfig(threshold=-0.5)
+    with pytest.raises(ValueError, match="not both 0"):
+        KnnConfig(0, 0)
+    with pytest.raises(ValueError, match="graph kind must be one of"):
+        GraphSpec("qq", 1)
+
+
+_MEMORY_SCRIPT = """
+import resource, torch
+from ultra.affinity import knn_graph, KnnConfig
+torch.manual_seed(0)
+tokens = torch.randn(64, 400, 16)            # N = 25,600 nodes: a dense N x N float matrix is 2.6 GB
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+graph = knn_graph(tokens, config=KnnConfig(8, 8, max_block=1 << 22))
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(graph.num_nodes, graph.nnz, (after - before) // 1024)
+"""
+
+
+@pytest.mark.slow
+def test_graph_construction_never_holds_a_dense_matrix():
+    out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT], capture_output=True, text=True, check=True)
+    nodes, nnz, grown_mb = map(int, out.stdout.split())
+    assert nodes == 25600 and nnz <= nodes * 16 * 2
+    assert grown_mb < 600, f"peak memory grew by {grown_mb} MB"

@@ -1,0 +1,125 @@
+import pytest
+import torch
+
+from ultra.affinity import KnnConfig, knn_graph
+from ultra.cluster import assign, kmeans
+from ultra.metrics import UnsupervisedSegmentationMetric
+from ultra.spectral import (
+    SolverConfig, exact_eigenvectors, planted_partition, solve, spectral_loss, subspace_cosines, weighted_matmul,
+)
+
+
+def _clustered_tokens(images=12, tokens=48, dim=24, clusters=4, seed=0, spread=2.0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(clusters, dim, generator=g) * spread
+    labels = torch.randint(0, clusters, (images, tokens), generator=g)
+    return centers[labels] + torch.randn(images, tokens, dim, generator=g), labels
+
+
+def test_loss_on_exact_eigenvectors_is_the_optimum():
+    graph, _ = planted_partition([30, 40, 50], 0.4, 0.03)
+    vectors, values = exact_eigenvectors([graph], None, 3)
+    loss = spectral_loss(vectors, [graph.matmul(vectors)])
+    assert torch.allclose(loss.quotients[0], values, atol=1e-5)
+    assert loss.ortho < 1e-10
+    assert torch.isclose(loss.spectral, (1 - values).mean(), atol=1e-5)
+    # any other orthonormal basis of a different subspace scores worse
+    other, _ = torch.linalg.qr(torch.randn(120, 3))
+    assert spectral_loss(other, [graph.matmul(other)]).spectral > loss.spectral
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_solver_matches_eigh_on_planted_partitions(seed):
+    graph, labels = planted_partition([50, 70, 60, 80], 0.3, 0.02, seed=seed)
+    vectors, values = exact_eigenvectors([graph], None, 4)
+    gap_values = exact_eigenvectors([graph], None, 5)[1]
+    assert gap_values[3] - gap_values[4] > 0.2  # well-separated spectrum
+    result = solve([graph], None, SolverConfig(num_vectors=4, epochs=300, lr=0.02, seed=seed))
+    assert subspace_cosines(result.vectors, vectors).min() >= 0.99
+    assert result.objective >= 0.99 * values.sum()
+    assert torch.allclose(result.vectors.T @ result.vectors, torch.eye(4), atol=1e-4)
+    assert (result.values[:-1] >= result.values[1:]).all()  # ordered
+    # the planted clusters come back: k-means on the rows recovers them exactly
+    clusters = kmeans(result.vectors, 4, restarts=3)
+    predicted, _ = assign(result.vectors, clusters.centroids)
+    metric = UnsupervisedSegmentationMetric(4)
+    metric.update(predicted.view(1, 1, -1), labels.view(1, 1, -1))
+    assert metric.compute()["acc"] > 0.98
+
+
+def test_solver_over_several_weighted_graphs_matches_the_weighted_operator():
+    a, _ = planted_partition([40, 40, 40], 0.35, 0.02, seed=3)
+    b, _ = planted_partition([60, 60], 0.3, 0.02, seed=4)
+    weights = [2.0, 1.0]
+    vectors, values = exact_eigenvectors([a, b], weights, 3)
+    result = solve([a, b], weights, SolverConfig(num_vectors=3, epochs=400, lr=0.02))
+    assert subspace_cosines(result.vectors, vectors).min() >= 0.99
+    assert result.objective >= 0.99 * values.sum()
+    assert torch.allclose(weighted_matmul([a, b], weights, vectors), vectors * values, atol=1e-4)
+
+
+def test_dataset_level_minibatches_share_one_table():
+    tokens, labels = _clustered_tokens()
+    graph = knn_graph(tokens, config=KnnConfig(6, 6, teleport=0.5))
+    vectors, values = exact_eigenvectors([graph], None, 4)
+    result = solve([graph], None, SolverConfig(num_vectors=4, epochs=250, lr=0.02, batch_images=3), nodes_per_image=48)
+    assert subspace_cosines(result.vectors, vectors).min() >= 0.99
+    assert result.objective >= 0.99 * values.sum()
+    # segment ids mean the same thing in every image: one k-means over all rows matches the shared clusters
+    centroids = kmeans(result.vectors, 4, restarts=3).centroids
+    predicted, _ = assign(result.vectors, centroids)
+    metric = UnsupervisedSegmentationMetric(4)
+    metric.update(predicted.view(12, 1, 48), labels.view(12, 1, 48))
+    assert metric.compute()["miou"] > 0.95
+
+
+def test_teleport_stops_the_free_table_from_settling_on_component_indicators():
+    # ten disconnected components of three nodes each
+    rows = torch.arange(30).view(10, 3)
+    src = torch.cat([rows[:, 0], rows[:, 1], rows[:, 0]])
+    dst = torch.cat([rows[:, 1], rows[:, 2], rows[:, 2]])
+    from ultra.graph import SparseGraph
+
+    plain = SparseGraph.from_affinity(src, dst, torch.ones(30), 30)
+    assert exact_eigenvectors([plain], None, 4)[1].min() > 0.999  # four quotients of 1: degenerate
+    regular = SparseGraph.from_affinity(src, dst, torch.ones(30), 30, teleport=1.0)
+    values = exact_eigenvectors([regular], None, 4)[1]
+    assert values[0] > 0.999 and values[1:].max() < 0.9
+
+
+def test_solver_errors():
+    graph, _ = planted_partition([5, 5], 0.9, 0.1)
+    with pytest.raises(ValueError, match=r"num_vectors=10 must be in \[1, N\) with N=10"):
+        solve([graph], None, SolverConfig(num_vectors=10))
+    with pytest.raises(ValueError, match="nodes_per_image dividing N=10"):
+        solve([graph], None, SolverConfig(num_vectors=2, batch_images=1), nodes_per_image=3)
+    with pytest.raises(ValueError, match="need 1 positive graph weights"):
+        solve([graph], [1.0, 2.0], SolverConfig(num_vectors=2))
+    other, _ = planted_partition([6, 6], 0.9, 0.1)
+    with pytest.raises(ValueError, match="graphs must share their nodes"):
+        solve([graph, other], None, SolverConfig(num_vectors=2))
+
+
+def test_kmeans_recovers_separated_clusters_and_minibatch_agrees():
+    tokens, labels = _clustered_tokens(images=20, tokens=50, clusters=5, spread=3.0)
+    x = tokens.reshape(-1, tokens.shape[-1])
+    for batch_size in (None, 256):
+        result = kmeans(x, 5, restarts=4, steps=200, batch_size=batch_size, seed=1)
+        predicted, _ = assign(x, result.centroids)
+        metric = UnsupervisedSegmentationMetric(5)
+        metric.update(predicted.view(1, 1, -1), labels.view(1, 1, -1))
+        assert metric.compute()["acc"] > 0.99, batch_size
+        assert torch.allclose(result.centroids.norm(dim=1), torch.ones(5), atol=1e-5)
+
+
+def test_kmeans_keeps_the_best_restart_and_is_deterministic():
+    x = torch.randn(300, 8)
+    a = kmeans(x, 6, restarts=5, seed=3)
+    b = kmeans(x, 6, restarts=5, seed=3)
+    assert torch.equal(a.centroids, b.centroids)
+    first = kmeans(x, 6, restarts=1, seed=3)  # the same computation as restart 0 of `a`
+    assert a.inertia <= first.inertia
+    if a.restart != 0:
+        assert a.inertia < first.inertia
+    with pytest.raises(ValueError, match="k=400 with 300 rows"):
+        kmeans(x, 400)

@@ -1,0 +1,183 @@
+"""Per-layer affinity graphs from a frozen ViT's token grids: cosine kNN inside each image and across images.
+
+Kinds: ``kq`` (similarity of the queries of i with the keys of j: "where" attention would look),
+``vv`` (values with values: "what"), ``feat`` (block outputs with block outputs).
+
+For a set of B images with n tokens each (N = B*n nodes), every token keeps its ``k_intra`` most
+similar tokens of its own image (itself excluded) and its ``k_inter`` most similar tokens of the
+other images (all of them, or only of its image's ``candidate_images`` nearest images by mean
+token), drops similarities below ``threshold``, and the edges are symmetrised and normalised
+(:class:`~ultra.graph.SparseGraph`). Work is blockwise: the largest similarity block held is
+``n x max(k, max_block // n)`` floats (``max_block`` = 2^24 by default, 64 MB in float32), never
+``N x N``; memory of the result is O(N * (k_intra + k_inter)).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .graph import SparseGraph, lift_graph, pooling_matrix
+
+GRAPH_KINDS = {"kq": ("q", "k"), "vv": ("v", "v"), "feat": ("x", "x")}
+"""Graph kind -> (token kind of the rows, token kind of the columns)."""
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One graph of the spectral loss: its kind, the backbone layer it comes from and its weight."""
+
+    kind: str
+    layer: int
+    weight: float = 1.0
+
+    def __post_init__(self):
+        if self.kind not in GRAPH_KINDS:
+            raise ValueError(f"graph kind must be one of {sorted(GRAPH_KINDS)}, got '{self.kind}'")
+        if self.weight <= 0:
+            raise ValueError(f"graph weight must be positive, got {self.weight}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}{self.layer}"
+
+
+@dataclass(frozen=True)
+class KnnConfig:
+    """Neighbour counts, threshold, candidate images, teleport and the block size of the kNN search."""
+
+    k_intra: int = 16
+    k_inter: int = 16
+    threshold: float = 0.0
+    candidate_images: int | None = None
+    teleport: float = 0.0
+    max_block: int = 1 << 24
+
+    def __post_init__(self):
+        if self.k_intra < 0 or self.k_inter < 0 or self.k_intra + self.k_inter == 0:
+            raise ValueError(f"k_intra and k_inter must be >= 0 and not both 0, got {self.k_intra}, {self.k_inter}")
+        if self.threshold < 0:
+            raise ValueError(f"threshold must be >= 0 (affinities must be non-negative), got {self.threshold}")
+        if self.candidate_images is not None and self.candidate_images < 1:
+            raise ValueError(f"candidate_images must be >= 1 or None, got {self.candidate_images}")
+
+
+def token_kinds(specs: Sequence[GraphSpec]) -> set[str]:
+    """The backbone token kinds (x, q, k, v) needed by ``specs``."""
+    return {kind for spec in specs for kind in GRAPH_KINDS[spec.kind]}
+
+
+def knn_graph(rows: Tensor, cols: Tensor | None = None, config: KnnConfig = KnnConfig()) -> SparseGraph:
+    """The kNN graph of ``B`` images' tokens: ``rows``/``cols`` are ``[B, n, D]`` (``cols`` defaults to ``rows``).
+
+    Similarity is the cosine of ``rows[i]`` with ``cols[j]``; node ``b*n + t`` is token t of image b.
+    """
+    if rows.ndim != 3:
+        raise ValueError(f"token sets must be [images, tokens, dim], got {tuple(rows.shape)}")
+    cols = rows if cols is None else cols
+    if cols.shape != rows.shape:
+        raise ValueError(f"row tokens {tuple(rows.shape)} and column tokens {tuple(cols.shape)} differ")
+    num_images, n, _ = rows.shape
+    if config.k_intra > n - 1:
+        raise ValueError(f"k_intra={config.k_intra} exceeds the {n - 1} other tokens of an image")
+    k_inter = config.k_inter if num_images > 1 else 0
+    if k_inter > (num_images - 1) * n:
+        raise ValueError(f"k_inter={k_inter} exceeds the {(num_images - 1) * n} tokens of the other images")
+    rows, cols = F.normalize(rows.float(), dim=-1), F.normalize(cols.float(), dim=-1)
+    candidates = None
+    if k_inter and config.candidate_images is not None and config.candidate_images < num_images - 1:
+        candidates = nearest_images(rows.mean(1), config.candidate_images, config.max_block)
+    src, dst, val = [], [], []
+    buffer = torch.empty(n, max(config.k_inter, min(config.max_block // n, (num_images - 1) * n)) if k_inter else 0)
+    for b in range(num_images):
+        offset = b * n
+        if config.k_intra:
+            sim = rows[b] @ cols[b].T
+            sim.fill_diagonal_(-float("inf"))
+            v, i = sim.topk(config.k_intra, dim=1)
+            src.append(torch.arange(n).repeat_interleave(config.k_intra) + offset)
+            dst.append(i.flatten() + offset)
+            val.append(v.flatten())
+        if k_inter:
+            if candidates is None:
+                v, i = topk_blockwise(rows[b], cols.reshape(-1, cols.shape[-1]), k_inter, config.max_block,
+                                      exclude=(offset, offset + n), buffer=buffer)
+            else:
+                images = candidates[b]
+                v, i = topk_blockwise(rows[b], cols[images].reshape(-1, cols.shape[-1]), k_inter, config.max_block, buffer=buffer)
+                i = images.repeat_interleave(n)[i] * n + i % n
+            src.append(torch.arange(n).repeat_interleave(v.shape[1]) + offset)
+            dst.append(i.flatten())
+            val.append(v.flatten())
+    src, dst, val = torch.cat(src), torch.cat(dst), torch.cat(val)
+    keep = val >= config.threshold
+    return SparseGraph.from_affinity(src[keep], dst[keep], val[keep], num_images * n, config.teleport)
+
+
+def topk_blockwise(queries: Tensor, keys: Tensor, k: int, max_block: int = 1 << 24,
+                   exclude: tuple[int, int] | None = None, buffer: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Top-``k`` inner products of each query with ``keys`` (``[Nk, D]``), scanning keys in blocks.
+
+    ``exclude`` is a ``[start, stop)`` range of keys left out. Holds at most ``len(queries) x block``
+    scores, in ``buffer`` when given (reused across calls: repeated large allocations fragment the heap).
+    """
+    block = max(k, max_block // max(1, queries.shape[0]))
+    if buffer is None or buffer.shape[0] < queries.shape[0] or buffer.shape[1] < min(block, keys.shape[0]):
+        buffer = torch.empty(queries.shape[0], min(block, keys.shape[0]), dtype=queries.dtype)
+    best_v = torch.full((queries.shape[0], 0), -float("inf"))
+    best_i = torch.zeros((queries.shape[0], 0), dtype=torch.long)
+    for start in range(0, keys.shape[0], block):
+        chunk = keys[start:start + block]
+        sim = torch.matmul(queries, chunk.T, out=buffer[: queries.shape[0], : chunk.shape[0]])
+        if exclude is not None:
+            lo, hi = max(exclude[0] - start, 0), min(exclude[1] - start, sim.shape[1])
+            if lo < hi:
+                sim[:, lo:hi] = -float("inf")
+        v, i = sim.topk(min(k, sim.shape[1]), dim=1)
+        best_v, pick = torch.cat([best_v, v], 1).topk(min(k, best_v.shape[1] + v.shape[1]), dim=1)
+        best_i = torch.cat([best_i, i + start], 1).gather(1, pick)
+    return best_v, best_i
+
+
+def nearest_images(image_features: Tensor, count: int, max_block: int = 1 << 24) -> Tensor:
+    """For each image, the ``count`` most similar other images (cosine of ``[B, D]`` image features)."""
+    feats = F.normalize(image_features.float(), dim=-1)
+    out = []
+    for start in range(0, feats.shape[0], 1024):
+        chunk = feats[start:start + 1024]
+        sim = chunk @ feats.T
+        sim[torch.arange(chunk.shape[0]), torch.arange(start, start + chunk.shape[0])] = -float("inf")
+        out.append(sim.topk(count, dim=1).indices)
+    return torch.cat(out)
+
+
+def affinity_graphs(grids: Mapping[tuple[str, int], Tensor], specs: Sequence[GraphSpec],
+                    config: KnnConfig = KnnConfig()) -> list[SparseGraph]:
+    """One graph per spec from token grids ``grids[(token_kind, layer)] = [B, h, w, D]``.
+
+    Layers whose grid is coarser than the finest one are lifted to it by an orthonormal pooling
+    map, so every returned graph is an operator over the same nodes (the finest grid's tokens).
+    """
+    if not specs:
+        raise ValueError("no graph specs given")
+    sizes = {}
+    for spec in specs:
+        for token_kind in GRAPH_KINDS[spec.kind]:
+            if (token_kind, spec.layer) not in grids:
+                raise KeyError(f"graph {spec.name} needs '{token_kind}' tokens of layer {spec.layer}, which were not computed")
+            sizes[spec] = tuple(grids[(token_kind, spec.layer)].shape[1:3])
+    finest = max(sizes.values(), key=lambda s: s[0] * s[1])
+    if config.teleport and any(size != finest for size in sizes.values()):
+        raise ValueError("teleport is not supported with graphs of different grid sizes")
+    graphs = []
+    for spec in specs:
+        row_kind, col_kind = GRAPH_KINDS[spec.kind]
+        r, c = grids[(row_kind, spec.layer)], grids[(col_kind, spec.layer)]
+        graph = knn_graph(r.flatten(1, 2), c.flatten(1, 2), config)
+        if sizes[spec] != finest:
+            graph = lift_graph(graph, pooling_matrix(finest, sizes[spec], r.shape[0]))
+        graphs.append(graph)
+    return graphs

@@ -1,0 +1,176 @@
+"""Sparse affinity graphs as normalised operators, with row minibatches for stochastic spectral losses.
+
+A graph is held as its symmetric normalised operator ``S = D^-1/2 A D^-1/2`` (CSR) of a symmetric
+affinity ``A`` with degrees ``D``. ``S`` is similar to the random walk ``P = D^-1 A``
+(``P = D^-1/2 S D^1/2``): same eigenvalues, in [-1, 1], eigenvectors mapped by ``D^-1/2``. The
+Rayleigh quotient of ``S`` is therefore bounded by 1, which makes ``|1 - x^T S x|`` of the spectral
+loss a proper objective, maximised by the leading eigenvectors.
+
+``teleport`` tau > 0 regularises the graph as ``A + (tau / N) 11^T`` (degrees ``d + tau``), a rank-one
+term applied implicitly: it keeps a graph of several components from letting a free table reach
+the optimum with component indicators.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+
+
+@dataclass
+class SparseGraph:
+    """``S`` in CSR form (``indptr``, ``indices``, ``values``) over ``num_nodes`` nodes, plus degrees and teleport."""
+
+    indptr: Tensor
+    indices: Tensor
+    values: Tensor
+    degree: Tensor
+    teleport: float = 0.0
+
+    @property
+    def num_nodes(self) -> int:
+        return self.indptr.numel() - 1
+
+    @property
+    def nnz(self) -> int:
+        return self.indices.numel()
+
+    @classmethod
+    def from_affinity(cls, rows: Tensor, cols: Tensor, weights: Tensor, num_nodes: int, teleport: float = 0.0) -> "SparseGraph":
+        """Symmetrise ``A = (W + W^T) / 2`` from directed weighted edges and normalise it."""
+        coo = torch.sparse_coo_tensor(
+            torch.stack([torch.cat([rows, cols]), torch.cat([cols, rows])]),
+            torch.cat([weights, weights]) * 0.5, (num_nodes, num_nodes),
+        ).coalesce()
+        (r, c), a = coo.indices(), coo.values()
+        degree = torch.zeros(num_nodes, dtype=a.dtype, device=a.device).index_add_(0, r, a)
+        inv_sqrt = (degree + teleport).clamp_min(1e-12).rsqrt()
+        csr = torch.sparse_coo_tensor(coo.indices(), a * inv_sqrt[r] * inv_sqrt[c], (num_nodes, num_nodes)).coalesce().to_sparse_csr()
+        return cls(csr.crow_indices(), csr.col_indices(), csr.values(), degree, teleport)
+
+    # --- operators -------------------------------------------------------------------------------
+    def csr(self) -> Tensor:
+        return torch.sparse_csr_tensor(self.indptr, self.indices, self.values, (self.num_nodes, self.num_nodes))
+
+    def _teleport_vector(self) -> Tensor:
+        return (self.degree + self.teleport).clamp_min(1e-12).rsqrt()
+
+    def matmul(self, x: Tensor) -> Tensor:
+        """``S @ x`` for ``x`` of shape ``[N, m]`` (differentiable in ``x``)."""
+        out = self.csr().to(x.dtype) @ x
+        if self.teleport:
+            u = self._teleport_vector().to(x.dtype)
+            out = out + (self.teleport / self.num_nodes) * u[:, None] * (u @ x)[None, :]
+        return out
+
+    def to_dense(self) -> Tensor:
+        dense = self.csr().to_dense()
+        if self.teleport:
+            u = self._teleport_vector()
+            dense = dense + (self.teleport / self.num_nodes) * torch.outer(u, u)
+        return dense
+
+    def random_walk(self) -> Tensor:
+        """The row-stochastic ``P = D^-1 A`` (sparse CSR; teleport not included)."""
+        row = torch.repeat_interleave(torch.arange(self.num_nodes, device=self.indptr.device), self.indptr.diff())
+        sqrt_d = self.degree.clamp_min(1e-12).sqrt()
+        values = self.values * sqrt_d[self.indices] / sqrt_d[row]
+        return torch.sparse_csr_tensor(self.indptr, self.indices, values, (self.num_nodes, self.num_nodes))
+
+    # --- minibatches -----------------------------------------------------------------------------
+    def rows(self, nodes: Tensor) -> "GraphRows":
+        """The rows of ``nodes`` with their neighbours, for a stochastic estimate of ``(S x)[nodes]``."""
+        counts = self.indptr[nodes + 1] - self.indptr[nodes]
+        total = int(counts.sum())
+        local_row = torch.repeat_interleave(torch.arange(nodes.numel(), device=nodes.device), counts)
+        offsets = torch.repeat_interleave(self.indptr[nodes] - torch.cumsum(counts, 0) + counts, counts)
+        positions = offsets + torch.arange(total, device=nodes.device)
+        neighbors, local_col = torch.unique(self.indices[positions], return_inverse=True)
+        block = torch.sparse_coo_tensor(
+            torch.stack([local_row, local_col]), self.values[positions], (nodes.numel(), neighbors.numel())
+        ).coalesce().to_sparse_csr()
+        u = self._teleport_vector() if self.teleport else None
+        return GraphRows(nodes, neighbors, block, u, self.teleport, self.num_nodes)
+
+    # --- storage ---------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        from .files import atomic_path
+
+        tensors = {"indptr": self.indptr, "indices": self.indices, "values": self.values, "degree": self.degree}
+        with atomic_path(path) as tmp:
+            save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata={"teleport": repr(self.teleport)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SparseGraph":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            tensors = {k: f.get_tensor(k) for k in ("indptr", "indices", "values", "degree")}
+            teleport = float(f.metadata()["teleport"])
+        return cls(**tensors, teleport=teleport)
+
+    def to(self, device: torch.device | str) -> "SparseGraph":
+        return SparseGraph(self.indptr.to(device), self.indices.to(device), self.values.to(device), self.degree.to(device), self.teleport)
+
+
+@dataclass
+class GraphRows:
+    """Rows of ``S`` for a batch of ``nodes``: ``block`` is ``[len(nodes), len(neighbors)]``."""
+
+    nodes: Tensor
+    neighbors: Tensor
+    block: Tensor
+    teleport_vector: Tensor | None
+    teleport: float
+    num_nodes: int
+
+    def propagate(self, x_neighbors: Tensor, x_nodes: Tensor) -> Tensor:
+        """``(S x)[nodes]`` from ``x`` at the neighbours (and at the nodes, for the teleport term's estimate)."""
+        out = self.block.to(x_neighbors.dtype) @ x_neighbors
+        if self.teleport:
+            u = self.teleport_vector[self.nodes].to(x_nodes.dtype)
+            global_sum = (u @ x_nodes) * (self.num_nodes / self.nodes.numel())  # unbiased estimate of u^T x
+            out = out + (self.teleport / self.num_nodes) * u[:, None] * global_sum[None, :]
+        return out
+
+
+def pooling_matrix(fine: tuple[int, int], coarse: tuple[int, int], images: int = 1) -> Tensor:
+    """Sparse ``[images*h_c*w_c, images*h_f*w_f]`` average pooling with orthonormal rows (entries ``1/sqrt(r)``).
+
+    A fine cell belongs to the coarse cell containing its centre. Orthonormal rows make
+    ``G^T S G`` keep ``S``'s eigenvalues for vectors constant on coarse cells.
+    """
+    (hf, wf), (hc, wc) = fine, coarse
+    if hc > hf or wc > wf:
+        raise ValueError(f"coarse grid {coarse} is finer than the fine grid {fine}")
+    ys = ((torch.arange(hf) + 0.5) * hc / hf).long()
+    xs = ((torch.arange(wf) + 0.5) * wc / wf).long()
+    cell = (ys[:, None] * wc + xs[None, :]).flatten()
+    count = torch.bincount(cell, minlength=hc * wc).float()
+    if (count == 0).any():
+        raise ValueError(f"grid {coarse} has cells that receive no cell of {fine}")
+    offsets_f = torch.arange(images)[:, None] * (hf * wf)
+    offsets_c = torch.arange(images)[:, None] * (hc * wc)
+    rows = (cell[None, :] + offsets_c).flatten()
+    cols = (torch.arange(hf * wf)[None, :] + offsets_f).flatten()
+    vals = count[cell].rsqrt().repeat(images)
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (images * hc * wc, images * hf * wf)).coalesce()
+
+
+def lift_graph(graph: SparseGraph, pooling: Tensor) -> SparseGraph:
+    """``G^T S G``: a graph on a coarse grid as an operator on the fine grid (``pooling`` from :func:`pooling_matrix`)."""
+    if graph.teleport:
+        raise ValueError("lift the graph before adding a teleport term")
+    s = graph.csr().to_sparse_coo()
+    lifted = torch.sparse.mm(torch.sparse.mm(pooling.t().coalesce(), s), pooling).coalesce().to_sparse_csr()
+    # each coarse degree spread evenly over its cell, so that sqrt(degree) stays the leading eigenvector
+    sqrt_degree = torch.sparse.mm(pooling.t().coalesce(), graph.degree.sqrt()[:, None]).squeeze(1)
+    return SparseGraph(lifted.crow_indices(), lifted.col_indices(), lifted.values(), sqrt_degree.square())

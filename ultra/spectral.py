@@ -1,0 +1,183 @@
+"""Layer-distributed spectral clustering by gradient descent.
+
+The loss (DESIGN.md section 3), for pseudo-eigenvectors ``X`` (``N x m``) with columns normalised
+over the nodes, graphs ``S_l`` (:class:`~ultra.graph.SparseGraph`) and weights ``w_l`` (summing to 1)::
+
+    L = sum_l w_l * mean_c |1 - x_c^T S_l x_c|  +  lambda * mean_{c != c'} (x_c^T x_c')^2
+
+Its optimum is the top-m eigenspace of ``sum_l w_l S_l`` (Ky Fan). :func:`spectral_loss` computes
+it on a batch of node rows (all nodes: the exact loss; a sample: a stochastic estimate), so the
+same function serves a free table (:func:`solve`) and a head's outputs (training).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .graph import SparseGraph
+
+
+class SpectralLoss(NamedTuple):
+    total: Tensor
+    spectral: Tensor
+    ortho: Tensor
+    quotients: Tensor  # [graphs, m]
+
+
+def normalized_weights(weights: Sequence[float] | None, count: int) -> list[float]:
+    weights = [1.0] * count if weights is None else [float(w) for w in weights]
+    if len(weights) != count or any(w <= 0 for w in weights):
+        raise ValueError(f"need {count} positive graph weights, got {weights}")
+    return [w / sum(weights) for w in weights]
+
+
+def spectral_loss(x_nodes: Tensor, propagated: Sequence[Tensor], weights: Sequence[float] | None = None,
+                  ortho_weight: float = 1.0, eps: float = 1e-12) -> SpectralLoss:
+    """The spectral-consistency loss on a batch of node rows.
+
+    ``x_nodes``: ``[b, m]`` embeddings of the batch's nodes; ``propagated[l]``: ``[b, m]`` rows of
+    ``S_l @ X`` for the same nodes. Column norms are taken over the batch's rows.
+    """
+    weights = normalized_weights(weights, len(propagated))
+    energy = x_nodes.square().sum(0).clamp_min(eps)
+    quotients = torch.stack([(x_nodes * p).sum(0) / energy for p in propagated])
+    spectral = sum(w * (1 - q).abs().mean() for w, q in zip(weights, quotients))
+    unit = x_nodes / energy.sqrt()
+    gram = unit.T @ unit
+    m = gram.shape[0]
+    ortho = (gram - torch.diag(gram.diagonal())).square().sum() / max(1, m * (m - 1))
+    return SpectralLoss(spectral + ortho_weight * ortho, spectral, ortho, quotients.detach())
+
+
+def weighted_matmul(graphs: Sequence[SparseGraph], weights: Sequence[float] | None, x: Tensor) -> Tensor:
+    """``(sum_l w_l S_l) @ x`` with normalised weights."""
+    return sum(w * g.matmul(x) for w, g in zip(normalized_weights(weights, len(graphs)), graphs))
+
+
+def rayleigh_ritz(graphs: Sequence[SparseGraph], weights: Sequence[float] | None, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Orthonormalise ``x`` and rotate it to the Ritz vectors of the weighted operator, ordered by decreasing value."""
+    q, _ = torch.linalg.qr(x.double())
+    small = q.T @ weighted_matmul(graphs, weights, q)
+    values, rotation = torch.linalg.eigh((small + small.T) / 2)
+    order = values.argsort(descending=True)
+    return (q @ rotation[:, order]).to(x.dtype), values[order].to(x.dtype)
+
+
+@dataclass
+class SolverConfig:
+    """Free-table solver settings. ``batch_images=None`` solves on all nodes at once (one image, a small set)."""
+
+    num_vectors: int = 16
+    epochs: int = 300
+    lr: float = 0.02
+    ortho_weight: float = 1.0
+    ema: float = 0.9
+    batch_images: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class SpectralResult:
+    vectors: Tensor          # [N, m], orthonormal, ordered by Ritz value
+    values: Tensor           # [m] Ritz values of the weighted operator
+    history: list[float] = field(default_factory=list)  # loss per epoch
+
+    @property
+    def objective(self) -> float:
+        """Sum of the Ritz values: what the spectral term maximises (the optimum is the sum of the top-m eigenvalues)."""
+        return float(self.values.sum())
+
+
+def solve(graphs: Sequence[SparseGraph], weights: Sequence[float] | None = None, config: SolverConfig = SolverConfig(),
+          nodes_per_image: int | None = None, progress: bool = False) -> SpectralResult:
+    """Pseudo-eigenvectors of ``graphs`` (all over the same N nodes) by gradient descent on a free table.
+
+    With ``config.batch_images``, nodes are grouped in images of ``nodes_per_image`` tokens; each
+    step updates the table rows of a minibatch of images and of their neighbours (sparse Adam),
+    so all images' vectors live in one table and share their meaning. The output is the
+    exponential moving average of the table, re-orthogonalised and ordered (Rayleigh-Ritz).
+    """
+    if not graphs:
+        raise ValueError("no graphs to solve")
+    n = graphs[0].num_nodes
+    if any(g.num_nodes != n for g in graphs):
+        raise ValueError(f"graphs must share their nodes, got sizes {[g.num_nodes for g in graphs]}")
+    m = config.num_vectors
+    if not 1 <= m < n:
+        raise ValueError(f"num_vectors={m} must be in [1, N) with N={n} nodes")
+    weights = normalized_weights(weights, len(graphs))
+    batches = None if config.batch_images is None else ImageBatches(n, nodes_per_image, config.batch_images)
+    generator = torch.Generator().manual_seed(config.seed)
+    table = nn.Embedding(n, m, sparse=True)
+    with torch.no_grad():
+        table.weight.copy_(torch.randn(n, m, generator=generator))
+    average = table.weight.detach().clone()
+    optimizer = torch.optim.SparseAdam(table.parameters(), lr=config.lr)
+    full = [g.rows(torch.arange(n)) for g in graphs] if batches is None else None
+    history = []
+    for _ in tqdm(range(config.epochs), desc="spectral solve", disable=not progress):
+        epoch_loss = 0.0
+        plan = [torch.arange(n)] if batches is None else batches.epoch(generator)
+        for nodes in plan:
+            rows = full or [g.rows(nodes) for g in graphs]
+            touched = torch.unique(torch.cat([nodes] + [r.neighbors for r in rows]))
+            x = table(touched)
+            x_nodes = x[torch.searchsorted(touched, nodes)]
+            propagated = [r.propagate(x[torch.searchsorted(touched, r.neighbors)], x_nodes) for r in rows]
+            loss = spectral_loss(x_nodes, propagated, weights, config.ortho_weight)
+            optimizer.zero_grad()
+            loss.total.backward()
+            optimizer.step()
+            with torch.no_grad():
+                average[touched] = config.ema * average[touched] + (1 - config.ema) * table.weight[touched]
+            epoch_loss += loss.total.item() / len(plan)
+        history.append(epoch_loss)
+    vectors, values = rayleigh_ritz(graphs, weights, average)
+    return SpectralResult(vectors, values, history)
+
+
+class ImageBatches:
+    """Minibatches of whole images (``nodes_per_image`` consecutive nodes each), reshuffled every epoch."""
+
+    def __init__(self, num_nodes: int, nodes_per_image: int | None, batch_images: int):
+        if not nodes_per_image or num_nodes % nodes_per_image:
+            raise ValueError(f"batch_images needs nodes_per_image dividing N={num_nodes}, got {nodes_per_image}")
+        if batch_images < 1:
+            raise ValueError(f"batch_images must be >= 1, got {batch_images}")
+        self.images = num_nodes // nodes_per_image
+        self.nodes_per_image, self.batch_images = nodes_per_image, batch_images
+
+    def epoch(self, generator: torch.Generator) -> list[Tensor]:
+        order = torch.randperm(self.images, generator=generator)
+        offsets = torch.arange(self.nodes_per_image)
+        return [(order[s:s + self.batch_images, None] * self.nodes_per_image + offsets).flatten().sort().values
+                for s in range(0, self.images, self.batch_images)]
+
+
+def exact_eigenvectors(graphs: Sequence[SparseGraph], weights: Sequence[float] | None, m: int) -> tuple[Tensor, Tensor]:
+    """Reference: the top-``m`` eigenpairs of the dense weighted operator (``torch.linalg.eigh``; small graphs only)."""
+    dense = sum(w * g.to_dense().double() for w, g in zip(normalized_weights(weights, len(graphs)), graphs))
+    values, vectors = torch.linalg.eigh((dense + dense.T) / 2)
+    return vectors[:, -m:].flip(1).float(), values[-m:].flip(0).float()
+
+
+def subspace_cosines(a: Tensor, b: Tensor) -> Tensor:
+    """Cosines of the principal angles between the column spaces of ``a`` and ``b`` (descending)."""
+    qa, _ = torch.linalg.qr(a.double())
+    qb, _ = torch.linalg.qr(b.double())
+    return torch.linalg.svdvals(qa.T @ qb).clamp(max=1.0)
+
+
+def planted_partition(sizes: Sequence[int], p_in: float, p_out: float, seed: int = 0) -> tuple[SparseGraph, Tensor]:
+    """A random graph with dense blocks (the planted clusters) and sparse links between them; returns the graph and labels."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.cat([torch.full((s,), i) for i, s in enumerate(sizes)])
+    n = labels.numel()
+    prob = torch.where(labels[:, None] == labels[None, :], p_in, p_out)
+    upper = torch.triu(torch.rand(n, n, generator=generator) < prob, diagonal=1)
+    r, c = upper.nonzero(as_tuple=True)
+    return SparseGraph.from_affinity(r, c, torch.full((r.numel(),), 2.0), n), labels
