@@ -23,6 +23,24 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta 
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
 
+class _SparseMatmul(torch.autograd.Function):
+    """``a @ x`` for sparse ``a`` with the transpose given, so the backward pass needs no sparse transpose."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, a_t: Tensor, x: Tensor) -> Tensor:
+        ctx.a_t = a_t
+        return a @ x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return None, None, ctx.a_t @ grad
+
+
+def sparse_matmul(a: Tensor, x: Tensor, a_t: Tensor | None = None) -> Tensor:
+    """Differentiable (in ``x``) product of a sparse CSR matrix and a dense one; ``a_t`` defaults to ``a`` (symmetric)."""
+    return _SparseMatmul.apply(a, a if a_t is None else a_t, x)
+
+
 @dataclass
 class SparseGraph:
     """``S`` in CSR form (``indptr``, ``indices``, ``values``) over ``num_nodes`` nodes, plus degrees and teleport."""
@@ -63,7 +81,7 @@ class SparseGraph:
 
     def matmul(self, x: Tensor) -> Tensor:
         """``S @ x`` for ``x`` of shape ``[N, m]`` (differentiable in ``x``)."""
-        out = self.csr().to(x.dtype) @ x
+        out = sparse_matmul(self.csr().to(x.dtype), x)  # S is symmetric: its own transpose
         if self.teleport:
             u = self._teleport_vector().to(x.dtype)
             out = out + (self.teleport / self.num_nodes) * u[:, None] * (u @ x)[None, :]
@@ -92,11 +110,11 @@ class SparseGraph:
         offsets = torch.repeat_interleave(self.indptr[nodes] - torch.cumsum(counts, 0) + counts, counts)
         positions = offsets + torch.arange(total, device=nodes.device)
         neighbors, local_col = torch.unique(self.indices[positions], return_inverse=True)
-        block = torch.sparse_coo_tensor(
+        coo = torch.sparse_coo_tensor(
             torch.stack([local_row, local_col]), self.values[positions], (nodes.numel(), neighbors.numel())
-        ).coalesce().to_sparse_csr()
+        ).coalesce()
         u = self._teleport_vector() if self.teleport else None
-        return GraphRows(nodes, neighbors, block, u, self.teleport, self.num_nodes)
+        return GraphRows(nodes, neighbors, coo.to_sparse_csr(), coo.t().coalesce().to_sparse_csr(), u, self.teleport, self.num_nodes)
 
     # --- storage ---------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -128,13 +146,14 @@ class GraphRows:
     nodes: Tensor
     neighbors: Tensor
     block: Tensor
+    block_t: Tensor
     teleport_vector: Tensor | None
     teleport: float
     num_nodes: int
 
     def propagate(self, x_neighbors: Tensor, x_nodes: Tensor) -> Tensor:
         """``(S x)[nodes]`` from ``x`` at the neighbours (and at the nodes, for the teleport term's estimate)."""
-        out = self.block.to(x_neighbors.dtype) @ x_neighbors
+        out = sparse_matmul(self.block.to(x_neighbors.dtype), x_neighbors, self.block_t.to(x_neighbors.dtype))
         if self.teleport:
             u = self.teleport_vector[self.nodes].to(x_nodes.dtype)
             global_sum = (u @ x_nodes) * (self.num_nodes / self.nodes.numel())  # unbiased estimate of u^T x

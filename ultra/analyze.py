@@ -1,0 +1,218 @@
+"""The "what / where" analysis of a frozen ViT: spectral clustering over all layers' kq, vv and feat graphs.
+
+For a folder of images, for each graph kind, the gradient-descent solver finds the leading
+pseudo-eigenvectors of the layer-averaged graph of each image alone and of the whole folder at
+once (intra- and inter-image edges). The command writes, per image, a sheet with the first three
+non-trivial eigenvectors as RGB and k-means segments, and ``analysis.json`` with the figures of
+:mod:`ultra.whatwhere` (position R^2, class R^2, k-means mIoU) per kind and level.
+
+    ultra-analyze --images FOLDER --output OUT [--classes 21] [--model vit_small_patch14_dinov2]
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .affinity import GRAPH_KINDS, GraphSpec, KnnConfig, affinity_graphs, token_kinds
+from .backbone import FrozenViT
+from .cluster import assign, kmeans
+from .data import EvalTransform, ImageFolder
+from .data.io import DataError
+from .files import atomic_path
+from .grids import labels_to_grid
+from .spectral import SolverConfig, solve
+from .viz import eigen_rgb, overlay, save_sheet
+from .whatwhere import class_r2, kmeans_scores, position_r2
+
+log = logging.getLogger(__name__)
+LEVELS = ("image", "dataset")
+
+
+def prepare_output(output: Path, overwrite: bool) -> Path:
+    """Create ``output``; refuse a non-empty existing folder unless ``overwrite``."""
+    output = Path(output)
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise FileExistsError(f"output folder {output} is not empty; pass --overwrite true to write into it")
+    output.mkdir(parents=True, exist_ok=True)
+    return output
+
+
+def check_image_sizes(data: ImageFolder, patch: int) -> None:
+    for sample in data.samples:
+        with Image.open(sample.image) as img:
+            width, height = img.size
+        if width < patch or height < patch:
+            raise DataError(f"image {sample.image} is {width}x{height} px, smaller than one {patch}x{patch} patch")
+
+
+def extract_grids(backbone: FrozenViT, data: ImageFolder, kinds: set[str], layers: list[int]) -> dict:
+    """All images' token grids ``{(kind, layer): [B, h, w, D] float16}``."""
+    store: dict[tuple[str, int], list] = {}
+    for item in tqdm(data, desc="backbone", total=len(data)):
+        feats = backbone(item["image"][None], layers=layers, kinds=sorted(kinds))
+        for key in feats.keys():
+            store.setdefault(key, []).append(feats[key].half())
+    return {key: torch.cat(value) for key, value in store.items()}
+
+
+def analyze(
+    images: Path,
+    output: Path,
+    model: str = "vit_small_patch14_dinov2",
+    weights: str = "auto",
+    layers: list[int] | None = None,
+    graph_kinds: list[str] = ("kq", "vv", "feat"),
+    image_size: int = 448,
+    classes: int | None = None,
+    num_vectors: int = 16,
+    epochs: int = 300,
+    lr: float = 0.02,
+    k_intra: int = 16,
+    k_inter: int = 16,
+    threshold: float = 0.0,
+    teleport: float = 0.0,
+    batch_images: int | None = None,
+    clusters: int = 8,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> dict:
+    """Run the analysis and write its pictures and ``analysis.json`` into ``output``; returns the figures.
+
+    Args:
+        images: a folder of images (``images/`` and optional ``labels/``, or a flat folder).
+        output: where to write; must be empty unless ``overwrite``.
+        model, weights: the frozen backbone (see :class:`~ultra.backbone.FrozenViT`).
+        layers: blocks whose graphs are used (default: all).
+        graph_kinds: among ``kq``, ``vv``, ``feat``; one solve per kind over all chosen layers.
+        image_size: images are resized (shorter side) and centre-cropped to this square size.
+        classes: number of label classes when ``labels/`` exists (enables class R^2 and mIoU).
+        num_vectors: eigenvectors per solve; k_intra, k_inter, threshold, teleport: the graphs;
+        epochs, lr, batch_images: the solver (``batch_images`` images per step at the dataset level).
+        clusters: k-means segments per image and per set when there are no labels.
+    """
+    start = time.perf_counter()
+    for kind in graph_kinds:
+        if kind not in GRAPH_KINDS:
+            raise ValueError(f"graph kind must be among {sorted(GRAPH_KINDS)}, got '{kind}'")
+    output = prepare_output(output, overwrite)
+    backbone = FrozenViT(model, weights=weights, layers=layers)
+    data = ImageFolder(images, classes=classes, use_labels=classes is not None,
+                       transform=EvalTransform(image_size, image_size))
+    check_image_sizes(data, backbone.patch_size)
+    if image_size % backbone.patch_size:
+        raise ValueError(f"image_size={image_size} is not a multiple of the patch size {backbone.patch_size}")
+    layer_list = list(backbone.layers)
+    grids = extract_grids(backbone, data, token_kinds([GraphSpec(k, 0) for k in graph_kinds]), layer_list)
+    grid = tuple(next(iter(grids.values())).shape[1:3])
+    n = grid[0] * grid[1]
+    if num_vectors >= n:
+        raise ValueError(f"num_vectors={num_vectors} must be smaller than the {n} tokens of an image")
+    items = [data[i] for i in range(len(data))]
+    labels = torch.stack([it["label"] for it in items]) if data.has_labels else None
+    grid_labels = labels_to_grid(labels, grid, data.num_classes) if labels is not None else None
+    pictures = [(it["image"].permute(1, 2, 0).numpy() * 255).astype(np.uint8) for it in items]
+    solver = SolverConfig(num_vectors=num_vectors, epochs=epochs, lr=lr, seed=seed)
+    figures: dict = {"settings": {
+        "images": str(images), "model": backbone.describe(), "layers": layer_list, "graph_kinds": list(graph_kinds),
+        "image_size": image_size, "grid": list(grid), "knn": asdict(KnnConfig(k_intra, k_inter, threshold, teleport=teleport)),
+        "solver": asdict(solver), "batch_images": batch_images,
+    }}
+    maps: dict = {}
+    for kind in graph_kinds:
+        specs = [GraphSpec(kind, layer) for layer in layer_list]
+        per_image = []
+        for b in tqdm(range(len(items)), desc=f"{kind}: per-image solves"):
+            one = {key: value[b:b + 1].float() for key, value in grids.items()}
+            graphs = affinity_graphs(one, specs, KnnConfig(k_intra, 0, threshold, teleport=teleport))
+            per_image.append(solve(graphs, None, solver).vectors)
+        graphs = affinity_graphs({k: v.float() for k, v in grids.items()}, specs,
+                                 KnnConfig(k_intra, k_inter if len(items) > 1 else 0, threshold, teleport=teleport))
+        whole = solve(graphs, None, SolverConfig(**{**asdict(solver), "batch_images": batch_images}),
+                      nodes_per_image=n, progress=True).vectors
+        levels = {"image": torch.stack(per_image), "dataset": whole.reshape(len(items), n, -1)}
+        figures[kind] = {}
+        for level, vectors in levels.items():
+            stats, segments = _level_figures(vectors, grid, labels, grid_labels, data.num_classes, clusters, seed, level)
+            figures[kind][level] = stats
+            maps[(kind, level)] = (vectors, segments)
+    _write_sheets(output, [s.name for s in data.samples], pictures, maps, graph_kinds, grid, labels)
+    figures["seconds"] = round(time.perf_counter() - start, 1)
+    with atomic_path(output / "analysis.json") as tmp:
+        tmp.write_text(json.dumps(figures, indent=2))
+    print(format_table(figures, graph_kinds))
+    return figures
+
+
+def _level_figures(vectors, grid, labels, grid_labels, num_classes, clusters, seed, level) -> tuple[dict, torch.Tensor]:
+    """Position/class R^2 (mean over the non-trivial eigenvectors) and k-means scores, per image or for the set."""
+    informative = vectors[..., 1:]  # the leading eigenvector is sqrt(degree): no grouping information
+    groups = [slice(i, i + 1) for i in range(len(vectors))] if level == "image" else [slice(None)]
+    position, classes, scores, segments = [], [], [], []
+    for part in groups:
+        v = informative[part]
+        position.append(float(position_r2(v, grid).mean()))
+        if labels is None:
+            rows = v.reshape(-1, v.shape[-1])
+            segments.append(assign(rows, kmeans(rows, clusters, seed=seed).centroids)[0].reshape(-1, *grid))
+            continue
+        classes.append(float(class_r2(v, grid_labels[part], num_classes).nanmean()))
+        present = int((labels[part].unique() != 255).sum())
+        score, segment = kmeans_scores(v, labels[part], grid, num_classes, max(present, 2), seed)
+        scores.append(score)
+        segments.append(segment)
+    stats = {"position_r2": float(np.mean(position))}
+    if labels is not None:
+        stats.update(class_r2=float(np.nanmean(classes)), miou=float(np.mean([x["miou"] for x in scores])),
+                     acc=float(np.mean([x["acc"] for x in scores])))
+    return stats, torch.cat(segments)
+
+
+def _write_sheets(output, names, pictures, maps, graph_kinds, grid, labels) -> None:
+    size = pictures[0].shape[1::-1]
+    for b, name in enumerate(tqdm(names, desc="pictures")):
+        panels, titles = [], []
+        for kind in graph_kinds:
+            row, row_titles = [pictures[b]], ["image"]
+            for level in LEVELS:
+                vectors, segments = maps[(kind, level)]
+                eig = vectors[b][:, 1:4].reshape(*grid, 3).numpy()
+                row += [eigen_rgb(eig, size), overlay(pictures[b], segments[b].numpy().astype(np.uint8))]
+                row_titles += [f"{kind} {level}: eigvecs 1-3", f"{kind} {level}: k-means"]
+            if labels is not None:
+                row.append(overlay(pictures[b], labels[b].numpy()))
+                row_titles.append("ground truth")
+            panels.append(row)
+            titles.append(row_titles)
+        save_sheet(panels, titles, output / f"{name}.png", row_labels=list(graph_kinds))
+
+
+def format_table(figures: dict, graph_kinds) -> str:
+    """The figures as a plain-text table (kind x level)."""
+    cols = ["position_r2", "class_r2", "miou", "acc"]
+    lines = [f"{'graph':<6} {'level':<8} " + " ".join(f"{c:>11}" for c in cols)]
+    for kind in graph_kinds:
+        for level in LEVELS:
+            stats = figures[kind][level]
+            cells = [f"{stats[c]:>11.3f}" if c in stats else f"{'-':>11}" for c in cols]
+            lines.append(f"{kind:<6} {level:<8} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: ``ultra-analyze`` / ``python -m ultra.analyze``."""
+    from jsonargparse import auto_cli
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    auto_cli(analyze, args=argv, as_positional=False)
+
+
+if __name__ == "__main__":
+    main()
