@@ -9,7 +9,7 @@ from ultra.affinity import GraphSpec, KnnConfig, affinity_graphs, knn_graph, nea
 from ultra.graph import SparseGraph, lift_graph, pooling_matrix
 
 
-def _dense_reference(rows, cols, k_intra, k_inter, threshold, candidates=None):
+def _dense_reference(rows, cols, k_intra, k_inter, threshold, candidates=None, k_any=0):
     """Straightforward dense construction of the same graph: S = D^-1/2 ((W + W^T)/2) D^-1/2."""
     b, n, _ = rows.shape
     r, c = F.normalize(rows.reshape(b * n, -1), dim=-1), F.normalize(cols.reshape(b * n, -1), dim=-1)
@@ -27,6 +27,13 @@ def _dense_reference(rows, cols, k_intra, k_inter, threshold, candidates=None):
             inter = sim[i].masked_fill(~allowed, -float("inf"))
             for j in inter.topk(k_inter).indices:
                 w[i, j] = sim[i, j]
+        if k_any:
+            allowed = torch.ones(b * n, dtype=torch.bool) if candidates is None else (
+                torch.isin(image, candidates[image[i]]) | (image == image[i]))
+            anywhere = sim[i].masked_fill(~allowed, -float("inf"))
+            anywhere[i] = -float("inf")
+            for j in anywhere.topk(k_any).indices:
+                w[i, j] = sim[i, j]
     w = torch.where(w >= threshold, w, torch.zeros_like(w)) * (w != 0)
     a = (w + w.T) / 2
     d = a.sum(1)
@@ -34,12 +41,13 @@ def _dense_reference(rows, cols, k_intra, k_inter, threshold, candidates=None):
     return inv[:, None] * a * inv[None, :], d
 
 
-@pytest.mark.parametrize("k_intra, k_inter, threshold", [(3, 2, 0.0), (4, 0, 0.6), (2, 5, 0.3)])
-def test_knn_graph_matches_dense_construction(k_intra, k_inter, threshold):
+@pytest.mark.parametrize("k_intra, k_inter, k_any, threshold", [(3, 2, 0, 0.0), (4, 0, 0, 0.6), (2, 5, 0, 0.3),
+                                                                 (0, 0, 6, 0.0), (3, 1, 5, 0.2)])
+def test_knn_graph_matches_dense_construction(k_intra, k_inter, k_any, threshold):
     g = torch.Generator().manual_seed(0)
     rows, cols = torch.randn(3, 10, 6, generator=g) + 1, torch.randn(3, 10, 6, generator=g) + 1
-    graph = knn_graph(rows, cols, KnnConfig(k_intra, k_inter, threshold, max_block=37))  # tiny blocks
-    expected, degree = _dense_reference(rows, cols, k_intra, k_inter, threshold)
+    graph = knn_graph(rows, cols, KnnConfig(k_intra, k_inter, k_any, threshold, max_block=37))  # tiny blocks
+    expected, degree = _dense_reference(rows, cols, k_intra, k_inter, threshold, k_any=k_any)
     assert torch.allclose(graph.to_dense(), expected, atol=1e-6)
     assert torch.allclose(graph.degree, degree, atol=1e-6)
     walk = graph.random_walk().to_dense()
@@ -52,18 +60,18 @@ def test_knn_graph_matches_dense_construction(k_intra, k_inter, threshold):
 def test_candidate_images_restrict_the_inter_image_search():
     g = torch.Generator().manual_seed(1)
     rows = torch.randn(5, 6, 4, generator=g) + 1
-    config = KnnConfig(2, 3, 0.0, candidate_images=2)
-    graph = knn_graph(rows, config=config)
-    candidates = nearest_images(F.normalize(rows, dim=-1).mean(1), 2)
-    expected, _ = _dense_reference(rows, rows, 2, 3, 0.0, candidates)
-    assert torch.allclose(graph.to_dense(), expected, atol=1e-6)
+    for k_any in (0, 4):
+        graph = knn_graph(rows, config=KnnConfig(2, 3, k_any, 0.0, candidate_images=2))
+        candidates = nearest_images(F.normalize(rows, dim=-1).mean(1), 2)
+        expected, _ = _dense_reference(rows, rows, 2, 3, 0.0, candidates, k_any=k_any)
+        assert torch.allclose(graph.to_dense(), expected, atol=1e-6)
 
 
 def test_topk_blockwise_equals_plain_topk():
     g = torch.Generator().manual_seed(2)
-    q, k = torch.randn(7, 5, generator=g), torch.randn(50, 5, generator=g)
-    v, i = topk_blockwise(q, k, 6, max_block=7 * 4, exclude=(10, 20))
-    sim = q @ k.T
+    q, k = F.normalize(torch.randn(7, 5, generator=g), dim=-1), torch.randn(50, 5, generator=g) * 3
+    v, i = topk_blockwise(q, k.half(), 6, max_block=7 * 4, exclude=(10, 20))
+    sim = q @ F.normalize(k.half().float(), dim=-1).T
     sim[:, 10:20] = -float("inf")
     ref_v, _ = sim.topk(6, dim=1)
     assert torch.allclose(v, ref_v)
@@ -126,8 +134,10 @@ def test_bad_neighbour_counts_and_specs():
         knn_graph(tokens, config=KnnConfig(1, 6))
     with pytest.raises(ValueError, match="threshold must be >= 0"):
         KnnConfig(threshold=-0.5)
-    with pytest.raises(ValueError, match="not both 0"):
+    with pytest.raises(ValueError, match="not all 0"):
         KnnConfig(0, 0)
+    with pytest.raises(ValueError, match="k_any=10 exceeds the 9 other tokens of the set"):
+        knn_graph(tokens, config=KnnConfig(0, 0, 10))
     with pytest.raises(ValueError, match="graph kind must be one of"):
         GraphSpec("qq", 1)
 

@@ -65,7 +65,20 @@ def test_fewer_clusters_than_classes_and_absent_classes():
     assert iou[2].item() == 1.0
     assert sorted([iou[0].item(), iou[1].item()]) == [0.0, 0.5]  # one of classes 0/1 is unmatched
     assert math.isclose(out["miou"].item(), 1.5 / 3)
+    assert math.isclose(out["miou_present"].item(), 1.5 / 3)
     assert as_floats(out)["iou"][3] is None
+
+
+def test_present_class_mean_leaves_out_classes_without_labels():
+    # class 2 has no labelled pixel but gets a matched cluster's predictions: IoU 0 in miou, left out of miou_present
+    preds, target = _pixels([(0, 0, 4), (1, 1, 4), (2, 0, 2)])
+    metric = UnsupervisedSegmentationMetric(num_classes=3)
+    metric.update(preds, target)
+    out = metric.compute()
+    assert out["cluster_to_class"].tolist() == [0, 1, 2]
+    assert torch.allclose(out["iou"], torch.tensor([4 / 6, 1.0, 0.0], dtype=torch.float64))
+    assert math.isclose(out["miou"].item(), (4 / 6 + 1) / 3)
+    assert math.isclose(out["miou_present"].item(), (4 / 6 + 1) / 2)
 
 
 def test_ignore_pixels_are_not_counted():

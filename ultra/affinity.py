@@ -4,9 +4,11 @@ Kinds: ``kq`` (similarity of the queries of i with the keys of j: "where" attent
 ``vv`` (values with values: "what"), ``feat`` (block outputs with block outputs).
 
 For a set of B images with n tokens each (N = B*n nodes), every token keeps its ``k_intra`` most
-similar tokens of its own image (itself excluded) and its ``k_inter`` most similar tokens of the
-other images (all of them, or only of its image's ``candidate_images`` nearest images by mean
-token), drops similarities below ``threshold``, and the edges are symmetrised and normalised
+similar tokens of its own image (itself excluded), its ``k_inter`` most similar tokens of the
+other images, and its ``k_any`` most similar tokens of the whole set wherever they are (a plain
+kNN graph; inter-image neighbours appear where they are closer than the image's own tokens).
+"Other images" are all of them, or only the image's ``candidate_images`` nearest images by mean
+token. Similarities below ``threshold`` are dropped, and the edges are symmetrised and normalised
 (:class:`~ultra.graph.SparseGraph`). Work is blockwise: the largest similarity block held is
 ``n x max(k, max_block // n)`` floats (``max_block`` = 2^24 by default, 64 MB in float32), never
 ``N x N``; memory of the result is O(N * (k_intra + k_inter)).
@@ -47,18 +49,20 @@ class GraphSpec:
 
 @dataclass(frozen=True)
 class KnnConfig:
-    """Neighbour counts, threshold, candidate images, teleport and the block size of the kNN search."""
+    """Neighbour counts (own image, other images, anywhere), threshold, candidate images, teleport, block size."""
 
     k_intra: int = 16
     k_inter: int = 16
+    k_any: int = 0
     threshold: float = 0.0
     candidate_images: int | None = None
     teleport: float = 0.0
     max_block: int = 1 << 24
 
     def __post_init__(self):
-        if self.k_intra < 0 or self.k_inter < 0 or self.k_intra + self.k_inter == 0:
-            raise ValueError(f"k_intra and k_inter must be >= 0 and not both 0, got {self.k_intra}, {self.k_inter}")
+        counts = (self.k_intra, self.k_inter, self.k_any)
+        if min(counts) < 0 or sum(counts) == 0:
+            raise ValueError(f"k_intra, k_inter and k_any must be >= 0 and not all 0, got {counts}")
         if self.threshold < 0:
             raise ValueError(f"threshold must be >= 0 (affinities must be non-negative), got {self.threshold}")
         if self.candidate_images is not None and self.candidate_images < 1:
@@ -74,6 +78,7 @@ def knn_graph(rows: Tensor, cols: Tensor | None = None, config: KnnConfig = KnnC
     """The kNN graph of ``B`` images' tokens: ``rows``/``cols`` are ``[B, n, D]`` (``cols`` defaults to ``rows``).
 
     Similarity is the cosine of ``rows[i]`` with ``cols[j]``; node ``b*n + t`` is token t of image b.
+    Tokens may be any dtype (e.g. float16 memory-mapped): they are normalised in float32 block by block.
     """
     if rows.ndim != 3:
         raise ValueError(f"token sets must be [images, tokens, dim], got {tuple(rows.shape)}")
@@ -86,16 +91,21 @@ def knn_graph(rows: Tensor, cols: Tensor | None = None, config: KnnConfig = KnnC
     k_inter = config.k_inter if num_images > 1 else 0
     if k_inter > (num_images - 1) * n:
         raise ValueError(f"k_inter={k_inter} exceeds the {(num_images - 1) * n} tokens of the other images")
-    rows, cols = F.normalize(rows.float(), dim=-1), F.normalize(cols.float(), dim=-1)
+    if config.k_any > num_images * n - 1:
+        raise ValueError(f"k_any={config.k_any} exceeds the {num_images * n - 1} other tokens of the set")
     candidates = None
-    if k_inter and config.candidate_images is not None and config.candidate_images < num_images - 1:
-        candidates = nearest_images(rows.mean(1), config.candidate_images, config.max_block)
+    if (k_inter or config.k_any) and config.candidate_images is not None and config.candidate_images < num_images - 1:
+        means = torch.stack([_unit(rows[b]).mean(0) for b in range(num_images)])
+        candidates = nearest_images(means, config.candidate_images)
+    all_cols = cols.reshape(num_images * n, -1)
     src, dst, val = [], [], []
-    buffer = torch.empty(n, max(config.k_inter, min(config.max_block // n, (num_images - 1) * n)) if k_inter else 0)
+    width = max(k_inter, config.k_any + 1, min(config.max_block // n, num_images * n))
+    buffer = torch.empty(n, width) if (k_inter or config.k_any) else None
     for b in range(num_images):
         offset = b * n
+        queries = _unit(rows[b])
         if config.k_intra:
-            sim = rows[b] @ cols[b].T
+            sim = queries @ _unit(cols[b]).T
             sim.fill_diagonal_(-float("inf"))
             v, i = sim.topk(config.k_intra, dim=1)
             src.append(torch.arange(n).repeat_interleave(config.k_intra) + offset)
@@ -103,23 +113,44 @@ def knn_graph(rows: Tensor, cols: Tensor | None = None, config: KnnConfig = KnnC
             val.append(v.flatten())
         if k_inter:
             if candidates is None:
-                v, i = topk_blockwise(rows[b], cols.reshape(-1, cols.shape[-1]), k_inter, config.max_block,
-                                      exclude=(offset, offset + n), buffer=buffer)
+                v, i = topk_blockwise(queries, all_cols, k_inter, config.max_block, exclude=(offset, offset + n), buffer=buffer)
             else:
                 images = candidates[b]
-                v, i = topk_blockwise(rows[b], cols[images].reshape(-1, cols.shape[-1]), k_inter, config.max_block, buffer=buffer)
+                v, i = topk_blockwise(queries, cols[images].reshape(-1, cols.shape[-1]), k_inter, config.max_block, buffer=buffer)
                 i = images.repeat_interleave(n)[i] * n + i % n
             src.append(torch.arange(n).repeat_interleave(v.shape[1]) + offset)
             dst.append(i.flatten())
             val.append(v.flatten())
+        if config.k_any:
+            keys, key_nodes = all_cols, None
+            if candidates is not None:
+                images = torch.cat([torch.tensor([b]), candidates[b]])
+                keys, key_nodes = cols[images].reshape(-1, cols.shape[-1]), (images[:, None] * n + torch.arange(n)).flatten()
+            v, i = topk_blockwise(queries, keys, config.k_any + 1, config.max_block, buffer=buffer)
+            i = i if key_nodes is None else key_nodes[i]
+            own = torch.arange(n)[:, None] + offset
+            not_self = i != own
+            # drop the token itself; keep the k_any best others of each row
+            v = v.masked_fill(~not_self, -float("inf"))
+            v, pick = v.topk(config.k_any, dim=1)
+            src.append(own.expand(-1, config.k_any).flatten())
+            dst.append(i.gather(1, pick).flatten())
+            val.append(v.flatten())
     src, dst, val = torch.cat(src), torch.cat(dst), torch.cat(val)
     keep = val >= config.threshold
-    return SparseGraph.from_affinity(src[keep], dst[keep], val[keep], num_images * n, config.teleport)
+    # an edge found by two searches (e.g. intra and any) is kept once
+    pair, first = torch.unique(src[keep] * (num_images * n) + dst[keep], return_inverse=True)
+    weight = torch.zeros(pair.numel()).scatter_(0, first, val[keep])
+    return SparseGraph.from_affinity(pair // (num_images * n), pair % (num_images * n), weight, num_images * n, config.teleport)
+
+
+def _unit(x: Tensor) -> Tensor:
+    return F.normalize(x.float(), dim=-1)
 
 
 def topk_blockwise(queries: Tensor, keys: Tensor, k: int, max_block: int = 1 << 24,
                    exclude: tuple[int, int] | None = None, buffer: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Top-``k`` inner products of each query with ``keys`` (``[Nk, D]``), scanning keys in blocks.
+    """Top-``k`` cosines of each (unit) query with ``keys`` (``[Nk, D]``, normalised block by block), scanning keys in blocks.
 
     ``exclude`` is a ``[start, stop)`` range of keys left out. Holds at most ``len(queries) x block``
     scores, in ``buffer`` when given (reused across calls: repeated large allocations fragment the heap).
@@ -130,7 +161,7 @@ def topk_blockwise(queries: Tensor, keys: Tensor, k: int, max_block: int = 1 << 
     best_v = torch.full((queries.shape[0], 0), -float("inf"))
     best_i = torch.zeros((queries.shape[0], 0), dtype=torch.long)
     for start in range(0, keys.shape[0], block):
-        chunk = keys[start:start + block]
+        chunk = _unit(keys[start:start + block])
         sim = torch.matmul(queries, chunk.T, out=buffer[: queries.shape[0], : chunk.shape[0]])
         if exclude is not None:
             lo, hi = max(exclude[0] - start, 0), min(exclude[1] - start, sim.shape[1])
@@ -144,7 +175,7 @@ def topk_blockwise(queries: Tensor, keys: Tensor, k: int, max_block: int = 1 << 
 
 def nearest_images(image_features: Tensor, count: int, max_block: int = 1 << 24) -> Tensor:
     """For each image, the ``count`` most similar other images (cosine of ``[B, D]`` image features)."""
-    feats = F.normalize(image_features.float(), dim=-1)
+    feats = _unit(image_features)
     out = []
     for start in range(0, feats.shape[0], 1024):
         chunk = feats[start:start + 1024]

@@ -122,7 +122,7 @@ def analyze(
     solver = SolverConfig(num_vectors=num_vectors, epochs=epochs, lr=lr, seed=seed)
     figures: dict = {"settings": {
         "images": str(images), "model": backbone.describe(), "layers": layer_list, "graph_kinds": list(graph_kinds),
-        "image_size": image_size, "grid": list(grid), "knn": asdict(KnnConfig(k_intra, k_inter, threshold, teleport=teleport)),
+        "image_size": image_size, "grid": list(grid), "knn": asdict(KnnConfig(k_intra=k_intra, k_inter=k_inter, threshold=threshold, teleport=teleport)),
         "solver": asdict(solver), "batch_images": batch_images,
     }}
     maps: dict = {}
@@ -131,10 +131,11 @@ def analyze(
         per_image = []
         for b in tqdm(range(len(items)), desc=f"{kind}: per-image solves"):
             one = {key: value[b:b + 1].float() for key, value in grids.items()}
-            graphs = affinity_graphs(one, specs, KnnConfig(k_intra, 0, threshold, teleport=teleport))
+            graphs = affinity_graphs(one, specs, KnnConfig(k_intra=k_intra, k_inter=0, threshold=threshold, teleport=teleport))
             per_image.append(solve(graphs, None, solver).vectors)
         graphs = affinity_graphs({k: v.float() for k, v in grids.items()}, specs,
-                                 KnnConfig(k_intra, k_inter if len(items) > 1 else 0, threshold, teleport=teleport))
+                                 KnnConfig(k_intra=k_intra, k_inter=k_inter if len(items) > 1 else 0, threshold=threshold,
+                                           teleport=teleport))
         whole = solve(graphs, None, SolverConfig(**{**asdict(solver), "batch_images": batch_images}),
                       nodes_per_image=n, progress=True).vectors
         levels = {"image": torch.stack(per_image), "dataset": whole.reshape(len(items), n, -1)}

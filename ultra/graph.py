@@ -42,14 +42,43 @@ def sparse_matmul(a: Tensor, x: Tensor, a_t: Tensor | None = None) -> Tensor:
 
 
 @dataclass
-class SparseGraph:
-    """``S`` in CSR form (``indptr``, ``indices``, ``values``) over ``num_nodes`` nodes, plus degrees and teleport."""
+class RowBlock:
+    """Rows of a sparse operator for a batch of ``nodes``: ``block`` is ``[len(nodes), len(neighbors)]`` (CSR, with its transpose)."""
+
+    nodes: Tensor
+    neighbors: Tensor
+    block: Tensor
+    block_t: Tensor
+
+    @classmethod
+    def from_coo(cls, nodes: Tensor, neighbors: Tensor, rows: Tensor, cols: Tensor, values: Tensor) -> "RowBlock":
+        """From entries (local row, local column, value) of the ``len(nodes) x len(neighbors)`` block."""
+        coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (nodes.numel(), neighbors.numel())).coalesce()
+        return cls(nodes, neighbors, coo.to_sparse_csr(), coo.t().coalesce().to_sparse_csr())
+
+    def coo(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Entries (local row, local column, value) of the block."""
+        rows = torch.repeat_interleave(torch.arange(self.nodes.numel(), device=self.nodes.device), self.block.crow_indices().diff())
+        return rows, self.block.col_indices(), self.block.values()
+
+    def propagate(self, x_neighbors: Tensor) -> Tensor:
+        """``(M x)[nodes]`` from ``x`` at the neighbours (differentiable in ``x``)."""
+        dtype = x_neighbors.dtype
+        return sparse_matmul(self.block.to(dtype), x_neighbors, self.block_t.to(dtype))
+
+
+@dataclass
+class SparseRows:
+    """A sparse ``N x N`` operator in CSR form (``indptr``, ``indices``, ``values``) whose rows can be taken in batches."""
 
     indptr: Tensor
     indices: Tensor
     values: Tensor
-    degree: Tensor
-    teleport: float = 0.0
+
+    @classmethod
+    def from_coo(cls, rows: Tensor, cols: Tensor, values: Tensor, num_nodes: int) -> "SparseRows":
+        csr = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (num_nodes, num_nodes)).coalesce().to_sparse_csr()
+        return cls(csr.crow_indices(), csr.col_indices(), csr.values())
 
     @property
     def num_nodes(self) -> int:
@@ -58,6 +87,50 @@ class SparseGraph:
     @property
     def nnz(self) -> int:
         return self.indices.numel()
+
+    def csr(self) -> Tensor:
+        return torch.sparse_csr_tensor(self.indptr, self.indices, self.values, (self.num_nodes, self.num_nodes))
+
+    def rows(self, nodes: Tensor) -> RowBlock:
+        """The rows of ``nodes`` with their neighbours (the columns they touch)."""
+        counts = self.indptr[nodes + 1] - self.indptr[nodes]
+        total = int(counts.sum())
+        local_row = torch.repeat_interleave(torch.arange(nodes.numel(), device=nodes.device), counts)
+        offsets = torch.repeat_interleave(self.indptr[nodes] - torch.cumsum(counts, 0) + counts, counts)
+        positions = offsets + torch.arange(total, device=nodes.device)
+        neighbors, local_col = torch.unique(self.indices[positions], return_inverse=True)
+        return RowBlock.from_coo(nodes, neighbors, local_row, local_col, self.values[positions])
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {"indptr": self.indptr, "indices": self.indices, "values": self.values}
+
+    def save(self, path: str | Path, **metadata: str) -> None:
+        from safetensors.torch import save_file
+
+        from .files import atomic_path
+
+        with atomic_path(path) as tmp:
+            save_file({k: v.contiguous().cpu() for k, v in self.tensors().items()}, str(tmp), metadata=metadata or None)
+
+    @staticmethod
+    def _load(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SparseRows":
+        tensors, _ = cls._load(path)
+        return cls(tensors["indptr"], tensors["indices"], tensors["values"])
+
+
+@dataclass
+class SparseGraph(SparseRows):
+    """``S`` in CSR form over ``num_nodes`` nodes, plus the degrees of ``A`` and the teleport term."""
+
+    degree: Tensor = None
+    teleport: float = 0.0
 
     @classmethod
     def from_affinity(cls, rows: Tensor, cols: Tensor, weights: Tensor, num_nodes: int, teleport: float = 0.0) -> "SparseGraph":
@@ -73,9 +146,6 @@ class SparseGraph:
         return cls(csr.crow_indices(), csr.col_indices(), csr.values(), degree, teleport)
 
     # --- operators -------------------------------------------------------------------------------
-    def csr(self) -> Tensor:
-        return torch.sparse_csr_tensor(self.indptr, self.indices, self.values, (self.num_nodes, self.num_nodes))
-
     def _teleport_vector(self) -> Tensor:
         return (self.degree + self.teleport).clamp_min(1e-12).rsqrt()
 
@@ -101,59 +171,39 @@ class SparseGraph:
         values = self.values * sqrt_d[self.indices] / sqrt_d[row]
         return torch.sparse_csr_tensor(self.indptr, self.indices, values, (self.num_nodes, self.num_nodes))
 
-    # --- minibatches -----------------------------------------------------------------------------
     def rows(self, nodes: Tensor) -> "GraphRows":
         """The rows of ``nodes`` with their neighbours, for a stochastic estimate of ``(S x)[nodes]``."""
-        counts = self.indptr[nodes + 1] - self.indptr[nodes]
-        total = int(counts.sum())
-        local_row = torch.repeat_interleave(torch.arange(nodes.numel(), device=nodes.device), counts)
-        offsets = torch.repeat_interleave(self.indptr[nodes] - torch.cumsum(counts, 0) + counts, counts)
-        positions = offsets + torch.arange(total, device=nodes.device)
-        neighbors, local_col = torch.unique(self.indices[positions], return_inverse=True)
-        coo = torch.sparse_coo_tensor(
-            torch.stack([local_row, local_col]), self.values[positions], (nodes.numel(), neighbors.numel())
-        ).coalesce()
+        block = super().rows(nodes)
         u = self._teleport_vector() if self.teleport else None
-        return GraphRows(nodes, neighbors, coo.to_sparse_csr(), coo.t().coalesce().to_sparse_csr(), u, self.teleport, self.num_nodes)
+        return GraphRows(block.nodes, block.neighbors, block.block, block.block_t, u, self.teleport, self.num_nodes)
 
     # --- storage ---------------------------------------------------------------------------------
-    def save(self, path: str | Path) -> None:
-        from safetensors.torch import save_file
+    def tensors(self) -> dict[str, Tensor]:
+        return {**super().tensors(), "degree": self.degree}
 
-        from .files import atomic_path
-
-        tensors = {"indptr": self.indptr, "indices": self.indices, "values": self.values, "degree": self.degree}
-        with atomic_path(path) as tmp:
-            save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata={"teleport": repr(self.teleport)})
+    def save(self, path: str | Path, **metadata: str) -> None:
+        super().save(path, teleport=repr(self.teleport), **metadata)
 
     @classmethod
     def load(cls, path: str | Path) -> "SparseGraph":
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            tensors = {k: f.get_tensor(k) for k in ("indptr", "indices", "values", "degree")}
-            teleport = float(f.metadata()["teleport"])
-        return cls(**tensors, teleport=teleport)
+        tensors, metadata = cls._load(path)
+        return cls(tensors["indptr"], tensors["indices"], tensors["values"], tensors["degree"], float(metadata["teleport"]))
 
     def to(self, device: torch.device | str) -> "SparseGraph":
         return SparseGraph(self.indptr.to(device), self.indices.to(device), self.values.to(device), self.degree.to(device), self.teleport)
 
 
 @dataclass
-class GraphRows:
-    """Rows of ``S`` for a batch of ``nodes``: ``block`` is ``[len(nodes), len(neighbors)]``."""
+class GraphRows(RowBlock):
+    """Rows of a graph ``S`` for a batch of nodes, with the teleport term's estimate."""
 
-    nodes: Tensor
-    neighbors: Tensor
-    block: Tensor
-    block_t: Tensor
-    teleport_vector: Tensor | None
-    teleport: float
-    num_nodes: int
+    teleport_vector: Tensor | None = None
+    teleport: float = 0.0
+    num_nodes: int = 0
 
-    def propagate(self, x_neighbors: Tensor, x_nodes: Tensor) -> Tensor:
+    def propagate(self, x_neighbors: Tensor, x_nodes: Tensor | None = None) -> Tensor:
         """``(S x)[nodes]`` from ``x`` at the neighbours (and at the nodes, for the teleport term's estimate)."""
-        out = sparse_matmul(self.block.to(x_neighbors.dtype), x_neighbors, self.block_t.to(x_neighbors.dtype))
+        out = super().propagate(x_neighbors)
         if self.teleport:
             u = self.teleport_vector[self.nodes].to(x_nodes.dtype)
             global_sum = (u @ x_nodes) * (self.num_nodes / self.nodes.numel())  # unbiased estimate of u^T x

@@ -40,6 +40,8 @@ def matched_confusion(confusion: Tensor, cluster_to_class: Tensor) -> Tensor:
 def scores_from_confusion(matched: Tensor, class_pixels: Tensor | None = None) -> dict[str, Tensor]:
     """Per-class IoU, mIoU and pixel accuracy from a ``[predicted class, true class]`` confusion matrix.
 
+    ``miou`` averages over the classes present in the labels or the predictions; ``miou_present``
+    over the classes present in the labels only (the convention of small benchmark sets).
     ``class_pixels``: labelled pixels of each class, when some of them are in no row of ``matched``
     (unmatched clusters); by default the column sums. A class absent from both the labels and the
     predictions has an undefined IoU (NaN) and is left out of the mean.
@@ -51,8 +53,10 @@ def scores_from_confusion(matched: Tensor, class_pixels: Tensor | None = None) -
     union = predicted + actual - tp
     iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
     total = actual.sum()
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
     return {
-        "miou": iou.nanmean() if (union > 0).any() else torch.tensor(float("nan"), dtype=torch.float64),
+        "miou": iou.nanmean() if (union > 0).any() else nan,
+        "miou_present": iou[actual > 0].mean() if (actual > 0).any() else nan,
         "acc": tp.sum() / total if total > 0 else torch.tensor(float("nan"), dtype=torch.float64),
         "iou": iou,
     }
@@ -103,6 +107,7 @@ class UnsupervisedSegmentationMetric(_ConfusionMetric):
 
     ``compute()`` returns ``miou`` and ``acc`` (floats in [0, 1]), per-class ``iou`` (NaN for classes
     absent from both the labels and the matched predictions, which are left out of the mean),
+    ``miou_present`` (the mean over the classes present in the labels only),
     ``cluster_to_class`` (the matched class of each cluster, ``-1`` if none), ``assignment``
     (the cluster matched to each class, ``-1`` if none) and the raw ``confusion`` matrix.
     """

@@ -5,9 +5,9 @@ from .cocostuff import CocoStuff27
 from .folder import ImageFolder
 from .io import DataError
 from .synthetic import SyntheticScenes, write_synthetic_folder
-from .transforms import EvalTransform, FiveCropViews, RandomViews
+from .transforms import CenterView, EvalTransform, FiveCropViews, RandomViews
 
 __all__ = [
     "IGNORE", "SegmentationDataset", "Cityscapes27", "CocoStuff27", "ImageFolder", "DataError",
-    "SyntheticScenes", "write_synthetic_folder", "EvalTransform", "FiveCropViews", "RandomViews",
+    "SyntheticScenes", "write_synthetic_folder", "CenterView", "EvalTransform", "FiveCropViews", "RandomViews",
 ]

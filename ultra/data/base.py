@@ -1,6 +1,7 @@
 """The dataset base class: pairs of image and label files, label mapping through a lookup table, checks."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -67,6 +68,12 @@ class SegmentationDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def with_transform(self, transform: Transform | None) -> "SegmentationDataset":
+        """A shallow copy of this data set with another transform."""
+        clone = copy.copy(self)
+        clone.transform = transform
+        return clone
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         """The raw ``uint8 [H, W, 3]`` image and raw label ids (before the lookup table) of one sample."""

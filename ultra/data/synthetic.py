@@ -20,15 +20,19 @@ _SHAPES = ("disc", "box", "triangle", "ellipse")
 
 
 class SyntheticScenes(SegmentationDataset):
-    """``num_images`` generated scenes of ``size`` x ``size`` px with ``num_classes`` classes (at least 2)."""
+    """``num_images`` generated scenes of ``size`` x ``size`` px with ``num_classes`` classes (at least 2).
+
+    ``seed`` draws the layouts; ``style_seed`` the classes' appearance, shared by sets that should
+    have the same classes (e.g. a training and a validation set with different ``seed``).
+    """
 
     def __init__(self, num_images: int = 32, size: int = 224, num_classes: int = 6, seed: int = 0,
-                 transform: Transform | None = None):
+                 style_seed: int = 0, transform: Transform | None = None):
         if num_images < 1 or size < 16 or num_classes < 2 or num_classes > 64:
             raise DataError(f"synthetic set needs num_images >= 1, size >= 16, 2 <= num_classes <= 64 "
                             f"(got {num_images}, {size}, {num_classes})")
-        self.size, self.seed = size, seed
-        self.styles = _class_styles(num_classes, seed)
+        self.size, self.seed, self.style_seed = size, seed, style_seed
+        self.styles = _class_styles(num_classes, style_seed)
         samples = [Sample(f"synthetic_{seed}_{i:05d}", Path(f"<synthetic:{seed}:{i}>")) for i in range(num_images)]
         mapping = {i: i for i in range(num_classes)} | {IGNORE: IGNORE}
         names = tuple(f"{'stuff' if c < _num_stuff(num_classes) else 'thing'}_{c}" for c in range(num_classes))
@@ -131,12 +135,13 @@ def render_scene(styles: list[dict], size: int, rng: np.random.Generator) -> tup
     return (np.clip(image, 0, 1) * 255).astype(np.uint8), label
 
 
-def write_synthetic_folder(root: str | Path, num_images: int = 32, size: int = 224, num_classes: int = 6, seed: int = 0) -> Path:
+def write_synthetic_folder(root: str | Path, num_images: int = 32, size: int = 224, num_classes: int = 6, seed: int = 0,
+                           style_seed: int = 0) -> Path:
     """Write a synthetic set as an :class:`~ultra.data.folder.ImageFolder` (``images/*.png``, ``labels/*.png``)."""
     from ..files import atomic_path
 
     root = Path(root)
-    data = SyntheticScenes(num_images, size, num_classes, seed)
+    data = SyntheticScenes(num_images, size, num_classes, seed, style_seed)
     for i, sample in enumerate(data.samples):
         image, label = data.load(i)
         for sub, array in (("images", image), ("labels", label.astype(np.uint8))):

@@ -57,6 +57,17 @@ class _Views:
         }
 
 
+class CenterView(_Views):
+    """One view: the centred square of the shorter side, resized to ``size`` (the evaluation crop, with its geometry)."""
+
+    def __init__(self, size: int = 224):
+        super().__init__(size, None)
+
+    def boxes(self, height: int, width: int) -> list[tuple[int, int, int, int, bool]]:
+        c = min(height, width)
+        return [((height - c) // 2, (width - c) // 2, c, c, False)]
+
+
 class FiveCropViews(_Views):
     """The five-crop scheme: shorter side to ``resize``, square crops of ``crop_fraction`` of it at the four corners
     and the centre, each resized to ``size`` (with ``flip``, their mirror images are added: ten views).

@@ -1,0 +1,133 @@
+"""``train.py`` / ``ultra-train``: train the head, fit the readouts, evaluate, export the inference checkpoint.
+
+    python train.py --config configs/demo.yaml [--trainer.max_epochs 10] [--data.num_workers 4]
+
+Everything is configured by YAML through LightningCLI (``--print_config`` shows every option).
+Outputs go to ``trainer.default_root_dir``: ``checkpoints/last.ckpt`` (written atomically every
+epoch), ``model.safetensors`` (the inference checkpoint), ``eval/`` (report and pictures) and the
+logs. Running the same command again after an interruption resumes from ``last.ckpt``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from ..evaluation import evaluate
+from ..files import atomic_path
+from ..inference import ClusterReadout, ProbeReadout, Segmenter, save_segmenter
+from ..readout import CachedRows, fit_centroids, train_probe
+from ..training import SpectralHeadModule, UltraDataModule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReadoutConfig:
+    """After training: k-means (classes + ``extra_clusters`` clusters, ``restarts``), the raw-token baseline,
+    the supervised probe, and the evaluation options."""
+
+    extra_clusters: int = 0
+    restarts: int = 5
+    raw_baseline: bool = True
+    probe: bool = True
+    probe_steps: int = 1000
+    evaluate: bool = True
+    flip: bool = False
+    crf: bool = False
+    eval_batch_size: int = 4
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes checkpoints to a temporary file and renames it: a killed run never leaves a truncated checkpoint."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        with atomic_path(path) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` every epoch in ``<default_root_dir>/checkpoints`` (a fixed place, so a rerun can resume)."""
+
+    def __init__(self):
+        super().__init__(save_last=True, save_top_k=0, every_n_epochs=1)
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        self.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
+        super().setup(trainer, pl_module, stage)
+
+
+class UltraCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data", "model.in_dim", compute_fn=lambda dm: dm.head_dim, apply_on="instantiate")
+        parser.link_arguments("data", "model.graph_weights", compute_fn=lambda dm: dm.graph_weights, apply_on="instantiate")
+        parser.add_class_arguments(ReadoutConfig, "readout")
+
+
+def build_cli(args: list[str] | None = None) -> UltraCLI:
+    return UltraCLI(
+        SpectralHeadModule, UltraDataModule, run=False, args=args, seed_everything_default=0,
+        trainer_defaults={"callbacks": [RunCheckpoint()], "plugins": [AtomicCheckpointIO()], "max_epochs": 10},
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+def last_checkpoint(trainer: pl.Trainer) -> str | None:
+    path = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+    if path.is_file():
+        log.warning("resuming from %s", path)
+        return str(path)
+    return None
+
+
+def fit_readouts(module: SpectralHeadModule, data: UltraDataModule, config: ReadoutConfig, seed: int) -> Segmenter:
+    """k-means on the head's outputs (and on raw tokens), the optional probe, over the training cache."""
+    cache = data.open_cache()
+    k = len(data.class_names) + config.extra_clusters
+    head = module.head.eval()
+    readouts = {"head": ClusterReadout(data.feature_keys, fit_centroids(CachedRows(cache, data.feature_keys, head), k, seed,
+                                                                         config.restarts), head)}
+    if config.raw_baseline:
+        raw = [data.feature_keys[-1]]
+        readouts["raw"] = ClusterReadout(raw, fit_centroids(CachedRows(cache, raw), k, seed, config.restarts))
+    if config.probe:
+        probe = train_probe(cache, data.feature_keys, len(data.class_names), steps=config.probe_steps, seed=seed)
+        if probe is not None:
+            readouts["probe"] = ProbeReadout(data.feature_keys, probe)
+    return Segmenter(data.backbone, readouts, data.class_names, resize=data.eval_resize)
+
+
+def run(cli: UltraCLI) -> dict | None:
+    """fit (resuming if possible), readouts, evaluation and export; returns the evaluation report."""
+    trainer, module, data = cli.trainer, cli.model, cli.datamodule
+    config = ReadoutConfig(**cli.config.readout)
+    trainer.fit(module, data, ckpt_path=last_checkpoint(trainer))
+    seed = int(cli.config.seed_everything) if cli.config.seed_everything is not None else 0
+    segmenter = fit_readouts(module, data, config, seed).to(trainer.strategy.root_device)
+    root = Path(trainer.default_root_dir)
+    report = None
+    if config.evaluate and data.val_dataset is not None:
+        report = evaluate(segmenter, data.val_dataset.with_transform(data.eval_transform()), trainer, output=root / "eval",
+                          flip=config.flip, crf=config.crf, batch_size=config.eval_batch_size, num_workers=data.num_workers,
+                          settings={"backbone": data.backbone.describe(), "eval_resize": data.eval_resize, "eval_crop": data.eval_crop})
+        segmenter.cluster_to_class = {name: torch.tensor(r["cluster_to_class"]) for name, r in report["readouts"].items()
+                                      if "cluster_to_class" in r and "+" not in name}
+    if trainer.is_global_zero:
+        path = save_segmenter(segmenter.cpu(), root / "model.safetensors",
+                              extra={"training": {"feature_layers": [k[1] for k in data.feature_keys],
+                                                  "graphs": [g.name for g in data.graph_specs]}})
+        log.warning("inference checkpoint written to %s", path)
+    return report
+
+
+def main(args: list[str] | None = None) -> dict | None:
+    """Console entry point (``ultra-train``) and ``train.py``."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_float32_matmul_precision("high")
+    return run(build_cli(args))

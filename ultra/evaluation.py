@@ -1,0 +1,126 @@
+"""The evaluation protocol as a Lightning test loop, and its report (table, JSON, pictures).
+
+Every readout of a :class:`~ultra.inference.Segmenter` is scored on the same images: clusters by
+Hungarian-matched unsupervised mIoU/accuracy, the probe by plain mIoU/accuracy; with ``crf`` each
+again after a dense CRF. Confusion matrices are torchmetrics states, summed across processes, and
+the loader gives every image to exactly one process, so any number of processes reports the
+same figures.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader
+
+from .crf import SCORE_SCALE, dense_crf
+from .data.base import SegmentationDataset
+from .files import atomic_path
+from .inference import Segmenter
+from .metrics import SupervisedSegmentationMetric, UnsupervisedSegmentationMetric, as_floats, matched_confusion
+from .viz import overlay, save_confusion, save_sheet
+
+log = logging.getLogger(__name__)
+LABELS = {"head": "head + k-means", "raw": "raw tokens + k-means", "probe": "linear probe (supervised)"}
+
+
+class EvaluationModule(pl.LightningModule):
+    """Updates one metric per readout (and per readout + CRF) over the test loader."""
+
+    def __init__(self, segmenter: Segmenter, num_classes: int, flip: bool = False, crf: bool = False, examples: int = 6):
+        super().__init__()
+        self.segmenter, self.flip, self.crf, self.num_examples = segmenter, flip, crf, examples
+        metrics = {}
+        for name, readout in segmenter.readouts.items():
+            variants = [name, f"{name}+crf"] if crf else [name]
+            for variant in variants:
+                metrics[variant] = (UnsupervisedSegmentationMetric(num_classes, readout.num_outputs)
+                                    if readout.kind == "clusters" else SupervisedSegmentationMetric(num_classes))
+        self.metrics = torch.nn.ModuleDict(metrics)
+        self.examples: list[dict] = []
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        images, labels = batch["image"], batch["label"]
+        scores = self.segmenter.pixel_scores(images, tuple(labels.shape[-2:]), flip=self.flip)
+        predictions = {}
+        for name, s in scores.items():
+            predictions[name] = s.argmax(1)
+            self.metrics[name].update(predictions[name], labels)
+            if self.crf:
+                pictures = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).astype(np.uint8)
+                probs = torch.softmax(s * SCORE_SCALE, 1).cpu().numpy()
+                refined = torch.from_numpy(np.stack([dense_crf(p, q) for p, q in zip(pictures, probs)])).to(labels.device)
+                predictions[f"{name}+crf"] = refined
+                self.metrics[f"{name}+crf"].update(refined, labels)
+        if self.global_rank == 0 and len(self.examples) < self.num_examples:
+            for i in range(min(images.shape[0], self.num_examples - len(self.examples))):
+                self.examples.append({"image": images[i].cpu(), "label": labels[i].cpu(),
+                                      **{k: v[i].cpu() for k, v in predictions.items()}})
+
+    def results(self) -> dict[str, dict]:
+        return {name: metric.compute() for name, metric in self.metrics.items()}
+
+
+def evaluation_loader(dataset: SegmentationDataset, trainer: pl.Trainer, batch_size: int, num_workers: int) -> DataLoader:
+    """A loader that gives each image to exactly one process (no padding duplicates under DDP)."""
+    sampler = None
+    if trainer.world_size > 1:
+        sampler = UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      collate_fn=lambda items: {"image": torch.stack([i["image"] for i in items]),
+                                                "label": torch.stack([i["label"] for i in items]).long()})
+
+
+def evaluate(segmenter: Segmenter, dataset: SegmentationDataset, trainer: pl.Trainer, output: str | Path | None = None,
+             flip: bool = False, crf: bool = False, batch_size: int = 4, num_workers: int = 0, settings: dict | None = None) -> dict:
+    """Run the protocol on ``dataset`` (already transformed) and return the JSON-able report (also written to ``output``)."""
+    module = EvaluationModule(segmenter, dataset.num_classes, flip=flip, crf=crf)
+    trainer.test(module, dataloaders=evaluation_loader(dataset, trainer, batch_size, num_workers), verbose=False)
+    results = module.results()
+    report = {"settings": {**(settings or {}), "flip": flip, "crf": crf, "images": len(dataset)},
+              "classes": list(dataset.classes), "readouts": {k: as_floats(v) for k, v in results.items()}}
+    if trainer.is_global_zero:
+        print(format_report(report))
+        if output is not None:
+            write_report(report, results, module.examples, dataset.classes, Path(output))
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = [f"{'readout':<34} {'mIoU':>7} {'acc':>7} {'mIoU(present classes)':>22}"]
+    for name, r in report["readouts"].items():
+        base, _, crf = name.partition("+")
+        label = LABELS.get(base, base) + (" + CRF" if crf else "")
+        lines.append(f"{label:<34} {100 * r['miou']:>6.1f}% {100 * r['acc']:>6.1f}% {100 * r['miou_present']:>21.1f}%")
+    return "\n".join(lines)
+
+
+def write_report(report: dict, results: dict, examples: list[dict], classes, output: Path) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    with atomic_path(output / "eval.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=1))
+    for name, r in results.items():
+        if "cluster_to_class" in r:
+            matched = matched_confusion(r["confusion"], r["cluster_to_class"].to(r["confusion"].device))
+            save_confusion(matched.T.cpu().numpy(), classes, output / f"confusion_{name}.png", title=f"{name}: true x matched")
+    if examples:
+        panels, titles = [], []
+        for ex in examples:
+            picture = (ex["image"].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+            row, row_titles = [picture, overlay(picture, ex["label"].numpy(), num_colors=len(classes))], ["image", "ground truth"]
+            for name, r in results.items():
+                prediction = ex[name]
+                if "cluster_to_class" in r:
+                    table = r["cluster_to_class"].cpu()
+                    prediction = torch.where(table >= 0, table, 255)[prediction]
+                row.append(overlay(picture, prediction.numpy(), num_colors=len(classes)))
+                row_titles.append(name)
+            panels.append(row)
+            titles.append(row_titles)
+        save_sheet(panels, titles, output / "examples.png")
+    log.info("evaluation report written to %s", output)

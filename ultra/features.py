@@ -1,0 +1,199 @@
+"""A memory-mapped cache of frozen-backbone tokens: computed once per image and view, read for every epoch.
+
+A cache folder holds, for every view of every image (views are the crops of a view transform),
+one ``.npy`` array ``[views, h, w, D]`` (float16) per token kind and layer, the views' geometry,
+their image index and their label grids (majority class per token, 255 where unlabelled).
+Its name is a hash of everything that determines its content: backbone and weights, tokens,
+view transform, and the data set's files (paths, sizes, modification times). A build writes
+into ``<key>.partial`` and resumes there after an interruption; the folder is renamed to
+``<key>`` only when complete.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from .backbone import FrozenViT
+from .data.base import SegmentationDataset
+from .files import atomic_path
+from .grids import labels_to_grid
+
+log = logging.getLogger(__name__)
+
+TokenKey = tuple[str, int]
+
+
+def dataset_fingerprint(dataset: SegmentationDataset) -> str:
+    """A hash of the data set's class, classes and files (name, path, size, modification time)."""
+    generator = (getattr(dataset, "seed", ""), getattr(dataset, "style_seed", ""), getattr(dataset, "size", ""))
+    h = hashlib.sha256(f"{type(dataset).__name__}|{dataset.classes}|{generator}".encode())
+    for sample in dataset.samples:
+        h.update(f"{sample.name}|{sample.image}|{sample.label}".encode())
+        for path in (sample.image, sample.label):
+            if path is not None and Path(path).is_file():
+                stat = Path(path).stat()
+                h.update(f"{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def _key_name(key: TokenKey) -> str:
+    return f"{key[0]}{key[1]}"
+
+
+def _collate_views(items: list[dict]) -> dict:
+    return {
+        "image": torch.stack([it["image"] for it in items]),      # [b, V, 3, s, s]
+        "label": torch.stack([it["label"] for it in items]),      # [b, V, s, s]
+        "geometry": torch.stack([it["geometry"] for it in items]),
+        "index": torch.tensor([it["index"] for it in items]),
+    }
+
+
+class FeatureCache:
+    """Read access to a complete cache folder."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        meta_file = self.path / "meta.json"
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"{self.path} is not a complete feature cache (no meta.json)")
+        self.meta = json.loads(meta_file.read_text())
+        self.keys: list[TokenKey] = [tuple(k) for k in self.meta["tokens"]]
+        self.grid: tuple[int, int] = tuple(self.meta["grid"])
+        self.views_per_image: int = self.meta["views_per_image"]
+        self.num_images: int = self.meta["num_images"]
+        self._arrays = {key: np.load(self.path / f"{_key_name(key)}.npy", mmap_mode="c") for key in self.keys}
+        self.geometry = torch.from_numpy(np.load(self.path / "geometry.npy"))
+        self.labels = np.load(self.path / "labels.npy", mmap_mode="r")
+
+    @property
+    def num_views(self) -> int:
+        return self.num_images * self.views_per_image
+
+    @property
+    def tokens_per_view(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def num_nodes(self) -> int:
+        return self.num_views * self.tokens_per_view
+
+    def dim(self, keys: Sequence[TokenKey]) -> int:
+        return sum(self._arrays[tuple(k)].shape[-1] for k in keys)
+
+    def tensor(self, key: TokenKey) -> Tensor:
+        """``[views, h*w, D]`` float16 tensor backed by the memory map (no copy)."""
+        array = self._arrays[tuple(key)]
+        return torch.from_numpy(array).reshape(array.shape[0], -1, array.shape[-1])
+
+    def rows(self, keys: Sequence[TokenKey], nodes: Tensor) -> Tensor:
+        """Float32 tokens ``[len(nodes), sum D]`` of the given nodes (view * h*w + token), keys concatenated."""
+        order = nodes.cpu().numpy()
+        parts = [self._arrays[tuple(k)].reshape(-1, self._arrays[tuple(k)].shape[-1])[order] for k in keys]
+        return torch.from_numpy(np.concatenate(parts, axis=1)).float()
+
+    def node_labels(self, nodes: Tensor) -> Tensor:
+        return torch.from_numpy(self.labels.reshape(-1)[nodes.cpu().numpy()].astype(np.int64))
+
+    def view_image(self) -> Tensor:
+        """The image index of every view."""
+        return torch.arange(self.num_images).repeat_interleave(self.views_per_image)
+
+    # --- building ------------------------------------------------------------------------------
+    @classmethod
+    def open_or_build(cls, dataset: SegmentationDataset, backbone: FrozenViT, keys: Sequence[TokenKey], views,
+                      root: str | Path, batch_size: int = 8, num_workers: int = 0, device: str | torch.device = "cpu",
+                      progress: bool = True) -> "FeatureCache":
+        """The cache of ``dataset`` seen through ``views`` (a view transform), built first if needed."""
+        keys = sorted({(k, int(layer) % backbone.num_layers) for k, layer in keys})
+        spec = {
+            "backbone": backbone.describe(), "tokens": keys, "views": _describe(views),
+            "dataset": dataset_fingerprint(dataset), "num_classes": dataset.num_classes,
+        }
+        name = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
+        final = Path(root) / name
+        if (final / "meta.json").is_file():
+            log.info("feature cache %s found", final)
+            return cls(final)
+        _build(final, spec, dataset.with_transform(views), backbone, keys, batch_size, num_workers, device, progress)
+        return cls(final)
+
+
+def _describe(transform) -> dict:
+    return {"class": type(transform).__name__, **{k: repr(v) for k, v in sorted(vars(transform).items())}}
+
+
+def _build(final: Path, spec: dict, dataset: SegmentationDataset, backbone: FrozenViT, keys: list[TokenKey],
+           batch_size: int, num_workers: int, device, progress: bool) -> None:
+    partial = final.with_name(final.name + ".partial")
+    first = dataset[0]
+    if first["image"].ndim != 4:
+        raise ValueError("the cache needs a view transform (views x 3 x H x W images), e.g. FiveCropViews or CenterView")
+    views, size = first["image"].shape[0], tuple(first["image"].shape[-2:])
+    grid = (size[0] // backbone.patch_size, size[1] // backbone.patch_size)
+    backbone.check_images(first["image"][:1])
+    dims = {key: backbone.embed_dim for key in keys}
+    shape_meta = {**spec, "grid": list(grid), "views_per_image": views, "num_images": len(dataset),
+                  "dims": {_key_name(k): d for k, d in dims.items()}}
+    done = _resume_point(partial, shape_meta)
+    mode = "r+" if done else "w+"
+    if not done:
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+        (partial / "build.json").write_text(json.dumps(shape_meta, sort_keys=True))
+    total_views = len(dataset) * views
+    arrays = {key: np.lib.format.open_memmap(partial / f"{_key_name(key)}.npy", mode=mode, dtype=np.float16,
+                                             shape=(total_views, *grid, dims[key])) for key in keys}
+    labels = np.lib.format.open_memmap(partial / "labels.npy", mode=mode, dtype=np.uint8, shape=(total_views, *grid))
+    geometry = np.lib.format.open_memmap(partial / "geometry.npy", mode=mode, dtype=np.float32, shape=(total_views, 5))
+    backbone = backbone.to(device)
+    loader = DataLoader(Subset(dataset, range(done, len(dataset))), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=_collate_views)
+    bar = tqdm(total=len(dataset), initial=done, desc="feature cache", disable=not progress)
+    for batch in loader:
+        images = batch["image"].flatten(0, 1).to(device)
+        start = int(batch["index"][0]) * views
+        stop = start + images.shape[0]
+        feats = backbone(images, layers=sorted({layer for _, layer in keys}), kinds=sorted({k for k, _ in keys}))
+        for key in keys:
+            arrays[key][start:stop] = feats[key].half().cpu().numpy()
+        labels[start:stop] = labels_to_grid(batch["label"].flatten(0, 1), grid, spec["num_classes"]).numpy()
+        geometry[start:stop] = batch["geometry"].flatten(0, 1).numpy()
+        for array in (*arrays.values(), labels, geometry):
+            array.flush()
+        done = stop // views
+        with atomic_path(partial / "progress.json") as tmp:
+            tmp.write_text(json.dumps({"done_images": done}))
+        bar.update(len(batch["index"]))
+    bar.close()
+    del arrays, labels, geometry
+    (partial / "progress.json").unlink()
+    (partial / "build.json").unlink()
+    with atomic_path(partial / "meta.json") as tmp:
+        tmp.write_text(json.dumps(shape_meta, indent=1, sort_keys=True))
+    os.replace(partial, final)
+    log.info("feature cache written to %s", final)
+
+
+def _resume_point(partial: Path, shape_meta: dict) -> int:
+    """Images already cached by an interrupted build of the same spec (0 when starting afresh)."""
+    try:
+        same = json.loads((partial / "build.json").read_text()) == json.loads(json.dumps(shape_meta, sort_keys=True))
+        done = json.loads((partial / "progress.json").read_text())["done_images"] if same else 0
+    except (OSError, ValueError, KeyError):
+        return 0
+    if done:
+        log.info("resuming feature cache %s after %d images", partial, done)
+    return done

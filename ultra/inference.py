@@ -1,0 +1,254 @@
+"""Segmenting images with a trained head, and the inference checkpoint (safetensors + JSON, no pickle).
+
+A :class:`Segmenter` holds the frozen backbone and one or more readouts: ``head`` (the trained
+head, then cosine to its k-means centroids), ``raw`` (cosine of raw tokens to their own
+centroids: the no-head baseline) and ``probe`` (a supervised linear probe, class scores).
+Scores on the token grid are upsampled bilinearly to pixels and the argmax is the segment;
+when the checkpoint knows the Hungarian matching of an evaluation, clusters are reported as
+class ids (unmatched clusters as 255).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+
+from .backbone import FrozenViT, snap_to_patch
+from .crf import SCORE_SCALE, dense_crf
+from .data.io import read_image
+from .data.transforms import image_to_tensor
+from .features import TokenKey
+from .files import atomic_path
+from .grids import upsample_scores
+from .head import ProjectionHead
+
+FORMAT = "ultra-segmenter"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """An inference checkpoint is unreadable, of another format, or does not fit the backbone."""
+
+
+class ClusterReadout(nn.Module):
+    """Cosine of the (optionally embedded) tokens to k-means centroids: ``[N, D] -> [N, K]``."""
+
+    kind = "clusters"
+
+    def __init__(self, keys: Sequence[TokenKey], centroids: Tensor, head: ProjectionHead | None = None):
+        super().__init__()
+        self.keys = [tuple(k) for k in keys]
+        self.head = head
+        self.register_buffer("centroids", F.normalize(centroids.float(), dim=-1))
+
+    @property
+    def num_outputs(self) -> int:
+        return self.centroids.shape[0]
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        z = self.head(tokens) if self.head is not None else tokens
+        return F.normalize(z, dim=-1) @ self.centroids.T
+
+
+class ProbeReadout(nn.Module):
+    """A linear classifier of tokens: ``[N, D] -> [N, classes]`` logits."""
+
+    kind = "classes"
+
+    def __init__(self, keys: Sequence[TokenKey], probe: nn.Linear):
+        super().__init__()
+        self.keys = [tuple(k) for k in keys]
+        self.probe = probe
+
+    @property
+    def num_outputs(self) -> int:
+        return self.probe.out_features
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.probe(tokens)
+
+
+class Segmenter(nn.Module):
+    """Backbone + readouts. ``segment(image)`` gives a label map at the image's size."""
+
+    def __init__(self, backbone: FrozenViT, readouts: Mapping[str, nn.Module], class_names: Sequence[str],
+                 resize: int = 320, cluster_to_class: Mapping[str, Tensor] | None = None):
+        super().__init__()
+        if not readouts:
+            raise ValueError("a segmenter needs at least one readout")
+        self.backbone = backbone
+        self.readouts = nn.ModuleDict(readouts)
+        self.class_names = tuple(class_names)
+        self.resize = resize
+        self.cluster_to_class = {k: v.long().cpu() for k, v in (cluster_to_class or {}).items()}
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.mean.device
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted({layer for r in self.readouts.values() for _, layer in r.keys})
+
+    @torch.no_grad()
+    def grid_scores(self, images: Tensor) -> dict[str, Tensor]:
+        """Scores ``[B, K, h, w]`` per readout for images in [0, 1] (resized to a multiple of the patch if needed)."""
+        size = snap_to_patch(tuple(images.shape[-2:]), self.backbone.patch_size)
+        if size != tuple(images.shape[-2:]):
+            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+        feats = self.backbone(images.to(self.device), layers=self.layers, kinds=["x"])
+        out = {}
+        for name, readout in self.readouts.items():
+            tokens = torch.cat([feats[key] for key in readout.keys], -1)
+            scores = readout(tokens.flatten(0, 2)).view(*tokens.shape[:3], -1)
+            out[name] = scores.permute(0, 3, 1, 2)
+        return out
+
+    @torch.no_grad()
+    def pixel_scores(self, images: Tensor, size: tuple[int, int] | None = None, flip: bool = False) -> dict[str, Tensor]:
+        """Scores upsampled to ``size`` (default: the images' size); ``flip`` averages with the mirrored image."""
+        scores = self.grid_scores(images)
+        if flip:
+            mirrored = self.grid_scores(images.flip(-1))
+            scores = {k: (v + mirrored[k].flip(-1)) / 2 for k, v in scores.items()}
+        size = size or tuple(images.shape[-2:])
+        return {k: upsample_scores(v, size) for k, v in scores.items()}
+
+    def to_labels(self, predictions: Tensor, readout: str) -> Tensor:
+        """Cluster ids -> class ids when this readout's matching is known (unmatched clusters -> 255)."""
+        if self.readouts[readout].kind == "clusters" and readout in self.cluster_to_class:
+            table = torch.where(self.cluster_to_class[readout] >= 0, self.cluster_to_class[readout], 255)
+            return table.to(predictions.device)[predictions]
+        return predictions
+
+    def segment(self, image, readout: str = "head", crf: bool = False, flip: bool = False) -> Tensor:
+        """Label map ``[H, W]`` of one image (PIL image, file path, or tensor ``[3, H, W]`` in [0, 1] or uint8)."""
+        if readout not in self.readouts:
+            raise KeyError(f"no readout '{readout}' in this segmenter (has {list(self.readouts)})")
+        tensor = as_image_tensor(image)
+        height, width = tensor.shape[-2:]
+        scale = self.resize / min(height, width)
+        small = F.interpolate(tensor[None], size=(max(1, round(height * scale)), max(1, round(width * scale))),
+                              mode="bilinear", align_corners=False, antialias=True)
+        scores = self.pixel_scores(small, size=(height, width), flip=flip)[readout][0]
+        if crf:
+            picture = (tensor.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+            labels = torch.from_numpy(dense_crf(picture, torch.softmax(scores * SCORE_SCALE, 0).cpu().numpy()))
+        else:
+            labels = scores.argmax(0).cpu()
+        return self.to_labels(labels, readout)
+
+
+def as_image_tensor(image) -> Tensor:
+    """A PIL image, file path, or ``[3, H, W]`` tensor (float in [0, 1] or uint8) as float ``[3, H, W]``."""
+    if isinstance(image, (str, Path)):
+        return image_to_tensor(read_image(image))
+    if isinstance(image, Image.Image):
+        return image_to_tensor(image.convert("RGB"))
+    if isinstance(image, Tensor):
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"an image tensor must be [3, H, W], got {tuple(image.shape)}")
+        return image.float() / 255 if image.dtype == torch.uint8 else image.float()
+    raise TypeError(f"cannot segment a {type(image).__name__}: give a PIL image, a path or a [3, H, W] tensor")
+
+
+# --- the checkpoint ------------------------------------------------------------------------------
+
+def save_segmenter(segmenter: Segmenter, path: str | Path, extra: dict | None = None) -> Path:
+    """Write ``segmenter`` (without the backbone's weights) as one safetensors file with its description in the header."""
+    from safetensors.torch import save_file
+
+    tensors, readouts = {}, {}
+    for name, readout in segmenter.readouts.items():
+        entry = {"kind": readout.kind, "keys": [list(k) for k in readout.keys]}
+        if isinstance(readout, ClusterReadout):
+            tensors[f"{name}.centroids"] = readout.centroids
+            if readout.head is not None:
+                entry["head"] = readout.head.config()
+                tensors.update({f"{name}.head.{k}": v for k, v in readout.head.state_dict().items()})
+        else:
+            tensors.update({f"{name}.probe.{k}": v for k, v in readout.probe.state_dict().items()})
+        readouts[name] = entry
+    meta = {
+        "format": FORMAT, "version": VERSION, "backbone": segmenter.backbone.describe(), "readouts": readouts,
+        "classes": list(segmenter.class_names), "resize": segmenter.resize,
+        "cluster_to_class": {k: v.tolist() for k, v in segmenter.cluster_to_class.items()}, **(extra or {}),
+    }
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata={"ultra": json.dumps(meta)})
+    return path
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
+    """The description and tensors of an inference checkpoint, with clear errors for wrong or broken files."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or another format): {err}") from err
+    try:
+        meta = json.loads(metadata["ultra"])
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"{path} is a safetensors file but not an ultra inference checkpoint (no 'ultra' header)") from err
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise CheckpointError(f"{path}: format {meta.get('format')} v{meta.get('version')}, expected {FORMAT} v{VERSION}")
+    return meta, tensors
+
+
+def load(path: str | Path, device: str | torch.device = "cpu", weights: str | Path | None = None) -> Segmenter:
+    """Load an inference checkpoint written by :func:`save_segmenter` (``ultra.load``).
+
+    The backbone is rebuilt from the recorded model name and weight source (or ``weights``, a
+    source or file); its weights must be the ones the checkpoint was trained with.
+    """
+    meta, tensors = read_checkpoint(path)
+    recorded = meta["backbone"]
+    source = weights or _recorded_source(recorded["weights"], path)
+    backbone = FrozenViT(recorded["model"], weights=source, model_kwargs=recorded.get("model_kwargs"))
+    loaded = backbone.weights_info
+    if loaded.digest != recorded["weights"]["digest"]:
+        raise CheckpointError(
+            f"{path} was trained on {recorded['model']} with weights {recorded['weights']['source']}:"
+            f"{recorded['weights']['location']} (digest {recorded['weights']['digest']}), but the backbone loaded "
+            f"{loaded.source}:{loaded.location} (digest {loaded.digest}); pass the original weights"
+        )
+    readouts = {}
+    for name, entry in meta["readouts"].items():
+        keys = [tuple(k) for k in entry["keys"]]
+        dim = backbone.embed_dim * len(keys)
+        if entry["kind"] == "clusters":
+            head = None
+            if "head" in entry:
+                head = ProjectionHead(**entry["head"])
+                if head.in_dim != dim:
+                    raise CheckpointError(f"{path}: head expects {head.in_dim}-d tokens, {recorded['model']} gives {dim}")
+                head.load_state_dict({k[len(name) + 6:]: v for k, v in tensors.items() if k.startswith(f"{name}.head.")})
+            readouts[name] = ClusterReadout(keys, tensors[f"{name}.centroids"], head)
+        else:
+            weight = tensors[f"{name}.probe.weight"]
+            probe = nn.Linear(weight.shape[1], weight.shape[0])
+            probe.load_state_dict({"weight": weight, "bias": tensors[f"{name}.probe.bias"]})
+            readouts[name] = ProbeReadout(keys, probe)
+    matching = {k: torch.tensor(v) for k, v in meta.get("cluster_to_class", {}).items()}
+    return Segmenter(backbone, readouts, meta["classes"], meta.get("resize", 320), matching).to(device).eval()
+
+
+def _recorded_source(info: dict, path) -> str:
+    if info["source"] == "file":
+        if not Path(info["location"]).is_file():
+            raise CheckpointError(f"{path} was trained with the weights file {info['location']}, which is missing: pass weights=PATH")
+        return info["location"]
+    return info["source"]

@@ -1,0 +1,142 @@
+"""Training on one global graph: operators over all cached tokens, sampled in minibatches of nodes.
+
+The graphs of the spectral loss are built once over every cached token of the training set
+(blockwise, sparse; see :mod:`ultra.affinity`) and stored beside the cache. A training batch is
+a uniform sample of nodes with the rows of every operator (graphs and the view-correspondence
+operator) and the tokens of every node those rows touch, so the head sees exactly the columns
+it needs. Batch ``i`` is a pure function of ``(seed, i)``; the sampler numbers batches
+``epoch * steps + k`` and shares them between processes, so training is reproducible, resumable
+at epoch boundaries, and distributed without two processes drawing the same batch.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from typing import Iterator, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, DistributedSampler
+
+from .affinity import GRAPH_KINDS, GraphSpec, KnnConfig, knn_graph
+from .features import FeatureCache, TokenKey
+from .graph import RowBlock, SparseGraph, SparseRows
+from .views import view_correspondences
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingOperators:
+    """The graphs of the loss (with their weights) and the optional view-correspondence operator."""
+
+    graphs: list[SparseGraph]
+    weights: list[float]
+    view: SparseRows | None
+
+
+def build_view_operator(geometry: Tensor, views_per_image: int, grid: tuple[int, int]) -> SparseRows:
+    """Correspondences between the views of each image, over all cached nodes."""
+    rows, cols, vals = [], [], []
+    for first in range(0, geometry.shape[0], views_per_image):
+        r, c, v = view_correspondences(geometry[first:first + views_per_image], grid, view_offset=first)
+        rows.append(r)
+        cols.append(c)
+        vals.append(v)
+    n = geometry.shape[0] * grid[0] * grid[1]
+    return SparseRows.from_coo(torch.cat(rows), torch.cat(cols), torch.cat(vals), n)
+
+
+def load_or_build_operators(cache: FeatureCache, specs: Sequence[GraphSpec], knn: KnnConfig,
+                            view_consistency: bool) -> TrainingOperators:
+    """The global operators of ``cache``, built once and stored in its ``graphs/`` folder (layers non-negative)."""
+    folder = cache.path / "graphs"
+    graphs = []
+    for spec in specs:
+        layer = spec.layer
+        name = hashlib.sha256(json.dumps([spec.kind, layer, asdict(knn)], sort_keys=True).encode()).hexdigest()[:16]
+        path = folder / f"{spec.kind}{layer}-{name}.safetensors"
+        if path.is_file():
+            graphs.append(SparseGraph.load(path))
+            continue
+        row_kind, col_kind = GRAPH_KINDS[spec.kind]
+        keys = {k for k, _ in cache.keys}
+        if row_kind not in keys or col_kind not in keys:
+            raise KeyError(f"graph {spec.kind}{layer} needs '{row_kind}'/'{col_kind}' tokens, the cache holds {cache.keys}")
+        log.info("building the %s graph of layer %d over %d tokens", spec.kind, layer, cache.num_nodes)
+        graph = knn_graph(cache.tensor((row_kind, layer)), cache.tensor((col_kind, layer)), knn)
+        graph.save(path)
+        graphs.append(graph)
+    view = None
+    if view_consistency:
+        path = folder / "views.safetensors"
+        if path.is_file():
+            view = SparseRows.load(path)
+        else:
+            view = build_view_operator(cache.geometry, cache.views_per_image, cache.grid)
+            view.save(path)
+        if view.nnz == 0:
+            log.warning("view consistency is on but no two views of an image overlap: the term is zero")
+    return TrainingOperators(graphs, [s.weight for s in specs], view)
+
+
+def batch_from_blocks(features: Tensor, node_positions: Tensor, blocks: Sequence[RowBlock],
+                      columns: Tensor, view_block: RowBlock | None) -> dict:
+    """A training batch: tokens of the touched nodes and every block as COO entries in their coordinates."""
+    def entries(block: RowBlock) -> tuple[Tensor, Tensor, Tensor]:
+        rows, cols, vals = block.coo()
+        return rows, torch.searchsorted(columns, block.neighbors)[cols], vals
+
+    return {
+        "features": features,
+        "nodes": node_positions,
+        "graphs": [entries(b) for b in blocks],
+        "view": entries(view_block) if view_block is not None else None,
+    }
+
+
+class NodeBatches(Dataset):
+    """Batch ``i`` of node minibatches: ``batch_nodes`` nodes drawn from ``(seed, i)`` with their operator rows."""
+
+    def __init__(self, cache: FeatureCache, feature_keys: Sequence[TokenKey], operators: TrainingOperators,
+                 batch_nodes: int, steps_per_epoch: int, seed: int = 0):
+        if batch_nodes < 2 or steps_per_epoch < 1:
+            raise ValueError(f"batch_nodes must be >= 2 and steps_per_epoch >= 1, got {batch_nodes}, {steps_per_epoch}")
+        self.cache, self.keys, self.operators = cache, list(feature_keys), operators
+        self.batch_nodes, self.steps, self.seed = min(batch_nodes, cache.num_nodes), steps_per_epoch, seed
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def nodes(self, index: int) -> Tensor:
+        n = self.cache.num_nodes
+        if self.batch_nodes >= n:
+            return torch.arange(n)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        return torch.randperm(n, generator=generator)[: self.batch_nodes].sort().values
+
+    def __getitem__(self, index: int) -> dict:
+        nodes = self.nodes(index)
+        blocks = [g.rows(nodes) for g in self.operators.graphs]
+        view_block = self.operators.view.rows(nodes) if self.operators.view is not None else None
+        touched = [nodes] + [b.neighbors for b in blocks] + ([view_block.neighbors] if view_block is not None else [])
+        columns = torch.unique(torch.cat(touched))
+        features = self.cache.rows(self.keys, columns)
+        return batch_from_blocks(features, torch.searchsorted(columns, nodes), blocks, columns, view_block)
+
+
+class NodeBatchSampler(DistributedSampler):
+    """Numbers the batches of epoch ``e`` as ``e * steps + k`` and gives each process its share of them."""
+
+    def __init__(self, batches: NodeBatches, num_replicas: int = 1, rank: int = 0):
+        super().__init__(batches, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.steps = len(batches)
+
+    def __iter__(self) -> Iterator[int]:
+        own = range(self.rank, self.steps, self.num_replicas)
+        return iter(self.epoch * self.steps + k for k in own)
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.steps, self.num_replicas))
