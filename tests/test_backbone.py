@@ -89,6 +89,13 @@ def test_unknown_model_names_suggest_close_matches():
         FrozenViT("resnet18", weights="random")
 
 
+def test_random_weights_are_reproducible():
+    a = FrozenViT("vit_tiny_patch16_224", weights="random", model_kwargs=TINY_VIT)
+    torch.manual_seed(123)
+    b = FrozenViT("vit_tiny_patch16_224", weights="random", model_kwargs=TINY_VIT)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
 def test_snap_to_patch():
     assert snap_to_patch((320, 320), 14) == (322, 322)
     assert snap_to_patch((5, 100), 16) == (16, 96)

@@ -74,11 +74,13 @@ def token_kinds(specs: Sequence[GraphSpec]) -> set[str]:
     return {kind for spec in specs for kind in GRAPH_KINDS[spec.kind]}
 
 
-def knn_graph(rows: Tensor, cols: Tensor | None = None, config: KnnConfig = KnnConfig()) -> SparseGraph:
+def knn_graph(rows: Tensor, cols: Tensor | None = None, config: KnnConfig = KnnConfig(),
+              device: str | torch.device = "cpu") -> SparseGraph:
     """The kNN graph of ``B`` images' tokens: ``rows``/``cols`` are ``[B, n, D]`` (``cols`` defaults to ``rows``).
 
     Similarity is the cosine of ``rows[i]`` with ``cols[j]``; node ``b*n + t`` is token t of image b.
-    Tokens may be any dtype (e.g. float16 memory-mapped): they are normalised in float32 block by block.
+    Tokens may be any dtype and stay where they are (e.g. float16 memory-mapped on the host): each
+    block is moved to ``device`` and normalised in float32 there; the edges come back to the CPU.
     """
     if rows.ndim != 3:
         raise ValueError(f"token sets must be [images, tokens, dim], got {tuple(rows.shape)}")
@@ -97,51 +99,60 @@ def knn_graph(rows: Tensor, cols: Tensor | None = None, config: KnnConfig = KnnC
     if (k_inter or config.k_any) and config.candidate_images is not None and config.candidate_images < num_images - 1:
         means = torch.stack([_unit(rows[b]).mean(0) for b in range(num_images)])
         candidates = nearest_images(means, config.candidate_images)
+    edges = _knn_edges(rows, cols, config, k_inter, candidates, torch.device(device))
+    src, dst, val = (torch.cat(part) for part in edges)
+    keep = val >= config.threshold
+    # an edge found by two searches (e.g. intra and any) is kept once
+    pair, first = torch.unique(src[keep] * (num_images * n) + dst[keep], return_inverse=True)
+    weight = torch.zeros(pair.numel()).scatter_(0, first, val[keep])
+    return SparseGraph.from_affinity(pair // (num_images * n), pair % (num_images * n), weight, num_images * n, config.teleport)
+
+
+def _knn_edges(rows: Tensor, cols: Tensor, config: KnnConfig, k_inter: int, candidates: Tensor | None,
+               device: torch.device) -> tuple[list, list, list]:
+    """Directed edges (source, target, cosine) of every search, image by image."""
+    num_images, n, _ = rows.shape
     all_cols = cols.reshape(num_images * n, -1)
     src, dst, val = [], [], []
     width = max(k_inter, config.k_any + 1, min(config.max_block // n, num_images * n))
-    buffer = torch.empty(n, width) if (k_inter or config.k_any) else None
+    buffer = torch.empty(n, width, device=device) if (k_inter or config.k_any) else None
     for b in range(num_images):
         offset = b * n
-        queries = _unit(rows[b])
+        queries = _unit(rows[b].to(device))
         if config.k_intra:
-            sim = queries @ _unit(cols[b]).T
+            sim = queries @ _unit(cols[b].to(device)).T
             sim.fill_diagonal_(-float("inf"))
             v, i = sim.topk(config.k_intra, dim=1)
-            src.append(torch.arange(n).repeat_interleave(config.k_intra) + offset)
-            dst.append(i.flatten() + offset)
-            val.append(v.flatten())
+            src.append((torch.arange(n, device=device).repeat_interleave(config.k_intra) + offset).cpu())
+            dst.append((i.flatten() + offset).cpu())
+            val.append((v.flatten()).cpu())
         if k_inter:
             if candidates is None:
                 v, i = topk_blockwise(queries, all_cols, k_inter, config.max_block, exclude=(offset, offset + n), buffer=buffer)
             else:
                 images = candidates[b]
                 v, i = topk_blockwise(queries, cols[images].reshape(-1, cols.shape[-1]), k_inter, config.max_block, buffer=buffer)
-                i = images.repeat_interleave(n)[i] * n + i % n
-            src.append(torch.arange(n).repeat_interleave(v.shape[1]) + offset)
-            dst.append(i.flatten())
-            val.append(v.flatten())
+                i = images.to(device).repeat_interleave(n)[i] * n + i % n
+            src.append((torch.arange(n, device=device).repeat_interleave(v.shape[1]) + offset).cpu())
+            dst.append((i.flatten()).cpu())
+            val.append((v.flatten()).cpu())
         if config.k_any:
             keys, key_nodes = all_cols, None
             if candidates is not None:
                 images = torch.cat([torch.tensor([b]), candidates[b]])
-                keys, key_nodes = cols[images].reshape(-1, cols.shape[-1]), (images[:, None] * n + torch.arange(n)).flatten()
+                keys = cols[images].reshape(-1, cols.shape[-1])
+                key_nodes = (images[:, None] * n + torch.arange(n)).flatten().to(device)
             v, i = topk_blockwise(queries, keys, config.k_any + 1, config.max_block, buffer=buffer)
             i = i if key_nodes is None else key_nodes[i]
-            own = torch.arange(n)[:, None] + offset
+            own = torch.arange(n, device=device)[:, None] + offset
             not_self = i != own
             # drop the token itself; keep the k_any best others of each row
             v = v.masked_fill(~not_self, -float("inf"))
             v, pick = v.topk(config.k_any, dim=1)
-            src.append(own.expand(-1, config.k_any).flatten())
-            dst.append(i.gather(1, pick).flatten())
-            val.append(v.flatten())
-    src, dst, val = torch.cat(src), torch.cat(dst), torch.cat(val)
-    keep = val >= config.threshold
-    # an edge found by two searches (e.g. intra and any) is kept once
-    pair, first = torch.unique(src[keep] * (num_images * n) + dst[keep], return_inverse=True)
-    weight = torch.zeros(pair.numel()).scatter_(0, first, val[keep])
-    return SparseGraph.from_affinity(pair // (num_images * n), pair % (num_images * n), weight, num_images * n, config.teleport)
+            src.append((own.expand(-1, config.k_any).flatten()).cpu())
+            dst.append((i.gather(1, pick).flatten()).cpu())
+            val.append((v.flatten()).cpu())
+    return src, dst, val
 
 
 def _unit(x: Tensor) -> Tensor:
@@ -157,11 +168,11 @@ def topk_blockwise(queries: Tensor, keys: Tensor, k: int, max_block: int = 1 << 
     """
     block = max(k, max_block // max(1, queries.shape[0]))
     if buffer is None or buffer.shape[0] < queries.shape[0] or buffer.shape[1] < min(block, keys.shape[0]):
-        buffer = torch.empty(queries.shape[0], min(block, keys.shape[0]), dtype=queries.dtype)
-    best_v = torch.full((queries.shape[0], 0), -float("inf"))
-    best_i = torch.zeros((queries.shape[0], 0), dtype=torch.long)
+        buffer = torch.empty(queries.shape[0], min(block, keys.shape[0]), dtype=queries.dtype, device=queries.device)
+    best_v = torch.full((queries.shape[0], 0), -float("inf"), device=queries.device)
+    best_i = torch.zeros((queries.shape[0], 0), dtype=torch.long, device=queries.device)
     for start in range(0, keys.shape[0], block):
-        chunk = _unit(keys[start:start + block])
+        chunk = _unit(keys[start:start + block].to(queries.device))
         sim = torch.matmul(queries, chunk.T, out=buffer[: queries.shape[0], : chunk.shape[0]])
         if exclude is not None:
             lo, hi = max(exclude[0] - start, 0), min(exclude[1] - start, sim.shape[1])

@@ -207,12 +207,17 @@ def format_table(figures: dict, graph_kinds) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Console entry point: ``ultra-analyze`` / ``python -m ultra.analyze``."""
+def run(argv: list[str] | None = None) -> dict:
     from jsonargparse import auto_cli
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    auto_cli(analyze, args=argv, as_positional=False)
+    return auto_cli(analyze, args=argv, as_positional=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: ``ultra-analyze`` / ``python -m ultra.analyze``."""
+    from .cli import console
+
+    console(run, "ultra-analyze")(argv)
 
 
 if __name__ == "__main__":

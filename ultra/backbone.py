@@ -95,9 +95,11 @@ class FrozenViT(nn.Module):
         self.model_name = resolve_model_name(model_name)
         self.model_kwargs = dict(model_kwargs or {})
         try:
-            self.model = timm.create_model(
-                self.model_name, pretrained=False, num_classes=0, dynamic_img_size=True, **self.model_kwargs
-            )
+            with torch.random.fork_rng(devices=[]):  # "random" weights are the same every time (seed 0)
+                torch.manual_seed(0)
+                self.model = timm.create_model(
+                    self.model_name, pretrained=False, num_classes=0, dynamic_img_size=True, **self.model_kwargs
+                )
         except TypeError as err:
             raise UnknownModelError(f"'{model_name}' is not a timm ViT accepting these arguments: {err}") from err
         blocks = getattr(self.model, "blocks", None)

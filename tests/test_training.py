@@ -1,0 +1,277 @@
+"""Head training end to end: the loss on node batches, the cache, the CLI, readouts, export and inference."""
+import json
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from PIL import Image
+
+import ultra
+from ultra.affinity import KnnConfig, knn_graph
+from ultra.cli import evaluate as eval_cli
+from ultra.cli import segment as segment_cli
+from ultra.cli import train as train_cli
+from ultra.data import FiveCropViews, SyntheticScenes
+from ultra.features import FeatureCache
+from ultra.graph import SparseRows
+from ultra.head import ProjectionHead
+from ultra.inference import CheckpointError, read_checkpoint
+from ultra.losses import head_loss, view_consistency_loss
+from ultra.nodes import NodeBatches, NodeBatchSampler, TrainingOperators, batch_from_blocks
+from ultra.spectral import spectral_loss
+from ultra.views import _token_points, view_correspondences
+
+from conftest import TINY_VIT
+from runs import synthetic_config, tiny_overrides
+
+
+# --- the loss on node batches -------------------------------------------------------------------
+
+def _tokens(n_images=6, tokens=25, dim=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(3, dim, generator=g) * 2
+    return centers[torch.randint(0, 3, (n_images, tokens), generator=g)] + torch.randn(n_images, tokens, dim, generator=g)
+
+
+def test_full_node_batch_loss_equals_the_exact_spectral_loss():
+    x = _tokens()
+    graph = knn_graph(x, config=KnnConfig(4, 4))
+    features = x.reshape(-1, x.shape[-1])
+    nodes = torch.arange(graph.num_nodes)
+    batch = batch_from_blocks(features, nodes, [graph.rows(nodes)], nodes, None)
+    head = ProjectionHead(12, 5)
+    z = head(features)
+    parts = head_loss(z, batch, [1.0], ortho_weight=0.7, view_weight=0.0)
+    exact = spectral_loss(z, [graph.matmul(z)], ortho_weight=0.7)
+    assert torch.allclose(parts["loss"], exact.total, atol=1e-5)
+
+
+def test_gradient_descent_on_node_batches_reaches_the_linear_head_optimum():
+    """The linear head's optimum is a generalised eigenproblem (X^T S X w = lambda X^T X w); training must get there."""
+    torch.manual_seed(0)
+    x = _tokens(n_images=10, tokens=30)
+    graph = knn_graph(x, config=KnnConfig(5, 5))
+    features = x.reshape(-1, x.shape[-1])
+    xs = features.double().numpy()
+    s = graph.to_dense().double().numpy()
+    values = scipy.linalg.eigh(xs.T @ s @ xs, xs.T @ xs, eigvals_only=True)[::-1]
+    head = ProjectionHead(12, 4)
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.01)
+    n = graph.num_nodes
+    for step in range(600):
+        nodes = torch.randperm(n, generator=torch.Generator().manual_seed(step))[:150].sort().values
+        block = graph.rows(nodes)
+        columns = torch.unique(torch.cat([nodes, block.neighbors]))
+        batch = batch_from_blocks(features[columns], torch.searchsorted(columns, nodes), [block], columns, None)
+        loss = head_loss(head(features[columns]), batch, [1.0], ortho_weight=1.0, view_weight=0.0)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        z = head(features)
+        q, _ = torch.linalg.qr(z.double())
+        reached = torch.linalg.eigvalsh(q.T @ torch.from_numpy(s) @ q).sum().item()
+    # Rayleigh-Ritz of the head's column space vs the best 4-d subspace reachable by a linear head
+    assert reached >= 0.97 * values[:4].sum()
+
+
+def test_view_loss_is_zero_for_consistent_views_and_positive_otherwise():
+    z = torch.randn(10, 3)
+    has = torch.tensor([True] * 6 + [False] * 4)
+    assert view_consistency_loss(z, z.clone(), has).item() == pytest.approx(0.0)
+    assert view_consistency_loss(z, torch.randn(10, 3), has).item() > 0.5
+    assert view_consistency_loss(z, torch.randn(10, 3), torch.zeros(10, dtype=torch.bool)).item() == 0.0
+
+
+def test_view_correspondences_undo_crops_and_flips():
+    geometry = torch.tensor([[0.0, 0.0, 0.6, 0.6, 0.0], [0.2, 0.2, 0.8, 0.8, 1.0], [0.4, 0.4, 1.0, 1.0, 0.0]])
+    rows, cols, vals = view_correspondences(geometry, (6, 6))
+    c = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (108, 108)).to_dense()
+    points = _token_points(geometry, (6, 6)).reshape(-1, 2)
+    f = points[:, 0] + 2 * points[:, 1]  # any linear function of the image position
+    has = c.sum(1) > 0
+    assert torch.allclose(c.sum(1)[has], torch.ones(int(has.sum())))
+    # away from crop borders (where bilinear weights are clamped) C reproduces the function exactly
+    interior = has.clone()
+    for view in range(3):
+        x0, y0, x1, y1, _ = geometry[view]
+        p = points[view * 36:(view + 1) * 36]
+        near_edge = torch.zeros(36, dtype=torch.bool)
+        for other in range(3):
+            if other != view:
+                a0, b0, a1, b1, _ = geometry[other]
+                margin = 0.5 * (a1 - a0) / 6
+                inside = (p[:, 0] >= a0) & (p[:, 0] <= a1) & (p[:, 1] >= b0) & (p[:, 1] <= b1)
+                near = (p[:, 0] < a0 + margin) | (p[:, 0] > a1 - margin) | (p[:, 1] < b0 + margin) | (p[:, 1] > b1 - margin)
+                near_edge |= inside & near
+        interior[view * 36:(view + 1) * 36] &= ~near_edge
+    assert interior.sum() > 20
+    assert torch.allclose((c @ f)[interior], f[interior], atol=1e-5)
+    assert interior[36:72].sum() > 5  # the flipped view is among the exactly reproduced points
+
+
+def test_node_batches_are_deterministic_and_shared_between_processes(tmp_path, tiny_vit):
+    data = SyntheticScenes(3, 96, 4, seed=0)
+    cache = FeatureCache.open_or_build(data, tiny_vit, [("x", 2)], FiveCropViews(64, 96), tmp_path, progress=False)
+    graph = knn_graph(cache.tensor(("x", 2)), config=KnnConfig(0, 0, 5))
+    batches = NodeBatches(cache, [("x", 2)], TrainingOperators([graph], [1.0], None), batch_nodes=50, steps_per_epoch=6, seed=3)
+    a, b = batches[7], batches[7]
+    assert torch.equal(a["features"], b["features"]) and torch.equal(a["nodes"], b["nodes"])
+    assert not torch.equal(batches.nodes(7), batches.nodes(8))
+    first, second = NodeBatchSampler(batches, 2, 0), NodeBatchSampler(batches, 2, 1)
+    for sampler in (first, second):
+        sampler.set_epoch(2)
+    assert sorted(list(first) + list(second)) == list(range(12, 18)) and not set(first) & set(second)
+    assert len(first) == 3
+    odd = NodeBatches(cache, [("x", 2)], TrainingOperators([graph], [1.0], None), batch_nodes=50, steps_per_epoch=5)
+    shares = [list(NodeBatchSampler(odd, 2, rank)) for rank in (0, 1)]
+    assert [len(s) for s in shares] == [3, 3] and len(set(shares[0]) | set(shares[1])) == 6  # equal and distinct
+
+
+# --- the feature cache --------------------------------------------------------------------------
+
+class _Crashing(SyntheticScenes):
+    crash_at = None
+
+    def load(self, index):
+        if index == self.crash_at:
+            raise RuntimeError("simulated crash")
+        return super().load(index)
+
+
+def test_feature_cache_resumes_an_interrupted_build(tmp_path, tiny_vit):
+    views = FiveCropViews(64, 96)
+    reference = FeatureCache.open_or_build(SyntheticScenes(5, 96, 4), tiny_vit, [("x", 1), ("q", 2)], views,
+                                           tmp_path / "a", batch_size=2, progress=False)
+    crashing = _Crashing(5, 96, 4)
+    crashing.crash_at = 3
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        FeatureCache.open_or_build(crashing, tiny_vit, [("x", 1), ("q", 2)], views, tmp_path / "b", batch_size=2, progress=False)
+    partial = list((tmp_path / "b").glob("*.partial"))
+    assert len(partial) == 1 and json.loads((partial[0] / "progress.json").read_text())["done_images"] == 2
+    assert not [p for p in (tmp_path / "b").iterdir() if not p.name.endswith(".partial")]  # nothing final yet
+    crashing.crash_at = None
+    resumed = FeatureCache.open_or_build(crashing, tiny_vit, [("x", 1), ("q", 2)], views, tmp_path / "b", batch_size=2, progress=False)
+    for key in (("x", 1), ("q", 2)):
+        assert torch.equal(resumed.tensor(key), reference.tensor(key))
+    assert torch.equal(resumed.geometry, reference.geometry)
+    assert np.array_equal(resumed.labels, reference.labels)
+    assert resumed.num_views == 25 and resumed.grid == (4, 4)
+
+
+# --- the command line, readouts, export ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    config = synthetic_config(root / "tiny.yaml")
+    report = train_cli.run(["--config", str(config), *tiny_overrides(root)])
+    return root, config, report
+
+
+def test_training_writes_checkpoints_report_and_an_inference_checkpoint(trained):
+    root, _, report = trained
+    assert (root / "run" / "checkpoints" / "last.ckpt").is_file()
+    assert set(report["readouts"]) == {"head", "raw", "probe"}
+    for r in report["readouts"].values():
+        assert 0 <= r["miou"] <= 1 and 0 <= r["acc"] <= 1
+    assert json.loads((root / "run" / "eval" / "eval.json").read_text())["readouts"]["head"]["miou"] == report["readouts"]["head"]["miou"]
+    assert (root / "run" / "eval" / "examples.png").is_file() and (root / "run" / "eval" / "confusion_head.png").is_file()
+    meta, tensors = read_checkpoint(root / "run" / "model.safetensors")
+    assert meta["classes"] == ["stuff_0", "stuff_1", "thing_2", "thing_3"]
+    assert meta["cluster_to_class"]["head"] == report["readouts"]["head"]["cluster_to_class"]
+    assert tensors["head.centroids"].shape == (4, 8)
+
+
+def test_loaded_checkpoint_segments_images_at_their_size(trained, tiny_vit):
+    root, _, _ = trained
+    segmenter = ultra.load(root / "run" / "model.safetensors")
+    image = SyntheticScenes(1, 96, 4, seed=5)[0]["image"]
+    picture = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((70, 50))
+    labels = segmenter.segment(picture)
+    assert labels.shape == (50, 70)
+    assert set(labels.unique().tolist()) <= {0, 1, 2, 3, 255}
+    assert torch.equal(segmenter.segment(torch.from_numpy(np.array(picture)).permute(2, 0, 1)), labels)
+    raw = segmenter.segment(picture, readout="raw")
+    assert raw.shape == (50, 70)
+    with pytest.raises(KeyError, match="no readout 'nope'"):
+        segmenter.segment(picture, readout="nope")
+
+
+def test_eval_command_reproduces_the_training_report(trained):
+    root, config, report = trained
+    again = eval_cli.run(["--checkpoint", str(root / "run" / "model.safetensors"), "--config", str(config),
+                          "--eval_resize", "64", "--eval_crop", "64", "--output", str(root / "eval2")])
+    for name in ("head", "raw", "probe"):
+        assert again["readouts"][name]["miou"] == pytest.approx(report["readouts"][name]["miou"])
+    assert (root / "eval2" / "eval.json").is_file()
+
+
+def test_segment_command_writes_pictures_and_refuses_to_overwrite(trained, tmp_path):
+    root, _, _ = trained
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i in range(2):
+        Image.fromarray(SyntheticScenes(2, 96, 4, seed=9)[i]["image"].permute(1, 2, 0).numpy()).save(images / f"p{i}.jpg")
+    written = segment_cli.run([str(root / "run" / "model.safetensors"), str(images), "-o", str(tmp_path / "out")])
+    assert [p.name for p in written] == ["p0.png", "p1.png"]
+    label = np.array(Image.open(written[0]))
+    assert label.shape == (96, 96) and label.dtype == np.uint8
+    assert (tmp_path / "out" / "p0_overlay.png").is_file()
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        segment_cli.run([str(root / "run" / "model.safetensors"), str(images), "-o", str(tmp_path / "out")])
+    segment_cli.run([str(root / "run" / "model.safetensors"), str(images / "p1.jpg"), "-o", str(tmp_path / "out"), "--overwrite"])
+
+
+def test_console_entry_reports_user_errors_without_a_traceback(trained, tmp_path, capsys):
+    root, _, _ = trained
+    with pytest.raises(SystemExit) as exit_info:
+        segment_cli.main([str(root / "run" / "model.safetensors"), str(tmp_path / "missing"), "-o", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    assert "ultra-segment: error:" in capsys.readouterr().err
+
+
+def test_bad_checkpoints_are_clear_errors(trained, tmp_path):
+    root, _, _ = trained
+    good = (root / "run" / "model.safetensors").read_bytes()
+    (tmp_path / "truncated.safetensors").write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="truncated.safetensors is not a readable safetensors file"):
+        ultra.load(tmp_path / "truncated.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(CheckpointError, match="not an ultra inference checkpoint"):
+        ultra.load(tmp_path / "other.safetensors")
+    with pytest.raises(CheckpointError, match="last.ckpt is not a readable safetensors"):
+        ultra.load(root / "run" / "checkpoints" / "last.ckpt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        ultra.load(tmp_path / "nothing.safetensors")
+
+
+def test_a_checkpoint_for_other_backbone_weights_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    from ultra.backbone import FrozenViT
+    from ultra.inference import ClusterReadout, Segmenter, save_segmenter
+
+    state = FrozenViT("vit_tiny_patch16_224", weights="random", model_kwargs=TINY_VIT).model.state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "a.safetensors"))
+    save_file({k: v.contiguous() + 0.01 for k, v in state.items()}, str(tmp_path / "b.safetensors"))
+    backbone = FrozenViT("vit_tiny_patch16_224", weights=tmp_path / "a.safetensors", model_kwargs=TINY_VIT)
+    segmenter = Segmenter(backbone, {"head": ClusterReadout([("x", 2)], torch.randn(3, 8), ProjectionHead(48, 8))}, ["a", "b", "c"])
+    save_segmenter(segmenter, tmp_path / "m.safetensors")
+    assert ultra.load(tmp_path / "m.safetensors").backbone.weights_info.source == "file"
+    with pytest.raises(CheckpointError, match=r"was trained on vit_tiny_patch16_224 with weights file:.*a.safetensors.*loaded file:.*b.safetensors"):
+        ultra.load(tmp_path / "m.safetensors", weights=tmp_path / "b.safetensors")
+    (tmp_path / "a.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="weights file .*a.safetensors, which is missing"):
+        ultra.load(tmp_path / "m.safetensors")
+
+
+def test_on_the_fly_training_runs_without_a_cache_for_the_head(tmp_path):
+    config = synthetic_config(tmp_path / "fly.yaml", on_the_fly=True, images_per_batch=3)
+    report = train_cli.run(["--config", str(config), *tiny_overrides(tmp_path, epochs=1), "--readout.probe", "false",
+                            "--readout.raw_baseline", "false"])
+    assert set(report["readouts"]) == {"head"}
+    assert (tmp_path / "run" / "model.safetensors").is_file()
