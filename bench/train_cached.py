@@ -40,6 +40,7 @@ def _cycle(loader, convert=None):
 
 def main(images: int = 32, steps: int = 20, view_size: int = 224, weights: str = "auto", threads: int | None = None) -> float:
     """Print and return the speed-up of cached over on-the-fly training steps."""
+    from ultra.affinity import KnnConfig
     from ultra.data import SyntheticScenes
     from ultra.training import SpectralHeadModule, UltraDataModule
 
@@ -49,7 +50,8 @@ def main(images: int = 32, steps: int = 20, view_size: int = 224, weights: str =
     views_per_image, images_per_batch = 2, 8
     with tempfile.TemporaryDirectory() as cache_dir:
         common = dict(train_dataset=SyntheticScenes(images, 320, 6), backbone="vit_small_patch14_dinov2", weights=weights,
-                      view_size=view_size, cache_dir=cache_dir, steps_per_epoch=steps + 1, seed=0)
+                      view_size=view_size, cache_dir=cache_dir, steps_per_epoch=steps + 1, seed=0,
+                      knn=KnnConfig(k_intra=0, k_inter=0, k_any=16, candidate_images=16))  # the demo's graph
         cached = UltraDataModule(**common)
         tokens = (view_size // cached.backbone.patch_size) ** 2
         cached.batch_nodes = images_per_batch * views_per_image * tokens  # the same nodes per step as on the fly

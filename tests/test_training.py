@@ -18,7 +18,7 @@ from ultra.graph import SparseRows
 from ultra.head import ProjectionHead
 from ultra.inference import CheckpointError, read_checkpoint
 from ultra.losses import head_loss, view_consistency_loss
-from ultra.nodes import NodeBatches, NodeBatchSampler, TrainingOperators, batch_from_blocks
+from ultra.nodes import NodeBatches, NodeBatchSampler, TrainingOperators, batch_from_entries
 from ultra.spectral import spectral_loss
 from ultra.views import _token_points, view_correspondences
 
@@ -39,7 +39,7 @@ def test_full_node_batch_loss_equals_the_exact_spectral_loss():
     graph = knn_graph(x, config=KnnConfig(4, 4))
     features = x.reshape(-1, x.shape[-1])
     nodes = torch.arange(graph.num_nodes)
-    batch = batch_from_blocks(features, nodes, [graph.rows(nodes)], nodes, None)
+    batch = batch_from_entries(features, nodes, [graph.entries(nodes)], nodes, None)
     head = ProjectionHead(12, 5)
     z = head(features)
     parts = head_loss(z, batch, [1.0], ortho_weight=0.7, view_weight=0.0)
@@ -61,9 +61,9 @@ def test_gradient_descent_on_node_batches_reaches_the_linear_head_optimum():
     n = graph.num_nodes
     for step in range(600):
         nodes = torch.randperm(n, generator=torch.Generator().manual_seed(step))[:150].sort().values
-        block = graph.rows(nodes)
-        columns = torch.unique(torch.cat([nodes, block.neighbors]))
-        batch = batch_from_blocks(features[columns], torch.searchsorted(columns, nodes), [block], columns, None)
+        entries = graph.entries(nodes)
+        columns = torch.unique(torch.cat([nodes, entries[1]]))
+        batch = batch_from_entries(features[columns], torch.searchsorted(columns, nodes), [entries], columns, None)
         loss = head_loss(head(features[columns]), batch, [1.0], ortho_weight=1.0, view_weight=0.0)["loss"]
         optimizer.zero_grad()
         loss.backward()

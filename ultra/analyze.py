@@ -77,6 +77,7 @@ def analyze(
     lr: float = 0.02,
     k_intra: int = 16,
     k_inter: int = 16,
+    k_any: int = 0,
     threshold: float = 0.0,
     teleport: float = 0.0,
     batch_images: int | None = None,
@@ -94,7 +95,8 @@ def analyze(
         graph_kinds: among ``kq``, ``vv``, ``feat``; one solve per kind over all chosen layers.
         image_size: images are resized (shorter side) and centre-cropped to this square size.
         classes: number of label classes when ``labels/`` exists (enables class R^2 and mIoU).
-        num_vectors: eigenvectors per solve; k_intra, k_inter, threshold, teleport: the graphs;
+        num_vectors: eigenvectors per solve; k_intra, k_inter, k_any, threshold, teleport: the graphs
+            (see :class:`~ultra.affinity.KnnConfig`);
         epochs, lr, batch_images: the solver (``batch_images`` images per step at the dataset level).
         clusters: k-means segments per image and per set when there are no labels.
     """
@@ -122,7 +124,7 @@ def analyze(
     solver = SolverConfig(num_vectors=num_vectors, epochs=epochs, lr=lr, seed=seed)
     figures: dict = {"settings": {
         "images": str(images), "model": backbone.describe(), "layers": layer_list, "graph_kinds": list(graph_kinds),
-        "image_size": image_size, "grid": list(grid), "knn": asdict(KnnConfig(k_intra=k_intra, k_inter=k_inter, threshold=threshold, teleport=teleport)),
+        "image_size": image_size, "grid": list(grid), "knn": asdict(KnnConfig(k_intra=k_intra, k_inter=k_inter, k_any=k_any, threshold=threshold, teleport=teleport)),
         "solver": asdict(solver), "batch_images": batch_images,
     }}
     maps: dict = {}
@@ -131,11 +133,12 @@ def analyze(
         per_image = []
         for b in tqdm(range(len(items)), desc=f"{kind}: per-image solves"):
             one = {key: value[b:b + 1].float() for key, value in grids.items()}
-            graphs = affinity_graphs(one, specs, KnnConfig(k_intra=k_intra, k_inter=0, threshold=threshold, teleport=teleport))
+            graphs = affinity_graphs(one, specs, KnnConfig(k_intra=k_intra, k_inter=0, k_any=k_any, threshold=threshold,
+                                                           teleport=teleport))
             per_image.append(solve(graphs, None, solver).vectors)
         graphs = affinity_graphs({k: v.float() for k, v in grids.items()}, specs,
-                                 KnnConfig(k_intra=k_intra, k_inter=k_inter if len(items) > 1 else 0, threshold=threshold,
-                                           teleport=teleport))
+                                 KnnConfig(k_intra=k_intra, k_inter=k_inter if len(items) > 1 else 0, k_any=k_any,
+                                           threshold=threshold, teleport=teleport))
         whole = solve(graphs, None, SolverConfig(**{**asdict(solver), "batch_images": batch_images}),
                       nodes_per_image=n, progress=True).vectors
         levels = {"image": torch.stack(per_image), "dataset": whole.reshape(len(items), n, -1)}

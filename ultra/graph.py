@@ -41,6 +41,12 @@ def sparse_matmul(a: Tensor, x: Tensor, a_t: Tensor | None = None) -> Tensor:
     return _SparseMatmul.apply(a, a if a_t is None else a_t, x)
 
 
+def _indptr(rows: Tensor, num_rows: int) -> Tensor:
+    indptr = torch.zeros(num_rows + 1, dtype=torch.long, device=rows.device)
+    indptr[1:] = torch.cumsum(torch.bincount(rows, minlength=num_rows), 0)
+    return indptr
+
+
 @dataclass
 class RowBlock:
     """Rows of a sparse operator for a batch of ``nodes``: ``block`` is ``[len(nodes), len(neighbors)]`` (CSR, with its transpose)."""
@@ -52,14 +58,13 @@ class RowBlock:
 
     @classmethod
     def from_coo(cls, nodes: Tensor, neighbors: Tensor, rows: Tensor, cols: Tensor, values: Tensor) -> "RowBlock":
-        """From entries (local row, local column, value) of the ``len(nodes) x len(neighbors)`` block."""
-        coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (nodes.numel(), neighbors.numel())).coalesce()
-        return cls(nodes, neighbors, coo.to_sparse_csr(), coo.t().coalesce().to_sparse_csr())
-
-    def coo(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Entries (local row, local column, value) of the block."""
-        rows = torch.repeat_interleave(torch.arange(self.nodes.numel(), device=self.nodes.device), self.block.crow_indices().diff())
-        return rows, self.block.col_indices(), self.block.values()
+        """From entries (local row, local column, value) of the ``len(nodes) x len(neighbors)`` block, sorted by
+        row then column and without duplicates (as rows taken from a CSR matrix are): no sorting is needed."""
+        shape = (nodes.numel(), neighbors.numel())
+        block = torch.sparse_csr_tensor(_indptr(rows, shape[0]), cols, values, shape)
+        order = torch.argsort(cols * shape[0] + rows)
+        block_t = torch.sparse_csr_tensor(_indptr(cols, shape[1]), rows[order], values[order], shape[::-1])
+        return cls(nodes, neighbors, block, block_t)
 
     def propagate(self, x_neighbors: Tensor) -> Tensor:
         """``(M x)[nodes]`` from ``x`` at the neighbours (differentiable in ``x``)."""
@@ -91,15 +96,20 @@ class SparseRows:
     def csr(self) -> Tensor:
         return torch.sparse_csr_tensor(self.indptr, self.indices, self.values, (self.num_nodes, self.num_nodes))
 
-    def rows(self, nodes: Tensor) -> RowBlock:
-        """The rows of ``nodes`` with their neighbours (the columns they touch)."""
+    def entries(self, nodes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Entries (position in ``nodes``, column, value) of the rows of ``nodes``, sorted by row then column."""
         counts = self.indptr[nodes + 1] - self.indptr[nodes]
         total = int(counts.sum())
         local_row = torch.repeat_interleave(torch.arange(nodes.numel(), device=nodes.device), counts)
         offsets = torch.repeat_interleave(self.indptr[nodes] - torch.cumsum(counts, 0) + counts, counts)
         positions = offsets + torch.arange(total, device=nodes.device)
-        neighbors, local_col = torch.unique(self.indices[positions], return_inverse=True)
-        return RowBlock.from_coo(nodes, neighbors, local_row, local_col, self.values[positions])
+        return local_row, self.indices[positions], self.values[positions]
+
+    def rows(self, nodes: Tensor) -> RowBlock:
+        """The rows of ``nodes`` with their neighbours (the columns they touch)."""
+        local_row, cols, values = self.entries(nodes)
+        neighbors, local_col = torch.unique(cols, return_inverse=True)
+        return RowBlock.from_coo(nodes, neighbors, local_row, local_col, values)
 
     def tensors(self) -> dict[str, Tensor]:
         return {"indptr": self.indptr, "indices": self.indices, "values": self.values}

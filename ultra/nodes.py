@@ -22,7 +22,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from .affinity import GRAPH_KINDS, GraphSpec, KnnConfig, knn_graph
 from .features import FeatureCache, TokenKey
-from .graph import RowBlock, SparseGraph, SparseRows
+from .graph import SparseGraph, SparseRows
 from .views import view_correspondences
 
 log = logging.getLogger(__name__)
@@ -82,18 +82,22 @@ def load_or_build_operators(cache: FeatureCache, specs: Sequence[GraphSpec], knn
     return TrainingOperators(graphs, [s.weight for s in specs], view)
 
 
-def batch_from_blocks(features: Tensor, node_positions: Tensor, blocks: Sequence[RowBlock],
-                      columns: Tensor, view_block: RowBlock | None) -> dict:
-    """A training batch: tokens of the touched nodes and every block as COO entries in their coordinates."""
-    def entries(block: RowBlock) -> tuple[Tensor, Tensor, Tensor]:
-        rows, cols, vals = block.coo()
-        return rows, torch.searchsorted(columns, block.neighbors)[cols], vals
+Entries = tuple[Tensor, Tensor, Tensor]
+
+
+def batch_from_entries(features: Tensor, node_positions: Tensor, graphs: Sequence[Entries], columns: Tensor,
+                       view: Entries | None) -> dict:
+    """A training batch: tokens of the touched nodes (``columns``) and the rows of every operator as entries
+    (position in the batch, global column, value), their columns renumbered as positions in ``columns``."""
+    def local(entries: Entries) -> Entries:
+        rows, cols, vals = entries
+        return rows, torch.searchsorted(columns, cols), vals
 
     return {
         "features": features,
         "nodes": node_positions,
-        "graphs": [entries(b) for b in blocks],
-        "view": entries(view_block) if view_block is not None else None,
+        "graphs": [local(e) for e in graphs],
+        "view": local(view) if view is not None else None,
     }
 
 
@@ -119,12 +123,12 @@ class NodeBatches(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         nodes = self.nodes(index)
-        blocks = [g.rows(nodes) for g in self.operators.graphs]
-        view_block = self.operators.view.rows(nodes) if self.operators.view is not None else None
-        touched = [nodes] + [b.neighbors for b in blocks] + ([view_block.neighbors] if view_block is not None else [])
+        graphs = [g.entries(nodes) for g in self.operators.graphs]
+        view = self.operators.view.entries(nodes) if self.operators.view is not None else None
+        touched = [nodes] + [cols for _, cols, _ in graphs] + ([view[1]] if view is not None else [])
         columns = torch.unique(torch.cat(touched))
         features = self.cache.rows(self.keys, columns)
-        return batch_from_blocks(features, torch.searchsorted(columns, nodes), blocks, columns, view_block)
+        return batch_from_entries(features, torch.searchsorted(columns, nodes), graphs, columns, view)
 
 
 class NodeBatchSampler(DistributedSampler):

@@ -24,7 +24,7 @@ from .features import FeatureCache, TokenKey, _collate_views
 from .files import cache_root
 from .head import ProjectionHead
 from .losses import head_loss
-from .nodes import NodeBatches, NodeBatchSampler, TrainingOperators, batch_from_blocks, build_view_operator, load_or_build_operators
+from .nodes import NodeBatches, NodeBatchSampler, TrainingOperators, batch_from_entries, build_view_operator, load_or_build_operators
 
 log = logging.getLogger(__name__)
 VIEW_SCHEMES = ("five", "center")
@@ -177,14 +177,15 @@ class UltraDataModule(pl.LightningDataModule):
         n_nodes = images.shape[0] * grid[0] * grid[1]
         nodes = torch.arange(n_nodes, device=images.device)
         knn = KnnConfig(**{**self.knn.__dict__, "candidate_images": None})
+        every = torch.arange(n_nodes)
         graphs = []
         for spec in self.graph_specs:
             row_kind, col_kind = GRAPH_KINDS[spec.kind]
             graph = knn_graph(tokens[(row_kind, spec.layer)].cpu(), tokens[(col_kind, spec.layer)].cpu(), knn)
-            graphs.append(graph.rows(torch.arange(n_nodes)))
-        view = build_view_operator(batch["geometry"].flatten(0, 1).cpu(), batch["geometry"].shape[1], grid)
+            graphs.append(graph.entries(every))
+        view = build_view_operator(batch["geometry"].flatten(0, 1).cpu(), batch["geometry"].shape[1], grid).entries(every)
         features = torch.cat([tokens[key].reshape(n_nodes, -1) for key in self.feature_keys], 1)
-        out = batch_from_blocks(features.cpu(), torch.arange(n_nodes), graphs, torch.arange(n_nodes), view.rows(torch.arange(n_nodes)))
+        out = batch_from_entries(features.cpu(), every, graphs, every, view)
         return _to_device(out, images.device) | {"nodes": nodes}
 
 
