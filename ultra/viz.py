@@ -41,6 +41,13 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.55, num_colo
     return (image.astype(np.float32) * (1 - alpha) + colors * alpha).astype(np.uint8)
 
 
+def overlay_mask(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 60, 0), alpha: float = 0.5) -> np.ndarray:
+    """``image`` with the pixels of a boolean ``mask`` tinted by ``color``."""
+    out = image.astype(np.float32).copy()
+    out[mask] = out[mask] * (1 - alpha) + np.array(color, np.float32) * alpha
+    return out.astype(np.uint8)
+
+
 def eigen_rgb(vectors: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
     """Three maps ``[h, w, 3]`` as an RGB picture, each channel stretched to [0, 255] (bilinear to ``size`` = (W, H))."""
     v = np.asarray(vectors, dtype=np.float64)

@@ -1,0 +1,65 @@
+"""``ultra-interpret IMAGE -o OUT``: relevance maps of an image's tokens, segments from them, and a picture sheet.
+
+Writes ``OUT/<name>_segments.png`` (segment ids) and ``OUT/<name>_sheet.png`` (the image, the
+segments, and the maps of a few tokens). ``--stride`` uses an anchor grid of tokens instead of all
+of them (about stride^2 times faster); ``--segments K`` or ``--distance_threshold T`` sets the clustering.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from jsonargparse import ArgumentParser
+
+from . import console
+from ..backbone import FrozenViT
+from ..data.io import read_image
+from ..data.transforms import image_to_tensor
+from ..interpret import relevance_maps
+from ..objects import prepare_image, segments_from_maps
+from ..viz import heatmap, overlay, save_image, save_sheet
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="ultra-interpret", description=__doc__.split("\n\n")[0])
+    parser.add_argument("image", type=Path, help="the image")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    parser.add_argument("--model", type=str, default="vit_small_patch14_dinov2")
+    parser.add_argument("--weights", type=str, default="auto")
+    parser.add_argument("--layer", type=int, default=-1, help="layer of the tokens (block output, default last)")
+    parser.add_argument("--size", type=int, default=224, help="shorter side of the image fed to the model")
+    parser.add_argument("--stride", type=int | None, default=None, help="anchor-grid stride (default: all tokens)")
+    parser.add_argument("--segments", type=int | None, default=None, help="number of segments")
+    parser.add_argument("--distance_threshold", type=float | None, default=None, help="cosine distance cut (default 0.5)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    return parser
+
+
+def run(args: list[str] | None = None) -> Path:
+    """Compute the maps, segment, write the pictures; returns the sheet's path."""
+    cfg = build_parser().parse_args(args)
+    if cfg.segments is None and cfg.distance_threshold is None:
+        cfg.distance_threshold = 0.5
+    outputs = [cfg.output / f"{cfg.image.stem}_segments.png", cfg.output / f"{cfg.image.stem}_sheet.png"]
+    existing = [p for p in outputs if p.exists()]
+    if existing and not cfg.overwrite:
+        raise FileExistsError(f"{existing[0]} exists already; pass --overwrite to replace it")
+    picture = read_image(cfg.image)
+    vit = FrozenViT(cfg.model, weights=cfg.weights, layers=[cfg.layer], kinds=["x"])
+    image = prepare_image(vit, image_to_tensor(picture), cfg.size)
+    result = relevance_maps(vit, image, layer=cfg.layer, stride=cfg.stride)
+    size = picture.shape[:2]
+    segments, _ = segments_from_maps(result, size, cfg.segments, cfg.distance_threshold)
+    save_image(segments.numpy().astype(np.uint8), outputs[0])
+    shown = result.targets[torch.linspace(0, len(result.targets) - 1, 4).long()]
+    panels = [picture, overlay(picture, segments.numpy())] + [
+        heatmap(result.maps[int((result.targets == t).nonzero()[0, 0])].numpy(), picture.shape[1::-1]) for t in shown]
+    titles = ["image", f"{int(segments.max()) + 1} segments"] + [
+        f"map of token ({int(t) // result.grid[1]}, {int(t) % result.grid[1]})" for t in shown]
+    save_sheet([panels], [titles], outputs[1])
+    print(f"{len(result.targets)} maps at layer {result.layer}, {int(segments.max()) + 1} segments; sheet {outputs[1]}")
+    return outputs[1]
+
+
+main = console(run, "ultra-interpret")

@@ -1,0 +1,66 @@
+"""``ultra-select IMAGE --point X,Y -o mask.png``: the object under a clicked pixel, from its token's relevance map.
+
+Writes the mask (0/255 PNG) to ``-o`` and, beside it, ``<name>_overlay.png`` (the mask over the
+image, the clicked point marked) and ``<name>_map.png`` (the token's relevance map).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from jsonargparse import ArgumentParser
+
+from . import console
+from ..backbone import FrozenViT
+from ..data.io import read_image
+from ..data.transforms import image_to_tensor
+from ..objects import select
+from ..viz import heatmap, overlay_mask, save_image
+
+
+def parse_point(text: str) -> tuple[float, float]:
+    try:
+        x, y = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--point must be X,Y in pixels, got '{text}'") from None
+    return x, y
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="ultra-select", description=__doc__.split("\n\n")[0])
+    parser.add_argument("image", type=Path, help="the image")
+    parser.add_argument("--point", type=str, required=True, help="X,Y: the clicked pixel")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="mask PNG to write")
+    parser.add_argument("--model", type=str, default="vit_small_patch14_dinov2")
+    parser.add_argument("--weights", type=str, default="auto")
+    parser.add_argument("--layer", type=int, default=-1, help="layer of the token (block output, default last)")
+    parser.add_argument("--size", type=int, default=448, help="shorter side of the image fed to the model")
+    parser.add_argument("--threshold", type=str, default="otsu", help="'otsu' or a fraction of the map's maximum")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    return parser
+
+
+def run(args: list[str] | None = None) -> Path:
+    """Select the object and write the pictures; returns the mask's path."""
+    cfg = build_parser().parse_args(args)
+    point = parse_point(cfg.point)
+    threshold = cfg.threshold if cfg.threshold == "otsu" else float(cfg.threshold)
+    outputs = [cfg.output, cfg.output.with_name(f"{cfg.output.stem}_overlay.png"), cfg.output.with_name(f"{cfg.output.stem}_map.png")]
+    existing = [p for p in outputs if p.exists()]
+    if existing and not cfg.overwrite:
+        raise FileExistsError(f"{existing[0]} exists already; pass --overwrite to replace it")
+    picture = read_image(cfg.image)
+    vit = FrozenViT(cfg.model, weights=cfg.weights, layers=[cfg.layer], kinds=["x"])
+    mask, values = select(vit, image_to_tensor(picture), point, layer=cfg.layer, size=cfg.size, threshold=threshold)
+    mask = mask.numpy()
+    shown = overlay_mask(picture, mask)
+    x, y = int(point[0]), int(point[1])
+    shown[max(0, y - 3):y + 4, max(0, x - 3):x + 4] = (0, 255, 255)
+    save_image((mask * 255).astype(np.uint8), outputs[0])
+    save_image(shown, outputs[1])
+    save_image(heatmap(values.numpy(), picture.shape[1::-1]), outputs[2])
+    print(f"mask of {int(mask.sum())} px ({100 * mask.mean():.1f}% of the image) written to {outputs[0]}")
+    return outputs[0]
+
+
+main = console(run, "ultra-select")

@@ -1,0 +1,138 @@
+"""ULTra relevance maps of latent tokens: gradient-weighted attention rollout, many targets at once.
+
+For a target patch token ``t`` of layer ``l`` (the output of block ``l``, as everywhere in ultra)
+and a scalar ``f`` of it (its norm, or the sum of the L2-normalised token), with ``A_b`` the
+attention probabilities of block ``b``::
+
+    R <- I;  for b = 0..l:  R <- R + mean_heads(clamp+(df/dA_b * A_b)) R;   map_t = R[t, patches]
+
+and the token's own entry replaced by the largest other entry (ULTra). Two exact identities make
+this affordable for many targets: ``df/dA_b = (df/dO_b) V_b^T`` per head, with ``O_b = A_b V_b`` the
+attention output, so the batched backward pass (``is_grads_batched``: one forward, one vectorised
+reverse pass per chunk of targets) only carries ``T x N x D`` gradients; and only row ``t`` of ``R``
+is needed, ``e_t^T (I + Abar_l) ... (I + Abar_0)``, computed by vector-matrix products from the
+left, ``O(N^2)`` per block instead of ``O(N^3)``. The cost still grows with the number of targets
+(one reverse pass each): exact per-token maps have no cheaper route.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .backbone import FrozenViT
+
+SCORES = ("norm", "unit_sum")
+
+
+@dataclass
+class RelevanceMaps:
+    """Maps ``[T, h, w]`` of the target patches ``targets`` (row-major indices) of one image at ``layer``."""
+
+    maps: Tensor
+    targets: Tensor
+    layer: int
+    grid: tuple[int, int]
+
+
+@contextlib.contextmanager
+def _recording(vit: FrozenViT, layer: int):
+    """Explicit attention in blocks 0..layer, recording each block's probabilities, values and attention output."""
+    blocks = vit.model.blocks[: layer + 1]
+    store = {"A": [None] * len(blocks), "V": [None] * len(blocks), "O": [None] * len(blocks)}
+    hooks, fused = [], []
+    for b, block in enumerate(blocks):
+        attn = block.attn
+        for name in ("attn_drop", "norm", "qkv"):
+            if not hasattr(attn, name):
+                raise TypeError(f"block {b} of {vit.model_name} has no attn.{name}: not a timm ViT attention")
+        fused.append(attn.fused_attn)
+        attn.fused_attn = False
+
+        def keep_a(_m, _i, out, b=b):
+            store["A"][b] = out
+
+        def keep_v(_m, _i, out, b=b, dim=attn.qkv.out_features // 3):
+            store["V"][b] = out[..., 2 * dim:].detach()
+
+        def keep_o(_m, inputs, b=b):
+            store["O"][b] = inputs[0]
+
+        hooks += [attn.attn_drop.register_forward_hook(keep_a), attn.qkv.register_forward_hook(keep_v),
+                  attn.norm.register_forward_pre_hook(keep_o)]
+    try:
+        yield store
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for block, flag in zip(blocks, fused):
+            block.attn.fused_attn = flag
+
+
+def _scalar(tokens: Tensor, score: str) -> Tensor:
+    if score == "norm":
+        return tokens.norm(dim=-1)
+    return F.normalize(tokens, dim=-1).sum(-1)
+
+
+def anchor_targets(grid: tuple[int, int], stride: int) -> Tensor:
+    """Row-major patch indices of a grid of anchors every ``stride`` tokens (offset to the cells' centres)."""
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    h, w = grid
+    ys = torch.arange(stride // 2, h, stride)
+    xs = torch.arange(stride // 2, w, stride)
+    return (ys[:, None] * w + xs[None, :]).flatten()
+
+
+def relevance_maps(vit: FrozenViT, image: Tensor, layer: int = -1, targets: Tensor | None = None,
+                   stride: int | None = None, score: str = "norm", chunk: int = 8) -> RelevanceMaps:
+    """Relevance maps of target patch tokens of one image (``[3, H, W]`` in [0, 1], sides multiples of the patch).
+
+    ``targets``: patch indices (row-major); default all patches, or an anchor grid with ``stride``.
+    ``chunk`` targets share one vectorised reverse pass (memory about ``chunk x heads x N^2`` floats).
+    """
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES}, got '{score}'")
+    layer = vit.check_layers([layer])[0]
+    grid = vit.check_images(image[None])
+    n_patches = grid[0] * grid[1]
+    if targets is None:
+        targets = anchor_targets(grid, stride) if stride else torch.arange(n_patches)
+    targets = torch.as_tensor(targets, dtype=torch.long).flatten()
+    if targets.numel() == 0 or targets.min() < 0 or targets.max() >= n_patches:
+        raise ValueError(f"targets must be patch indices in [0, {n_patches}) for a {grid[0]}x{grid[1]} grid")
+    prefix = vit.num_prefix_tokens
+    device = vit.mean.device
+    with torch.enable_grad(), _recording(vit, layer) as store:
+        pixels = vit.normalize(image[None].to(device)).requires_grad_(True)
+        tokens = vit.model.forward_intermediates(pixels, indices=[layer], norm=False, stop_early=True,
+                                                 output_fmt="NLC", intermediates_only=True)[0][0]  # [hw, D]
+        maps = [_rollout(store, _scalar(tokens[part], score), prefix + part, layer, vit.model.blocks[0].attn.num_heads)
+                for part in targets.split(chunk)]
+    maps = torch.cat(maps)[:, prefix:]
+    rows = torch.arange(targets.numel())
+    others = maps.clone()
+    others[rows, targets] = -float("inf")
+    maps[rows, targets] = others.max(1).values  # the token's own entry: the largest other entry
+    return RelevanceMaps(maps.reshape(-1, *grid).detach().cpu(), targets, layer, grid)
+
+
+def _rollout(store: dict, scalars: Tensor, rows: Tensor, layer: int, heads: int) -> Tensor:
+    """Rows ``rows`` of the rollout for the scalars of one chunk of targets: ``[T, N]``."""
+    t = scalars.numel()
+    outputs = [store["O"][b] for b in range(layer + 1)]
+    grads = torch.autograd.grad(scalars, outputs, grad_outputs=torch.eye(t, device=scalars.device),
+                                is_grads_batched=True, retain_graph=True)
+    n = store["A"][0].shape[-1]
+    v = F.one_hot(rows, n).to(scalars.dtype)
+    for b in range(layer, -1, -1):
+        attention = store["A"][b][0].detach()                              # [H, N, N]
+        values = store["V"][b][0].view(n, heads, -1).transpose(0, 1)      # [H, N, d]
+        g = grads[b][:, 0].view(t, n, heads, -1).transpose(1, 2)           # [T, H, N, d]
+        weighted = (g @ values.transpose(-1, -2) * attention).clamp(min=0).mean(1)  # [T, N, N]
+        v = v + torch.bmm(v[:, None, :], weighted)[:, 0]
+    return v.detach()

@@ -1,0 +1,105 @@
+"""Segments and objects from relevance maps: per-image segmentation and selection by a clicked point.
+
+Segmentation: the maps of an image's tokens (each scaled to a maximum of 1) are clustered by
+average-linkage agglomerative clustering on cosine distance (a distance threshold, or a fixed
+number of segments); every pixel takes the cluster whose summed map is largest there (summed maps
+upsampled bilinearly). Selection: the clicked pixel's token, its map upsampled to the image, and
+a threshold (Otsu's on the map's values, or a fraction of its maximum) give a binary mask.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.cluster.hierarchy import fcluster, linkage
+from torch import Tensor
+
+from .backbone import FrozenViT, snap_to_patch
+from .grids import upsample_scores
+from .interpret import RelevanceMaps, relevance_maps
+
+
+def cluster_maps(maps: Tensor, num_segments: int | None = None, distance_threshold: float | None = None) -> Tensor:
+    """Cluster ids ``[T]`` (0-based) of maps ``[T, ...]``: average linkage on cosine distance."""
+    if (num_segments is None) == (distance_threshold is None):
+        raise ValueError("give exactly one of num_segments and distance_threshold")
+    flat = maps.reshape(maps.shape[0], -1).double()
+    if flat.shape[0] == 1:
+        return torch.zeros(1, dtype=torch.long)
+    tree = linkage(flat.numpy(), method="average", metric="cosine")
+    if num_segments is not None:
+        ids = fcluster(tree, t=min(num_segments, flat.shape[0]), criterion="maxclust")
+    else:
+        ids = fcluster(tree, t=distance_threshold, criterion="distance")
+    _, ids = np.unique(ids, return_inverse=True)
+    return torch.from_numpy(ids).long()
+
+
+def segments_from_maps(result: RelevanceMaps, size: tuple[int, int], num_segments: int | None = None,
+                       distance_threshold: float | None = None) -> tuple[Tensor, Tensor]:
+    """Per-pixel segment ids ``[H, W]`` and the clusters' summed maps ``[C, h, w]`` of one image's maps."""
+    maps = result.maps / result.maps.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+    ids = cluster_maps(maps, num_segments, distance_threshold)
+    summed = torch.zeros(int(ids.max()) + 1, *maps.shape[1:]).index_add_(0, ids, maps)
+    scores = upsample_scores(summed[None], size)[0]
+    return scores.argmax(0), summed
+
+
+def otsu_threshold(values: Tensor, bins: int = 256) -> float:
+    """Otsu's threshold of ``values``: the cut that maximises the between-class variance."""
+    v = values.flatten().double()
+    lo, hi = float(v.min()), float(v.max())
+    if hi <= lo:
+        return hi
+    hist = torch.histc(v, bins=bins, min=lo, max=hi)
+    centers = torch.linspace(lo, hi, bins + 1, dtype=torch.float64)
+    centers = (centers[:-1] + centers[1:]) / 2
+    weight = hist.cumsum(0)
+    mass = (hist * centers).cumsum(0)
+    total, total_mass = weight[-1], mass[-1]
+    w0, w1 = weight, total - weight
+    valid = (w0 > 0) & (w1 > 0)
+    between = torch.where(valid, (total_mass * w0 - total * mass) ** 2 / (w0 * w1).clamp_min(1e-12), torch.zeros_like(w0))
+    return float(centers[int(between.argmax())])
+
+
+def mask_from_map(values: Tensor, size: tuple[int, int], threshold: str | float = "otsu") -> Tensor:
+    """A boolean ``[H, W]`` mask from a grid map: bilinear upsampling, then Otsu's threshold or ``threshold * max``."""
+    pixels = upsample_scores(values[None, None].float(), size)[0, 0]
+    if threshold == "otsu":
+        cut = otsu_threshold(values)
+    elif isinstance(threshold, (int, float)) and 0 < threshold < 1:
+        cut = float(threshold) * float(values.max())
+    else:
+        raise ValueError(f"threshold must be 'otsu' or a fraction in (0, 1), got {threshold!r}")
+    return pixels >= cut
+
+
+def prepare_image(vit: FrozenViT, image: Tensor, size: int) -> Tensor:
+    """``image`` resized so its shorter side is about ``size``, both sides multiples of the patch."""
+    height, width = image.shape[-2:]
+    if min(height, width) < vit.patch_size:
+        raise ValueError(f"image of {width}x{height} px is smaller than one {vit.patch_size}x{vit.patch_size} patch")
+    scale = size / min(height, width)
+    target = snap_to_patch((round(height * scale), round(width * scale)), vit.patch_size)
+    return F.interpolate(image[None].float(), size=target, mode="bilinear", align_corners=False, antialias=True)[0]
+
+
+def point_token(point: tuple[float, float], image_size: tuple[int, int], grid: tuple[int, int]) -> int:
+    """Row-major index of the token under pixel ``point = (x, y)`` of an image of ``image_size = (H, W)``."""
+    x, y = point
+    height, width = image_size
+    if not (0 <= x < width and 0 <= y < height):
+        raise ValueError(f"point ({x}, {y}) is outside the {width}x{height} image")
+    return int(y * grid[0] // height) * grid[1] + int(x * grid[1] // width)
+
+
+def select(vit: FrozenViT, image: Tensor, point: tuple[float, float], layer: int = -1, size: int = 448,
+           threshold: str | float = "otsu", score: str = "norm") -> tuple[Tensor, Tensor]:
+    """The object under ``point`` (pixel x, y of ``image``, ``[3, H, W]`` in [0, 1]): a boolean ``[H, W]`` mask and the map."""
+    height, width = image.shape[-2:]
+    resized = prepare_image(vit, image, size)
+    grid = vit.check_images(resized[None])
+    token = point_token(point, (height, width), grid)
+    result = relevance_maps(vit, resized, layer=layer, targets=torch.tensor([token]), score=score)
+    return mask_from_map(result.maps[0], (height, width), threshold), result.maps[0]
