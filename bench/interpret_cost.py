@@ -14,7 +14,7 @@ import time
 import torch
 
 
-def main(size: int = 448, stride: int = 4, layer: int = 11, weights: str = "auto", chunk: int = 8) -> dict:
+def main(size: int = 448, stride: int = 4, layer: int = 11, weights: str = "auto", chunk: int = 4) -> dict:
     from ultra.backbone import FrozenViT
     from ultra.interpret import relevance_maps
 

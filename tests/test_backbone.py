@@ -89,6 +89,17 @@ def test_unknown_model_names_suggest_close_matches():
         FrozenViT("resnet18", weights="random")
 
 
+@pytest.mark.parametrize("name, patch, dim, prefix", [
+    ("dino_vits8", 8, 384, 1), ("dino_vits16", 16, 384, 1), ("dino_vitb8", 8, 768, 1), ("dino_vitb16", 16, 768, 1),
+    ("dinov2_vits14", 14, 384, 1), ("dinov2_vitb14", 14, 768, 1), ("dinov2_vits14_reg", 14, 384, 5),
+])
+def test_the_field_s_backbones_give_their_grids(name, patch, dim, prefix):
+    vit = FrozenViT(name, weights="random", model_kwargs={"depth": 2})
+    assert (vit.patch_size, vit.embed_dim, vit.num_prefix_tokens) == (patch, dim, prefix)
+    feats = vit(torch.rand(1, 3, 2 * patch, 3 * patch))
+    assert feats["q", 1].shape == (1, 2, 3, dim) and feats.prefix["v"][0].shape == (1, prefix, dim)
+
+
 def test_random_weights_are_reproducible():
     a = FrozenViT("vit_tiny_patch16_224", weights="random", model_kwargs=TINY_VIT)
     torch.manual_seed(123)

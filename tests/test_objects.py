@@ -110,3 +110,14 @@ def test_interpret_command_writes_segments_and_sheet(photo, tmp_path):
     segments = np.array(Image.open(tmp_path / "out" / "photo_segments.png"))
     assert segments.shape == (50, 70) and segments.max() <= 2
     assert Image.open(sheet).size[0] > 600
+
+
+def test_a_small_object_is_not_swallowed_by_a_large_background():
+    obj = torch.zeros(4, 6)
+    obj[:2, :2] = 1
+    background = (1 - obj) + 0.3 * obj  # the background tokens' maps leak onto the object
+    maps = torch.stack([obj if obj.flatten()[t] else background for t in range(24)])
+    result = RelevanceMaps(maps, torch.arange(24), 1, (4, 6))
+    segments, _ = segments_from_maps(result, (4, 6), num_segments=2)
+    assert segments[0, 0] != segments[3, 5]  # raw sums would give the 20-token cluster every pixel
+    assert (segments == segments[0, 0]).sum() == 4

@@ -51,7 +51,8 @@ def _key_name(key: TokenKey) -> str:
     return f"{key[0]}{key[1]}"
 
 
-def _collate_views(items: list[dict]) -> dict:
+def collate_views(items: list[dict]) -> dict:
+    """Batch items of a view transform: images ``[b, V, 3, s, s]``, labels, geometry, indices."""
     return {
         "image": torch.stack([it["image"] for it in items]),      # [b, V, 3, s, s]
         "label": torch.stack([it["label"] for it in items]),      # [b, V, s, s]
@@ -160,7 +161,7 @@ def _build(final: Path, spec: dict, dataset: SegmentationDataset, backbone: Froz
     geometry = np.lib.format.open_memmap(partial / "geometry.npy", mode=mode, dtype=np.float32, shape=(total_views, 5))
     backbone = backbone.to(device)
     loader = DataLoader(Subset(dataset, range(done, len(dataset))), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=_collate_views)
+                        collate_fn=collate_views)
     bar = tqdm(total=len(dataset), initial=done, desc="feature cache", disable=not progress)
     for batch in loader:
         images = batch["image"].flatten(0, 1).to(device)

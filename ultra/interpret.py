@@ -6,13 +6,14 @@ attention probabilities of block ``b``::
 
     R <- I;  for b = 0..l:  R <- R + mean_heads(clamp+(df/dA_b * A_b)) R;   map_t = R[t, patches]
 
-and the token's own entry replaced by the largest other entry (ULTra). Two exact identities make
-this affordable for many targets: ``df/dA_b = (df/dO_b) V_b^T`` per head, with ``O_b = A_b V_b`` the
-attention output, so the batched backward pass (``is_grads_batched``: one forward, one vectorised
-reverse pass per chunk of targets) only carries ``T x N x D`` gradients; and only row ``t`` of ``R``
-is needed, ``e_t^T (I + Abar_l) ... (I + Abar_0)``, computed by vector-matrix products from the
-left, ``O(N^2)`` per block instead of ``O(N^3)``. The cost still grows with the number of targets
-(one reverse pass each): exact per-token maps have no cheaper route.
+and the token's own entry replaced by the largest other entry (ULTra). Many targets share one
+forward pass; their gradients come from one vectorised reverse pass per chunk of targets
+(``torch.autograd.grad(..., is_grads_batched=True)``), and only row ``t`` of ``R`` is needed,
+``e_t^T (I + Abar_l) ... (I + Abar_0)``, computed by vector-matrix products from the left (``O(N^2)``
+per block instead of ``O(N^3)``). Each target still needs its own reverse pass: exact per-token
+maps cost about as many backward passes as there are targets. A chunk holds
+``chunk x heads x N^2`` gradient floats per block (about 1.2 GB for 4 targets of a 448 px
+DINOv2-S/14 image); lower ``chunk`` on small machines.
 """
 from __future__ import annotations
 
@@ -40,29 +41,21 @@ class RelevanceMaps:
 
 @contextlib.contextmanager
 def _recording(vit: FrozenViT, layer: int):
-    """Explicit attention in blocks 0..layer, recording each block's probabilities, values and attention output."""
+    """Explicit attention in blocks 0..layer, recording each block's attention probabilities (in the graph)."""
     blocks = vit.model.blocks[: layer + 1]
-    store = {"A": [None] * len(blocks), "V": [None] * len(blocks), "O": [None] * len(blocks)}
+    store: dict[str, list] = {"A": [None] * len(blocks)}
     hooks, fused = [], []
     for b, block in enumerate(blocks):
         attn = block.attn
-        for name in ("attn_drop", "norm", "qkv"):
-            if not hasattr(attn, name):
-                raise TypeError(f"block {b} of {vit.model_name} has no attn.{name}: not a timm ViT attention")
+        if not hasattr(attn, "attn_drop") or not hasattr(attn, "fused_attn"):
+            raise TypeError(f"block {b} of {vit.model_name} has no timm attention with explicit probabilities")
         fused.append(attn.fused_attn)
         attn.fused_attn = False
 
-        def keep_a(_m, _i, out, b=b):
-            store["A"][b] = out
+        def keep(_module, _inputs, output, b=b):
+            store["A"][b] = output
 
-        def keep_v(_m, _i, out, b=b, dim=attn.qkv.out_features // 3):
-            store["V"][b] = out[..., 2 * dim:].detach()
-
-        def keep_o(_m, inputs, b=b):
-            store["O"][b] = inputs[0]
-
-        hooks += [attn.attn_drop.register_forward_hook(keep_a), attn.qkv.register_forward_hook(keep_v),
-                  attn.norm.register_forward_pre_hook(keep_o)]
+        hooks.append(attn.attn_drop.register_forward_hook(keep))
     try:
         yield store
     finally:
@@ -89,11 +82,11 @@ def anchor_targets(grid: tuple[int, int], stride: int) -> Tensor:
 
 
 def relevance_maps(vit: FrozenViT, image: Tensor, layer: int = -1, targets: Tensor | None = None,
-                   stride: int | None = None, score: str = "norm", chunk: int = 8) -> RelevanceMaps:
+                   stride: int | None = None, score: str = "norm", chunk: int = 4) -> RelevanceMaps:
     """Relevance maps of target patch tokens of one image (``[3, H, W]`` in [0, 1], sides multiples of the patch).
 
     ``targets``: patch indices (row-major); default all patches, or an anchor grid with ``stride``.
-    ``chunk`` targets share one vectorised reverse pass (memory about ``chunk x heads x N^2`` floats).
+    ``chunk`` targets share one vectorised reverse pass (memory: ``chunk x heads x N^2`` floats per block).
     """
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got '{score}'")
@@ -111,8 +104,7 @@ def relevance_maps(vit: FrozenViT, image: Tensor, layer: int = -1, targets: Tens
         pixels = vit.normalize(image[None].to(device)).requires_grad_(True)
         tokens = vit.model.forward_intermediates(pixels, indices=[layer], norm=False, stop_early=True,
                                                  output_fmt="NLC", intermediates_only=True)[0][0]  # [hw, D]
-        maps = [_rollout(store, _scalar(tokens[part], score), prefix + part, layer, vit.model.blocks[0].attn.num_heads)
-                for part in targets.split(chunk)]
+        maps = [_rollout(store, _scalar(tokens[part], score), prefix + part, layer) for part in targets.split(chunk)]
     maps = torch.cat(maps)[:, prefix:]
     rows = torch.arange(targets.numel())
     others = maps.clone()
@@ -121,18 +113,14 @@ def relevance_maps(vit: FrozenViT, image: Tensor, layer: int = -1, targets: Tens
     return RelevanceMaps(maps.reshape(-1, *grid).detach().cpu(), targets, layer, grid)
 
 
-def _rollout(store: dict, scalars: Tensor, rows: Tensor, layer: int, heads: int) -> Tensor:
+def _rollout(store: dict, scalars: Tensor, rows: Tensor, layer: int) -> Tensor:
     """Rows ``rows`` of the rollout for the scalars of one chunk of targets: ``[T, N]``."""
     t = scalars.numel()
-    outputs = [store["O"][b] for b in range(layer + 1)]
-    grads = torch.autograd.grad(scalars, outputs, grad_outputs=torch.eye(t, device=scalars.device),
+    attention = [store["A"][b] for b in range(layer + 1)]
+    grads = torch.autograd.grad(scalars, attention, grad_outputs=torch.eye(t, device=scalars.device),
                                 is_grads_batched=True, retain_graph=True)
-    n = store["A"][0].shape[-1]
-    v = F.one_hot(rows, n).to(scalars.dtype)
+    v = F.one_hot(rows, attention[0].shape[-1]).to(scalars.dtype)
     for b in range(layer, -1, -1):
-        attention = store["A"][b][0].detach()                              # [H, N, N]
-        values = store["V"][b][0].view(n, heads, -1).transpose(0, 1)      # [H, N, d]
-        g = grads[b][:, 0].view(t, n, heads, -1).transpose(1, 2)           # [T, H, N, d]
-        weighted = (g @ values.transpose(-1, -2) * attention).clamp(min=0).mean(1)  # [T, N, N]
+        weighted = grads[b][:, 0].mul_(attention[b][0].detach()).clamp_(min=0).mean(1)  # [T, N, N]
         v = v + torch.bmm(v[:, None, :], weighted)[:, 0]
     return v.detach()

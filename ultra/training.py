@@ -9,18 +9,20 @@ structure; the head module never sees images either way.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import move_data_to_device
 from torch.utils.data import DataLoader
 
-from .affinity import GRAPH_KINDS, GraphSpec, KnnConfig, knn_graph, token_kinds
+from .affinity import GRAPH_KINDS, GraphSpec, KnnConfig, knn_graph
 from .backbone import FrozenViT
 from .data.base import SegmentationDataset
 from .data.transforms import CenterView, EvalTransform, FiveCropViews, RandomViews
-from .features import FeatureCache, TokenKey, _collate_views
+from .features import FeatureCache, TokenKey, collate_views
 from .files import cache_root
 from .head import ProjectionHead
 from .losses import head_loss
@@ -113,8 +115,8 @@ class UltraDataModule(pl.LightningDataModule):
 
     @property
     def cache_keys(self) -> list[TokenKey]:
-        kinds = {(k, g.layer) for g in self.graph_specs for k in token_kinds([g])}
-        return sorted(set(self.feature_keys) | kinds)
+        graph_tokens = {(kind, g.layer) for g in self.graph_specs for kind in GRAPH_KINDS[g.kind]}
+        return sorted(set(self.feature_keys) | graph_tokens)
 
     def view_transform(self):
         if self.views == "center":
@@ -155,7 +157,7 @@ class UltraDataModule(pl.LightningDataModule):
         if self.on_the_fly:
             data = self.train_dataset.with_transform(RandomViews(self.view_size, self.resize, num_views=2))
             return DataLoader(data, batch_size=self.images_per_batch, shuffle=True, drop_last=True,
-                              num_workers=self.num_workers, collate_fn=_collate_views)
+                              num_workers=self.num_workers, collate_fn=collate_views)
         batches = NodeBatches(self.cache, self.feature_keys, self.operators, self.batch_nodes, self.steps_per_epoch, self.seed)
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
         return DataLoader(batches, batch_size=None, sampler=NodeBatchSampler(batches, world, rank),
@@ -175,28 +177,17 @@ class UltraDataModule(pl.LightningDataModule):
         grid = feats.grid_size
         tokens = {key: feats[key].flatten(1, 2) for key in self.cache_keys}
         n_nodes = images.shape[0] * grid[0] * grid[1]
-        nodes = torch.arange(n_nodes, device=images.device)
-        knn = KnnConfig(**{**self.knn.__dict__, "candidate_images": None})
+        knn = dataclasses.replace(self.knn, candidate_images=None)
         every = torch.arange(n_nodes)
         graphs = []
         for spec in self.graph_specs:
             row_kind, col_kind = GRAPH_KINDS[spec.kind]
-            graph = knn_graph(tokens[(row_kind, spec.layer)].cpu(), tokens[(col_kind, spec.layer)].cpu(), knn)
+            graph = knn_graph(tokens[(row_kind, spec.layer)], tokens[(col_kind, spec.layer)], knn, device=images.device)
             graphs.append(graph.entries(every))
         view = build_view_operator(batch["geometry"].flatten(0, 1).cpu(), batch["geometry"].shape[1], grid).entries(every)
         features = torch.cat([tokens[key].reshape(n_nodes, -1) for key in self.feature_keys], 1)
         out = batch_from_entries(features.cpu(), every, graphs, every, view)
-        return _to_device(out, images.device) | {"nodes": nodes}
-
-
-def _to_device(batch, device):
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(b, device) for b in batch)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    return batch
+        return move_data_to_device(out, images.device)
 
 
 class SpectralHeadModule(pl.LightningModule):
