@@ -269,6 +269,14 @@ def test_a_checkpoint_for_other_backbone_weights_is_refused(tmp_path):
         ultra.load(tmp_path / "m.safetensors")
 
 
+def test_crf_requested_without_the_package_fails_before_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_cli, "crf_available", lambda: False)
+    config = synthetic_config(tmp_path / "c.yaml")
+    with pytest.raises(train_cli.CRFUnavailable, match="pip install 'ultra-seg\\[crf\\]'"):
+        train_cli.run(["--config", str(config), *tiny_overrides(tmp_path), "--readout.crf", "true"])
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_on_the_fly_training_runs_without_a_cache_for_the_head(tmp_path):
     config = synthetic_config(tmp_path / "fly.yaml", on_the_fly=True, images_per_batch=3)
     report = train_cli.run(["--config", str(config), *tiny_overrides(tmp_path, epochs=1), "--readout.probe", "false",
