@@ -22,7 +22,7 @@ from .crf import SCORE_SCALE, dense_crf
 from .data.base import SegmentationDataset
 from .files import atomic_path
 from .inference import Segmenter
-from .metrics import SupervisedSegmentationMetric, UnsupervisedSegmentationMetric, as_floats, matched_confusion
+from .metrics import SupervisedSegmentationMetric, UnsupervisedSegmentationMetric, apply_matching, as_floats, matched_confusion
 from .viz import overlay, save_confusion, save_sheet
 
 log = logging.getLogger(__name__)
@@ -116,8 +116,7 @@ def write_report(report: dict, results: dict, examples: list[dict], classes, out
             for name, r in results.items():
                 prediction = ex[name]
                 if "cluster_to_class" in r:
-                    table = r["cluster_to_class"].cpu()
-                    prediction = torch.where(table >= 0, table, 255)[prediction]
+                    prediction = apply_matching(prediction, r["cluster_to_class"])
                 row.append(overlay(picture, prediction.numpy(), num_colors=len(classes)))
                 row_titles.append(name)
             panels.append(row)

@@ -27,6 +27,7 @@ from .features import TokenKey
 from .files import atomic_path
 from .grids import upsample_scores
 from .head import ProjectionHead
+from .metrics import apply_matching
 
 FORMAT = "ultra-segmenter"
 VERSION = 1
@@ -123,8 +124,7 @@ class Segmenter(nn.Module):
     def to_labels(self, predictions: Tensor, readout: str) -> Tensor:
         """Cluster ids -> class ids when this readout's matching is known (unmatched clusters -> 255)."""
         if self.readouts[readout].kind == "clusters" and readout in self.cluster_to_class:
-            table = torch.where(self.cluster_to_class[readout] >= 0, self.cluster_to_class[readout], 255)
-            return table.to(predictions.device)[predictions]
+            return apply_matching(predictions, self.cluster_to_class[readout])
         return predictions
 
     def segment(self, image, readout: str = "head", crf: bool = False, flip: bool = False) -> Tensor:

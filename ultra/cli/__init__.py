@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterable
 
 from ..crf import CRFUnavailable
 from ..data.io import DataError
@@ -26,3 +27,19 @@ def console(run: Callable[[list[str] | None], object], prog: str) -> Callable[[l
 
     main.__doc__ = f"Console entry point of {prog}."
     return main
+
+
+def refuse_overwrite(paths: Iterable[Path], overwrite: bool) -> None:
+    """Raise if any of ``paths`` exists and ``overwrite`` is not set."""
+    existing = [p for p in paths if Path(p).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{len(existing)} output file(s) exist already (e.g. {existing[0]}); pass --overwrite to replace them")
+
+
+def add_backbone_arguments(parser, size: int) -> None:
+    """The frozen-backbone options shared by the interpretation commands."""
+    parser.add_argument("--model", type=str, default="vit_small_patch14_dinov2")
+    parser.add_argument("--weights", type=str, default="auto")
+    parser.add_argument("--layer", type=int, default=-1, help="layer of the tokens (block output, default last)")
+    parser.add_argument("--size", type=int, default=size, help="shorter side of the image fed to the model")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from jsonargparse import ArgumentParser
 
-from . import console
+from . import add_backbone_arguments, console, refuse_overwrite
 from ..backbone import FrozenViT
 from ..data.io import read_image
 from ..data.transforms import image_to_tensor
@@ -25,14 +25,10 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="ultra-interpret", description=__doc__.split("\n\n")[0])
     parser.add_argument("image", type=Path, help="the image")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
-    parser.add_argument("--model", type=str, default="vit_small_patch14_dinov2")
-    parser.add_argument("--weights", type=str, default="auto")
-    parser.add_argument("--layer", type=int, default=-1, help="layer of the tokens (block output, default last)")
-    parser.add_argument("--size", type=int, default=224, help="shorter side of the image fed to the model")
     parser.add_argument("--stride", type=int | None, default=None, help="anchor-grid stride (default: all tokens)")
     parser.add_argument("--segments", type=int | None, default=None, help="number of segments")
     parser.add_argument("--distance_threshold", type=float | None, default=None, help="cosine distance cut (default 0.5)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    add_backbone_arguments(parser, size=224)
     return parser
 
 
@@ -42,9 +38,7 @@ def run(args: list[str] | None = None) -> Path:
     if cfg.segments is None and cfg.distance_threshold is None:
         cfg.distance_threshold = 0.5
     outputs = [cfg.output / f"{cfg.image.stem}_segments.png", cfg.output / f"{cfg.image.stem}_sheet.png"]
-    existing = [p for p in outputs if p.exists()]
-    if existing and not cfg.overwrite:
-        raise FileExistsError(f"{existing[0]} exists already; pass --overwrite to replace it")
+    refuse_overwrite(outputs, cfg.overwrite)
     picture = read_image(cfg.image)
     vit = FrozenViT(cfg.model, weights=cfg.weights, layers=[cfg.layer], kinds=["x"])
     image = prepare_image(vit, image_to_tensor(picture), cfg.size)

@@ -12,7 +12,7 @@ import numpy as np
 from jsonargparse import ArgumentParser
 from tqdm.auto import tqdm
 
-from . import console
+from . import console, refuse_overwrite
 from ..crf import CRFUnavailable, crf_available
 from ..data.io import DataError, list_images, read_image
 from ..inference import load
@@ -48,10 +48,7 @@ def run(args: list[str] | None = None) -> list[Path]:
         images = [cfg.images]
     else:
         raise DataError(f"{cfg.images} is neither an image file nor a folder")
-    targets = [path for image in images for path in outputs_for(image, cfg.output)]
-    existing = [p for p in targets if p.exists()]
-    if existing and not cfg.overwrite:
-        raise FileExistsError(f"{len(existing)} output files exist already (e.g. {existing[0]}); pass --overwrite to replace them")
+    refuse_overwrite([path for image in images for path in outputs_for(image, cfg.output)], cfg.overwrite)
     if cfg.crf and not crf_available():
         raise CRFUnavailable("--crf needs the dense CRF: pip install 'ultra-seg[crf]' (pydensecrf2)")
     segmenter = load(cfg.checkpoint, device=cfg.device)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from jsonargparse import ArgumentParser
 
-from . import console
+from . import add_backbone_arguments, console, refuse_overwrite
 from ..backbone import FrozenViT
 from ..data.io import read_image
 from ..data.transforms import image_to_tensor
@@ -31,12 +31,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("image", type=Path, help="the image")
     parser.add_argument("--point", type=str, required=True, help="X,Y: the clicked pixel")
     parser.add_argument("-o", "--output", type=Path, required=True, help="mask PNG to write")
-    parser.add_argument("--model", type=str, default="vit_small_patch14_dinov2")
-    parser.add_argument("--weights", type=str, default="auto")
-    parser.add_argument("--layer", type=int, default=-1, help="layer of the token (block output, default last)")
-    parser.add_argument("--size", type=int, default=448, help="shorter side of the image fed to the model")
     parser.add_argument("--threshold", type=str, default="otsu", help="'otsu' or a fraction of the map's maximum")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    add_backbone_arguments(parser, size=448)
     return parser
 
 
@@ -46,9 +42,7 @@ def run(args: list[str] | None = None) -> Path:
     point = parse_point(cfg.point)
     threshold = cfg.threshold if cfg.threshold == "otsu" else float(cfg.threshold)
     outputs = [cfg.output, cfg.output.with_name(f"{cfg.output.stem}_overlay.png"), cfg.output.with_name(f"{cfg.output.stem}_map.png")]
-    existing = [p for p in outputs if p.exists()]
-    if existing and not cfg.overwrite:
-        raise FileExistsError(f"{existing[0]} exists already; pass --overwrite to replace it")
+    refuse_overwrite(outputs, cfg.overwrite)
     picture = read_image(cfg.image)
     vit = FrozenViT(cfg.model, weights=cfg.weights, layers=[cfg.layer], kinds=["x"])
     mask, values = select(vit, image_to_tensor(picture), point, layer=cfg.layer, size=cfg.size, threshold=threshold)
