@@ -188,7 +188,7 @@ def offline_weights_file(onnx_path: Path) -> Path:
     target = cache_root() / "weights" / f"{onnx_dinov2.TIMM_NAME}-imgfocus-{digest}.safetensors"
     if target.is_file():
         return target
-    log.warning("Converting %s to timm weights (once; cached at %s)", onnx_path, target)
+    log.info("Converting %s to timm weights (once; cached at %s)", onnx_path, target)
     state = onnx_dinov2.convert_onnx_to_timm(onnx_path)
     verify_offline_conversion(onnx_path, state)
     with atomic_path(target) as tmp:

@@ -18,6 +18,7 @@ def console(run: Callable[[list[str] | None], object], prog: str) -> Callable[[l
     """Wrap ``run(args)`` as a console entry point: user errors print one line and exit with status 2."""
     def main(args: list[str] | None = None) -> None:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger("ultra").setLevel(logging.INFO)
         try:
             run(args)
         except USER_ERRORS as err:

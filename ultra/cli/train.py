@@ -87,7 +87,7 @@ def build_cli(args: list[str] | None = None) -> UltraCLI:
 def last_checkpoint(trainer: pl.Trainer) -> str | None:
     path = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
     if path.is_file():
-        log.warning("resuming from %s", path)
+        log.info("resuming from %s", path)
         return str(path)
     return None
 
@@ -133,7 +133,7 @@ def run_training(cli: UltraCLI) -> dict | None:
         path = save_segmenter(segmenter.cpu(), root / "model.safetensors",
                               extra={"training": {"feature_layers": [k[1] for k in data.feature_keys],
                                                   "graphs": [g.name for g in data.graph_specs]}})
-        log.warning("inference checkpoint written to %s", path)
+        log.info("inference checkpoint written to %s", path)
     return report
 
 
