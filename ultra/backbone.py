@@ -217,3 +217,12 @@ def _capture(store: dict[int, Tensor], layer: int):
 def snap_to_patch(size: tuple[int, int], patch: int) -> tuple[int, int]:
     """The nearest size (at least one patch) whose sides are multiples of ``patch``."""
     return tuple(max(patch, int(round(s / patch)) * patch) for s in size)
+
+
+def resize_to_patches(images: Tensor, shorter_side: int, patch: int) -> Tensor:
+    """``images [B, 3, H, W]`` resized (bilinear, antialiased) so the shorter side is about ``shorter_side``
+    and both sides are multiples of ``patch``: one interpolation, no second snap."""
+    height, width = images.shape[-2:]
+    scale = shorter_side / min(height, width)
+    target = snap_to_patch((round(height * scale), round(width * scale)), patch)
+    return torch.nn.functional.interpolate(images.float(), size=target, mode="bilinear", align_corners=False, antialias=True)

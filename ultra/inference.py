@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from .backbone import FrozenViT, snap_to_patch
+from .backbone import FrozenViT, resize_to_patches, snap_to_patch
 from .crf import SCORE_SCALE, dense_crf
 from .data.io import read_image
 from .data.transforms import image_to_tensor
@@ -133,9 +133,7 @@ class Segmenter(nn.Module):
             raise KeyError(f"no readout '{readout}' in this segmenter (has {list(self.readouts)})")
         tensor = as_image_tensor(image)
         height, width = tensor.shape[-2:]
-        scale = self.resize / min(height, width)
-        small = F.interpolate(tensor[None], size=(max(1, round(height * scale)), max(1, round(width * scale))),
-                              mode="bilinear", align_corners=False, antialias=True)
+        small = resize_to_patches(tensor[None], self.resize, self.backbone.patch_size)
         scores = self.pixel_scores(small, size=(height, width), flip=flip)[readout][0]
         if crf:
             picture = (tensor.permute(1, 2, 0).numpy() * 255).astype(np.uint8)

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.cluster.hierarchy import fcluster, linkage
 from torch import Tensor
 
-from .backbone import FrozenViT, snap_to_patch
+from .backbone import FrozenViT, resize_to_patches
 from .grids import upsample_scores
 from .interpret import RelevanceMaps, relevance_maps
 
@@ -83,9 +82,7 @@ def prepare_image(vit: FrozenViT, image: Tensor, size: int) -> Tensor:
     height, width = image.shape[-2:]
     if min(height, width) < vit.patch_size:
         raise ValueError(f"image of {width}x{height} px is smaller than one {vit.patch_size}x{vit.patch_size} patch")
-    scale = size / min(height, width)
-    target = snap_to_patch((round(height * scale), round(width * scale)), vit.patch_size)
-    return F.interpolate(image[None].float(), size=target, mode="bilinear", align_corners=False, antialias=True)[0]
+    return resize_to_patches(image[None], size, vit.patch_size)[0]
 
 
 def point_token(point: tuple[float, float], image_size: tuple[int, int], grid: tuple[int, int]) -> int:
