@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,10 +53,10 @@ def check_image_sizes(data: ImageFolder, patch: int) -> None:
             raise DataError(f"image {sample.image} is {width}x{height} px, smaller than one {patch}x{patch} patch")
 
 
-def extract_grids(backbone: FrozenViT, data: ImageFolder, kinds: set[str], layers: list[int]) -> dict:
+def extract_grids(backbone: FrozenViT, items: list[dict], kinds: set[str], layers: list[int]) -> dict:
     """All images' token grids ``{(kind, layer): [B, h, w, D] float16}``."""
     store: dict[tuple[str, int], list] = {}
-    for item in tqdm(data, desc="backbone", total=len(data)):
+    for item in tqdm(items, desc="backbone"):
         feats = backbone(item["image"][None], layers=layers, kinds=sorted(kinds))
         for key in feats.keys():
             store.setdefault(key, []).append(feats[key].half())
@@ -112,19 +112,21 @@ def analyze(
     if image_size % backbone.patch_size:
         raise ValueError(f"image_size={image_size} is not a multiple of the patch size {backbone.patch_size}")
     layer_list = list(backbone.layers)
-    grids = extract_grids(backbone, data, token_kinds([GraphSpec(k, 0) for k in graph_kinds]), layer_list)
+    items = [data[i] for i in range(len(data))]
+    grids = extract_grids(backbone, items, token_kinds([GraphSpec(k, 0) for k in graph_kinds]), layer_list)
     grid = tuple(next(iter(grids.values())).shape[1:3])
     n = grid[0] * grid[1]
     if num_vectors >= n:
         raise ValueError(f"num_vectors={num_vectors} must be smaller than the {n} tokens of an image")
-    items = [data[i] for i in range(len(data))]
     labels = torch.stack([it["label"] for it in items]) if data.has_labels else None
     grid_labels = labels_to_grid(labels, grid, data.num_classes) if labels is not None else None
     pictures = [(it["image"].permute(1, 2, 0).numpy() * 255).astype(np.uint8) for it in items]
     solver = SolverConfig(num_vectors=num_vectors, epochs=epochs, lr=lr, seed=seed)
+    knn = KnnConfig(k_intra=k_intra, k_inter=k_inter if len(items) > 1 else 0, k_any=k_any, threshold=threshold,
+                    teleport=teleport)
     figures: dict = {"settings": {
         "images": str(images), "model": backbone.describe(), "layers": layer_list, "graph_kinds": list(graph_kinds),
-        "image_size": image_size, "grid": list(grid), "knn": asdict(KnnConfig(k_intra=k_intra, k_inter=k_inter, k_any=k_any, threshold=threshold, teleport=teleport)),
+        "image_size": image_size, "grid": list(grid), "knn": asdict(knn),
         "solver": asdict(solver), "batch_images": batch_images,
     }}
     maps: dict = {}
@@ -133,13 +135,10 @@ def analyze(
         per_image = []
         for b in tqdm(range(len(items)), desc=f"{kind}: per-image solves"):
             one = {key: value[b:b + 1].float() for key, value in grids.items()}
-            graphs = affinity_graphs(one, specs, KnnConfig(k_intra=k_intra, k_inter=0, k_any=k_any, threshold=threshold,
-                                                           teleport=teleport))
+            graphs = affinity_graphs(one, specs, replace(knn, k_inter=0))
             per_image.append(solve(graphs, None, solver).vectors)
-        graphs = affinity_graphs({k: v.float() for k, v in grids.items()}, specs,
-                                 KnnConfig(k_intra=k_intra, k_inter=k_inter if len(items) > 1 else 0, k_any=k_any,
-                                           threshold=threshold, teleport=teleport))
-        whole = solve(graphs, None, SolverConfig(**{**asdict(solver), "batch_images": batch_images}),
+        graphs = affinity_graphs({k: v.float() for k, v in grids.items()}, specs, knn)
+        whole = solve(graphs, None, replace(solver, batch_images=batch_images),
                       nodes_per_image=n, progress=True).vectors
         levels = {"image": torch.stack(per_image), "dataset": whole.reshape(len(items), n, -1)}
         figures[kind] = {}
