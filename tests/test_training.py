@@ -12,9 +12,10 @@ from ultra.affinity import KnnConfig, knn_graph
 from ultra.cli import evaluate as eval_cli
 from ultra.cli import segment as segment_cli
 from ultra.cli import train as train_cli
+from ultra import crf
+from ultra.crf import CRFUnavailable
 from ultra.data import FiveCropViews, SyntheticScenes
 from ultra.features import FeatureCache
-from ultra.graph import SparseRows
 from ultra.head import ProjectionHead
 from ultra.inference import CheckpointError, read_checkpoint
 from ultra.losses import head_loss, view_consistency_loss
@@ -269,10 +270,30 @@ def test_a_checkpoint_for_other_backbone_weights_is_refused(tmp_path):
         ultra.load(tmp_path / "m.safetensors")
 
 
+def _without_crf(monkeypatch):
+    def missing():
+        raise CRFUnavailable("no pydensecrf")
+
+    monkeypatch.setattr(crf, "_densecrf", missing)
+
+
+def test_eval_and_segment_refuse_crf_without_the_package(trained, tmp_path, monkeypatch):
+    root, config, _ = trained
+    _without_crf(monkeypatch)
+    checkpoint = str(root / "run" / "model.safetensors")
+    with pytest.raises(CRFUnavailable, match=r"--crf needs the dense CRF: pip install 'ultra-seg\[crf\]'"):
+        eval_cli.run(["--checkpoint", checkpoint, "--config", str(config), "--crf", "true", "--output", str(tmp_path / "e")])
+    picture = tmp_path / "p.jpg"
+    Image.fromarray(SyntheticScenes(1, 64, 4, seed=3)[0]["image"].permute(1, 2, 0).numpy()).save(picture)
+    with pytest.raises(CRFUnavailable, match=r"--crf needs the dense CRF"):
+        segment_cli.run([checkpoint, str(picture), "-o", str(tmp_path / "s"), "--crf"])
+    assert not (tmp_path / "e").exists() and not (tmp_path / "s").exists()
+
+
 def test_crf_requested_without_the_package_fails_before_training(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_cli, "crf_available", lambda: False)
+    _without_crf(monkeypatch)
     config = synthetic_config(tmp_path / "c.yaml")
-    with pytest.raises(train_cli.CRFUnavailable, match="pip install 'ultra-seg\\[crf\\]'"):
+    with pytest.raises(CRFUnavailable, match="pip install 'ultra-seg\\[crf\\]'"):
         train_cli.run(["--config", str(config), *tiny_overrides(tmp_path), "--readout.crf", "true"])
     assert not (tmp_path / "run" / "checkpoints").exists()
 

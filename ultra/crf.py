@@ -23,12 +23,12 @@ def _densecrf():
     return dcrf, unary_from_softmax
 
 
-def crf_available() -> bool:
+def require_crf(option: str) -> None:
+    """Fail early, naming the ``option`` that asked for it, when the dense CRF is not installed."""
     try:
         _densecrf()
-    except CRFUnavailable:
-        return False
-    return True
+    except CRFUnavailable as err:
+        raise CRFUnavailable(f"{option} needs the dense CRF: pip install 'ultra-seg[crf]' (pydensecrf2), or leave {option} off") from err
 
 
 def dense_crf(image: np.ndarray, probs: np.ndarray, iterations: int = ITERATIONS) -> np.ndarray:

@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from . import console
-from ..crf import CRFUnavailable, crf_available
+from ..crf import require_crf
 from ..data.base import SegmentationDataset
 from ..data.transforms import EvalTransform
 from ..evaluation import evaluate
@@ -54,8 +54,8 @@ def run(args: list[str] | None = None) -> dict:
         parser.error("give --dataset or a --config whose data section has a val_dataset")
     if cfg.dataset is None:
         cfg.dataset = data["val_dataset"]
-    if cfg.crf and not crf_available():
-        raise CRFUnavailable("--crf needs the dense CRF: pip install 'ultra-seg[crf]' (pydensecrf2)")
+    if cfg.crf:
+        require_crf("--crf")
     dataset: SegmentationDataset = parser.instantiate_classes(cfg).dataset
     resize = cfg.eval_resize or data.get("eval_resize", 320)
     crop = cfg.eval_crop or data.get("eval_crop", 320)

@@ -13,7 +13,7 @@ from jsonargparse import ArgumentParser
 from tqdm.auto import tqdm
 
 from . import console, refuse_overwrite
-from ..crf import CRFUnavailable, crf_available
+from ..crf import require_crf
 from ..data.io import DataError, list_images, read_image
 from ..inference import load
 from ..viz import overlay, save_image
@@ -49,8 +49,8 @@ def run(args: list[str] | None = None) -> list[Path]:
     else:
         raise DataError(f"{cfg.images} is neither an image file nor a folder")
     refuse_overwrite([path for image in images for path in outputs_for(image, cfg.output)], cfg.overwrite)
-    if cfg.crf and not crf_available():
-        raise CRFUnavailable("--crf needs the dense CRF: pip install 'ultra-seg[crf]' (pydensecrf2)")
+    if cfg.crf:
+        require_crf("--crf")
     segmenter = load(cfg.checkpoint, device=cfg.device)
     cfg.output.mkdir(parents=True, exist_ok=True)
     written = []

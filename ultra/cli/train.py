@@ -20,7 +20,7 @@ from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from . import console
-from ..crf import CRFUnavailable, crf_available
+from ..crf import require_crf
 from ..evaluation import evaluate
 from ..files import atomic_path
 from ..inference import ClusterReadout, ProbeReadout, Segmenter, save_segmenter
@@ -116,8 +116,8 @@ def run_training(cli: UltraCLI) -> dict | None:
     trainer, module, data = cli.trainer, cli.model, cli.datamodule
     trainer.strategy.checkpoint_io = AtomicCheckpointIO()
     config = ReadoutConfig(**cli.config.readout)
-    if config.crf and not crf_available():  # fail before training, not after it
-        raise CRFUnavailable("readout.crf needs the dense CRF: pip install 'ultra-seg[crf]', or set --readout.crf false")
+    if config.crf:  # fail before training, not after it
+        require_crf("--readout.crf")
     trainer.fit(module, data, ckpt_path=last_checkpoint(trainer))
     seed = int(cli.config.seed_everything) if cli.config.seed_everything is not None else 0
     segmenter = fit_readouts(module, data, config, seed, progress=trainer.is_global_zero).to(trainer.strategy.root_device)
