@@ -43,7 +43,7 @@ def main(root: Path = Path("../shared/realdata/voc-mini"), size: int = 224, laye
     from ultra.grids import upsample_scores
     from ultra.interpret import relevance_maps
     from ultra.objects import mask_from_map, prepare_image, segments_from_maps
-    from ultra.viz import heatmap, overlay, overlay_mask, save_sheet
+    from ultra.viz import overlay, overlay_mask, save_sheet
 
     vit = FrozenViT("vit_small_patch14_dinov2", weights=weights, layers=[layer], kinds=["x"])
     data = ImageFolder(root, classes=num_classes)
