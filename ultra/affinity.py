@@ -46,6 +46,12 @@ class GraphSpec:
     def name(self) -> str:
         return f"{self.kind}{self.layer}"
 
+    @property
+    def token_keys(self) -> tuple[tuple[str, int], tuple[str, int]]:
+        """The ``(token kind, layer)`` keys of the row and the column tokens (q and k for ``kq``)."""
+        row_kind, col_kind = GRAPH_KINDS[self.kind]
+        return (row_kind, self.layer), (col_kind, self.layer)
+
 
 @dataclass(frozen=True)
 class KnnConfig:
@@ -207,17 +213,16 @@ def affinity_graphs(grids: Mapping[tuple[str, int], Tensor], specs: Sequence[Gra
         raise ValueError("no graph specs given")
     sizes = {}
     for spec in specs:
-        for token_kind in GRAPH_KINDS[spec.kind]:
-            if (token_kind, spec.layer) not in grids:
-                raise KeyError(f"graph {spec.name} needs '{token_kind}' tokens of layer {spec.layer}, which were not computed")
-            sizes[spec] = tuple(grids[(token_kind, spec.layer)].shape[1:3])
+        for key in spec.token_keys:
+            if key not in grids:
+                raise KeyError(f"graph {spec.name} needs '{key[0]}' tokens of layer {spec.layer}, which were not computed")
+            sizes[spec] = tuple(grids[key].shape[1:3])
     finest = max(sizes.values(), key=lambda s: s[0] * s[1])
     if config.teleport and any(size != finest for size in sizes.values()):
         raise ValueError("teleport is not supported with graphs of different grid sizes")
     graphs = []
     for spec in specs:
-        row_kind, col_kind = GRAPH_KINDS[spec.kind]
-        r, c = grids[(row_kind, spec.layer)], grids[(col_kind, spec.layer)]
+        r, c = (grids[key] for key in spec.token_keys)
         graph = knn_graph(r.flatten(1, 2), c.flatten(1, 2), config)
         if sizes[spec] != finest:
             graph = lift_graph(graph, pooling_matrix(finest, sizes[spec], r.shape[0]))

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, DistributedSampler
 
-from .affinity import GRAPH_KINDS, GraphSpec, KnnConfig, knn_graph
+from .affinity import GraphSpec, KnnConfig, knn_graph
 from .features import FeatureCache, TokenKey
 from .graph import SparseGraph, SparseRows
 from .views import view_correspondences
@@ -61,12 +61,11 @@ def load_or_build_operators(cache: FeatureCache, specs: Sequence[GraphSpec], knn
         if path.is_file():
             graphs.append(SparseGraph.load(path))
             continue
-        row_kind, col_kind = GRAPH_KINDS[spec.kind]
-        keys = {k for k, _ in cache.keys}
-        if row_kind not in keys or col_kind not in keys:
-            raise KeyError(f"graph {spec.kind}{layer} needs '{row_kind}'/'{col_kind}' tokens, the cache holds {cache.keys}")
+        missing = [key for key in spec.token_keys if key not in cache.keys]
+        if missing:
+            raise KeyError(f"graph {spec.name} needs the tokens {missing}, the cache holds {cache.keys}")
         log.info("building the %s graph of layer %d over %d tokens", spec.kind, layer, cache.num_nodes)
-        graph = knn_graph(cache.tensor((row_kind, layer)), cache.tensor((col_kind, layer)), knn, device=device)
+        graph = knn_graph(*(cache.tensor(key) for key in spec.token_keys), knn, device=device)
         graph.save(path)
         graphs.append(graph)
     view = None

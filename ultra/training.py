@@ -18,7 +18,7 @@ import torch
 from pytorch_lightning.utilities import move_data_to_device
 from torch.utils.data import DataLoader
 
-from .affinity import GRAPH_KINDS, GraphSpec, KnnConfig, knn_graph
+from .affinity import GraphSpec, KnnConfig, knn_graph
 from .backbone import FrozenViT
 from .data.base import SegmentationDataset
 from .data.transforms import CenterView, EvalTransform, FiveCropViews, RandomViews
@@ -115,7 +115,7 @@ class UltraDataModule(pl.LightningDataModule):
 
     @property
     def cache_keys(self) -> list[TokenKey]:
-        graph_tokens = {(kind, g.layer) for g in self.graph_specs for kind in GRAPH_KINDS[g.kind]}
+        graph_tokens = {key for g in self.graph_specs for key in g.token_keys}
         return sorted(set(self.feature_keys) | graph_tokens)
 
     def view_transform(self):
@@ -181,8 +181,7 @@ class UltraDataModule(pl.LightningDataModule):
         every = torch.arange(n_nodes)
         graphs = []
         for spec in self.graph_specs:
-            row_kind, col_kind = GRAPH_KINDS[spec.kind]
-            graph = knn_graph(tokens[(row_kind, spec.layer)], tokens[(col_kind, spec.layer)], knn, device=images.device)
+            graph = knn_graph(*(tokens[key] for key in spec.token_keys), knn, device=images.device)
             graphs.append(graph.entries(every))
         view = build_view_operator(batch["geometry"].flatten(0, 1).cpu(), batch["geometry"].shape[1], grid).entries(every)
         features = torch.cat([tokens[key].reshape(n_nodes, -1) for key in self.feature_keys], 1)
