@@ -36,13 +36,17 @@ def cluster_maps(maps: Tensor, num_segments: int | None = None, distance_thresho
     return torch.from_numpy(ids).long()
 
 
+def _unit_max(maps: Tensor) -> Tensor:
+    """Each map of ``[T, h, w]`` divided by its maximum."""
+    return maps / maps.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+
+
 def segments_from_maps(result: RelevanceMaps, size: tuple[int, int], num_segments: int | None = None,
                        distance_threshold: float | None = None) -> tuple[Tensor, Tensor]:
     """Per-pixel segment ids ``[H, W]`` and the clusters' summed maps ``[C, h, w]`` of one image's maps."""
-    maps = result.maps / result.maps.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+    maps = _unit_max(result.maps)
     ids = cluster_maps(maps, num_segments, distance_threshold)
-    summed = torch.zeros(int(ids.max()) + 1, *maps.shape[1:]).index_add_(0, ids, maps)
-    summed = summed / summed.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+    summed = _unit_max(torch.zeros(int(ids.max()) + 1, *maps.shape[1:]).index_add_(0, ids, maps))
     scores = upsample_scores(summed[None], size)[0]
     return scores.argmax(0), summed
 
