@@ -232,6 +232,20 @@ def test_folder_ignore_value_and_flat_folders(tmp_path):
         ImageFolder(tmp_path / "empty")
 
 
+def test_fingerprint_follows_the_files_and_the_generator_settings(tmp_path):
+    image = tmp_path / "a" / "images" / "x.png"
+    save_png(image, np.zeros((4, 4, 3), np.uint8))
+    before = ImageFolder(tmp_path / "a").fingerprint()
+    assert ImageFolder(tmp_path / "a").fingerprint() == before
+    save_png(image, np.full((5, 4, 3), 7, np.uint8))
+    assert ImageFolder(tmp_path / "a").fingerprint() != before
+    base = SyntheticScenes(2, 32, 3, seed=0).fingerprint()
+    assert SyntheticScenes(2, 32, 3, seed=0).fingerprint() == base
+    assert SyntheticScenes(2, 32, 3, seed=1).fingerprint() != base
+    assert SyntheticScenes(2, 32, 3, style_seed=1).fingerprint() != base
+    assert SyntheticScenes(2, 48, 3).fingerprint() != base
+
+
 # --- synthetic ----------------------------------------------------------------------------------
 
 def test_synthetic_is_deterministic_and_exact(tmp_path):

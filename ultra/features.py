@@ -34,19 +34,6 @@ log = logging.getLogger(__name__)
 TokenKey = tuple[str, int]
 
 
-def dataset_fingerprint(dataset: SegmentationDataset) -> str:
-    """A hash of the data set's class, classes and files (name, path, size, modification time)."""
-    generator = (getattr(dataset, "seed", ""), getattr(dataset, "style_seed", ""), getattr(dataset, "size", ""))
-    h = hashlib.sha256(f"{type(dataset).__name__}|{dataset.classes}|{generator}".encode())
-    for sample in dataset.samples:
-        h.update(f"{sample.name}|{sample.image}|{sample.label}".encode())
-        for path in (sample.image, sample.label):
-            if path is not None and Path(path).is_file():
-                stat = Path(path).stat()
-                h.update(f"{stat.st_size}|{stat.st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
-
-
 def _key_name(key: TokenKey) -> str:
     return f"{key[0]}{key[1]}"
 
@@ -120,7 +107,7 @@ class FeatureCache:
         keys = sorted({(k, int(layer) % backbone.num_layers) for k, layer in keys})
         spec = {
             "backbone": backbone.describe(), "tokens": keys, "views": _describe(views),
-            "dataset": dataset_fingerprint(dataset), "num_classes": dataset.num_classes,
+            "dataset": dataset.fingerprint(), "num_classes": dataset.num_classes,
         }
         name = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
         final = Path(root) / name

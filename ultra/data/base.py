@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -68,6 +69,21 @@ class SegmentationDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def settings(self) -> dict:
+        """Parameters other than the files that determine the content (generated sets override this)."""
+        return {}
+
+    def fingerprint(self) -> str:
+        """A hash of what determines the content: class, classes, settings and files (path, size, modification time)."""
+        h = hashlib.sha256(f"{type(self).__name__}|{self.classes}|{sorted(self.settings().items())}".encode())
+        for sample in self.samples:
+            h.update(f"{sample.name}|{sample.image}|{sample.label}".encode())
+            for path in (sample.image, sample.label):
+                if path is not None and Path(path).is_file():
+                    stat = Path(path).stat()
+                    h.update(f"{stat.st_size}|{stat.st_mtime_ns}".encode())
+        return h.hexdigest()[:16]
 
     def with_transform(self, transform: Transform | None) -> "SegmentationDataset":
         """A shallow copy of this data set with another transform."""

@@ -45,6 +45,9 @@ class SyntheticScenes(SegmentationDataset):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         return render_scene(self.styles, self.size, np.random.default_rng([self.seed, index]))
 
+    def settings(self) -> dict:
+        return {"size": self.size, "seed": self.seed, "style_seed": self.style_seed}
+
 
 def _num_stuff(num_classes: int) -> int:
     return max(1, num_classes // 2)
