@@ -100,16 +100,20 @@ def test_solver_errors():
         solve([graph, other], None, SolverConfig(num_vectors=2))
 
 
-def test_kmeans_recovers_separated_clusters_and_minibatch_agrees():
+def test_kmeans_recovers_separated_clusters_and_a_sample_agrees():
     tokens, labels = _clustered_tokens(images=20, tokens=50, clusters=5, spread=3.0)
     x = tokens.reshape(-1, tokens.shape[-1])
-    for batch_size in (None, 256):
-        result = kmeans(x, 5, restarts=4, steps=200, batch_size=batch_size, seed=1)
-        predicted, _ = assign(x, result.centroids)
+    inertias = {}
+    for sample_size in (None, 256):
+        result = kmeans(x, 5, restarts=4, steps=200, sample_size=sample_size, seed=1)
+        predicted, cosine = assign(x, result.centroids)
         metric = UnsupervisedSegmentationMetric(5)
         metric.update(predicted.view(1, 1, -1), labels.view(1, 1, -1))
-        assert metric.compute()["acc"] > 0.99, batch_size
+        assert metric.compute()["acc"] > 0.99, sample_size
         assert torch.allclose(result.centroids.norm(dim=1), torch.ones(5), atol=1e-5)
+        inertias[sample_size] = result.inertia
+    # the sampled fit reports its inertia over all rows (of the centroids before its final pass)
+    assert inertias[256] == pytest.approx(inertias[None], rel=0.02)
 
 
 def test_kmeans_keeps_the_best_restart_and_is_deterministic():

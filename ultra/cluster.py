@@ -1,16 +1,17 @@
-"""Cosine (spherical) k-means: k-means++ seeding, Lloyd or mini-batch updates, several restarts, best inertia.
+"""Cosine (spherical) k-means: k-means++ seeding and Lloyd iterations on a sample, several restarts, best inertia.
 
 ``data`` is anything with ``len()`` and row indexing by a ``LongTensor`` that returns ``[b, D]``:
 a tensor, or a lazy source that computes rows on demand (e.g. a head applied to cached tokens),
 so a whole data set never has to be materialised. Rows are L2-normalised before use; inertia is
-``sum(1 - max cosine)``. With ``all_reduce`` (e.g. ``torch.distributed.all_reduce``), per-cluster
-sums and counts are summed across processes at every update, so every process holds the same
-centroids.
+``sum(1 - max cosine)``. With more rows than ``sample_size``, the restarts run on one uniform
+sample held in memory (read once, shared by all restarts) and the winner gets one Lloyd pass over
+every row: the cost is one random read of the sample and one sequential read of the set,
+whatever the number of restarts.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -58,67 +59,66 @@ def _kmeans_pp(sample: Tensor, k: int, generator: torch.Generator) -> Tensor:
     return torch.stack(centroids)
 
 
-def _update(centroids: Tensor, x: Tensor, counts: Tensor | None, all_reduce: Callable | None) -> tuple[Tensor, Tensor]:
-    """One Lloyd (``counts=None``) or mini-batch (running ``counts``) update from the rows ``x``."""
+def _lloyd_step(centroids: Tensor, x: Tensor) -> Tensor:
+    """One Lloyd update from the rows ``x``: centroid = normalised mean; empty clusters keep their place."""
     labels = (x @ centroids.T).argmax(1)
-    k = centroids.shape[0]
     sums = torch.zeros_like(centroids).index_add_(0, labels, x)
-    n = torch.bincount(labels, minlength=k).to(x.dtype)
-    if all_reduce is not None:
-        all_reduce(sums)
-        all_reduce(n)
-    if counts is None:  # Lloyd: centroid = normalised mean; empty clusters keep their place
-        new = torch.where(n[:, None] > 0, sums, centroids)
-        return F.normalize(new, dim=-1), n
-    counts = counts + n
-    rate = torch.where(counts > 0, n / counts.clamp_min(1), torch.zeros_like(n))
-    mean = sums / n.clamp_min(1)[:, None]
-    new = centroids + rate[:, None] * (mean - centroids)
-    return F.normalize(new, dim=-1), counts
+    counts = torch.bincount(labels, minlength=centroids.shape[0])
+    return F.normalize(torch.where(counts[:, None] > 0, sums, centroids), dim=-1)
 
 
-def inertia(data: RowSource, centroids: Tensor, index: Tensor, chunk: int = 1 << 16) -> float:
-    total = 0.0
-    for start in range(0, index.numel(), chunk):
-        total += float((1 - (_rows(data, index[start:start + chunk]) @ centroids.T).max(1).values).sum())
-    return total
+def _full_pass(data: RowSource, centroids: Tensor, chunk: int) -> tuple[Tensor, float]:
+    """One Lloyd update over every row of ``data`` (read in chunks), and the inertia of ``centroids`` on them."""
+    sums, counts, total = torch.zeros_like(centroids), torch.zeros(centroids.shape[0]), 0.0
+    n = len(data)
+    for start in range(0, n, chunk):
+        x = _rows(data, torch.arange(start, min(start + chunk, n)))
+        best, labels = (x @ centroids.T).max(1)
+        sums.index_add_(0, labels, x)
+        counts += torch.bincount(labels, minlength=centroids.shape[0])
+        total += float((1 - best).sum())
+    return F.normalize(torch.where(counts[:, None] > 0, sums, centroids), dim=-1), total
 
 
-def kmeans(data: RowSource, k: int, *, restarts: int = 5, steps: int = 100, batch_size: int | None = None,
-           seed: int = 0, eval_size: int = 1 << 18, all_reduce: Callable[[Tensor], None] | None = None) -> KMeansResult:
-    """Spherical k-means of the rows of ``data``; the restart with the lowest inertia wins.
+def inertia(x: Tensor, centroids: Tensor) -> float:
+    """``sum(1 - max cosine)`` of normalised rows ``x``."""
+    return float((1 - (x @ centroids.T).max(1).values).sum())
 
-    ``batch_size=None`` (or at least ``len(data)``) runs Lloyd iterations on all rows until the
-    assignment is stable (at most ``steps``); otherwise ``steps`` mini-batch updates of
-    ``batch_size`` rows sampled uniformly. Inertia is measured on all rows, or on a fixed
-    uniform sample of ``eval_size`` rows when there are more.
+
+def kmeans(data: RowSource, k: int, *, restarts: int = 3, steps: int = 100, sample_size: int | None = 1 << 16,
+           seed: int = 0, chunk: int = 1 << 16) -> KMeansResult:
+    """Spherical k-means of the rows of ``data``; the restart with the lowest inertia (on the sample) wins.
+
+    Each restart seeds with k-means++ and runs Lloyd iterations until the assignment is stable (at
+    most ``steps``) on the sample: all rows when ``sample_size`` is None or at least ``len(data)``,
+    otherwise ``sample_size`` rows drawn once. With a sample, the winner then gets one Lloyd pass
+    over all rows, and the reported inertia is that of the winner over all rows.
     """
     n = len(data)
     if k < 1 or n < k:
         raise ValueError(f"k-means needs 1 <= k <= number of rows, got k={k} with {n} rows")
+    if restarts < 1:
+        raise ValueError(f"k-means needs restarts >= 1, got {restarts}")
     generator = torch.Generator().manual_seed(seed)
-    full = batch_size is None or batch_size >= n
-    all_rows = torch.arange(n)
-    eval_index = all_rows if n <= eval_size else torch.randperm(n, generator=generator)[:eval_size].sort().values
+    sampled = sample_size is not None and sample_size < n
+    if sampled and sample_size < k:
+        raise ValueError(f"k-means sample_size={sample_size} is smaller than k={k}")
+    index = torch.randperm(n, generator=generator)[:sample_size].sort().values if sampled else torch.arange(n)
+    sample = _rows(data, index)
     best: KMeansResult | None = None
     for restart in range(restarts):
-        init_index = all_rows if full else torch.randperm(n, generator=generator)[: max(batch_size, 20 * k)]
-        init_rows = _rows(data, init_index)
-        centroids = _kmeans_pp(init_rows, k, generator)
-        if full:
-            previous = None
-            for _ in range(steps):
-                centroids, _ = _update(centroids, init_rows, None, all_reduce)
-                labels = (init_rows @ centroids.T).argmax(1)
-                if previous is not None and torch.equal(labels, previous):
-                    break
-                previous = labels
-        else:
-            counts = torch.zeros(k)
-            for _ in range(steps):
-                batch = _rows(data, torch.randint(n, (batch_size,), generator=generator))
-                centroids, counts = _update(centroids, batch, counts, all_reduce)
-        score = inertia(data, centroids, eval_index)
+        centroids = _kmeans_pp(sample, k, generator)
+        previous = None
+        for _ in range(steps):
+            centroids = _lloyd_step(centroids, sample)
+            labels = (sample @ centroids.T).argmax(1)
+            if previous is not None and torch.equal(labels, previous):
+                break
+            previous = labels
+        score = inertia(sample, centroids)
         if best is None or score < best.inertia:
             best = KMeansResult(centroids, score, restart)
+    if sampled:
+        centroids, score = _full_pass(data, best.centroids, chunk)
+        best = KMeansResult(centroids, score, best.restart)
     return best

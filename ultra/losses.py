@@ -29,26 +29,34 @@ def view_consistency_loss(z_nodes: Tensor, partners: Tensor, has_partner: Tensor
     return diff.square().sum(0).mean() * (z_nodes.shape[0] / has_partner.sum())
 
 
-def head_loss(z: Tensor, batch: dict, graph_weights: Sequence[float], ortho_weight: float,
-              view_weight: float) -> dict[str, Tensor]:
-    """The full loss on a node batch (see :mod:`ultra.nodes`) given the head's outputs ``z`` for its touched nodes."""
+def propagate_batch(batch: dict, x: Tensor, views: bool = True) -> tuple[Tensor, list[Tensor], Tensor | None, Tensor | None]:
+    """For a node batch (see :mod:`ultra.nodes`) and ``x`` at its touched nodes: ``x`` at the batch's nodes,
+    the rows of every graph times ``x``, and the view partners of the nodes with the mask of nodes that have one."""
     nodes = batch["nodes"]
-    columns = torch.arange(z.shape[0], device=z.device)
+    columns = torch.arange(x.shape[0], device=x.device)
 
     def block(entries) -> RowBlock:
         rows, cols, vals = entries
-        return RowBlock.from_coo(nodes, columns, rows, cols, vals.to(z.dtype))
+        return RowBlock.from_coo(nodes, columns, rows, cols, vals.to(x.dtype))
 
-    z_nodes = z[nodes]
-    propagated = [block(e).propagate(z) for e in batch["graphs"]]
+    propagated = [block(e).propagate(x) for e in batch["graphs"]]
+    partners = has_partner = None
+    if views and batch.get("view") is not None:
+        has_partner = torch.zeros(nodes.numel(), dtype=torch.bool, device=x.device)
+        has_partner[batch["view"][0]] = True
+        partners = block(batch["view"]).propagate(x)
+    return x[nodes], propagated, partners, has_partner
+
+
+def head_loss(z: Tensor, batch: dict, graph_weights: Sequence[float], ortho_weight: float,
+              view_weight: float) -> dict[str, Tensor]:
+    """The full loss on a node batch (see :mod:`ultra.nodes`) given the head's outputs ``z`` for its touched nodes."""
+    z_nodes, propagated, partners, has_partner = propagate_batch(batch, z, views=bool(view_weight))
     spectral = spectral_loss(z_nodes, propagated, graph_weights, ortho_weight)
     parts = {"spectral": spectral.spectral, "ortho": spectral.ortho, "quotient": spectral.quotients.mean()}
     total = spectral.total
-    if view_weight and batch.get("view") is not None:
-        rows = batch["view"][0]
-        has_partner = torch.zeros(nodes.numel(), dtype=torch.bool, device=z.device)
-        has_partner[rows] = True
-        parts["view"] = view_consistency_loss(z_nodes, block(batch["view"]).propagate(z), has_partner)
+    if partners is not None:
+        parts["view"] = view_consistency_loss(z_nodes, partners, has_partner)
         total = total + view_weight * parts["view"]
     parts["loss"] = total
     return parts

@@ -26,6 +26,7 @@ from .graph import SparseGraph, SparseRows
 from .views import view_correspondences
 
 log = logging.getLogger(__name__)
+NODE_ORDERS = ("random", "sweep")
 
 
 @dataclass
@@ -101,20 +102,31 @@ def batch_from_entries(features: Tensor, node_positions: Tensor, graphs: Sequenc
 
 
 class NodeBatches(Dataset):
-    """Batch ``i`` of node minibatches: ``batch_nodes`` nodes drawn from ``(seed, i)`` with their operator rows."""
+    """Batch ``i`` of node minibatches with their operator rows.
+
+    ``order="random"``: ``steps_per_epoch`` batches of ``batch_nodes`` nodes drawn from ``(seed, i)``.
+    ``order="sweep"``: consecutive blocks of ``batch_nodes`` nodes that cover every node once (one
+    pass over the set, as the exact solver needs); ``steps_per_epoch`` and ``seed`` are unused, and
+    batch numbers past the last block are empty batches (so every process gets as many as DDP needs).
+    """
 
     def __init__(self, cache: FeatureCache, feature_keys: Sequence[TokenKey], operators: TrainingOperators,
-                 batch_nodes: int, steps_per_epoch: int, seed: int = 0):
+                 batch_nodes: int, steps_per_epoch: int, seed: int = 0, order: str = "random"):
         if batch_nodes < 2 or steps_per_epoch < 1:
             raise ValueError(f"batch_nodes must be >= 2 and steps_per_epoch >= 1, got {batch_nodes}, {steps_per_epoch}")
+        if order not in NODE_ORDERS:
+            raise ValueError(f"node order must be one of {NODE_ORDERS}, got '{order}'")
         self.cache, self.keys, self.operators = cache, list(feature_keys), operators
-        self.batch_nodes, self.steps, self.seed = min(batch_nodes, cache.num_nodes), steps_per_epoch, seed
+        self.batch_nodes, self.seed, self.order = min(batch_nodes, cache.num_nodes), seed, order
+        self.steps = -(-cache.num_nodes // self.batch_nodes) if order == "sweep" else steps_per_epoch
 
     def __len__(self) -> int:
         return self.steps
 
     def nodes(self, index: int) -> Tensor:
         n = self.cache.num_nodes
+        if self.order == "sweep":
+            return torch.arange(min(index * self.batch_nodes, n), min((index + 1) * self.batch_nodes, n))
         if self.batch_nodes >= n:
             return torch.arange(n)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)

@@ -14,7 +14,7 @@ from .cluster import kmeans
 from .features import FeatureCache, TokenKey
 
 log = logging.getLogger(__name__)
-LLOYD_LIMIT = 1 << 17  # up to this many rows, Lloyd on all of them; above, mini-batch k-means
+KMEANS_SAMPLE = 1 << 16  # restarts run on this many rows, then one pass over all of them
 
 
 class CachedRows:
@@ -35,34 +35,51 @@ class CachedRows:
         return self.module(rows.to(device)).cpu()
 
 
-def fit_centroids(rows: CachedRows, k: int, seed: int = 0, restarts: int = 5) -> Tensor:
-    """Cosine k-means centroids ``[k, D]`` of all rows (Lloyd) or of uniform mini-batches when there are many."""
+def fit_centroids(rows: CachedRows, k: int, seed: int = 0, restarts: int = 3, sample_size: int = KMEANS_SAMPLE) -> Tensor:
+    """Cosine k-means centroids ``[k, D]``: restarts on a sample of the rows, then one pass over all of them."""
     n = len(rows)
-    if n <= LLOYD_LIMIT:
-        result = kmeans(rows, k, restarts=restarts, steps=100, seed=seed)
-    else:
-        result = kmeans(rows, k, restarts=restarts, steps=500, batch_size=16384, seed=seed)
+    result = kmeans(rows, k, restarts=restarts, sample_size=sample_size, seed=seed)
     log.info("k-means: %d clusters of %d rows, inertia %.1f (restart %d)", k, n, result.inertia, result.restart)
     return result.centroids
 
 
-def train_probe(cache: FeatureCache, keys: Sequence[TokenKey], num_classes: int, steps: int = 1000,
-                batch_size: int = 8192, lr: float = 1e-3, seed: int = 0, progress: bool = True) -> nn.Linear | None:
-    """A linear classifier of tokens into classes, trained on the cached label grids (None if there are no labels)."""
+def train_probe(cache: FeatureCache, keys: Sequence[TokenKey], num_classes: int, steps: int = 100,
+                max_rows: int = 1 << 17, weight_decay: float = 1e-4, seed: int = 0, progress: bool = True) -> nn.Linear | None:
+    """A linear classifier of tokens into classes (None if the cache has no labels).
+
+    Multinomial logistic regression fitted by full-batch L-BFGS (``steps`` iterations) on up to
+    ``max_rows`` labelled tokens drawn once with ``seed``, on standardised tokens (the scaling is
+    folded into the returned layer): a convex fit, so the result hardly depends on the seed.
+    """
     labelled = torch.from_numpy(np.flatnonzero(cache.labels.reshape(-1) != 255))
     if labelled.numel() == 0:
         log.warning("no labelled tokens in the training cache: no linear probe")
         return None
-    generator = torch.Generator().manual_seed(seed)
-    probe = nn.Linear(cache.dim(keys), num_classes)
-    with torch.no_grad():
-        probe.weight.normal_(0, 0.01, generator=generator)
-        probe.bias.zero_()
-    optimizer = torch.optim.AdamW(probe.parameters(), lr=lr)
-    for _ in tqdm(range(steps), desc="linear probe", disable=not progress):
-        nodes = labelled[torch.randint(labelled.numel(), (min(batch_size, labelled.numel()),), generator=generator)]
-        loss = F.cross_entropy(probe(cache.rows(keys, nodes)), cache.node_labels(nodes))
+    if labelled.numel() > max_rows:
+        generator = torch.Generator().manual_seed(seed)
+        labelled = labelled[torch.randperm(labelled.numel(), generator=generator)[:max_rows]].sort().values
+    x, y = cache.rows(keys, labelled), cache.node_labels(labelled)
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    x = (x - mean) / std
+    probe = nn.Linear(x.shape[1], num_classes)
+    nn.init.zeros_(probe.weight)
+    nn.init.zeros_(probe.bias)
+    optimizer = torch.optim.LBFGS(probe.parameters(), lr=1.0, max_iter=steps, history_size=20,
+                                  line_search_fn="strong_wolfe")
+    bar = tqdm(desc="linear probe (L-BFGS)", total=steps, disable=not progress)
+
+    def closure() -> Tensor:
         optimizer.zero_grad()
+        loss = F.cross_entropy(probe(x), y) + weight_decay * probe.weight.square().sum()
         loss.backward()
-        optimizer.step()
+        return loss
+
+    optimizer.step(closure)
+    bar.update(steps)
+    bar.close()
+    with torch.no_grad():
+        log.info("linear probe: %d tokens, training loss %.4f", labelled.numel(), float(F.cross_entropy(probe(x), y)))
+    with torch.no_grad():  # fold the standardisation in: W (x - mean) / std + b
+        probe.weight.div_(std)
+        probe.bias.sub_(probe.weight @ mean)
     return probe

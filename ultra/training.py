@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import time
+import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -25,10 +28,12 @@ from .data.transforms import CenterView, EvalTransform, FiveCropViews, RandomVie
 from .features import FeatureCache, TokenKey, collate_views
 from .files import cache_root
 from .head import ProjectionHead
+from .exact import QuadraticForms
 from .losses import head_loss
 from .nodes import NodeBatches, NodeBatchSampler, TrainingOperators, batch_from_entries, build_view_operator, load_or_build_operators
 
 log = logging.getLogger(__name__)
+warnings.filterwarnings("ignore", message=r"`LightningModule.configure_optimizers` returned `None`")  # the exact solver
 VIEW_SCHEMES = ("five", "center")
 
 
@@ -50,7 +55,7 @@ class UltraDataModule(pl.LightningDataModule):
         on_the_fly: no cache; ``images_per_batch`` images with two random views per step.
         cache_dir: where feature caches live (default: the user cache).
         cache_batch_size, num_workers: backbone batch size while caching; data loader workers.
-        seed: node-batch seed (default: the seed Lightning was given).
+        seed: node-batch seed (default: the ``seed_everything`` seed, 0 without one).
     """
 
     def __init__(
@@ -96,6 +101,7 @@ class UltraDataModule(pl.LightningDataModule):
         self.cache_dir = Path(cache_dir) if cache_dir else cache_root() / "features"
         self.cache_batch_size, self.num_workers, self.seed = cache_batch_size, num_workers, seed
         self.cache: FeatureCache | None = None
+        self.timings: dict[str, float] = {}  # seconds of the cache and graph stages of this process (built or loaded)
         self.operators: TrainingOperators | None = None
         if view_size % self.backbone.patch_size:
             raise ValueError(f"view_size={view_size} is not a multiple of the patch size {self.backbone.patch_size} of {backbone}")
@@ -134,8 +140,12 @@ class UltraDataModule(pl.LightningDataModule):
     # --- Lightning hooks -------------------------------------------------------------------------
     def prepare_data(self) -> None:
         if not self.on_the_fly:
+            start = time.perf_counter()
             cache = self.open_cache()
+            self.timings["cache_s"] = time.perf_counter() - start
+            start = time.perf_counter()
             load_or_build_operators(cache, self.graph_specs, self.knn, cache.views_per_image > 1, self._device())
+            self.timings["graphs_s"] = time.perf_counter() - start
 
     def open_cache(self) -> FeatureCache:
         """The training set's feature cache (built if missing)."""
@@ -147,18 +157,23 @@ class UltraDataModule(pl.LightningDataModule):
         return self.cache
 
     def setup(self, stage: str) -> None:
-        if self.seed is None:
-            self.seed = torch.initial_seed()
+        if self.seed is None:  # the seed given to seed_everything (LightningCLI's seed_everything option)
+            self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         if stage == "fit" and not self.on_the_fly:
             cache = self.open_cache()
             self.operators = load_or_build_operators(cache, self.graph_specs, self.knn, cache.views_per_image > 1)
 
     def train_dataloader(self) -> DataLoader:
+        order = getattr(self.trainer.lightning_module, "node_order", "random") if self.trainer is not None else "random"
         if self.on_the_fly:
+            if order == "sweep":
+                raise ValueError("model.solver 'exact' needs the feature cache (data.on_the_fly false); "
+                                 "use model.solver sgd to train on the fly")
             data = self.train_dataset.with_transform(RandomViews(self.view_size, self.resize, num_views=2))
             return DataLoader(data, batch_size=self.images_per_batch, shuffle=True, drop_last=True,
                               num_workers=self.num_workers, collate_fn=collate_views)
-        batches = NodeBatches(self.cache, self.feature_keys, self.operators, self.batch_nodes, self.steps_per_epoch, self.seed)
+        batches = NodeBatches(self.cache, self.feature_keys, self.operators, self.batch_nodes, self.steps_per_epoch,
+                              self.seed, order=order)
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
         return DataLoader(batches, batch_size=None, sampler=NodeBatchSampler(batches, world, rank),
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
@@ -189,36 +204,83 @@ class UltraDataModule(pl.LightningDataModule):
         return move_data_to_device(out, images.device)
 
 
+SOLVERS = ("exact", "sgd")
+
+
 class SpectralHeadModule(pl.LightningModule):
-    """The head g, trained by the spectral-consistency loss on node batches.
+    """The head g, fitted to the spectral-consistency loss on node batches.
 
     Args:
         in_dim: token dimension (linked from the data module's ``head_dim``).
         out_dim: embedding dimension m (about 50; well above the number of classes).
         head: ``linear`` (one matrix W) or ``mlp``; hidden_dim for the MLP.
-        lr, weight_decay: AdamW.
-        ortho_weight: lambda of the orthogonality term; view_weight: alpha of the view term.
+        solver: ``exact`` (linear head only): the loss's exact optimum from one pass over every
+            node (:mod:`ultra.exact`; ``max_epochs`` is then 1); ``sgd``: AdamW on random node batches.
+        ridge, trivial_threshold: of the exact solve (see :mod:`ultra.exact`).
+        lr, weight_decay: AdamW (``sgd``).
+        ortho_weight: lambda of the orthogonality term (``sgd``; the exact solution has none to pay);
+            view_weight: alpha of the view term.
         graph_weights: weights of the graphs (linked from the data module).
     """
 
     def __init__(self, in_dim: int, out_dim: int = 50, head: str = "linear", hidden_dim: int = 512,
+                 solver: str = "exact", ridge: float = 1e-4, trivial_threshold: float = 0.9,
                  lr: float = 1e-3, weight_decay: float = 0.0, ortho_weight: float = 1.0, view_weight: float = 0.1,
                  graph_weights: list[float] | None = None):
         super().__init__()
+        if solver not in SOLVERS:
+            raise ValueError(f"model.solver must be one of {SOLVERS}, got '{solver}'")
+        if solver == "exact" and head != "linear":
+            raise ValueError(f"model.solver 'exact' solves the linear head; use model.solver sgd for head '{head}'")
+        if solver == "exact" and not 1 <= out_dim < in_dim:
+            raise ValueError(f"model.solver 'exact' needs 1 <= out_dim < the token dimension {in_dim}, got {out_dim}")
         self.save_hyperparameters()
         self.head = ProjectionHead(in_dim, out_dim, head, hidden_dim)
         self.graph_weights = list(graph_weights) if graph_weights else None
+        self.forms: QuadraticForms | None = None
+        self.automatic_optimization = solver == "sgd"
+
+    @property
+    def node_order(self) -> str:
+        """The node batches this module trains on (see :class:`~ultra.nodes.NodeBatches`)."""
+        return "sweep" if self.hparams.solver == "exact" else "random"
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.head(tokens)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.solver == "exact" and self.trainer.max_epochs != 1:
+            log.info("exact solver: one pass over the training tokens (max_epochs %s -> 1)", self.trainer.max_epochs)
+            self.trainer.fit_loop.max_epochs = 1
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         weights = self.graph_weights or [1.0] * len(batch["graphs"])
-        parts = head_loss(self.head(batch["features"]), batch, weights, self.hparams.ortho_weight, self.hparams.view_weight)
         size = int(batch["nodes"].numel())
+        if self.hparams.solver == "exact":
+            if self.forms is None:
+                self.forms = QuadraticForms(self.hparams.in_dim, weights)
+            self.forms.update(batch)
+            return None
+        parts = head_loss(self.head(batch["features"]), batch, weights, self.hparams.ortho_weight, self.hparams.view_weight)
         self.log("loss", parts["loss"], prog_bar=True, batch_size=size)
         self.log_dict({f"train/{k}": v for k, v in parts.items() if k != "loss"}, batch_size=size)
         return parts["loss"]
 
+    def on_train_epoch_end(self) -> None:
+        if self.hparams.solver != "exact":
+            return
+        if self.forms is None:
+            raise RuntimeError("the exact solver saw no node batch")
+        strategy = self.trainer.strategy
+        self.forms.reduce(lambda t: strategy.reduce(t.to(strategy.root_device), reduce_op="sum"))
+        solution = self.forms.solve(self.hparams.out_dim, self.hparams.view_weight, self.hparams.ridge,
+                                    self.hparams.trivial_threshold)
+        self.forms = None
+        with torch.no_grad():
+            self.head.net.weight.copy_(solution.weight)
+        self.log_dict({"train/quotient": solution.quotients.mean().float(), "train/view": solution.view.mean().float()})
+
     def configure_optimizers(self):
+        if self.hparams.solver == "exact":
+            return None
         return torch.optim.AdamW(self.head.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

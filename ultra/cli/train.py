@@ -1,15 +1,21 @@
 """``train.py`` / ``ultra-train``: train the head, fit the readouts, evaluate, export the inference checkpoint.
 
     python train.py --config configs/demo.yaml [--trainer.max_epochs 10] [--data.num_workers 4]
+    python train.py --config configs/camvid.yaml --seeds 0,1,2     # one run per seed, then mean +- std
 
 Everything is configured by YAML through LightningCLI (``--print_config`` shows every option).
 Outputs go to ``trainer.default_root_dir``: ``checkpoints/last.ckpt`` (written atomically every
 epoch), ``model.safetensors`` (the inference checkpoint), ``eval/`` (report and pictures) and the
 logs. Running the same command again after an interruption resumes from ``last.ckpt``.
+With ``--seeds``, each seed runs in ``<default_root_dir>/seed-<s>`` (the feature cache and the graphs
+are shared) and ``<default_root_dir>/seeds.json`` holds every figure's mean and standard deviation.
 """
 from __future__ import annotations
 
+import json
 import logging
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +31,7 @@ from ..evaluation import evaluate
 from ..files import atomic_path
 from ..inference import ClusterReadout, ProbeReadout, Segmenter, save_segmenter
 from ..readout import CachedRows, fit_centroids, train_probe
+from ..seeds import format_summary, split_seeds_argument, summarize
 from ..training import SpectralHeadModule, UltraDataModule
 
 log = logging.getLogger(__name__)
@@ -32,14 +39,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ReadoutConfig:
-    """After training: k-means (classes + ``extra_clusters`` clusters, ``restarts``), the raw-token baseline,
-    the supervised probe, and the evaluation options."""
+    """After training: k-means (classes + ``extra_clusters`` clusters, ``restarts`` on ``kmeans_sample``
+    tokens, then one pass over all), the raw-token baseline, the supervised probe (``probe_steps``
+    L-BFGS iterations), and the evaluation options."""
 
     extra_clusters: int = 0
-    restarts: int = 5
+    restarts: int = 3
+    kmeans_sample: int = 1 << 16
     raw_baseline: bool = True
     probe: bool = True
-    probe_steps: int = 1000
+    probe_steps: int = 100
     evaluate: bool = True
     flip: bool = False
     crf: bool = False
@@ -98,11 +107,11 @@ def fit_readouts(module: SpectralHeadModule, data: UltraDataModule, config: Read
     cache = data.open_cache()
     k = len(data.class_names) + config.extra_clusters
     head = module.head.eval()
-    readouts = {"head": ClusterReadout(data.feature_keys, fit_centroids(CachedRows(cache, data.feature_keys, head), k, seed,
-                                                                         config.restarts), head)}
+    centroids = lambda rows: fit_centroids(rows, k, seed, config.restarts, config.kmeans_sample)  # noqa: E731
+    readouts = {"head": ClusterReadout(data.feature_keys, centroids(CachedRows(cache, data.feature_keys, head)), head)}
     if config.raw_baseline:
         raw = [data.feature_keys[-1]]
-        readouts["raw"] = ClusterReadout(raw, fit_centroids(CachedRows(cache, raw), k, seed, config.restarts))
+        readouts["raw"] = ClusterReadout(raw, centroids(CachedRows(cache, raw)))
     if config.probe:
         probe = train_probe(cache, data.feature_keys, len(data.class_names), steps=config.probe_steps, seed=seed,
                             progress=progress)
@@ -118,15 +127,24 @@ def run_training(cli: UltraCLI) -> dict | None:
     config = ReadoutConfig(**cli.config.readout)
     if config.crf:  # fail before training, not after it
         require_crf("--readout.crf")
-    trainer.fit(module, data, ckpt_path=last_checkpoint(trainer))
+    if config.extra_clusters < 0 or config.restarts < 1 or config.kmeans_sample < 1 or config.probe_steps < 1:
+        raise ValueError("readout: extra_clusters must be >= 0 and restarts, kmeans_sample, probe_steps >= 1, got "
+                         f"{config.extra_clusters}, {config.restarts}, {config.kmeans_sample}, {config.probe_steps}")
     seed = int(cli.config.seed_everything) if cli.config.seed_everything is not None else 0
+    pl.seed_everything(seed, workers=True, verbose=False)  # again: building the backbone may have drawn random numbers
+    start = time.perf_counter()
+    trainer.fit(module, data, ckpt_path=last_checkpoint(trainer))
+    timings = {"fit_s": time.perf_counter() - start - sum(data.timings.values()), **data.timings}
+    start = time.perf_counter()
     segmenter = fit_readouts(module, data, config, seed, progress=trainer.is_global_zero).to(trainer.strategy.root_device)
+    timings["readouts_s"] = time.perf_counter() - start
     root = Path(trainer.default_root_dir)
     report = None
     if config.evaluate and data.val_dataset is not None:
         report = evaluate(segmenter, data.val_dataset.with_transform(data.eval_transform()), trainer, output=root / "eval",
                           flip=config.flip, crf=config.crf, batch_size=config.eval_batch_size, num_workers=data.num_workers,
-                          settings={"backbone": data.backbone.describe(), "eval_resize": data.eval_resize, "eval_crop": data.eval_crop})
+                          settings={"backbone": data.backbone.describe(), "eval_resize": data.eval_resize, "eval_crop": data.eval_crop,
+                                    "seed": seed, "solver": module.hparams.solver, "timings": timings})
         segmenter.cluster_to_class = {name: torch.tensor(r["cluster_to_class"]) for name, r in report["readouts"].items()
                                       if "cluster_to_class" in r and "+" not in name}
     if trainer.is_global_zero:
@@ -138,9 +156,28 @@ def run_training(cli: UltraCLI) -> dict | None:
 
 
 def run(args: list[str] | None = None) -> dict | None:
-    """Train from a config; returns the evaluation report (None without a validation set)."""
+    """Train from a config; returns the evaluation report (None without a validation set).
+
+    ``--seeds 0,1,2`` runs once per seed and returns the summary over seeds (:func:`ultra.seeds.summarize`).
+    """
     torch.set_float32_matmul_precision("high")
-    return run_training(build_cli(args))
+    seeds, args = split_seeds_argument(sys.argv[1:] if args is None else list(args))
+    if seeds is None:
+        return run_training(build_cli(args))
+    root = Path(build_cli(args).trainer.default_root_dir)
+    reports = {}
+    for seed in seeds:
+        log.info("seed %d of %s", seed, seeds)
+        reports[seed] = run_training(build_cli(args + ["--seed_everything", str(seed),
+                                                       "--trainer.default_root_dir", str(root / f"seed-{seed}")]))
+    if any(r is None for r in reports.values()):
+        return None
+    summary = summarize(reports)
+    with atomic_path(root / "seeds.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=1))
+    print(format_summary(summary))
+    log.info("summary over seeds %s written to %s", seeds, root / "seeds.json")
+    return summary
 
 
 main = console(run, "ultra-train")

@@ -1,0 +1,72 @@
+"""Several seeds of one run: the ``--seeds`` argument, and every figure's mean and standard deviation over them."""
+from __future__ import annotations
+
+import statistics
+from typing import Mapping
+
+from .evaluation import LABELS
+
+FIGURES = ("miou", "acc", "miou_present")
+
+
+def split_seeds_argument(args: list[str]) -> tuple[list[int] | None, list[str]]:
+    """``--seeds 0,1,2`` (or ``--seeds=0,1,2``) taken out of ``args``: the seeds, and the other arguments."""
+    rest, seeds = [], None
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--seeds" or arg.startswith("--seeds="):
+            if arg == "--seeds":
+                if i + 1 >= len(args):
+                    raise ValueError("--seeds needs a comma-separated list of integers, e.g. --seeds 0,1,2")
+                value, i = args[i + 1], i + 2
+            else:
+                value, i = arg.split("=", 1)[1], i + 1
+            seeds = _parse_seeds(value)
+            continue
+        rest.append(arg)
+        i += 1
+    if seeds is not None and any(a == "--seed_everything" or a.startswith("--seed_everything=") for a in rest):
+        raise ValueError("--seeds and --seed_everything exclude each other")
+    return seeds, rest
+
+
+def _parse_seeds(value: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds takes comma-separated integers, e.g. 0,1,2; got '{value}'") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds needs distinct integers, got '{value}'")
+    return seeds
+
+
+def _stats(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+def summarize(reports: Mapping[int, dict]) -> dict:
+    """Mean and (sample) standard deviation over seeds of every readout's figures and of the stage timings."""
+    seeds = list(reports)
+    first = reports[seeds[0]]
+    readouts = {name: {f: _stats([reports[s]["readouts"][name][f] for s in seeds]) for f in FIGURES}
+                for name in first["readouts"]}
+    timings = {k: _stats([reports[s]["settings"]["timings"].get(k, 0.0) for s in seeds])
+               for k in first["settings"].get("timings", {})}
+    return {"seeds": seeds, "readouts": readouts, "timings": timings,
+            "settings": {k: v for k, v in first["settings"].items() if k not in ("seed", "timings")}}
+
+
+def format_summary(summary: dict) -> str:
+    """The table of a summary: mean +- std over seeds, in percent."""
+    seeds = ",".join(str(s) for s in summary["seeds"])
+    lines = [f"{'readout (seeds ' + seeds + ')':<34} {'mIoU':>13} {'acc':>13}"]
+    for name, r in summary["readouts"].items():
+        base, _, crf = name.partition("+")
+        label = LABELS.get(base, base) + (" + CRF" if crf else "")
+        cells = [f"{100 * r[f]['mean']:5.1f} ± {100 * r[f]['std']:3.1f}" for f in ("miou", "acc")]
+        lines.append(f"{label:<34} {cells[0]:>13} {cells[1]:>13}")
+    if summary["timings"]:
+        lines.append("time (s): " + ", ".join(f"{k[:-2]} {v['mean']:.1f}" for k, v in summary["timings"].items()))
+    return "\n".join(lines)
