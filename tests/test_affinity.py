@@ -67,6 +67,24 @@ def test_candidate_images_restrict_the_inter_image_search():
         assert torch.allclose(graph.to_dense(), expected, atol=1e-6)
 
 
+def test_grouped_views_leave_their_slots_to_other_images():
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(4, 6, 5, generator=g)
+    rows = base.repeat_interleave(3, 0) + 0.01 * torch.randn(12, 6, 5, generator=g)  # 3 near-identical views per image
+    groups = torch.arange(4).repeat_interleave(3)
+    n = 6
+    for config in (KnnConfig(0, 0, 4), KnnConfig(0, 4, 0), KnnConfig(0, 0, 4, candidate_images=5)):
+        plain = knn_graph(rows, config=config).to_dense()
+        grouped = knn_graph(rows, config=KnnConfig(**{**vars(config), "group_views": True}), groups=groups).to_dense()
+        node_view = torch.arange(12 * n) // n
+        same_image_other_view = (groups[node_view][:, None] == groups[node_view][None, :]) & (node_view[:, None] != node_view[None, :])
+        assert plain[same_image_other_view].sum() > 0  # without grouping, the other views take the slots
+        assert grouped[same_image_other_view].sum() == 0
+        assert (grouped > 0).sum(1).min() >= 4  # every token still has its neighbours
+    with pytest.raises(ValueError, match="source image of each of the 12 views"):
+        knn_graph(rows, config=KnnConfig(0, 0, 4, group_views=True))
+
+
 def test_topk_blockwise_equals_plain_topk():
     g = torch.Generator().manual_seed(2)
     q, k = F.normalize(torch.randn(7, 5, generator=g), dim=-1), torch.randn(50, 5, generator=g) * 3

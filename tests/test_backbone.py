@@ -36,6 +36,15 @@ def test_grids_match_plain_forward(tiny_vit):
         assert torch.allclose(feats.prefix["x"][layer], outs[layer][:, :p], atol=1e-5)
 
 
+def test_normed_tokens_are_block_outputs_through_the_final_layernorm(tiny_vit):
+    feats = tiny_vit(torch.rand(2, 3, 32, 48), layers=[1, 2], kinds=["x", "n"])
+    for layer in (1, 2):
+        expected = tiny_vit.model.norm(feats[("x", layer)])
+        assert torch.allclose(feats[("n", layer)], expected, atol=1e-6)
+        assert not torch.allclose(feats[("n", layer)], feats[("x", layer)])
+    assert feats.prefix["n"][2].shape == feats.prefix["x"][2].shape
+
+
 def test_only_requested_tensors_are_kept_and_later_blocks_not_run(tiny_vit):
     calls = []
     hook = tiny_vit.model.blocks[2].register_forward_hook(lambda *a: calls.append(1))

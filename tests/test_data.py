@@ -232,6 +232,39 @@ def test_folder_ignore_value_and_flat_folders(tmp_path):
         ImageFolder(tmp_path / "empty")
 
 
+def test_folder_splits_and_class_list(tmp_path):
+    for stem, value in (("a", 0), ("b", 1), ("c", 2)):
+        save_png(tmp_path / "images" / f"{stem}.png", np.full((4, 4, 3), value, np.uint8))
+        save_png(tmp_path / "labels" / f"{stem}.png", np.full((4, 4), value, np.uint8))
+    (tmp_path / "classes.txt").write_text("sky\nroad\n\ncar\n")
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits" / "train.txt").write_text("c\na\n")
+    train = ImageFolder(tmp_path, split="train")
+    assert train.classes == ("sky", "road", "car")
+    assert [s.name for s in train.samples] == ["c", "a"]
+    assert [int(train[i]["label"][0, 0]) for i in range(2)] == [2, 0]
+    assert len(ImageFolder(tmp_path)) == 3
+    assert ImageFolder(tmp_path, classes=["x", "y", "z"]).classes == ("x", "y", "z")  # given names win
+    with pytest.raises(DataError, match=r"split list .*splits/val.txt does not exist"):
+        ImageFolder(tmp_path, split="val")
+    (tmp_path / "splits" / "val.txt").write_text("a\nmissing\n")
+    with pytest.raises(DataError, match=r"val.txt lists 1 images that do not exist, e.g. 'missing'"):
+        ImageFolder(tmp_path, split="val")
+    (tmp_path / "splits" / "val.txt").write_text("a\na\n")
+    with pytest.raises(DataError, match="more than once"):
+        ImageFolder(tmp_path, split="val")
+    (tmp_path / "classes.txt").write_text("\n")
+    with pytest.raises(DataError, match="class list .*classes.txt is empty"):
+        ImageFolder(tmp_path)
+
+
+def test_real_camvid_splits():
+    train, val = (ImageFolder(realdata("camvid"), split=s) for s in ("train", "val"))
+    assert (len(train), len(val)) == (367, 101)
+    assert train.classes[0] == "sky" and len(train.classes) == 11
+    assert not {s.name for s in train.samples} & {s.name for s in val.samples}
+
+
 def test_fingerprint_follows_the_files_and_the_generator_settings(tmp_path):
     image = tmp_path / "a" / "images" / "x.png"
     save_png(image, np.zeros((4, 4, 3), np.uint8))

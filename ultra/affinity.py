@@ -1,7 +1,8 @@
 """Per-layer affinity graphs from a frozen ViT's token grids: cosine kNN inside each image and across images.
 
 Kinds: ``kq`` (similarity of the queries of i with the keys of j: "where" attention would look),
-``vv`` (values with values: "what"), ``feat`` (block outputs with block outputs).
+``vv`` (values with values: "what"), ``feat`` (block outputs with block outputs), ``norm`` (block
+outputs after the final LayerNorm).
 
 For a set of B images with n tokens each (N = B*n nodes), every token keeps its ``k_intra`` most
 similar tokens of its own image (itself excluded), its ``k_inter`` most similar tokens of the
@@ -24,7 +25,7 @@ from torch import Tensor
 
 from .graph import SparseGraph, lift_graph, pooling_matrix
 
-GRAPH_KINDS = {"kq": ("q", "k"), "vv": ("v", "v"), "feat": ("x", "x")}
+GRAPH_KINDS = {"kq": ("q", "k"), "vv": ("v", "v"), "feat": ("x", "x"), "norm": ("n", "n")}
 """Graph kind -> (token kind of the rows, token kind of the columns)."""
 
 
@@ -55,13 +56,19 @@ class GraphSpec:
 
 @dataclass(frozen=True)
 class KnnConfig:
-    """Neighbour counts (own image, other images, anywhere), threshold, candidate images, teleport, block size."""
+    """Neighbour counts (own image, other images, anywhere), threshold, candidate images, teleport, block size.
+
+    ``group_views``: for a cache of several views (crops) per image, the other views of the same
+    image are not "other images": the inter-image and anywhere searches and the candidate images
+    skip them (the view operator already ties them together), leaving the slots to other images.
+    """
 
     k_intra: int = 16
     k_inter: int = 16
     k_any: int = 0
     threshold: float = 0.0
     candidate_images: int | None = None
+    group_views: bool = False
     teleport: float = 0.0
     max_block: int = 1 << 24
 
@@ -81,8 +88,10 @@ def token_kinds(specs: Sequence[GraphSpec]) -> set[str]:
 
 
 def knn_graph(rows: Tensor, cols: Tensor | None = None, config: KnnConfig = KnnConfig(),
-              device: str | torch.device = "cpu") -> SparseGraph:
+              device: str | torch.device = "cpu", groups: Tensor | None = None) -> SparseGraph:
     """The kNN graph of ``B`` images' tokens: ``rows``/``cols`` are ``[B, n, D]`` (``cols`` defaults to ``rows``).
+
+    ``groups`` (``[B]``, used with ``config.group_views``): the source image of each of the B views.
 
     Similarity is the cosine of ``rows[i]`` with ``cols[j]``; node ``b*n + t`` is token t of image b.
     Tokens may be any dtype and stay where they are (e.g. float16 memory-mapped on the host): each
@@ -101,10 +110,17 @@ def knn_graph(rows: Tensor, cols: Tensor | None = None, config: KnnConfig = KnnC
         raise ValueError(f"k_inter={k_inter} exceeds the {(num_images - 1) * n} tokens of the other images")
     if config.k_any > num_images * n - 1:
         raise ValueError(f"k_any={config.k_any} exceeds the {num_images * n - 1} other tokens of the set")
+    if config.group_views and (groups is None or groups.shape != (num_images,)):
+        raise ValueError(f"knn.group_views needs the source image of each of the {num_images} views")
+    groups = groups if config.group_views else None
+    others = num_images - 1 if groups is None else num_images - int(torch.bincount(groups).max())
+    if groups is not None and others < 1:
+        raise ValueError("knn.group_views: every view comes from the same image, there are no other images")
+    count = others if config.candidate_images is None else min(config.candidate_images, others)
     candidates = None
-    if (k_inter or config.k_any) and config.candidate_images is not None and config.candidate_images < num_images - 1:
+    if (k_inter or config.k_any) and (count < num_images - 1 or groups is not None):
         means = torch.stack([_unit(rows[b]).mean(0) for b in range(num_images)])
-        candidates = nearest_images(means, config.candidate_images)
+        candidates = nearest_images(means, count, groups)
     edges = _knn_edges(rows, cols, config, k_inter, candidates, torch.device(device))
     src, dst, val = (torch.cat(part) for part in edges)
     keep = val >= config.threshold
@@ -190,14 +206,17 @@ def topk_blockwise(queries: Tensor, keys: Tensor, k: int, max_block: int = 1 << 
     return best_v, best_i
 
 
-def nearest_images(image_features: Tensor, count: int, max_block: int = 1 << 24) -> Tensor:
-    """For each image, the ``count`` most similar other images (cosine of ``[B, D]`` image features)."""
+def nearest_images(image_features: Tensor, count: int, groups: Tensor | None = None) -> Tensor:
+    """For each image, the ``count`` most similar other images (cosine of ``[B, D]`` image features);
+    with ``groups``, images of the same group are not candidates."""
     feats = _unit(image_features)
     out = []
     for start in range(0, feats.shape[0], 1024):
         chunk = feats[start:start + 1024]
         sim = chunk @ feats.T
         sim[torch.arange(chunk.shape[0]), torch.arange(start, start + chunk.shape[0])] = -float("inf")
+        if groups is not None:
+            sim.masked_fill_(groups[start:start + chunk.shape[0], None] == groups[None, :], -float("inf"))
         out.append(sim.topk(count, dim=1).indices)
     return torch.cat(out)
 

@@ -11,8 +11,10 @@ from torch import Tensor, nn
 
 from .weights import WeightsInfo, load_weights
 
-KINDS = ("x", "q", "k", "v")
-"""Token kinds: ``x`` block output, ``q``/``k``/``v`` from the block's fused qkv projection (heads concatenated)."""
+KINDS = ("x", "n", "q", "k", "v")
+"""Token kinds: ``x`` block output, ``n`` the block output through the model's final LayerNorm (the
+normalisation the model's own outputs get), ``q``/``k``/``v`` from the block's fused qkv projection
+(heads concatenated)."""
 
 MODEL_ALIASES = {
     "dino_vits8": "vit_small_patch8_224.dino",
@@ -194,11 +196,12 @@ class FrozenViT(nn.Module):
             for hook in hooks:
                 hook.remove()
         b, p = images.shape[0], self.num_prefix_tokens
-        if "x" in kinds:
-            blocks = result["image_intermediates"]
-            prefixes = result.get("image_intermediates_prefix") or [t[:, :0] for t in blocks]
-            out.grids["x"] = {layer: blocks[index.index(layer)].reshape(b, h, w, -1) for layer in layers}
-            out.prefix["x"] = {layer: prefixes[index.index(layer)] for layer in layers}
+        blocks = result["image_intermediates"]
+        prefixes = result.get("image_intermediates_prefix") or [t[:, :0] for t in blocks]
+        for kind in {"x", "n"} & set(kinds):
+            norm = self.model.norm if kind == "n" else nn.Identity()
+            out.grids[kind] = {layer: norm(blocks[index.index(layer)]).reshape(b, h, w, -1) for layer in layers}
+            out.prefix[kind] = {layer: norm(prefixes[index.index(layer)]) for layer in layers}
         for j, kind in enumerate("qkv"):
             if kind in kinds:
                 parts = {layer: captured[layer].chunk(3, dim=-1)[j] for layer in layers}

@@ -97,13 +97,17 @@ class Segmenter(nn.Module):
     def layers(self) -> list[int]:
         return sorted({layer for r in self.readouts.values() for _, layer in r.keys})
 
+    @property
+    def kinds(self) -> list[str]:
+        return sorted({kind for r in self.readouts.values() for kind, _ in r.keys})
+
     @torch.no_grad()
     def grid_scores(self, images: Tensor) -> dict[str, Tensor]:
         """Scores ``[B, K, h, w]`` per readout for images in [0, 1] (resized to a multiple of the patch if needed)."""
         size = snap_to_patch(tuple(images.shape[-2:]), self.backbone.patch_size)
         if size != tuple(images.shape[-2:]):
             images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
-        feats = self.backbone(images.to(self.device), layers=self.layers, kinds=["x"])
+        feats = self.backbone(images.to(self.device), layers=self.layers, kinds=self.kinds)
         out = {}
         for name, readout in self.readouts.items():
             tokens = torch.cat([feats[key] for key in readout.keys], -1)

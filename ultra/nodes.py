@@ -66,7 +66,7 @@ def load_or_build_operators(cache: FeatureCache, specs: Sequence[GraphSpec], knn
         if missing:
             raise KeyError(f"graph {spec.name} needs the tokens {missing}, the cache holds {cache.keys}")
         log.info("building the %s graph of layer %d over %d tokens", spec.kind, layer, cache.num_nodes)
-        graph = knn_graph(*(cache.tensor(key) for key in spec.token_keys), knn, device=device)
+        graph = knn_graph(*(cache.tensor(key) for key in spec.token_keys), knn, device=device, groups=cache.view_image())
         graph.save(path)
         graphs.append(graph)
     view = None

@@ -35,6 +35,7 @@ from .nodes import NodeBatches, NodeBatchSampler, TrainingOperators, batch_from_
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r"`LightningModule.configure_optimizers` returned `None`")  # the exact solver
 VIEW_SCHEMES = ("five", "center")
+FEATURE_TOKENS = ("x", "n")
 
 
 class UltraDataModule(pl.LightningDataModule):
@@ -44,7 +45,9 @@ class UltraDataModule(pl.LightningDataModule):
         train_dataset: images the head is trained on (labels unused, except by the optional probe).
         val_dataset: the evaluation set (the protocol transform is applied here).
         backbone, weights, model_kwargs: the frozen ViT (see :class:`~ultra.backbone.FrozenViT`).
-        feature_layers: blocks whose output tokens, concatenated, are the head's input.
+        feature_layers: blocks whose output tokens, concatenated, are the head's input (and, of the
+            last, the raw-token baseline's).
+        tokens: ``x`` block outputs or ``n`` block outputs through the final LayerNorm, for those.
         graphs: the graphs of the spectral loss (kind, layer, weight).
         knn: neighbours, threshold and candidate images of the global graphs.
         views: ``five`` (five crops of ``crop_fraction`` of the shorter side after resizing it to
@@ -66,6 +69,7 @@ class UltraDataModule(pl.LightningDataModule):
         weights: str = "auto",
         model_kwargs: dict | None = None,
         feature_layers: list[int] = (-1,),
+        tokens: str = "x",
         graphs: list[GraphSpec] = (GraphSpec("feat", -1),),
         knn: KnnConfig = KnnConfig(),
         views: str = "five",
@@ -91,7 +95,9 @@ class UltraDataModule(pl.LightningDataModule):
             raise ValueError("knn.teleport is for free-table solves; the head is trained without it")
         self.train_dataset, self.val_dataset = train_dataset, val_dataset
         self.backbone = FrozenViT(backbone, weights=weights, model_kwargs=model_kwargs)
-        self.feature_keys: list[TokenKey] = [("x", self.backbone.check_layers([layer])[0]) for layer in feature_layers]
+        if tokens not in FEATURE_TOKENS:
+            raise ValueError(f"data.tokens must be one of {FEATURE_TOKENS}, got '{tokens}'")
+        self.feature_keys: list[TokenKey] = [(tokens, self.backbone.check_layers([layer])[0]) for layer in feature_layers]
         self.graph_specs = [GraphSpec(g.kind, self.backbone.check_layers([g.layer])[0], g.weight) for g in graphs]
         self.knn, self.views, self.view_size, self.resize = knn, views, view_size, resize
         self.crop_fraction, self.flip_views = crop_fraction, flip_views

@@ -1,0 +1,48 @@
+"""Seeds under control: a run is a pure function of its config and seed; --seeds reports mean and std over seeds."""
+import json
+import statistics
+
+import pytest
+
+from ultra.cli import train as train_cli
+from ultra.seeds import split_seeds_argument
+
+from runs import synthetic_config, tiny_overrides
+
+
+def test_seeds_argument_is_parsed_and_checked():
+    assert split_seeds_argument(["--config", "c.yaml", "--seeds", "0,1,2"]) == ([0, 1, 2], ["--config", "c.yaml"])
+    assert split_seeds_argument(["--seeds=3,5"]) == ([3, 5], [])
+    assert split_seeds_argument(["--config", "c.yaml"]) == (None, ["--config", "c.yaml"])
+    for bad, message in ((["--seeds", "a,b"], "comma-separated integers"), (["--seeds", "1,1"], "distinct"),
+                         (["--seeds"], "needs a comma-separated list"),
+                         (["--seeds", "1", "--seed_everything", "2"], "exclude each other")):
+        with pytest.raises(ValueError, match=message):
+            split_seeds_argument(bad)
+
+
+@pytest.mark.parametrize("solver", ["exact", "sgd"])
+def test_two_runs_in_one_process_print_the_same_figures(tmp_path, solver):
+    config = synthetic_config(tmp_path / "c.yaml")
+    reports = []
+    for run in ("first", "second"):  # the first builds the cache and graphs, the second reuses them
+        args = ["--config", str(config), *tiny_overrides(tmp_path / run), "--data.cache_dir", str(tmp_path / "cache"),
+                "--model.solver", solver]
+        reports.append(train_cli.run(args))
+    assert reports[0]["readouts"] == reports[1]["readouts"]
+
+
+def test_seeds_run_once_each_and_report_mean_and_std(tmp_path):
+    config = synthetic_config(tmp_path / "c.yaml")
+    summary = train_cli.run(["--config", str(config), *tiny_overrides(tmp_path), "--seeds", "0,1,2"])
+    root = tmp_path / "run"
+    assert json.loads((root / "seeds.json").read_text()) == summary
+    per_seed = [json.loads((root / f"seed-{s}" / "eval" / "eval.json").read_text()) for s in (0, 1, 2)]
+    assert [r["settings"]["seed"] for r in per_seed] == [0, 1, 2]
+    for name in ("head", "raw", "probe"):
+        values = [r["readouts"][name]["miou"] for r in per_seed]
+        assert summary["readouts"][name]["miou"]["values"] == values
+        assert summary["readouts"][name]["miou"]["mean"] == pytest.approx(statistics.fmean(values))
+        assert summary["readouts"][name]["miou"]["std"] == pytest.approx(statistics.stdev(values))
+    assert (root / "seed-1" / "model.safetensors").is_file()
+    assert len({r["readouts"]["head"]["miou"] for r in per_seed} | {r["readouts"]["raw"]["miou"] for r in per_seed}) > 1
