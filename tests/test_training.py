@@ -141,6 +141,17 @@ class _Crashing(SyntheticScenes):
         return super().load(index)
 
 
+def test_a_cache_with_more_tokens_serves_runs_that_need_fewer(tmp_path, tiny_vit):
+    data, views = SyntheticScenes(3, 96, 4), FiveCropViews(64, 96)
+    wide = FeatureCache.open_or_build(data, tiny_vit, [("x", 1), ("n", 2), ("q", 2)], views, tmp_path, progress=False)
+    narrow = FeatureCache.open_or_build(data, tiny_vit, [("n", -1)], views, tmp_path, progress=False)
+    assert narrow.path == wide.path and len(list(tmp_path.iterdir())) == 1
+    other = FeatureCache.open_or_build(data, tiny_vit, [("v", 2)], views, tmp_path, progress=False)
+    assert other.path != wide.path and other.path.name.split("-")[0] == wide.path.name.split("-")[0]
+    elsewhere = FeatureCache.open_or_build(data, tiny_vit, [("x", 1)], FiveCropViews(64, 112), tmp_path, progress=False)
+    assert elsewhere.path.name.split("-")[0] != wide.path.name.split("-")[0]  # other views: another source
+
+
 def test_feature_cache_resumes_an_interrupted_build(tmp_path, tiny_vit):
     views = FiveCropViews(64, 96)
     reference = FeatureCache.open_or_build(SyntheticScenes(5, 96, 4), tiny_vit, [("x", 1), ("q", 2)], views,

@@ -3,10 +3,12 @@
 A cache folder holds, for every view of every image (views are the crops of a view transform),
 one ``.npy`` array ``[views, h, w, D]`` (float16) per token kind and layer, the views' geometry,
 their image index and their label grids (majority class per token, 255 where unlabelled).
-Its name is a hash of everything that determines its content: backbone and weights, tokens,
-view transform, and the data set's files (paths, sizes, modification times). A build writes
-into ``<key>.partial`` and resumes there after an interruption; the folder is renamed to
-``<key>`` only when complete.
+Its name is ``<source>-<tokens>``: a hash of everything else that determines its content
+(backbone and weights, view transform, and the data set's files: paths, sizes, modification
+times) and a hash of the tokens it holds. A run that needs some tokens uses any complete cache of
+the same source that holds them all (so one cache built with more tokens serves many runs). A
+build writes into ``<name>.partial`` and resumes there after an interruption; the folder is
+renamed to ``<name>`` only when complete.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .backbone import FrozenViT
 from .data.base import SegmentationDataset
-from .files import atomic_path
+from .files import atomic_path, build_lock
 from .grids import labels_to_grid
 
 log = logging.getLogger(__name__)
@@ -105,17 +107,27 @@ class FeatureCache:
                       progress: bool = True) -> "FeatureCache":
         """The cache of ``dataset`` seen through ``views`` (a view transform), built first if needed."""
         keys = sorted({(k, int(layer) % backbone.num_layers) for k, layer in keys})
-        spec = {
-            "backbone": backbone.describe(), "tokens": keys, "views": _describe(views),
+        source = {
+            "backbone": backbone.describe(), "views": _describe(views),
             "dataset": dataset.fingerprint(), "num_classes": dataset.num_classes,
         }
-        name = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
-        final = Path(root) / name
-        if (final / "meta.json").is_file():
-            log.info("feature cache %s found", final)
+        prefix = _digest(source, 16)
+        Path(root).mkdir(parents=True, exist_ok=True)
+        with build_lock(Path(root) / prefix, "the feature cache"):  # concurrent runs build it once
+            for folder in sorted(Path(root).glob(f"{prefix}-*")):
+                if not folder.name.endswith((".partial", ".lock")) and (folder / "meta.json").is_file():
+                    cache = cls(folder)
+                    if set(keys) <= set(cache.keys):
+                        log.info("feature cache %s found", folder)
+                        return cache
+            final = Path(root) / f"{prefix}-{_digest(keys, 8)}"
+            _build(final, {**source, "tokens": keys}, dataset.with_transform(views), backbone, keys, batch_size,
+                   num_workers, device, progress)
             return cls(final)
-        _build(final, spec, dataset.with_transform(views), backbone, keys, batch_size, num_workers, device, progress)
-        return cls(final)
+
+
+def _digest(value, length: int) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:length]
 
 
 def _describe(transform) -> dict:

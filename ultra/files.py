@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -21,7 +22,8 @@ def cache_root() -> Path:
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` only if the block succeeds.
 
-    A crash or an exception inside the block leaves no partial ``target`` behind.
+    A crash or an exception inside the block leaves no partial ``target`` behind. The file gets the
+    permissions of a file created normally (``0666`` less the umask), not ``mkstemp``'s ``0600``.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -30,10 +32,36 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def build_lock(path: str | Path, what: str) -> Iterator[None]:
+    """An inter-process lock (``<path>.lock``) around building ``path``: a second process waits for the
+    first, then finds the finished result instead of building over it."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(f"{path}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logging.getLogger(__name__).info("waiting for another process building %s (%s.lock)", what, path)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from .affinity import GraphSpec, KnnConfig, knn_graph
 from .features import FeatureCache, TokenKey
+from .files import build_lock
 from .graph import SparseGraph, SparseRows
 from .views import view_correspondences
 
@@ -54,29 +55,27 @@ def load_or_build_operators(cache: FeatureCache, specs: Sequence[GraphSpec], knn
                             view_consistency: bool, device: str | torch.device = "cpu") -> TrainingOperators:
     """The global operators of ``cache``, built once and stored in its ``graphs/`` folder (layers non-negative)."""
     folder = cache.path / "graphs"
+    folder.mkdir(exist_ok=True)
     graphs = []
     for spec in specs:
-        layer = spec.layer
-        name = hashlib.sha256(json.dumps([spec.kind, layer, asdict(knn)], sort_keys=True).encode()).hexdigest()[:16]
-        path = folder / f"{spec.kind}{layer}-{name}.safetensors"
-        if path.is_file():
+        name = hashlib.sha256(json.dumps([spec.kind, spec.layer, asdict(knn)], sort_keys=True).encode()).hexdigest()[:16]
+        path = folder / f"{spec.kind}{spec.layer}-{name}.safetensors"
+        with build_lock(path, f"the {spec.name} graph"):
+            if not path.is_file():
+                missing = [key for key in spec.token_keys if key not in cache.keys]
+                if missing:
+                    raise KeyError(f"graph {spec.name} needs the tokens {missing}, the cache holds {cache.keys}")
+                log.info("building the %s graph of layer %d over %d tokens", spec.kind, spec.layer, cache.num_nodes)
+                graph = knn_graph(*(cache.tensor(key) for key in spec.token_keys), knn, device=device, groups=cache.view_image())
+                graph.save(path)
             graphs.append(SparseGraph.load(path))
-            continue
-        missing = [key for key in spec.token_keys if key not in cache.keys]
-        if missing:
-            raise KeyError(f"graph {spec.name} needs the tokens {missing}, the cache holds {cache.keys}")
-        log.info("building the %s graph of layer %d over %d tokens", spec.kind, layer, cache.num_nodes)
-        graph = knn_graph(*(cache.tensor(key) for key in spec.token_keys), knn, device=device, groups=cache.view_image())
-        graph.save(path)
-        graphs.append(graph)
     view = None
     if view_consistency:
         path = folder / "views.safetensors"
-        if path.is_file():
+        with build_lock(path, "the view operator"):
+            if not path.is_file():
+                build_view_operator(cache.geometry, cache.views_per_image, cache.grid).save(path)
             view = SparseRows.load(path)
-        else:
-            view = build_view_operator(cache.geometry, cache.views_per_image, cache.grid)
-            view.save(path)
         if view.nnz == 0:
             log.warning("view consistency is on but no two views of an image overlap: the term is zero")
     return TrainingOperators(graphs, [s.weight for s in specs], view)

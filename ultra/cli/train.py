@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -83,6 +85,9 @@ class UltraCLI(LightningCLI):
         parser.link_arguments("data", "model.in_dim", compute_fn=lambda dm: dm.head_dim, apply_on="instantiate")
         parser.link_arguments("data", "model.graph_weights", compute_fn=lambda dm: dm.graph_weights, apply_on="instantiate")
         parser.add_class_arguments(ReadoutConfig, "readout")
+        parser.add_argument("--fresh", type=bool, default=False,
+                            help="start over in a run folder that holds a checkpoint (by default a rerun resumes it, "
+                                 "and refuses if its settings differ)")
 
 
 def build_cli(args: list[str] | None = None) -> UltraCLI:
@@ -93,11 +98,55 @@ def build_cli(args: list[str] | None = None) -> UltraCLI:
     )
 
 
-def last_checkpoint(trainer: pl.Trainer) -> str | None:
-    path = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
-    if path.is_file():
-        log.info("resuming from %s", path)
-        return str(path)
+IGNORED_FOR_RESUME = ("data.num_workers", "data.cache_dir", "data.cache_batch_size")
+"""Settings that do not change the head: a run may resume under other values of these."""
+
+
+def head_settings(config) -> dict:
+    """The settings that determine the head (model, data, seed), flattened to ``{"model.out_dim": 50, ...}``."""
+    flat = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict) and value:
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        else:
+            flat[prefix] = json.loads(json.dumps(value, default=str))
+
+    tree = config.as_dict()
+    walk("", {"model": tree.get("model"), "data": tree.get("data"), "seed_everything": tree.get("seed_everything")})
+    return {k: v for k, v in flat.items() if k not in IGNORED_FOR_RESUME}
+
+
+def resume_point(trainer: pl.Trainer, settings: dict, fresh: bool) -> str | None:
+    """``last.ckpt`` when the run folder holds an interrupted run with the same settings; a fresh start otherwise.
+
+    A run folder whose checkpoint has other settings (or none recorded) is refused unless ``fresh``,
+    which discards that checkpoint.
+    """
+    folder = Path(trainer.default_root_dir) / "checkpoints"
+    checkpoint, recorded = folder / "last.ckpt", folder / "run.json"
+    is_main = int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    if checkpoint.is_file() and not fresh:
+        try:
+            stored = json.loads(recorded.read_text())
+        except (OSError, ValueError):
+            raise ValueError(f"{checkpoint} has no readable record of its settings ({recorded}): pass --fresh true "
+                             f"to discard it, or choose another --trainer.default_root_dir") from None
+        differ = sorted(k for k in set(stored) | set(settings) if stored.get(k, "<unset>") != settings.get(k, "<unset>"))
+        if differ:
+            shown = ", ".join(f"{k} ({stored.get(k, '<unset>')!r} there, {settings.get(k, '<unset>')!r} now)" for k in differ[:4])
+            raise ValueError(f"{trainer.default_root_dir} holds a run with other settings: {shown}"
+                             f"{' and more' if len(differ) > 4 else ''}; pass --fresh true to discard it and start over, "
+                             f"or choose another --trainer.default_root_dir")
+        log.info("resuming from %s", checkpoint)
+        return str(checkpoint)
+    if is_main:
+        if fresh and folder.exists():
+            log.info("--fresh: discarding the checkpoints in %s", folder)
+            shutil.rmtree(folder)
+        with atomic_path(recorded) as tmp:
+            tmp.write_text(json.dumps(settings, indent=1, sort_keys=True))
     return None
 
 
@@ -130,15 +179,19 @@ def run_training(cli: UltraCLI) -> dict | None:
     if config.extra_clusters < 0 or config.restarts < 1 or config.kmeans_sample < 1 or config.probe_steps < 1:
         raise ValueError("readout: extra_clusters must be >= 0 and restarts, kmeans_sample, probe_steps >= 1, got "
                          f"{config.extra_clusters}, {config.restarts}, {config.kmeans_sample}, {config.probe_steps}")
+    if config.evaluate and data.val_dataset is not None:  # a bad validation set fails now, not after training
+        data.val_dataset.check(require_labels=True)
+    ckpt_path = resume_point(trainer, head_settings(cli.config), bool(cli.config.fresh))
     seed = int(cli.config.seed_everything) if cli.config.seed_everything is not None else 0
     pl.seed_everything(seed, workers=True, verbose=False)  # again: building the backbone may have drawn random numbers
     start = time.perf_counter()
-    trainer.fit(module, data, ckpt_path=last_checkpoint(trainer))
+    trainer.fit(module, data, ckpt_path=ckpt_path)
     timings = {"fit_s": time.perf_counter() - start - sum(data.timings.values()), **data.timings}
     start = time.perf_counter()
     segmenter = fit_readouts(module, data, config, seed, progress=trainer.is_global_zero).to(trainer.strategy.root_device)
     timings["readouts_s"] = time.perf_counter() - start
     root = Path(trainer.default_root_dir)
+    export(segmenter, data, root, trainer.is_global_zero)  # saved before the evaluation, saved again with its matching
     report = None
     if config.evaluate and data.val_dataset is not None:
         report = evaluate(segmenter, data.val_dataset.with_transform(data.eval_transform()), trainer, output=root / "eval",
@@ -147,12 +200,19 @@ def run_training(cli: UltraCLI) -> dict | None:
                                     "seed": seed, "solver": module.hparams.solver, "timings": timings})
         segmenter.cluster_to_class = {name: torch.tensor(r["cluster_to_class"]) for name, r in report["readouts"].items()
                                       if "cluster_to_class" in r and "+" not in name}
-    if trainer.is_global_zero:
+        export(segmenter, data, root, trainer.is_global_zero)
+    return report
+
+
+def export(segmenter: Segmenter, data: UltraDataModule, root: Path, is_main: bool) -> None:
+    """Write the inference checkpoint ``root/model.safetensors`` (on the main process)."""
+    if is_main:
+        device = segmenter.device
         path = save_segmenter(segmenter.cpu(), root / "model.safetensors",
                               extra={"training": {"feature_layers": [k[1] for k in data.feature_keys],
                                                   "graphs": [g.name for g in data.graph_specs]}})
+        segmenter.to(device)
         log.info("inference checkpoint written to %s", path)
-    return report
 
 
 def run(args: list[str] | None = None) -> dict | None:

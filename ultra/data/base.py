@@ -85,6 +85,15 @@ class SegmentationDataset(Dataset):
                     h.update(f"{stat.st_size}|{stat.st_mtime_ns}".encode())
         return h.hexdigest()[:16]
 
+    def check(self, require_labels: bool = False) -> None:
+        """Read every image and label once (raising :class:`DataError` naming the first bad file)."""
+        if require_labels and not self.has_labels:
+            missing = next(s for s in self.samples if s.label is None)
+            raise DataError(f"{type(self).__name__}: image {missing.image} has no label map; the evaluation needs labels")
+        plain = self.with_transform(None)
+        for index in range(len(plain)):
+            plain[index]
+
     def with_transform(self, transform: Transform | None) -> "SegmentationDataset":
         """A shallow copy of this data set with another transform."""
         clone = copy.copy(self)

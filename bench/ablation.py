@@ -1,0 +1,214 @@
+"""Ablation of the head's options on real photos: each option against the shipped config, over seeds, in one run.
+
+For every data set (a config under ``configs/``) and every option (a list of command-line overrides
+of that config), the head is fitted exactly as ``train.py`` fits it (``trainer.fit`` of the
+config's module and data module), k-means runs once per seed, and every readout is scored by the
+protocol (shorter side 320, centre crop 320, bilinear upsampling of the scores, one confusion
+matrix, Hungarian matching) on the val split and on the training images' own labels (never seen
+by the head or the clusters). The raw-token baselines (block outputs, final-LayerNorm tokens,
+centred, PCA-whitened) are scored the same way in the same run. The backbone runs once per image:
+training tokens come from one feature cache holding every option's tokens, evaluation tokens are
+computed once per split and shared by all options. No CRF and no flip averaging here (they are
+evaluation-side and slow; ``train.py --readout.crf true`` measures them).
+
+    python bench/ablation.py [--sets camvid,cocostuff_dev] [--options default,norm,...] [--seeds 0,1,2]
+
+Prints one table (mIoU mean ± std over seeds, in percent) and writes every figure to ``--output``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from ultra.backbone import snap_to_patch  # noqa: E402
+from ultra.cli.train import build_cli  # noqa: E402
+from ultra.features import FeatureCache  # noqa: E402
+from ultra.grids import upsample_scores  # noqa: E402
+from ultra.inference import ClusterReadout  # noqa: E402
+from ultra.metrics import UnsupervisedSegmentationMetric  # noqa: E402
+from ultra.readout import CachedRows, fit_centroids  # noqa: E402
+
+log = logging.getLogger("ablation")
+
+SETS = {"camvid": "configs/camvid.yaml", "cocostuff_dev": "configs/cocostuff_dev.yaml"}
+OPTIONS = {  # name -> overrides of the shipped config
+    "default": [],
+    "group_views": ["--data.knn.group_views", "true"],
+    "norm": ["--data.tokens", "n", "--data.graphs", '[{"kind": "norm", "layer": 11}]'],
+    "m32": ["--model.out_dim", "32"],
+    "m100": ["--model.out_dim", "100"],
+    "k8": ["--data.knn.k_any", "8"],
+    "k32": ["--data.knn.k_any", "32"],
+    "view0": ["--model.view_weight", "0"],
+    "view1": ["--model.view_weight", "1"],
+    "graphs_feat9-11": ["--data.graphs", '[{"kind": "feat", "layer": 9}, {"kind": "feat", "layer": 10}, {"kind": "feat", "layer": 11}]'],
+    "graphs_feat_kq_vv11": ["--data.graphs", '[{"kind": "feat", "layer": 11}, {"kind": "kq", "layer": 11}, {"kind": "vv", "layer": 11}]'],
+    "input_x9-11": ["--data.feature_layers", "[9, 10, 11]"],
+    "extra_clusters5": ["--readout.extra_clusters", "5"],
+}
+RAW_VARIANTS = ("x", "x_centred", "x_whitened", "n", "n_centred", "n_whitened")
+
+
+def affine_map(cache: FeatureCache, keys, whiten: bool, chunk: int = 1 << 16) -> nn.Linear:
+    """``x -> x - mean`` (centred) or ``x -> diag(s)^-1/2 U^T (x - mean)`` (PCA-whitened) over the cached tokens."""
+    dim, n = cache.dim(keys), cache.num_nodes
+    total, outer = torch.zeros(dim, dtype=torch.float64), torch.zeros(dim, dim, dtype=torch.float64)
+    for start in range(0, n, chunk):
+        x = cache.rows(keys, torch.arange(start, min(start + chunk, n))).double()
+        total += x.sum(0)
+        outer += x.T @ x
+    mean = total / n
+    weight = torch.eye(dim, dtype=torch.float64)
+    if whiten:
+        values, vectors = torch.linalg.eigh(outer / n - torch.outer(mean, mean))
+        weight = (vectors / values.clamp_min(values.max() * 1e-6).sqrt()).T
+    layer = nn.Linear(dim, dim)
+    with torch.no_grad():
+        layer.weight.copy_(weight.float())
+        layer.bias.copy_(-(weight @ mean).float())
+    return layer
+
+
+@torch.no_grad()
+def eval_tokens(data, dataset, keys, batch_size: int = 8) -> tuple[dict, torch.Tensor]:
+    """Tokens of the protocol's images (as :meth:`ultra.inference.Segmenter.grid_scores` computes them) and labels."""
+    loader = DataLoader(dataset.with_transform(data.eval_transform()), batch_size=batch_size,
+                        collate_fn=lambda items: items)
+    backbone = data.backbone.eval()
+    layers, kinds = sorted({layer for _, layer in keys}), sorted({kind for kind, _ in keys})
+    tokens, labels = {key: [] for key in keys}, []
+    for items in loader:
+        images = torch.stack([it["image"] for it in items])
+        size = snap_to_patch(tuple(images.shape[-2:]), backbone.patch_size)
+        if size != tuple(images.shape[-2:]):
+            images = torch.nn.functional.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+        feats = backbone(images, layers=layers, kinds=kinds)
+        for key in keys:
+            tokens[key].append(feats[key].half())
+        labels.append(torch.stack([it["label"] for it in items]).to(torch.uint8))
+    return {key: torch.cat(v) for key, v in tokens.items()}, torch.cat(labels)
+
+
+@torch.no_grad()
+def score(readout: ClusterReadout, tokens: dict, labels: torch.Tensor, num_classes: int, chunk: int = 16) -> dict:
+    metric = UnsupervisedSegmentationMetric(num_classes, readout.num_outputs)
+    for start in range(0, labels.shape[0], chunk):
+        t = torch.cat([tokens[tuple(k)][start:start + chunk].float() for k in readout.keys], -1)
+        s = readout(t.flatten(0, 2)).view(*t.shape[:3], -1).permute(0, 3, 1, 2)
+        metric.update(upsample_scores(s, tuple(labels.shape[-2:])).argmax(1), labels[start:start + chunk].long())
+    result = metric.compute()
+    return {"miou": float(result["miou"]), "acc": float(result["acc"])}
+
+
+def stats(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
+
+
+def run_set(name: str, options: list[str], seeds: list[int], workdir: Path) -> dict:
+    config = str(REPO / SETS[name])
+    quiet = ["--trainer.enable_progress_bar", "false", "--trainer.logger", "false"]
+    clis = {opt: build_cli(["--config", config, *OPTIONS[opt], *quiet,
+                            "--trainer.default_root_dir", str(workdir / name / opt)]) for opt in options}
+    base = clis[options[0]].datamodule
+    layer = base.feature_keys[-1][1]
+    raw_keys = {("x", layer), ("n", layer)}
+    train_keys = sorted(set().union(*(c.datamodule.cache_keys for c in clis.values())) | raw_keys)
+    start = time.perf_counter()
+    cache = FeatureCache.open_or_build(base.train_dataset, base.backbone, train_keys, base.view_transform(), base.cache_dir,
+                                       batch_size=base.cache_batch_size)
+    eval_keys = sorted(set().union(*(set(c.datamodule.feature_keys) for c in clis.values())) | raw_keys)
+    splits = {"val": base.val_dataset, "train": base.train_dataset}
+    evaluation = {split: eval_tokens(base, dataset, eval_keys) for split, dataset in splits.items()}
+    log.info("%s: caches and evaluation tokens in %.0f s", name, time.perf_counter() - start)
+    num_classes = len(base.class_names)
+    results = {"options": {}, "raw": {}}
+    for variant in RAW_VARIANTS:
+        kind, _, transform = variant.partition("_")
+        keys = [(kind, layer)]
+        module = affine_map(cache, keys, whiten=transform == "whitened") if transform else None
+        per_split = {split: [] for split in splits}
+        for seed in seeds:
+            readout = ClusterReadout(keys, fit_centroids(CachedRows(cache, keys, module), num_classes, seed), module)
+            for split, (tokens, labels) in evaluation.items():
+                per_split[split].append(score(readout, tokens, labels, num_classes))
+        results["raw"][variant] = {split: {f: stats([r[f] for r in rs]) for f in ("miou", "acc")} for split, rs in per_split.items()}
+        log.info("%s raw %s: %s", name, variant, {s: round(100 * v["miou"]["mean"], 1) for s, v in results["raw"][variant].items()})
+    for opt in options:
+        cli = clis[opt]
+        module, data = cli.model, cli.datamodule
+        start = time.perf_counter()
+        cli.trainer.fit(module, data)
+        fit_s = time.perf_counter() - start
+        k = num_classes + cli.config.readout.extra_clusters
+        head = module.head.eval()
+        per_split = {split: [] for split in splits}
+        for seed in seeds:
+            readout = ClusterReadout(data.feature_keys, fit_centroids(CachedRows(data.open_cache(), data.feature_keys, head), k, seed), head)
+            for split, (tokens, labels) in evaluation.items():
+                per_split[split].append(score(readout, tokens, labels, num_classes))
+        results["options"][opt] = {"fit_s": fit_s, **{split: {f: stats([r[f] for r in rs]) for f in ("miou", "acc")}
+                                                      for split, rs in per_split.items()}}
+        log.info("%s %s: %s (fit %.1f s)", name, opt,
+                 {s: round(100 * results["options"][opt][s]["miou"]["mean"], 1) for s in splits}, fit_s)
+    return results
+
+
+def format_table(results: dict) -> str:
+    sets = list(results)
+    cell = lambda r: f"{100 * r['miou']['mean']:5.1f} ± {100 * r['miou']['std']:3.1f}"  # noqa: E731
+    header = f"{'option':<22}" + "".join(f"{s + ' ' + split:>22}" for s in sets for split in ("val", "train"))
+    lines = ["head + k-means, mIoU % (mean ± std over seeds)", header]
+    for opt in results[sets[0]]["options"]:
+        lines.append(f"{opt:<22}" + "".join(f"{cell(results[s]['options'][opt][split]):>22}" for s in sets for split in ("val", "train")))
+    lines += ["", "raw tokens + k-means, mIoU %", header]
+    for variant in RAW_VARIANTS:
+        lines.append(f"{variant:<22}" + "".join(f"{cell(results[s]['raw'][variant][split]):>22}" for s in sets for split in ("val", "train")))
+    best = []
+    for s in sets:
+        for split in ("val", "train"):
+            raw = max(r[split]["miou"]["mean"] for r in results[s]["raw"].values())
+            head = results[s]["options"]["default"][split]["miou"]["mean"] if "default" in results[s]["options"] else float("nan")
+            best.append(f"{s} {split}: head {100 * head:.1f} vs best raw {100 * raw:.1f} ({100 * (head - raw):+.1f})")
+    return "\n".join(lines + ["", "default vs the best raw variant: " + "; ".join(best)])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, of {list(SETS)}")
+    parser.add_argument("--options", default=",".join(OPTIONS), help=f"comma-separated, of {list(OPTIONS)}")
+    parser.add_argument("--seeds", default="0,1,2", help="k-means seeds")
+    parser.add_argument("--output", default="runs/ablation.json", help="JSON file of every figure")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    for name in ("ablation", "ultra.features"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    sets, options = args.sets.split(","), args.options.split(",")
+    unknown = [s for s in sets if s not in SETS] + [o for o in options if o not in OPTIONS]
+    if unknown:
+        parser.error(f"unknown sets or options: {unknown}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    torch.set_float32_matmul_precision("high")
+    with tempfile.TemporaryDirectory() as workdir:
+        results = {name: run_set(name, options, seeds, Path(workdir)) for name in sets}
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=1))
+    print(format_table(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()

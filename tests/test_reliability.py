@@ -1,0 +1,84 @@
+"""Reliability: no silent wrong result and no lost file (concurrent runs, file permissions, stale state)."""
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from ultra.files import atomic_path
+
+from conftest import REPO
+from runs import synthetic_config, tiny_overrides
+
+
+def test_atomic_writes_get_the_umask_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "report.json") as tmp:
+            tmp.write_text("{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "report.json").stat().st_mode) == 0o644
+
+
+@pytest.mark.slow
+def test_concurrent_runs_build_one_cache_and_agree(tmp_path):
+    config = synthetic_config(tmp_path / "c.yaml", train_images=40)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    runs = []
+    for name in ("a", "b"):
+        args = [sys.executable, str(REPO / "train.py"), "--config", str(config), *tiny_overrides(tmp_path / name),
+                "--data.cache_dir", str(tmp_path / "cache")]
+        runs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))
+    logs = [p.communicate(timeout=600)[0] for p in runs]
+    assert [p.returncode for p in runs] == [0, 0], logs
+    assert sum("feature cache written" in log for log in logs) == 1, logs  # built once
+    caches = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+    assert len(caches) == 1 and not list((tmp_path / "cache").glob("*.partial"))
+    reports = [json.loads((tmp_path / name / "run" / "eval" / "eval.json").read_text()) for name in ("a", "b")]
+    assert reports[0]["readouts"] == reports[1]["readouts"]
+
+
+def test_a_rerun_with_other_settings_is_refused_and_fresh_starts_over(tmp_path, caplog):
+    from ultra.cli import train as train_cli
+    from ultra.inference import read_checkpoint
+
+    config = synthetic_config(tmp_path / "c.yaml")
+    args = ["--config", str(config), *tiny_overrides(tmp_path), "--model.solver", "sgd"]
+    first = train_cli.run(args)
+    model = tmp_path / "run" / "model.safetensors"
+    before = model.read_bytes()
+    for change, named in ((["--model.lr", "0.1"], "model.lr"), (["--model.out_dim", "6"], "model.out_dim")):
+        with pytest.raises(ValueError, match=rf"other settings: {named} .*--fresh true"):
+            train_cli.run(args + change)
+        assert model.read_bytes() == before  # nothing was overwritten
+    with caplog.at_level("INFO", logger="ultra"):
+        again = train_cli.run(args + ["--data.num_workers", "0"])  # same settings: resumes, same head
+    assert "resuming from" in caplog.text
+    assert again["readouts"] == first["readouts"]
+    train_cli.run(args + ["--model.out_dim", "6", "--fresh", "true"])
+    header, _ = read_checkpoint(model)
+    assert header["readouts"]["head"]["head"]["out_dim"] == 6
+
+
+def test_a_bad_validation_set_fails_before_training(tmp_path):
+    from PIL import Image
+    import numpy as np
+    from ultra.cli import train as train_cli
+    from ultra.data.io import DataError
+
+    folder = tmp_path / "val"
+    (folder / "images").mkdir(parents=True)
+    (folder / "labels").mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(folder / "images" / f"{name}.png")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(folder / "labels" / "a.png")
+    Image.fromarray(np.full((64, 64), 9, np.uint8)).save(folder / "labels" / "b.png")  # 9 is no class of 4
+    config = synthetic_config(tmp_path / "c.yaml")
+    with pytest.raises(DataError, match=r"labels/b.png: values \[9\]"):
+        train_cli.run(["--config", str(config), *tiny_overrides(tmp_path),
+                       "--data.val_dataset", json.dumps({"class_path": "ultra.data.ImageFolder",
+                                                         "init_args": {"root": str(folder), "classes": 4}})])
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained
