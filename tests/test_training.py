@@ -145,7 +145,7 @@ def test_a_cache_with_more_tokens_serves_runs_that_need_fewer(tmp_path, tiny_vit
     data, views = SyntheticScenes(3, 96, 4), FiveCropViews(64, 96)
     wide = FeatureCache.open_or_build(data, tiny_vit, [("x", 1), ("n", 2), ("q", 2)], views, tmp_path, progress=False)
     narrow = FeatureCache.open_or_build(data, tiny_vit, [("n", -1)], views, tmp_path, progress=False)
-    assert narrow.path == wide.path and len(list(tmp_path.iterdir())) == 1
+    assert narrow.path == wide.path and len([p for p in tmp_path.iterdir() if p.is_dir()]) == 1
     other = FeatureCache.open_or_build(data, tiny_vit, [("v", 2)], views, tmp_path, progress=False)
     assert other.path != wide.path and other.path.name.split("-")[0] == wide.path.name.split("-")[0]
     elsewhere = FeatureCache.open_or_build(data, tiny_vit, [("x", 1)], FiveCropViews(64, 112), tmp_path, progress=False)
@@ -162,7 +162,7 @@ def test_feature_cache_resumes_an_interrupted_build(tmp_path, tiny_vit):
         FeatureCache.open_or_build(crashing, tiny_vit, [("x", 1), ("q", 2)], views, tmp_path / "b", batch_size=2, progress=False)
     partial = list((tmp_path / "b").glob("*.partial"))
     assert len(partial) == 1 and json.loads((partial[0] / "progress.json").read_text())["done_images"] == 2
-    assert not [p for p in (tmp_path / "b").iterdir() if not p.name.endswith(".partial")]  # nothing final yet
+    assert not [p for p in (tmp_path / "b").iterdir() if not p.name.endswith((".partial", ".lock"))]  # nothing final yet
     crashing.crash_at = None
     resumed = FeatureCache.open_or_build(crashing, tiny_vit, [("x", 1), ("q", 2)], views, tmp_path / "b", batch_size=2, progress=False)
     for key in (("x", 1), ("q", 2)):
