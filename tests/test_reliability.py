@@ -82,3 +82,63 @@ def test_a_bad_validation_set_fails_before_training(tmp_path):
                        "--data.val_dataset", json.dumps({"class_path": "ultra.data.ImageFolder",
                                                          "init_args": {"root": str(folder), "classes": 4}})])
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained
+
+
+def _truncate(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def test_damaged_caches_graphs_and_checkpoints_are_rebuilt_or_refused(tmp_path, caplog):
+    import numpy as np
+    from ultra.cli import train as train_cli
+
+    config = synthetic_config(tmp_path / "c.yaml")
+    args = ["--config", str(config), *tiny_overrides(tmp_path)]
+    reference = train_cli.run(args)
+    cache = next(p for p in (tmp_path / "cache").iterdir() if p.is_dir())
+    tokens = next(cache.glob("x*.npy"))
+    original = np.load(tokens).copy()
+    _truncate(tokens)
+    graph = next((cache / "graphs").glob("feat*.safetensors"))
+    _truncate(graph)
+    with caplog.at_level("WARNING", logger="ultra"):
+        again = train_cli.run(args + ["--fresh", "true"])
+    assert f"{tokens}" in caplog.text and "rebuilding the cache" in caplog.text
+    assert again["readouts"] == reference["readouts"]
+    assert np.array_equal(np.load(tokens), original)
+    _truncate(graph)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ultra"):
+        assert train_cli.run(args + ["--fresh", "true"])["readouts"] == reference["readouts"]
+    assert f"stored operator {graph} is damaged" in caplog.text
+    _truncate(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    with pytest.raises(ValueError, match=r"checkpoint .*last.ckpt is damaged"):
+        train_cli.run(args)
+
+
+def test_a_damaged_partial_cache_starts_again(tmp_path, tiny_vit, caplog):
+    import numpy as np
+    from ultra.data import FiveCropViews, SyntheticScenes
+    from ultra.features import FeatureCache
+
+    class Crashing(SyntheticScenes):
+        crash = True
+
+        def __getitem__(self, index):
+            if self.crash and index == 3:
+                raise RuntimeError("simulated crash")
+            return super().__getitem__(index)
+
+    data, views = Crashing(5, 96, 4), FiveCropViews(64, 96)
+    with pytest.raises(RuntimeError):
+        FeatureCache.open_or_build(data, tiny_vit, [("x", 1)], views, tmp_path, batch_size=2, progress=False)
+    partial = next(tmp_path.glob("*.partial"))
+    _truncate(partial / "x1.npy", keep=0.3)
+    Crashing.crash = False
+    with caplog.at_level("WARNING", logger="ultra"):
+        cache = FeatureCache.open_or_build(data, tiny_vit, [("x", 1)], views, tmp_path, batch_size=2, progress=False)
+    assert "is damaged" in caplog.text and "starting it again" in caplog.text
+    reference = FeatureCache.open_or_build(SyntheticScenes(5, 96, 4), tiny_vit, [("x", 1)], views, tmp_path / "ref",
+                                           progress=False)
+    assert np.array_equal(cache.tensor(("x", 1)).numpy(), reference.tensor(("x", 1)).numpy())

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .backbone import FrozenViT
 from .data.base import SegmentationDataset
+from .data.io import DataError
 from .files import atomic_path, build_lock
 from .grids import labels_to_grid
 
@@ -50,15 +51,54 @@ def collate_views(items: list[dict]) -> dict:
     }
 
 
+class CacheError(DataError):
+    """A feature cache file is missing, truncated or not what the cache's manifest says."""
+
+
+def _array_specs(meta: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """File name -> (shape, dtype) of every array of a cache described by ``meta``."""
+    views, grid = meta["num_images"] * meta["views_per_image"], tuple(meta["grid"])
+    specs = {f"{name}.npy": ((views, *grid, dim), np.dtype(np.float16)) for name, dim in meta["dims"].items()}
+    specs["labels.npy"] = ((views, *grid), np.dtype(np.uint8))
+    specs["geometry.npy"] = ((views, 5), np.dtype(np.float32))
+    return specs
+
+
+def check_arrays(folder: Path, meta: dict) -> str | None:
+    """The first problem with the arrays of a cache folder (missing, truncated, other shape or type), or None."""
+    for name, (shape, dtype) in _array_specs(meta).items():
+        path = folder / name
+        try:
+            with open(path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                found_shape, _, found_dtype = read_header(f)
+                data_start = f.tell()
+        except (OSError, ValueError) as err:
+            return f"{path}: {err}"
+        if tuple(found_shape) != shape or found_dtype != dtype:
+            return f"{path} holds {found_dtype} {tuple(found_shape)}, the manifest says {dtype} {shape}"
+        size, expected = path.stat().st_size, data_start + int(np.prod(shape)) * dtype.itemsize
+        if size != expected:
+            return f"{path} is {size} bytes, {expected} expected (truncated or damaged)"
+    return None
+
+
 class FeatureCache:
-    """Read access to a complete cache folder."""
+    """Read access to a complete cache folder (its arrays are checked against its manifest when opened)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         meta_file = self.path / "meta.json"
         if not meta_file.is_file():
             raise FileNotFoundError(f"{self.path} is not a complete feature cache (no meta.json)")
-        self.meta = json.loads(meta_file.read_text())
+        try:
+            self.meta = json.loads(meta_file.read_text())
+            problem = check_arrays(self.path, self.meta)
+        except (ValueError, KeyError, TypeError) as err:
+            raise CacheError(f"feature cache manifest {meta_file} is damaged: {err}") from None
+        if problem:
+            raise CacheError(f"feature cache file {problem}")
         self.keys: list[TokenKey] = [tuple(k) for k in self.meta["tokens"]]
         self.grid: tuple[int, int] = tuple(self.meta["grid"])
         self.views_per_image: int = self.meta["views_per_image"]
@@ -116,7 +156,12 @@ class FeatureCache:
         with build_lock(Path(root) / prefix, "the feature cache"):  # concurrent runs build it once
             for folder in sorted(Path(root).glob(f"{prefix}-*")):
                 if not folder.name.endswith((".partial", ".lock")) and (folder / "meta.json").is_file():
-                    cache = cls(folder)
+                    try:
+                        cache = cls(folder)
+                    except CacheError as err:
+                        log.warning("%s; rebuilding the cache %s", err, folder)
+                        shutil.rmtree(folder)
+                        continue
                     if set(keys) <= set(cache.keys):
                         log.info("feature cache %s found", folder)
                         return cache
@@ -193,6 +238,10 @@ def _resume_point(partial: Path, shape_meta: dict) -> int:
         same = json.loads((partial / "build.json").read_text()) == json.loads(json.dumps(shape_meta, sort_keys=True))
         done = json.loads((partial / "progress.json").read_text())["done_images"] if same else 0
     except (OSError, ValueError, KeyError):
+        return 0
+    problem = check_arrays(partial, shape_meta) if done else None
+    if problem:
+        log.warning("the interrupted feature cache %s is damaged (%s): starting it again", partial, problem)
         return 0
     if done:
         log.info("resuming feature cache %s after %d images", partial, done)

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Iterator, Sequence
 
 import torch
+from safetensors import SafetensorError
 from torch import Tensor
 from torch.utils.data import Dataset, DistributedSampler
 
@@ -61,24 +62,42 @@ def load_or_build_operators(cache: FeatureCache, specs: Sequence[GraphSpec], knn
         name = hashlib.sha256(json.dumps([spec.kind, spec.layer, asdict(knn)], sort_keys=True).encode()).hexdigest()[:16]
         path = folder / f"{spec.kind}{spec.layer}-{name}.safetensors"
         with build_lock(path, f"the {spec.name} graph"):
-            if not path.is_file():
+            graph = _load_checked(SparseGraph.load, path, cache.num_nodes)
+            if graph is None:
                 missing = [key for key in spec.token_keys if key not in cache.keys]
                 if missing:
                     raise KeyError(f"graph {spec.name} needs the tokens {missing}, the cache holds {cache.keys}")
                 log.info("building the %s graph of layer %d over %d tokens", spec.kind, spec.layer, cache.num_nodes)
-                graph = knn_graph(*(cache.tensor(key) for key in spec.token_keys), knn, device=device, groups=cache.view_image())
-                graph.save(path)
-            graphs.append(SparseGraph.load(path))
+                knn_graph(*(cache.tensor(key) for key in spec.token_keys), knn, device=device,
+                          groups=cache.view_image()).save(path)
+                graph = SparseGraph.load(path)
+        graphs.append(graph)
     view = None
     if view_consistency:
         path = folder / "views.safetensors"
         with build_lock(path, "the view operator"):
-            if not path.is_file():
+            view = _load_checked(SparseRows.load, path, cache.num_nodes)
+            if view is None:
                 build_view_operator(cache.geometry, cache.views_per_image, cache.grid).save(path)
-            view = SparseRows.load(path)
+                view = SparseRows.load(path)
         if view.nnz == 0:
             log.warning("view consistency is on but no two views of an image overlap: the term is zero")
     return TrainingOperators(graphs, [s.weight for s in specs], view)
+
+
+def _load_checked(load, path, num_nodes: int):
+    """A stored operator, or None (to rebuild it) when it is missing, damaged or of another size."""
+    if not path.is_file():
+        return None
+    try:
+        operator = load(path)
+        if operator.num_nodes != num_nodes or operator.indptr[-1] != operator.nnz:
+            raise ValueError(f"{operator.num_nodes} nodes and {operator.nnz} entries, {num_nodes} nodes expected")
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:
+        log.warning("stored operator %s is damaged (%s): rebuilding it", path, err)
+        path.unlink()
+        return None
+    return operator
 
 
 Entries = tuple[Tensor, Tensor, Tensor]

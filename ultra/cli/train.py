@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,6 +140,13 @@ def resume_point(trainer: pl.Trainer, settings: dict, fresh: bool) -> str | None
             raise ValueError(f"{trainer.default_root_dir} holds a run with other settings: {shown}"
                              f"{' and more' if len(differ) > 4 else ''}; pass --fresh true to discard it and start over, "
                              f"or choose another --trainer.default_root_dir")
+        try:
+            with zipfile.ZipFile(checkpoint) as archive:
+                damaged = archive.testzip()
+        except (OSError, zipfile.BadZipFile) as err:
+            damaged = str(err)
+        if damaged:
+            raise ValueError(f"checkpoint {checkpoint} is damaged ({damaged}): pass --fresh true to start over")
         log.info("resuming from %s", checkpoint)
         return str(checkpoint)
     if is_main:
