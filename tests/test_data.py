@@ -346,3 +346,18 @@ def test_view_geometry_describes_the_crops():
     for img, (x0, _, x1, _, flip) in zip(rand["image"], rand["geometry"].tolist()):
         left = img[0, :, -1 if flip else 0].mean().item()
         assert abs(left - x0) < 0.03
+
+
+def test_coco_json_labels_reproduce_the_official_pngs():
+    """Stuff first, then non-crowd things in file order; crowd regions stay unlabelled (about 1 image in 10 has one)."""
+    root = realdata("cocostuff-dev") / "cocostuff"
+    compared = 0
+    for split in ("train", "val"):
+        from_json, from_png = CocoStuff27(root, split, annotations="json"), CocoStuff27(root, split)
+        png_index = {s.name: i for i, s in enumerate(from_png.samples)}
+        for i, sample in enumerate(from_json.samples):
+            if int(sample.name) not in from_json._coco.stuff.imgs:
+                continue  # an image the JSON subset does not cover
+            assert torch.equal(from_json[i]["label"], from_png[png_index[sample.name]]["label"]), sample.name
+            compared += 1
+    assert compared == 151

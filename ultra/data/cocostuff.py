@@ -144,7 +144,11 @@ def _read_list(path: Path) -> list[str]:
 
 
 class _CocoJsonRenderer:
-    """Renders fine-id label maps (0-181, 255 unlabelled) from stuff_*.json + instances_*.json."""
+    """Renders fine-id label maps (0-181, 255 unlabelled) from stuff_*.json + instances_*.json.
+
+    The official convention (it reproduces COCO-Stuff's label PNGs): stuff first, then the non-crowd
+    things in file order over it; crowd regions and the stuff class "other" are not drawn.
+    """
 
     def __init__(self, folder: Path, split: str):
         from pycocotools.coco import COCO
@@ -160,7 +164,7 @@ class _CocoJsonRenderer:
 
     def render(self, image_id: int, shape: tuple[int, int]) -> np.ndarray:
         label = np.full(shape, IGNORE, dtype=np.int64)
-        for coco, where in ((self.stuff, "stuff"), (self.things, "instances")):  # things drawn over stuff
+        for coco, where, crowd in ((self.stuff, "stuff", None), (self.things, "instances", False)):  # things over stuff
             if image_id not in coco.imgs:
                 raise DataError(f"image id {image_id} has no entry in the {where} JSON annotations")
             info = coco.imgs[image_id]
@@ -168,7 +172,7 @@ class _CocoJsonRenderer:
                 raise DataError(
                     f"{where} JSON says image {image_id} is {info['width']}x{info['height']} px, the file is {shape[1]}x{shape[0]}"
                 )
-            for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image_id], iscrowd=None)):
+            for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image_id], iscrowd=crowd)):
                 if ann["category_id"] == STUFF_OTHER_ID:
                     continue
                 label[coco.annToMask(ann).astype(bool)] = ann["category_id"] - 1
