@@ -15,6 +15,7 @@ from ultra.cli import train as train_cli
 from ultra import crf
 from ultra.crf import CRFUnavailable
 from ultra.data import FiveCropViews, SyntheticScenes
+from ultra.data.io import DataError
 from ultra.features import FeatureCache
 from ultra.head import ProjectionHead
 from ultra.inference import CheckpointError, read_checkpoint
@@ -234,6 +235,34 @@ def test_segment_command_writes_pictures_and_refuses_to_overwrite(trained, tmp_p
     with pytest.raises(FileExistsError, match="pass --overwrite"):
         segment_cli.run([str(root / "run" / "model.safetensors"), str(images), "-o", str(tmp_path / "out")])
     segment_cli.run([str(root / "run" / "model.safetensors"), str(images / "p1.jpg"), "-o", str(tmp_path / "out"), "--overwrite"])
+
+
+def test_segment_never_writes_over_inputs_and_survives_bad_images(trained, tmp_path):
+    root, _, _ = trained
+    checkpoint = str(root / "run" / "model.safetensors")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    picture = SyntheticScenes(1, 96, 4, seed=9)[0]["image"].permute(1, 2, 0).numpy()
+    Image.fromarray(picture).save(photos / "a.png")
+    before = (photos / "a.png").read_bytes()
+    with pytest.raises(DataError, match="is an input image"):
+        segment_cli.run([checkpoint, str(photos), "-o", str(photos), "--overwrite"])
+    assert (photos / "a.png").read_bytes() == before
+    Image.fromarray(picture).save(photos / "a.jpg")
+    with pytest.raises(DataError, match="share the name 'a'"):
+        segment_cli.run([checkpoint, str(photos), "-o", str(tmp_path / "out")])
+    (photos / "a.jpg").unlink()
+    Image.fromarray(picture).save(photos / "b.png")
+    (photos / "c.png").write_bytes(b"not a picture")
+    Image.fromarray(np.zeros((20, 2000, 3), np.uint8)).save(photos / "d.png")  # 32000 px wide at 320
+    with pytest.raises(DataError, match="2 of 4 images could not be segmented"):
+        segment_cli.run([checkpoint, str(photos), "-o", str(tmp_path / "out")])
+    assert sorted(p.name for p in (tmp_path / "out").glob("?.png")) == ["a.png", "b.png"]
+    (photos / "c.png").unlink()
+    (photos / "d.png").unlink()
+    Image.fromarray(picture).save(photos / "e.png")
+    written = segment_cli.run([checkpoint, str(photos), "-o", str(tmp_path / "out"), "--skip-existing"])
+    assert [p.name for p in written] == ["e.png"]  # a and b were done: a killed batch resumes
 
 
 def test_console_entry_reports_user_errors_without_a_traceback(trained, tmp_path, capsys):

@@ -37,6 +37,10 @@ class CheckpointError(ValueError):
     """An inference checkpoint is unreadable, of another format, or does not fit the backbone."""
 
 
+MAX_SIDE = 2048
+"""The longest side (in pixels, after resizing the shorter side) that :meth:`Segmenter.segment` accepts."""
+
+
 class ClusterReadout(nn.Module):
     """Cosine of the (optionally embedded) tokens to k-means centroids: ``[N, D] -> [N, K]``."""
 
@@ -137,6 +141,11 @@ class Segmenter(nn.Module):
             raise KeyError(f"no readout '{readout}' in this segmenter (has {list(self.readouts)})")
         tensor = as_image_tensor(image)
         height, width = tensor.shape[-2:]
+        long_side = round(max(height, width) * self.resize / min(height, width))
+        if long_side > MAX_SIDE:
+            raise ValueError(f"image {image if isinstance(image, (str, Path)) else ''} is {width}x{height} px: at a shorter "
+                             f"side of {self.resize} px its longer side would be {long_side} px, more than the maximum "
+                             f"{MAX_SIDE} (an aspect ratio above {MAX_SIDE / self.resize:.1f}); crop it first")
         small = resize_to_patches(tensor[None], self.resize, self.backbone.patch_size)
         scores = self.pixel_scores(small, size=(height, width), flip=flip)[readout][0]
         if crf:

@@ -2,10 +2,14 @@
 
 For every image ``NAME.ext`` it writes ``OUT/NAME.png`` (single-channel labels: class ids when the
 checkpoint knows its matching, else cluster ids; 255 for clusters matched to no class) and
-``OUT/NAME_overlay.png``. Existing files are never replaced unless ``--overwrite`` is given.
+``OUT/NAME_overlay.png``. Existing files are never replaced unless ``--overwrite`` is given, and an
+input image is never written over, whatever the flags. ``--skip-existing`` resumes an interrupted
+batch. An image that cannot be read or segmented is reported and skipped; the command then
+exits with status 2 after the others are done.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +22,8 @@ from ..data.io import DataError, list_images, read_image
 from ..inference import load
 from ..viz import overlay, save_image
 
+log = logging.getLogger(__name__)
+
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="ultra-segment", description=__doc__.split("\n\n")[0])
@@ -25,6 +31,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("images", type=Path, help="an image file or a folder of images")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--skip-existing", action="store_true", help="leave images whose outputs exist (resume a batch)")
     parser.add_argument("--readout", type=str, default="head", help="head (default), raw or probe")
     parser.add_argument("--crf", action="store_true", help="refine with a dense CRF (extra 'crf')")
     parser.add_argument("--flip", action="store_true", help="average with the mirrored image")
@@ -40,27 +47,59 @@ def run(args: list[str] | None = None) -> list[Path]:
     """Segment the images; returns the label files written."""
     parser = build_parser()
     cfg = parser.parse_args(args)
-    if cfg.images.is_dir():
-        images = list_images(cfg.images)
-        if not images:
-            raise DataError(f"image folder {cfg.images} contains no images")
-    elif cfg.images.is_file():
-        images = [cfg.images]
-    else:
-        raise DataError(f"{cfg.images} is neither an image file nor a folder")
+    if cfg.overwrite and cfg.skip_existing:
+        raise ValueError("--overwrite and --skip-existing exclude each other")
+    images = _input_images(cfg.images)
+    _refuse_collisions(images, cfg.output)
+    if cfg.skip_existing:
+        images = [image for image in images if not all(p.exists() for p in outputs_for(image, cfg.output))]
     refuse_overwrite([path for image in images for path in outputs_for(image, cfg.output)], cfg.overwrite)
     if cfg.crf:
         require_crf("--crf")
     segmenter = load(cfg.checkpoint, device=cfg.device)
     cfg.output.mkdir(parents=True, exist_ok=True)
-    written = []
+    written, failed = [], []
     for image in tqdm(images, desc="segment"):
-        labels = segmenter.segment(image, readout=cfg.readout, crf=cfg.crf, flip=cfg.flip).numpy().astype(np.uint8)
+        try:
+            labels = segmenter.segment(image, readout=cfg.readout, crf=cfg.crf, flip=cfg.flip).numpy().astype(np.uint8)
+            picture = read_image(image)
+        except (DataError, ValueError) as err:
+            log.error("skipped %s: %s", image, err)
+            failed.append(image)
+            continue
         label_path, overlay_path = outputs_for(image, cfg.output)
         save_image(labels, label_path)
-        save_image(overlay(read_image(image), labels, num_colors=max(len(segmenter.class_names), int(labels.max()) + 1)), overlay_path)
+        save_image(overlay(picture, labels, num_colors=max(len(segmenter.class_names), int(labels.max()) + 1)), overlay_path)
         written.append(label_path)
+    if failed:
+        raise DataError(f"{len(failed)} of {len(images)} images could not be segmented (first: {failed[0]}); "
+                        f"the other {len(written)} were written to {cfg.output}")
     return written
+
+
+def _input_images(source: Path) -> list[Path]:
+    if source.is_dir():
+        images = list_images(source)
+        if not images:
+            raise DataError(f"image folder {source} contains no images")
+        return images
+    if source.is_file():
+        return [source]
+    raise DataError(f"{source} is neither an image file nor a folder")
+
+
+def _refuse_collisions(images: list[Path], output: Path) -> None:
+    """Two images with one stem would write the same outputs; an output must never be an input."""
+    by_stem: dict[str, Path] = {}
+    for image in images:
+        if image.stem in by_stem:
+            raise DataError(f"{by_stem[image.stem]} and {image} share the name '{image.stem}' and would write the "
+                            f"same outputs; rename one or segment them separately")
+        by_stem[image.stem] = image
+    inputs = {image.resolve() for image in images}
+    clash = [p for image in images for p in outputs_for(image, output) if p.resolve() in inputs]
+    if clash:
+        raise DataError(f"output {clash[0]} is an input image; choose another --output folder (inputs are never replaced)")
 
 
 main = console(run, "ultra-segment")
