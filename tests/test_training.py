@@ -221,6 +221,25 @@ def test_eval_command_reproduces_the_training_report(trained):
     assert (root / "eval2" / "eval.json").is_file()
 
 
+def test_eval_reports_are_guarded_named_by_data_set_and_say_what_was_evaluated(trained, tmp_path):
+    root, config, _ = trained
+    args = ["--checkpoint", str(root / "run" / "model.safetensors"), "--eval_resize", "64", "--eval_crop", "64"]
+    sets = [{"class_path": "ultra.data.SyntheticScenes", "init_args": {"num_images": 2, "size": 96, "num_classes": 4, "seed": s}}
+            for s in (5, 6)]
+    reports = [eval_cli.run(args + ["--dataset", json.dumps(d)]) for d in sets]
+    folders = sorted((root / "run").glob("eval-SyntheticScenes-*"))
+    assert len(folders) == 2  # one folder per data set
+    assert reports[0]["settings"]["dataset"]["init_args"]["seed"] == 5
+    assert json.loads((folders[0] / "eval.json").read_text())["settings"]["dataset"]["class_path"] == "ultra.data.synthetic.SyntheticScenes"
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        eval_cli.run(args + ["--dataset", json.dumps(sets[0])])
+    eval_cli.run(args + ["--dataset", json.dumps(sets[0]), "--overwrite", "true"])
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    with pytest.raises(PermissionError, match="cannot write to the output folder .*file/x"):
+        eval_cli.run(args + ["--dataset", json.dumps(sets[0]), "--output", str(not_a_folder / "x")])
+
+
 def test_segment_command_writes_pictures_and_refuses_to_overwrite(trained, tmp_path):
     root, _, _ = trained
     images = tmp_path / "imgs"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -11,7 +12,8 @@ from ..data.io import DataError
 from ..inference import CheckpointError
 from ..weights import WeightsError
 
-USER_ERRORS = (DataError, CheckpointError, WeightsError, CRFUnavailable, FileExistsError, FileNotFoundError, ValueError, KeyError)
+USER_ERRORS = (DataError, CheckpointError, WeightsError, CRFUnavailable, FileExistsError, FileNotFoundError, PermissionError,
+               ValueError, KeyError)
 
 
 def console(run: Callable[[list[str] | None], object], prog: str) -> Callable[[list[str] | None], None]:
@@ -35,6 +37,17 @@ def refuse_overwrite(paths: Iterable[Path], overwrite: bool) -> None:
     existing = [p for p in paths if Path(p).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{len(existing)} output file(s) exist already (e.g. {existing[0]}); pass --overwrite to replace them")
+
+
+def require_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and check that files can be written there (before any long work)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise PermissionError(f"cannot write to the output folder {folder}: {err.strerror or err}") from None
 
 
 def add_backbone_arguments(parser, size: int) -> None:
