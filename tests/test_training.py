@@ -309,6 +309,38 @@ def test_bad_checkpoints_are_clear_errors(trained, tmp_path):
         ultra.load(tmp_path / "nothing.safetensors")
 
 
+def _crafted(path, source, edit_meta=None, edit_tensors=None):
+    """A copy of the checkpoint ``source`` with its header or tensors changed."""
+    from safetensors.torch import save_file
+
+    meta, tensors = read_checkpoint(source)
+    if edit_meta:
+        edit_meta(meta)
+    if edit_tensors:
+        edit_tensors(tensors)
+    save_file(tensors, str(path), metadata={"ultra": json.dumps(meta)})
+    return path
+
+
+@pytest.mark.parametrize("edit_meta, edit_tensors, message", [
+    (lambda m: m["backbone"]["model_kwargs"].update(checkpoint_path="x.pt"), None, "model_kwargs 'checkpoint_path' is not allowed"),
+    (lambda m: m["readouts"]["head"]["head"].update(out_dim=10 ** 9), None, r"readouts.head.head.out_dim must be an integer"),
+    (None, lambda t: t.update({"head.head.net.weight": torch.zeros(3, 3)}), r"tensor 'head.head.net.weight' is \(3, 3\)"),
+    (None, lambda t: t.pop("raw.centroids"), "tensor 'raw.centroids' is missing"),
+    (lambda m: m["cluster_to_class"].update(head=[99] * 4), None, "cluster_to_class.head must give each of the 4 clusters"),
+    (lambda m: m["cluster_to_class"].update(head=[0]), None, "cluster_to_class.head must give each"),
+    (lambda m: m.update(classes=m["classes"][:2]), None, r"cluster_to_class.head must give each of the 4 clusters a class in \[0, 1\]"),
+    (lambda m: m.update(resize=0), None, r"resize must be an integer in \[1, 4096\]"),
+    (lambda m: m["readouts"]["head"].update(keys=[["z", 1]]), None, "readouts.head.keys must be a list of"),
+    (None, lambda t: t.update({"stray": torch.zeros(1)}), r"tensors \['stray'\] belong to no readout"),
+])
+def test_crafted_checkpoint_headers_are_refused_naming_the_field(trained, tmp_path, edit_meta, edit_tensors, message):
+    root, _, _ = trained
+    path = _crafted(tmp_path / "crafted.safetensors", root / "run" / "model.safetensors", edit_meta, edit_tensors)
+    with pytest.raises(CheckpointError, match=rf"crafted.safetensors: {message}"):
+        ultra.load(path)
+
+
 def test_a_checkpoint_for_other_backbone_weights_is_refused(tmp_path):
     from safetensors.torch import save_file
 

@@ -20,6 +20,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from .backbone import FrozenViT, resize_to_patches, snap_to_patch
+from .checkpoint_header import HeaderError, check_header
 from .crf import SCORE_SCALE, dense_crf
 from .data.io import read_image
 from .data.transforms import image_to_tensor
@@ -226,6 +227,10 @@ def load(path: str | Path, device: str | torch.device = "cpu", weights: str | Pa
     source or file); its weights must be the ones the checkpoint was trained with.
     """
     meta, tensors = read_checkpoint(path)
+    try:
+        check_header(meta, tensors, path)
+    except HeaderError as err:
+        raise CheckpointError(str(err)) from None
     recorded = meta["backbone"]
     source = weights or _recorded_source(recorded["weights"], path)
     backbone = FrozenViT(recorded["model"], weights=source, model_kwargs=recorded.get("model_kwargs"))
@@ -247,9 +252,14 @@ def load(path: str | Path, device: str | torch.device = "cpu", weights: str | Pa
                 if head.in_dim != dim:
                     raise CheckpointError(f"{path}: head expects {head.in_dim}-d tokens, {recorded['model']} gives {dim}")
                 head.load_state_dict({k[len(name) + 6:]: v for k, v in tensors.items() if k.startswith(f"{name}.head.")})
+            if head is None and tensors[f"{name}.centroids"].shape[1] != dim:
+                raise CheckpointError(f"{path}: {name}.centroids are {tensors[f'{name}.centroids'].shape[1]}-d, "
+                                      f"{recorded['model']} gives {dim}-d tokens")
             readouts[name] = ClusterReadout(keys, tensors[f"{name}.centroids"], head)
         else:
             weight = tensors[f"{name}.probe.weight"]
+            if weight.shape[1] != dim:
+                raise CheckpointError(f"{path}: readouts.{name} expects {weight.shape[1]}-d tokens, {recorded['model']} gives {dim}")
             probe = nn.Linear(weight.shape[1], weight.shape[0])
             probe.load_state_dict({"weight": weight, "bias": tensors[f"{name}.probe.bias"]})
             readouts[name] = ProbeReadout(keys, probe)

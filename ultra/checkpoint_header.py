@@ -1,0 +1,113 @@
+"""Validation of an inference checkpoint's header and tensors before anything is built from them.
+
+A checkpoint comes from anywhere: nothing in its header is trusted. Model keyword arguments are
+limited to architecture sizes (no file paths or pretrained configs reach ``timm.create_model``),
+every size is bounded before memory is allocated, every tensor must be present with the shape its
+readout implies, and the class list, matching and resize must be consistent.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import Tensor
+
+from .backbone import KINDS
+from .head import HEAD_KINDS
+
+MODEL_KWARGS = {"depth": int, "embed_dim": int, "num_heads": int, "mlp_ratio": (int, float), "patch_size": int,
+                "img_size": int, "reg_tokens": int, "class_token": bool, "no_embed_class": bool, "qkv_bias": bool,
+                "init_values": (int, float, type(None))}
+"""The model keyword arguments a checkpoint may carry (architecture sizes only), with their types."""
+MAX_DIM = 1 << 16
+MAX_RESIZE = 4096
+
+
+class HeaderError(ValueError):
+    """Raised with the checkpoint's path and the field that is wrong (wrapped as a CheckpointError)."""
+
+
+def check_model_kwargs(kwargs, where: str) -> dict:
+    if not isinstance(kwargs, dict):
+        raise HeaderError(f"{where}: model_kwargs must be a mapping, got {type(kwargs).__name__}")
+    for key, value in kwargs.items():
+        if key not in MODEL_KWARGS:
+            raise HeaderError(f"{where}: model_kwargs '{key}' is not allowed in a checkpoint (allowed: {sorted(MODEL_KWARGS)})")
+        if not isinstance(value, MODEL_KWARGS[key]) or (isinstance(value, int) and not 0 <= value <= MAX_DIM):
+            raise HeaderError(f"{where}: model_kwargs '{key}' = {value!r} is not a valid value")
+    return kwargs
+
+
+def _int_in(value, low: int, high: int, field: str, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise HeaderError(f"{where}: {field} must be an integer in [{low}, {high}], got {value!r}")
+    return value
+
+
+def _shape(tensors: dict[str, Tensor], name: str, shape: tuple, where: str) -> None:
+    if name not in tensors:
+        raise HeaderError(f"{where}: tensor '{name}' is missing")
+    if tuple(tensors[name].shape) != shape:
+        raise HeaderError(f"{where}: tensor '{name}' is {tuple(tensors[name].shape)}, {shape} expected")
+
+
+def check_header(meta: dict, tensors: dict[str, Tensor], path: str | Path) -> None:
+    """Raise :class:`HeaderError` (naming ``path`` and the field) unless the checkpoint is consistent.
+
+    Token dimensions are checked against the header's own ``head.in_dim`` and, once the backbone
+    is built, against the backbone (:func:`ultra.inference.load`).
+    """
+    where = str(path)
+    backbone = meta.get("backbone")
+    if not isinstance(backbone, dict) or not isinstance(backbone.get("model"), str) or not isinstance(backbone.get("weights"), dict):
+        raise HeaderError(f"{where}: backbone must name a model and its weights")
+    check_model_kwargs(backbone.get("model_kwargs") or {}, where)
+    classes = meta.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes) or len(classes) > 255:
+        raise HeaderError(f"{where}: classes must be a list of 1 to 255 names")
+    _int_in(meta.get("resize", 320), 1, MAX_RESIZE, "resize", where)
+    readouts = meta.get("readouts")
+    if not isinstance(readouts, dict) or not readouts:
+        raise HeaderError(f"{where}: readouts must be a non-empty mapping")
+    expected = set()
+    for name, entry in readouts.items():
+        field = f"readouts.{name}"
+        if not isinstance(entry, dict) or entry.get("kind") not in ("clusters", "classes"):
+            raise HeaderError(f"{where}: {field}.kind must be 'clusters' or 'classes'")
+        keys = entry.get("keys")
+        if (not isinstance(keys, list) or not keys or not all(isinstance(k, list) and len(k) == 2 and k[0] in KINDS
+                                                               and isinstance(k[1], int) for k in keys)):
+            raise HeaderError(f"{where}: {field}.keys must be a list of [token kind in {KINDS}, layer]")
+        if entry["kind"] == "classes":
+            weight = tensors.get(f"{name}.probe.weight")
+            if weight is None or weight.ndim != 2:
+                raise HeaderError(f"{where}: tensor '{name}.probe.weight' is missing or not a matrix")
+            if weight.shape[0] != len(classes):
+                raise HeaderError(f"{where}: {field} scores {weight.shape[0]} classes, the header lists {len(classes)}")
+            _shape(tensors, f"{name}.probe.bias", (len(classes),), where)
+            expected |= {f"{name}.probe.weight", f"{name}.probe.bias"}
+            continue
+        centroids = tensors.get(f"{name}.centroids")
+        if centroids is None or centroids.ndim != 2 or centroids.shape[0] < 1:
+            raise HeaderError(f"{where}: tensor '{name}.centroids' is missing or not a [clusters, dim] matrix")
+        expected.add(f"{name}.centroids")
+        head = entry.get("head")
+        if head is not None:
+            if not isinstance(head, dict) or head.get("kind") not in HEAD_KINDS or set(head) != {"in_dim", "out_dim", "kind", "hidden_dim"}:
+                raise HeaderError(f"{where}: {field}.head must give in_dim, out_dim, kind (one of {HEAD_KINDS}) and hidden_dim")
+            d_in, d_out, hidden = (_int_in(head[k], 1, MAX_DIM, f"{field}.head.{k}", where) for k in ("in_dim", "out_dim", "hidden_dim"))
+            shapes = ({"net.weight": (d_out, d_in)} if head["kind"] == "linear" else
+                      {"net.0.weight": (hidden, d_in), "net.0.bias": (hidden,), "net.2.weight": (d_out, hidden), "net.2.bias": (d_out,)})
+            for suffix, shape in shapes.items():
+                _shape(tensors, f"{name}.head.{suffix}", shape, where)
+                expected.add(f"{name}.head.{suffix}")
+            if centroids.shape[1] != d_out:
+                raise HeaderError(f"{where}: {name}.centroids are {centroids.shape[1]}-d, the head gives {d_out}-d embeddings")
+        matching = (meta.get("cluster_to_class") or {}).get(name)
+        if matching is not None:
+            if (not isinstance(matching, list) or len(matching) != centroids.shape[0]
+                    or not all(isinstance(c, int) and -1 <= c < len(classes) for c in matching)):
+                raise HeaderError(f"{where}: cluster_to_class.{name} must give each of the {centroids.shape[0]} clusters "
+                                  f"a class in [0, {len(classes) - 1}] or -1")
+    unknown = set(tensors) - expected
+    if unknown:
+        raise HeaderError(f"{where}: tensors {sorted(unknown)[:3]} belong to no readout")
