@@ -142,3 +142,49 @@ def test_a_damaged_partial_cache_starts_again(tmp_path, tiny_vit, caplog):
     reference = FeatureCache.open_or_build(SyntheticScenes(5, 96, 4), tiny_vit, [("x", 1)], views, tmp_path / "ref",
                                            progress=False)
     assert np.array_equal(cache.tensor(("x", 1)).numpy(), reference.tensor(("x", 1)).numpy())
+
+
+def _picture(path, size=(64, 48)):
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--stride", "0"], "--stride must be >= 1"),
+    (["--stride", "100"], "--stride 100 is larger than the 4x5 token grid of .*p.png"),
+    (["--size", "0"], "--size must be a positive number"),
+    (["--segments", "0"], "--segments must be >= 1"),
+    (["--segments", "-3"], "--segments must be >= 1"),
+    (["--distance_threshold", "-1"], r"--distance_threshold is a cosine distance in \[0, 2\]"),
+])
+def test_interpret_refuses_bad_arguments(tmp_path, extra, message):
+    from ultra.cli import interpret
+
+    image = _picture(tmp_path / "p.png")
+    args = [str(image), "-o", str(tmp_path / "out"), "--model", "vit_tiny_patch16_224", "--weights", "random", "--size", "64"]
+    with pytest.raises(ValueError, match=message):
+        interpret.run(args + extra)
+    assert not (tmp_path / "out").exists()
+
+
+def test_select_analyze_and_train_refuse_bad_arguments_early(tmp_path):
+    from ultra import analyze
+    from ultra.cli import select
+    from ultra.cli import train as train_cli
+
+    image = _picture(tmp_path / "p.png")
+    with pytest.raises(ValueError, match=r"--threshold must be 'otsu' or a fraction in \(0, 1\]"):
+        select.run([str(image), "--point", "3,3", "-o", str(tmp_path / "m.png"), "--threshold", "2"])
+    with pytest.raises(ValueError, match="--image_size must be >= 1"):
+        analyze.analyze(tmp_path, tmp_path / "a", image_size=0)
+    config = synthetic_config(tmp_path / "c.yaml")
+    with pytest.raises(ValueError, match="extra_clusters must be >= 0"):
+        train_cli.run(["--config", str(config), *tiny_overrides(tmp_path), "--readout.extra_clusters", "-30"])
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with pytest.raises(PermissionError, match="cannot write to the output folder"):
+        train_cli.run(["--config", str(config), *tiny_overrides(tmp_path), "--trainer.default_root_dir", str(blocked / "run")])
+    assert not (tmp_path / "cache").exists()  # refused before the cache was built

@@ -90,17 +90,32 @@ def analyze(
     Args:
         images: a folder of images (``images/`` and optional ``labels/``, or a flat folder).
         output: where to write; must be empty unless ``overwrite``.
-        model, weights: the frozen backbone (see :class:`~ultra.backbone.FrozenViT`).
+        model: the frozen backbone (a timm ViT name or alias).
+        weights: its weights: auto, hub, offline, random or a file.
         layers: blocks whose graphs are used (default: all).
-        graph_kinds: among ``kq``, ``vv``, ``feat``; one solve per kind over all chosen layers.
-        image_size: images are resized (shorter side) and centre-cropped to this square size.
-        classes: number of label classes when ``labels/`` exists (enables class R^2 and mIoU).
-        num_vectors: eigenvectors per solve; k_intra, k_inter, k_any, threshold, teleport: the graphs
-            (see :class:`~ultra.affinity.KnnConfig`);
-        epochs, lr, batch_images: the solver (``batch_images`` images per step at the dataset level).
+        graph_kinds: among kq, vv, feat, norm; one solve per kind over all chosen layers.
+        image_size: images are resized (shorter side) and centre-cropped to this square size (pixels).
+        classes: number of label classes when labels/ exists (enables class R^2 and mIoU).
+        num_vectors: eigenvectors per solve.
+        epochs: solver epochs.
+        lr: solver learning rate.
+        k_intra: neighbours of each token inside its image.
+        k_inter: neighbours of each token in the other images.
+        k_any: neighbours of each token anywhere in the set.
+        threshold: affinities below it are dropped.
+        teleport: uniform teleport term keeping the graph connected.
+        batch_images: images per solver step at the dataset level (default: all at once).
         clusters: k-means segments per image and per set when there are no labels.
+        seed: seed of the solver and of k-means.
+        overwrite: write into a non-empty output folder.
     """
     start = time.perf_counter()
+    for name, value in (("image_size", image_size), ("num_vectors", num_vectors), ("epochs", epochs),
+                        ("clusters", clusters), ("batch_images", batch_images or 1)):
+        if value < 1:
+            raise ValueError(f"--{name} must be >= 1, got {value}")
+    if lr <= 0:
+        raise ValueError(f"--lr must be positive, got {lr}")
     for kind in graph_kinds:
         if kind not in GRAPH_KINDS:
             raise ValueError(f"graph kind must be among {sorted(GRAPH_KINDS)}, got '{kind}'")

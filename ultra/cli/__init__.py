@@ -50,6 +50,12 @@ def require_writable(folder: Path) -> None:
         raise PermissionError(f"cannot write to the output folder {folder}: {err.strerror or err}") from None
 
 
+def check_backbone_arguments(cfg) -> None:
+    """Early checks of the options added by :func:`add_backbone_arguments`."""
+    if cfg.size < 1:
+        raise ValueError(f"--size must be a positive number of pixels, got {cfg.size}")
+
+
 def add_backbone_arguments(parser, size: int) -> None:
     """The frozen-backbone options shared by the interpretation commands."""
     parser.add_argument("--model", type=str, default="vit_small_patch14_dinov2")

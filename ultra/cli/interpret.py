@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from jsonargparse import ArgumentParser
 
-from . import add_backbone_arguments, console, refuse_overwrite
+from . import add_backbone_arguments, check_backbone_arguments, console, refuse_overwrite
 from ..backbone import FrozenViT
 from ..data.io import read_image
 from ..data.transforms import image_to_tensor
@@ -35,6 +35,13 @@ def build_parser() -> ArgumentParser:
 def run(args: list[str] | None = None) -> Path:
     """Compute the maps, segment, write the pictures; returns the sheet's path."""
     cfg = build_parser().parse_args(args)
+    check_backbone_arguments(cfg)
+    if cfg.stride is not None and cfg.stride < 1:
+        raise ValueError(f"--stride must be >= 1, got {cfg.stride}")
+    if cfg.segments is not None and cfg.segments < 1:
+        raise ValueError(f"--segments must be >= 1, got {cfg.segments}")
+    if cfg.distance_threshold is not None and not 0 <= cfg.distance_threshold <= 2:
+        raise ValueError(f"--distance_threshold is a cosine distance in [0, 2], got {cfg.distance_threshold}")
     if cfg.segments is None and cfg.distance_threshold is None:
         cfg.distance_threshold = 0.5
     outputs = [cfg.output / f"{cfg.image.stem}_segments.png", cfg.output / f"{cfg.image.stem}_sheet.png"]
@@ -42,6 +49,9 @@ def run(args: list[str] | None = None) -> Path:
     picture = read_image(cfg.image)
     vit = FrozenViT(cfg.model, weights=cfg.weights, layers=[cfg.layer], kinds=["x"])
     image = prepare_image(vit, image_to_tensor(picture), cfg.size)
+    grid = vit.check_images(image[None])
+    if cfg.stride is not None and cfg.stride > min(grid):
+        raise ValueError(f"--stride {cfg.stride} is larger than the {grid[0]}x{grid[1]} token grid of {cfg.image}")
     result = relevance_maps(vit, image, layer=cfg.layer, stride=cfg.stride)
     size = picture.shape[:2]
     segments, _ = segments_from_maps(result, size, cfg.segments, cfg.distance_threshold)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from jsonargparse import ArgumentParser
 
-from . import add_backbone_arguments, console, refuse_overwrite
+from . import add_backbone_arguments, check_backbone_arguments, console, refuse_overwrite
 from ..backbone import FrozenViT
 from ..data.io import read_image
 from ..data.transforms import image_to_tensor
@@ -26,6 +26,18 @@ def parse_point(text: str) -> tuple[float, float]:
     return x, y
 
 
+def parse_threshold(text: str) -> str | float:
+    if text == "otsu":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise ValueError(f"--threshold must be 'otsu' or a fraction in (0, 1] of the map's maximum, got '{text}'")
+    return value
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="ultra-select", description=__doc__.split("\n\n")[0])
     parser.add_argument("image", type=Path, help="the image")
@@ -39,8 +51,9 @@ def build_parser() -> ArgumentParser:
 def run(args: list[str] | None = None) -> Path:
     """Select the object and write the pictures; returns the mask's path."""
     cfg = build_parser().parse_args(args)
+    check_backbone_arguments(cfg)
     point = parse_point(cfg.point)
-    threshold = cfg.threshold if cfg.threshold == "otsu" else float(cfg.threshold)
+    threshold = parse_threshold(cfg.threshold)
     outputs = [cfg.output, cfg.output.with_name(f"{cfg.output.stem}_overlay.png"), cfg.output.with_name(f"{cfg.output.stem}_map.png")]
     refuse_overwrite(outputs, cfg.overwrite)
     picture = read_image(cfg.image)

@@ -6,18 +6,20 @@
 Everything is configured by YAML through LightningCLI (``--print_config`` shows every option).
 Outputs go to ``trainer.default_root_dir``: ``checkpoints/last.ckpt`` (written atomically every
 epoch), ``model.safetensors`` (the inference checkpoint), ``eval/`` (report and pictures) and the
-logs. Running the same command again after an interruption resumes from ``last.ckpt``.
-With ``--seeds``, each seed runs in ``<default_root_dir>/seed-<s>`` (the feature cache and the graphs
+logs. Running the same command again after an interruption resumes from ``last.ckpt``; a run
+folder holding a run with other settings is refused (``--fresh true`` discards it). With ``--seeds``, each seed runs in ``<default_root_dir>/seed-<s>`` (the feature cache and the graphs
 are shared) and ``<default_root_dir>/seeds.json`` holds every figure's mean and standard deviation.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 import shutil
 import sys
 import time
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +30,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from . import console
+from . import console, require_writable
 from ..crf import require_crf
 from ..evaluation import evaluate
 from ..files import atomic_path
@@ -38,6 +40,7 @@ from ..seeds import format_summary, split_seeds_argument, summarize
 from ..training import SpectralHeadModule, UltraDataModule
 
 log = logging.getLogger(__name__)
+warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # run() passes the parsed command line
 
 
 @dataclass
@@ -94,6 +97,8 @@ class UltraCLI(LightningCLI):
 def build_cli(args: list[str] | None = None) -> UltraCLI:
     return UltraCLI(
         SpectralHeadModule, UltraDataModule, run=False, args=args, seed_everything_default=0,
+        parser_kwargs={"description": __doc__, "formatter_class": argparse.RawDescriptionHelpFormatter,
+                       "usage": "ultra-train --config CONFIG [--seeds 0,1,2] [--fresh true] [--SECTION.OPTION VALUE ...]"},
         trainer_defaults={"callbacks": [RunCheckpoint()], "max_epochs": 10},
         save_config_kwargs={"overwrite": True},
     )
@@ -187,6 +192,7 @@ def run_training(cli: UltraCLI) -> dict | None:
     if config.extra_clusters < 0 or config.restarts < 1 or config.kmeans_sample < 1 or config.probe_steps < 1:
         raise ValueError("readout: extra_clusters must be >= 0 and restarts, kmeans_sample, probe_steps >= 1, got "
                          f"{config.extra_clusters}, {config.restarts}, {config.kmeans_sample}, {config.probe_steps}")
+    require_writable(Path(trainer.default_root_dir))
     if config.evaluate and data.val_dataset is not None:  # a bad validation set fails now, not after training
         data.val_dataset.check(require_labels=True)
     ckpt_path = resume_point(trainer, head_settings(cli.config), bool(cli.config.fresh))
