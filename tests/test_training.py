@@ -131,6 +131,21 @@ def test_node_batches_are_deterministic_and_shared_between_processes(tmp_path, t
     assert [len(s) for s in shares] == [3, 3] and len(set(shares[0]) | set(shares[1])) == 6  # equal and distinct
 
 
+def test_node_draws_are_distinct_uniform_and_cheap_at_any_size():
+    class Nodes:  # only the size of the cache matters for drawing node ids
+        num_nodes = 63_500_000
+
+    batches = NodeBatches(Nodes(), [], TrainingOperators([], [], None), batch_nodes=8192, steps_per_epoch=10, seed=1)
+    nodes = batches.nodes(4)
+    assert nodes.numel() == 8192 and torch.equal(nodes, torch.unique(nodes))  # distinct, sorted
+    assert 0 <= int(nodes.min()) and int(nodes.max()) < Nodes.num_nodes
+    assert torch.equal(nodes, batches.nodes(4)) and not torch.equal(nodes, batches.nodes(5))
+    assert abs(nodes.double().mean().item() / Nodes.num_nodes - 0.5) < 0.02  # no bias towards small ids
+    sweep = NodeBatches(Nodes(), [], TrainingOperators([], [], None), batch_nodes=10_000_000, steps_per_epoch=1, order="sweep")
+    assert len(sweep) == 7 and sweep.nodes(6).numel() == 3_500_000 and sweep.nodes(7).numel() == 0
+    assert int(sweep.nodes(6)[0]) == 60_000_000
+
+
 # --- the feature cache --------------------------------------------------------------------------
 
 class _Crashing(SyntheticScenes):

@@ -148,7 +148,14 @@ class NodeBatches(Dataset):
         if self.batch_nodes >= n:
             return torch.arange(n)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        return torch.randperm(n, generator=generator)[: self.batch_nodes].sort().values
+        if 4 * self.batch_nodes > n:
+            return torch.randperm(n, generator=generator)[: self.batch_nodes].sort().values
+        # distinct uniform nodes in O(batch) whatever n: draw with replacement, drop repeats, subsample
+        drawn = torch.unique(torch.randint(n, (self.batch_nodes + self.batch_nodes // 4 + 16,), generator=generator))
+        while drawn.numel() < self.batch_nodes:
+            drawn = torch.unique(torch.cat([drawn, torch.randint(n, (self.batch_nodes,), generator=generator)]))
+        keep = torch.randperm(drawn.numel(), generator=generator)[: self.batch_nodes]
+        return drawn[keep].sort().values
 
     def __getitem__(self, index: int) -> dict:
         nodes = self.nodes(index)
