@@ -59,7 +59,7 @@ OPTIONS = {  # name -> overrides of the shipped config
     "input_x9-11": ["--data.feature_layers", "[9, 10, 11]"],
     "extra_clusters5": ["--readout.extra_clusters", "5"],
 }
-RAW_VARIANTS = ("x", "x_centred", "x_whitened", "n", "n_centred")
+RAW_VARIANTS = ("x", "x_centred", "x_whitened", "n")
 
 
 def affine_map(cache: FeatureCache, keys, whiten: bool, chunk: int = 1 << 16) -> nn.Linear:

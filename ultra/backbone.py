@@ -15,6 +15,8 @@ KINDS = ("x", "n", "q", "k", "v")
 """Token kinds: ``x`` block output, ``n`` the block output through the model's final LayerNorm (the
 normalisation the model's own outputs get), ``q``/``k``/``v`` from the block's fused qkv projection
 (heads concatenated)."""
+DEFAULT_KINDS = ("x", "q", "k", "v")
+"""What a forward pass returns unless told otherwise (``n`` is on request)."""
 
 MODEL_ALIASES = {
     "dino_vits8": "vit_small_patch8_224.dino",
@@ -88,7 +90,7 @@ class FrozenViT(nn.Module):
         model_name: str,
         weights: str | Path = "auto",
         layers: Sequence[int] | None = None,
-        kinds: Iterable[str] = KINDS,
+        kinds: Iterable[str] = DEFAULT_KINDS,
         model_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
