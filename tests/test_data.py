@@ -78,10 +78,11 @@ def test_cocostuff_json_annotations_render_like_the_pngs(tmp_path):
     save_jpg(tmp_path / "images" / "val2017" / "000000000007.jpg", RNG.integers(0, 255, (h, w, 3), dtype=np.uint8))
     (tmp_path / "curated" / "val2017").mkdir(parents=True)
     (tmp_path / "curated" / "val2017" / "Coco164kFull_Stuff_Coarse_7.txt").write_text("000000000007\n")
-    grass, other, dog = (np.zeros((h, w), np.uint8) for _ in range(3))
+    grass, other, dog, crowd = (np.zeros((h, w), np.uint8) for _ in range(4))
     grass[12:] = 1
     other[4:12, 8:20] = 1
     dog[5:11, 9:19] = 1
+    crowd[14:20, 22:30] = 1  # a crowd of dogs over the grass
 
     def ann(i, mask, category, crowd=0):
         rle = mask_utils.encode(np.asfortranarray(mask))
@@ -92,7 +93,8 @@ def test_cocostuff_json_annotations_render_like_the_pngs(tmp_path):
     image = {"id": 7, "file_name": "000000000007.jpg", "height": h, "width": w}
     stuff = {"images": [image], "annotations": [ann(1, grass, 124), ann(2, other, 183)],
              "categories": [{"id": 124, "name": "grass"}, {"id": 183, "name": "other"}]}
-    things = {"images": [image], "annotations": [ann(3, dog, 18, crowd=1)], "categories": [{"id": 18, "name": "dog"}]}
+    things = {"images": [image], "annotations": [ann(3, dog, 18), ann(4, crowd, 18, crowd=1)],
+              "categories": [{"id": 18, "name": "dog"}]}
     (tmp_path / "annotations").mkdir()
     (tmp_path / "annotations" / "stuff_val2017.json").write_text(json.dumps(stuff))
     (tmp_path / "annotations" / "instances_val2017.json").write_text(json.dumps(things))
@@ -101,6 +103,7 @@ def test_cocostuff_json_annotations_render_like_the_pngs(tmp_path):
     expected = np.full((h, w), 255)
     expected[grass == 1] = COARSE_CLASSES.index("plant")
     expected[dog == 1] = COARSE_CLASSES.index("animal")  # "other" pixels outside the dog stay unlabelled
+    # crowd regions are not drawn (the official convention): the grass under the crowd stays grass
     assert np.array_equal(label, expected)
 
 
