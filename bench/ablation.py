@@ -33,11 +33,10 @@ from torch.utils.data import DataLoader
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ultra.backbone import snap_to_patch  # noqa: E402
 from ultra.cli.train import build_cli  # noqa: E402
 from ultra.features import FeatureCache  # noqa: E402
 from ultra.grids import upsample_scores  # noqa: E402
-from ultra.inference import ClusterReadout  # noqa: E402
+from ultra.inference import ClusterReadout, Segmenter  # noqa: E402
 from ultra.metrics import UnsupervisedSegmentationMetric  # noqa: E402
 from ultra.readout import CachedRows, fit_centroids  # noqa: E402
 
@@ -84,18 +83,14 @@ def affine_map(cache: FeatureCache, keys, whiten: bool, chunk: int = 1 << 16) ->
 
 @torch.no_grad()
 def eval_tokens(data, dataset, keys, batch_size: int = 8) -> tuple[dict, torch.Tensor]:
-    """Tokens of the protocol's images (as :meth:`ultra.inference.Segmenter.grid_scores` computes them) and labels."""
+    """Tokens of the protocol's images (through :meth:`ultra.inference.Segmenter.tokens`, as the evaluation) and labels."""
     loader = DataLoader(dataset.with_transform(data.eval_transform()), batch_size=batch_size,
                         collate_fn=lambda items: items)
-    backbone = data.backbone.eval()
+    segmenter = Segmenter(data.backbone.eval(), {"raw": ClusterReadout(keys, torch.zeros(1, 1))}, data.class_names)
     layers, kinds = sorted({layer for _, layer in keys}), sorted({kind for kind, _ in keys})
     tokens, labels = {key: [] for key in keys}, []
     for items in loader:
-        images = torch.stack([it["image"] for it in items])
-        size = snap_to_patch(tuple(images.shape[-2:]), backbone.patch_size)
-        if size != tuple(images.shape[-2:]):
-            images = torch.nn.functional.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
-        feats = backbone(images, layers=layers, kinds=kinds)
+        feats = segmenter.tokens(torch.stack([it["image"] for it in items]), layers, kinds)
         for key in keys:
             tokens[key].append(feats[key].half())
         labels.append(torch.stack([it["label"] for it in items]).to(torch.uint8))

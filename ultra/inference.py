@@ -107,12 +107,17 @@ class Segmenter(nn.Module):
         return sorted({kind for r in self.readouts.values() for kind, _ in r.keys})
 
     @torch.no_grad()
-    def grid_scores(self, images: Tensor) -> dict[str, Tensor]:
-        """Scores ``[B, K, h, w]`` per readout for images in [0, 1] (resized to a multiple of the patch if needed)."""
+    def tokens(self, images: Tensor, layers: Sequence[int] | None = None, kinds: Sequence[str] | None = None):
+        """The backbone's token grids of images in [0, 1], resized to a multiple of the patch if needed."""
         size = snap_to_patch(tuple(images.shape[-2:]), self.backbone.patch_size)
         if size != tuple(images.shape[-2:]):
             images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
-        feats = self.backbone(images.to(self.device), layers=self.layers, kinds=self.kinds)
+        return self.backbone(images.to(self.device), layers=layers or self.layers, kinds=kinds or self.kinds)
+
+    @torch.no_grad()
+    def grid_scores(self, images: Tensor) -> dict[str, Tensor]:
+        """Scores ``[B, K, h, w]`` per readout for images in [0, 1] (resized to a multiple of the patch if needed)."""
+        feats = self.tokens(images)
         out = {}
         for name, readout in self.readouts.items():
             tokens = torch.cat([feats[key] for key in readout.keys], -1)
