@@ -117,6 +117,48 @@ def test_save_and_load_roundtrip(tmp_path):
     graph.save(tmp_path / "g.safetensors")
     back = SparseGraph.load(tmp_path / "g.safetensors")
     assert torch.equal(back.to_dense(), graph.to_dense()) and back.teleport == 0.1
+    assert back.indices.dtype == torch.int32 and back.indptr.dtype == torch.int64
+
+
+def test_loaded_graphs_are_memory_mapped_not_copied(tmp_path):
+    """Every process (DDP ranks, loader workers) maps the same file: one copy in the page cache."""
+    path = tmp_path / "g.safetensors"
+    knn_graph(torch.randn(40, 64, 8), config=KnnConfig(4, 4)).save(path)
+    back = SparseGraph.load(path)
+    mapped = []
+    for line in open("/proc/self/maps"):
+        fields = line.split()
+        if len(fields) == 6 and fields[5] == str(path):
+            lo, hi = (int(a, 16) for a in fields[0].split("-"))
+            mapped.append((lo, hi))
+    for name in ("indptr", "indices", "values", "degree"):
+        pointer = getattr(back, name).data_ptr()
+        assert any(lo <= pointer < hi for lo, hi in mapped), f"{name} is not backed by {path}"
+    rows = back.rows(torch.arange(0, 2560, 7))  # reading rows works on the mapped arrays
+    assert rows.block.shape[0] == 366
+    path.write_bytes(path.read_bytes()[:-100])  # truncated: refused with the file's name
+    with pytest.raises(ValueError, match="g.safetensors.*truncated"):
+        SparseGraph.load(path)
+
+
+@pytest.mark.parametrize("chunk", [7, 16, 1 << 20])
+def test_chunked_symmetrisation_matches_the_dense_formula(chunk):
+    g = torch.Generator().manual_seed(chunk)
+    n = 50
+    src, dst = torch.randint(n, (300,), generator=g), torch.randint(n, (300,), generator=g)
+    keep = src != dst
+    w = torch.rand(300, generator=g)[keep]
+    dense_w = torch.zeros(n, n).index_put_((src[keep], dst[keep]), w, accumulate=True)
+    directed = torch.sparse_coo_tensor(torch.stack([src[keep], dst[keep]]), w, (n, n)).coalesce().to_sparse_csr()
+    graph = SparseGraph.from_directed(directed.crow_indices(), directed.col_indices().int(), directed.values(),
+                                      teleport=0.0, chunk=chunk)
+    a = (dense_w + dense_w.T) / 2
+    d = a.sum(1)
+    expected = a / (d.clamp_min(1e-12).sqrt()[:, None] * d.clamp_min(1e-12).sqrt()[None, :])
+    assert torch.allclose(graph.to_dense(), expected, atol=1e-6)
+    assert torch.allclose(graph.degree, d, atol=1e-6)
+    for r in range(n):  # rows sorted by column, no repeated entry (as CSR readers expect)
+        assert torch.all(graph.indices[graph.indptr[r]:graph.indptr[r + 1]].diff() > 0)
 
 
 def test_pooling_lift_keeps_eigenvalues_of_cell_constant_vectors():

@@ -17,13 +17,13 @@ token. Similarities below ``threshold`` are dropped, and the edges are symmetris
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .graph import SparseGraph, lift_graph, pooling_matrix
+from .graph import SparseGraph, index_dtype, lift_graph, pooling_matrix
 
 GRAPH_KINDS = {"kq": ("q", "k"), "vv": ("v", "v"), "feat": ("x", "x"), "norm": ("n", "n")}
 """Graph kind -> (token kind of the rows, token kind of the columns)."""
@@ -121,25 +121,38 @@ def knn_graph(rows: Tensor, cols: Tensor | None = None, config: KnnConfig = KnnC
     if (k_inter or config.k_any) and (count < num_images - 1 or groups is not None):
         means = torch.stack([_unit(rows[b]).mean(0) for b in range(num_images)])
         candidates = nearest_images(means, count, groups)
-    edges = _knn_edges(rows, cols, config, k_inter, candidates, torch.device(device))
-    src, dst, val = (torch.cat(part) for part in edges)
-    keep = val >= config.threshold
-    # an edge found by two searches (e.g. intra and any) is kept once
-    pair, first = torch.unique(src[keep] * (num_images * n) + dst[keep], return_inverse=True)
-    weight = torch.zeros(pair.numel()).scatter_(0, first, val[keep])
-    return SparseGraph.from_affinity(pair // (num_images * n), pair % (num_images * n), weight, num_images * n, config.teleport)
+    total = num_images * n
+    counts, targets, weights = [], [], []  # the directed graph W, in rows, view by view
+    for b, (src, dst, val) in enumerate(_knn_edges(rows, cols, config, k_inter, candidates, torch.device(device))):
+        keep = val >= config.threshold
+        # an edge found by two searches (e.g. intra and any) is kept once; rows sorted by target
+        pair, first = torch.unique((src[keep] - b * n) * total + dst[keep], return_inverse=True)
+        weights.append(torch.zeros(pair.numel()).scatter_(0, first, val[keep]))
+        targets.append((pair % total).to(index_dtype(total)))
+        counts.append(torch.bincount(pair // total, minlength=n))
+    indptr = torch.zeros(total + 1, dtype=torch.long)
+    torch.cumsum(torch.cat(counts), 0, out=indptr[1:])
+    del counts
+    return SparseGraph.from_directed(indptr, _cat_and_free(targets), _cat_and_free(weights), config.teleport)
+
+
+def _cat_and_free(parts: list[Tensor]) -> Tensor:
+    """``torch.cat(parts)``, emptying the list (so the parts can be freed before the caller's next step)."""
+    out = torch.cat(parts)
+    parts.clear()
+    return out
 
 
 def _knn_edges(rows: Tensor, cols: Tensor, config: KnnConfig, k_inter: int, candidates: Tensor | None,
-               device: torch.device) -> tuple[list, list, list]:
-    """Directed edges (source, target, cosine) of every search, image by image."""
+               device: torch.device) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """Directed edges (source, target, cosine) of every search, one image at a time (on the CPU)."""
     num_images, n, _ = rows.shape
     all_cols = cols.reshape(num_images * n, -1)
-    src, dst, val = [], [], []
     width = max(k_inter, config.k_any + 1, min(config.max_block // n, num_images * n))
     buffer = torch.empty(n, width, device=device) if (k_inter or config.k_any) else None
     for b in range(num_images):
         offset = b * n
+        src, dst, val = [], [], []
         queries = _unit(rows[b].to(device))
         if config.k_intra:
             sim = queries @ _unit(cols[b].to(device)).T
@@ -174,7 +187,7 @@ def _knn_edges(rows: Tensor, cols: Tensor, config: KnnConfig, k_inter: int, cand
             src.append((own.expand(-1, config.k_any).flatten()).cpu())
             dst.append((i.gather(1, pick).flatten()).cpu())
             val.append((v.flatten()).cpu())
-    return src, dst, val
+        yield torch.cat(src), torch.cat(dst), torch.cat(val)
 
 
 def _unit(x: Tensor) -> Tensor:

@@ -131,7 +131,7 @@ class FeatureCache:
         """Float32 tokens ``[len(nodes), sum D]`` of the given nodes (view * h*w + token), keys concatenated."""
         order = nodes.cpu().numpy()
         parts = [self._arrays[tuple(k)].reshape(-1, self._arrays[tuple(k)].shape[-1])[order] for k in keys]
-        return torch.from_numpy(np.concatenate(parts, axis=1)).float()
+        return torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)).float()
 
     def node_labels(self, nodes: Tensor) -> Tensor:
         return torch.from_numpy(self.labels.reshape(-1)[nodes.cpu().numpy()].astype(np.int64))

@@ -71,3 +71,39 @@ def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+_SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "U8": "u1", "BOOL": "?"}
+
+
+def map_safetensors(path: str | Path) -> tuple[dict, dict[str, str]]:
+    """The tensors of a safetensors file, memory-mapped (copy-on-write) rather than read, and its metadata.
+
+    Processes that map the same file share its pages through the page cache (one copy in RAM for
+    every DDP process and data-loader worker); only the pages touched are read. Raises ValueError
+    when the header is damaged or the file is shorter than the header says.
+    """
+    import json
+
+    import numpy as np
+    import torch
+
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        if not 2 <= length <= size - 8:
+            raise ValueError(f"{path}: a safetensors header of {length} bytes does not fit a {size}-byte file")
+        header = json.loads(f.read(length))
+    metadata = header.pop("__metadata__", None) or {}
+    base, tensors = 8 + length, {}
+    for name, info in header.items():
+        dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
+        shape, (start, stop) = tuple(info["shape"]), info["data_offsets"]
+        if stop - start != int(np.prod(shape)) * dtype.itemsize or base + stop > size:
+            raise ValueError(f"{path}: tensor '{name}' ({info['dtype']} {list(shape)}) is truncated or damaged")
+        if stop == start:
+            tensors[name] = torch.from_numpy(np.empty(shape, dtype))
+        else:
+            tensors[name] = torch.from_numpy(np.memmap(path, dtype=dtype, mode="c", offset=base + start, shape=shape))
+    return tensors, metadata

@@ -41,6 +41,11 @@ def sparse_matmul(a: Tensor, x: Tensor, a_t: Tensor | None = None) -> Tensor:
     return _SparseMatmul.apply(a, a if a_t is None else a_t, x)
 
 
+def index_dtype(num_nodes: int) -> torch.dtype:
+    """Column indices of operators are stored as int32 when the node count allows (half the memory of int64)."""
+    return torch.int32 if num_nodes < 2**31 else torch.long
+
+
 def _indptr(rows: Tensor, num_rows: int) -> Tensor:
     indptr = torch.zeros(num_rows + 1, dtype=torch.long, device=rows.device)
     indptr[1:] = torch.cumsum(torch.bincount(rows, minlength=num_rows), 0)
@@ -83,7 +88,7 @@ class SparseRows:
     @classmethod
     def from_coo(cls, rows: Tensor, cols: Tensor, values: Tensor, num_nodes: int) -> "SparseRows":
         csr = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (num_nodes, num_nodes)).coalesce().to_sparse_csr()
-        return cls(csr.crow_indices(), csr.col_indices(), csr.values())
+        return cls(csr.crow_indices(), csr.col_indices().to(index_dtype(num_nodes)), csr.values())
 
     @property
     def num_nodes(self) -> int:
@@ -94,7 +99,7 @@ class SparseRows:
         return self.indices.numel()
 
     def csr(self) -> Tensor:
-        return torch.sparse_csr_tensor(self.indptr, self.indices, self.values, (self.num_nodes, self.num_nodes))
+        return torch.sparse_csr_tensor(self.indptr, self.indices.to(self.indptr.dtype), self.values, (self.num_nodes, self.num_nodes))
 
     def entries(self, nodes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Entries (position in ``nodes``, column, value) of the rows of ``nodes``, sorted by row then column."""
@@ -103,7 +108,7 @@ class SparseRows:
         local_row = torch.repeat_interleave(torch.arange(nodes.numel(), device=nodes.device), counts)
         offsets = torch.repeat_interleave(self.indptr[nodes] - torch.cumsum(counts, 0) + counts, counts)
         positions = offsets + torch.arange(total, device=nodes.device)
-        return local_row, self.indices[positions], self.values[positions]
+        return local_row, self.indices[positions].long(), self.values[positions]
 
     def rows(self, nodes: Tensor) -> RowBlock:
         """The rows of ``nodes`` with their neighbours (the columns they touch)."""
@@ -124,10 +129,9 @@ class SparseRows:
 
     @staticmethod
     def _load(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-        from safetensors import safe_open
+        from .files import map_safetensors
 
-        with safe_open(str(path), "pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+        return map_safetensors(path)
 
     @classmethod
     def load(cls, path: str | Path) -> "SparseRows":
@@ -144,16 +148,56 @@ class SparseGraph(SparseRows):
 
     @classmethod
     def from_affinity(cls, rows: Tensor, cols: Tensor, weights: Tensor, num_nodes: int, teleport: float = 0.0) -> "SparseGraph":
-        """Symmetrise ``A = (W + W^T) / 2`` from directed weighted edges and normalise it."""
-        coo = torch.sparse_coo_tensor(
-            torch.stack([torch.cat([rows, cols]), torch.cat([cols, rows])]),
-            torch.cat([weights, weights]) * 0.5, (num_nodes, num_nodes),
-        ).coalesce()
-        (r, c), a = coo.indices(), coo.values()
-        degree = torch.zeros(num_nodes, dtype=a.dtype, device=a.device).index_add_(0, r, a)
+        """Symmetrise ``A = (W + W^T) / 2`` from directed weighted edges (repeated edges add up) and normalise it."""
+        directed = SparseRows.from_coo(rows, cols, weights.float(), num_nodes)
+        return cls.from_directed(directed.indptr, directed.indices, directed.values, teleport)
+
+    @classmethod
+    def from_directed(cls, indptr: Tensor, indices: Tensor, values: Tensor, teleport: float = 0.0,
+                      chunk: int = 1 << 20) -> "SparseGraph":
+        """Symmetrise and normalise the directed graph ``W`` given in CSR form (rows sorted, no repeated entry).
+
+        Works ``chunk`` rows at a time: ``W^T`` is formed by one pass that files every entry under the
+        chunk of its column, then each chunk of ``A = (W + W^T) / 2`` is summed from its rows of ``W``
+        and its entries of ``W^T``. Memory is about three times ``W``'s (W, its filed transpose, the
+        result), never the whole edge list as 64-bit pairs or a global sort.
+        """
+        num_nodes = indptr.numel() - 1
+        starts = list(range(0, num_nodes, chunk))
+        transposed: list[list[tuple[Tensor, Tensor, Tensor]]] = [[] for _ in starts]
+        for r0 in starts:
+            r1 = min(r0 + chunk, num_nodes)
+            lo, hi = int(indptr[r0]), int(indptr[r1])
+            rows = torch.repeat_interleave(torch.arange(r0, r1, dtype=indices.dtype), indptr[r0:r1 + 1].diff())
+            cols, vals = indices[lo:hi], values[lo:hi]
+            bucket = torch.div(cols, chunk, rounding_mode="floor").long()
+            order = torch.argsort(bucket, stable=True)
+            for q, part in enumerate(torch.split(order, torch.bincount(bucket, minlength=len(starts)).tolist())):
+                if part.numel():
+                    transposed[q].append((cols[part], rows[part], vals[part]))
+        counts, out_indices, out_values = [], [], []
+        degree = torch.zeros(num_nodes, dtype=values.dtype)
+        for p, r0 in enumerate(starts):
+            r1 = min(r0 + chunk, num_nodes)
+            lo, hi = int(indptr[r0]), int(indptr[r1])
+            own = torch.repeat_interleave(torch.arange(r0, r1, dtype=indices.dtype), indptr[r0:r1 + 1].diff())
+            rows = torch.cat([own] + [t[0] for t in transposed[p]]).long()
+            cols = torch.cat([indices[lo:hi]] + [t[1] for t in transposed[p]]).long()
+            vals = torch.cat([values[lo:hi]] + [t[2] for t in transposed[p]])
+            transposed[p] = []
+            key, inverse = torch.unique((rows - r0) * num_nodes + cols, return_inverse=True)  # sorted by row, column
+            summed = torch.zeros(key.numel(), dtype=vals.dtype).index_add_(0, inverse, vals) * 0.5
+            local = torch.div(key, num_nodes, rounding_mode="floor")
+            counts.append(torch.bincount(local, minlength=r1 - r0))
+            out_indices.append((key % num_nodes).to(indices.dtype))
+            out_values.append(summed)
+            degree[r0:r1] = torch.zeros(r1 - r0, dtype=vals.dtype).index_add_(0, local, summed)
         inv_sqrt = (degree + teleport).clamp_min(1e-12).rsqrt()
-        csr = torch.sparse_coo_tensor(coo.indices(), a * inv_sqrt[r] * inv_sqrt[c], (num_nodes, num_nodes)).coalesce().to_sparse_csr()
-        return cls(csr.crow_indices(), csr.col_indices(), csr.values(), degree, teleport)
+        for p, r0 in enumerate(starts):  # S = D^-1/2 A D^-1/2, chunk by chunk in place
+            out_values[p] *= torch.repeat_interleave(inv_sqrt[r0:r0 + counts[p].numel()], counts[p]) * inv_sqrt[out_indices[p].long()]
+        out_indptr = torch.zeros(num_nodes + 1, dtype=torch.long)
+        torch.cumsum(torch.cat(counts), 0, out=out_indptr[1:])
+        return cls(out_indptr, torch.cat(out_indices), torch.cat(out_values), degree, teleport)
 
     # --- operators -------------------------------------------------------------------------------
     def _teleport_vector(self) -> Tensor:
@@ -178,8 +222,8 @@ class SparseGraph(SparseRows):
         """The row-stochastic ``P = D^-1 A`` (sparse CSR; teleport not included)."""
         row = torch.repeat_interleave(torch.arange(self.num_nodes, device=self.indptr.device), self.indptr.diff())
         sqrt_d = self.degree.clamp_min(1e-12).sqrt()
-        values = self.values * sqrt_d[self.indices] / sqrt_d[row]
-        return torch.sparse_csr_tensor(self.indptr, self.indices, values, (self.num_nodes, self.num_nodes))
+        values = self.values * sqrt_d[self.indices.long()] / sqrt_d[row]
+        return torch.sparse_csr_tensor(self.indptr, self.indices.to(self.indptr.dtype), values, (self.num_nodes, self.num_nodes))
 
     def rows(self, nodes: Tensor) -> "GraphRows":
         """The rows of ``nodes`` with their neighbours, for a stochastic estimate of ``(S x)[nodes]``."""

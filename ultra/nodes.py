@@ -119,6 +119,20 @@ def batch_from_entries(features: Tensor, node_positions: Tensor, graphs: Sequenc
     }
 
 
+def distinct_uniform(n: int, count: int, generator: torch.Generator) -> Tensor:
+    """``count`` distinct integers drawn uniformly from ``[0, n)``, sorted, in O(count) time and memory whatever ``n``."""
+    if count >= n:
+        return torch.arange(n)
+    if 4 * count > n:
+        return torch.randperm(n, generator=generator)[:count].sort().values
+    # draw with replacement, drop repeats, top up, then subsample: no permutation of all n
+    drawn = torch.unique(torch.randint(n, (count + count // 4 + 16,), generator=generator))
+    while drawn.numel() < count:
+        drawn = torch.unique(torch.cat([drawn, torch.randint(n, (count,), generator=generator)]))
+    keep = torch.randperm(drawn.numel(), generator=generator)[:count]
+    return drawn[keep].sort().values
+
+
 class NodeBatches(Dataset):
     """Batch ``i`` of node minibatches with their operator rows.
 
@@ -145,17 +159,7 @@ class NodeBatches(Dataset):
         n = self.cache.num_nodes
         if self.order == "sweep":
             return torch.arange(min(index * self.batch_nodes, n), min((index + 1) * self.batch_nodes, n))
-        if self.batch_nodes >= n:
-            return torch.arange(n)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        if 4 * self.batch_nodes > n:
-            return torch.randperm(n, generator=generator)[: self.batch_nodes].sort().values
-        # distinct uniform nodes in O(batch) whatever n: draw with replacement, drop repeats, subsample
-        drawn = torch.unique(torch.randint(n, (self.batch_nodes + self.batch_nodes // 4 + 16,), generator=generator))
-        while drawn.numel() < self.batch_nodes:
-            drawn = torch.unique(torch.cat([drawn, torch.randint(n, (self.batch_nodes,), generator=generator)]))
-        keep = torch.randperm(drawn.numel(), generator=generator)[: self.batch_nodes]
-        return drawn[keep].sort().values
+        return distinct_uniform(n, self.batch_nodes, torch.Generator().manual_seed(self.seed * 1_000_003 + index))
 
     def __getitem__(self, index: int) -> dict:
         nodes = self.nodes(index)
