@@ -107,6 +107,7 @@ def write_synthetic_cache(folder: Path, num_images: int, seed: int = 0, chunk: i
             "num_images": num_images, "dims": {f"x{LAYER}": DIM}}
     (partial / "meta.json").write_text(json.dumps(meta, indent=1))
     os.replace(partial, folder)
+    os.sync()  # written back now, not while the stages are timed
     return folder
 
 

@@ -122,31 +122,34 @@ def knn_graph(rows: Tensor, cols: Tensor | None = None, config: KnnConfig = KnnC
         means = torch.stack([_unit(rows[b]).mean(0) for b in range(num_images)])
         candidates = nearest_images(means, count, groups)
     total = num_images * n
-    counts, targets, weights = [], [], []  # the directed graph W, in rows, view by view
+    # the directed graph W in rows, filled view by view into buffers allocated once (at most k entries a row):
+    # small allocations kept across the loop would fragment the heap between its large temporaries
+    width = config.k_intra + k_inter + config.k_any
+    targets, weights = torch.empty(total * width, dtype=index_dtype(total)), torch.empty(total * width)
+    indptr = torch.zeros(total + 1, dtype=torch.long)
+    filled = 0
     for b, (src, dst, val) in enumerate(_knn_edges(rows, cols, config, k_inter, candidates, torch.device(device))):
         keep = val >= config.threshold
         # an edge found by two searches (e.g. intra and any) is kept once; rows sorted by target
         pair, first = torch.unique((src[keep] - b * n) * total + dst[keep], return_inverse=True)
-        weights.append(torch.zeros(pair.numel()).scatter_(0, first, val[keep]))
-        targets.append((pair % total).to(index_dtype(total)))
-        counts.append(torch.bincount(pair // total, minlength=n))
-    indptr = torch.zeros(total + 1, dtype=torch.long)
-    torch.cumsum(torch.cat(counts), 0, out=indptr[1:])
-    del counts
-    return SparseGraph.from_directed(indptr, _cat_and_free(targets), _cat_and_free(weights), config.teleport)
-
-
-def _cat_and_free(parts: list[Tensor]) -> Tensor:
-    """``torch.cat(parts)``, emptying the list (so the parts can be freed before the caller's next step)."""
-    out = torch.cat(parts)
-    parts.clear()
-    return out
+        targets[filled:filled + pair.numel()] = pair % total
+        weights[filled:filled + pair.numel()] = torch.zeros(pair.numel()).scatter_(0, first, val[keep])
+        indptr[b * n + 1:(b + 1) * n + 1] = torch.bincount(pair // total, minlength=n)
+        filled += pair.numel()
+    torch.cumsum(indptr, 0, out=indptr)
+    return SparseGraph.from_directed(indptr, targets[:filled], weights[:filled], config.teleport)
 
 
 def _knn_edges(rows: Tensor, cols: Tensor, config: KnnConfig, k_inter: int, candidates: Tensor | None,
                device: torch.device) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """Directed edges (source, target, cosine) of every search, one image at a time (on the CPU)."""
     num_images, n, _ = rows.shape
+    if device.type == "cuda":  # one transfer of every token instead of one per search, when the GPU has room
+        free, _ = torch.cuda.mem_get_info(device)
+        needed = rows.numel() * rows.element_size() * (1 if cols is rows else 2)
+        if needed < free // 2:
+            rows, cols = rows.to(device), (None if cols is rows else cols.to(device))
+            cols = rows if cols is None else cols
     all_cols = cols.reshape(num_images * n, -1)
     width = max(k_inter, config.k_any + 1, min(config.max_block // n, num_images * n))
     buffer = torch.empty(n, width, device=device) if (k_inter or config.k_any) else None

@@ -68,8 +68,9 @@ def load_or_build_operators(cache: FeatureCache, specs: Sequence[GraphSpec], knn
                 if missing:
                     raise KeyError(f"graph {spec.name} needs the tokens {missing}, the cache holds {cache.keys}")
                 log.info("building the %s graph of layer %d over %d tokens", spec.kind, spec.layer, cache.num_nodes)
-                knn_graph(*(cache.tensor(key) for key in spec.token_keys), knn, device=device,
-                          groups=cache.view_image()).save(path)
+                row_key, col_key = spec.token_keys
+                columns = None if col_key == row_key else cache.tensor(col_key)
+                knn_graph(cache.tensor(row_key), columns, knn, device=device, groups=cache.view_image()).save(path)
                 graph = SparseGraph.load(path)
         graphs.append(graph)
     view = None
