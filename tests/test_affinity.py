@@ -151,7 +151,7 @@ def test_chunked_symmetrisation_matches_the_dense_formula(chunk):
     dense_w = torch.zeros(n, n).index_put_((src[keep], dst[keep]), w, accumulate=True)
     directed = torch.sparse_coo_tensor(torch.stack([src[keep], dst[keep]]), w, (n, n)).coalesce().to_sparse_csr()
     graph = SparseGraph.from_directed(directed.crow_indices(), directed.col_indices().int(), directed.values(),
-                                      teleport=0.0, chunk=chunk)
+                                      teleport=0.0, chunk_rows=chunk)
     a = (dense_w + dense_w.T) / 2
     d = a.sum(1)
     expected = a / (d.clamp_min(1e-12).sqrt()[:, None] * d.clamp_min(1e-12).sqrt()[None, :])
@@ -220,3 +220,15 @@ def test_graph_construction_never_holds_a_dense_matrix():
     nodes, nnz, grown_mb = map(int, out.stdout.split())
     assert nodes == 25600 and nnz <= nodes * 16 * 2
     assert grown_mb < 600, f"peak memory grew by {grown_mb} MB"
+
+
+def test_graph_built_in_row_chunks_equals_the_graph_built_in_one(monkeypatch):
+    import ultra.graph
+
+    tokens = torch.randn(7, 8, 5)
+    config = KnnConfig(k_intra=2, k_inter=0, k_any=3, candidate_images=3)
+    whole = knn_graph(tokens, config=config)
+    monkeypatch.setattr(ultra.graph, "ROW_CHUNK", 20)  # 2 views (16 rows) per chunk, the last one shorter
+    chunked = knn_graph(tokens, config=config)
+    assert torch.equal(chunked.indptr, whole.indptr) and torch.equal(chunked.indices, whole.indices)
+    assert torch.allclose(chunked.values, whole.values) and torch.allclose(chunked.degree, whole.degree)

@@ -20,7 +20,7 @@ from ultra.features import FeatureCache
 from ultra.head import ProjectionHead
 from ultra.inference import CheckpointError, read_checkpoint
 from ultra.losses import head_loss, view_consistency_loss
-from ultra.nodes import NodeBatches, NodeBatchSampler, TrainingOperators, batch_from_entries
+from ultra.nodes import NodeBatches, NodeBatchSampler, TrainingOperators, batch_from_entries, build_view_operator
 from ultra.spectral import spectral_loss
 from ultra.views import _token_points, view_correspondences
 
@@ -84,6 +84,18 @@ def test_view_loss_is_zero_for_consistent_views_and_positive_otherwise():
     assert view_consistency_loss(z, z.clone(), has).item() == pytest.approx(0.0)
     assert view_consistency_loss(z, torch.randn(10, 3), has).item() > 0.5
     assert view_consistency_loss(z, torch.randn(10, 3), torch.zeros(10, dtype=torch.bool)).item() == 0.0
+
+
+def test_view_operator_built_in_chunks_of_images_equals_the_per_image_correspondences():
+    g = torch.Generator().manual_seed(0)
+    corner = torch.rand(5, 3, 2, generator=g) * 0.4
+    geometry = torch.cat([corner, corner + 0.6, (torch.rand(5, 3, 1, generator=g) > 0.5).float()], -1).reshape(15, 5)
+    parts = [view_correspondences(geometry[i * 3:(i + 1) * 3], (4, 4), view_offset=i * 3) for i in range(5)]
+    rows, cols, vals = (torch.cat(p) for p in zip(*parts))
+    expected = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (240, 240)).to_dense()
+    for chunk in (1, 2, 5):
+        operator = build_view_operator(geometry, 3, (4, 4), chunk_images=chunk)
+        assert torch.allclose(operator.csr().to_dense(), expected)
 
 
 def test_view_correspondences_undo_crops_and_flips():

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import graph as graph_module
 from .graph import SparseGraph, index_dtype, lift_graph, pooling_matrix
 
 GRAPH_KINDS = {"kq": ("q", "k"), "vv": ("v", "v"), "feat": ("x", "x"), "norm": ("n", "n")}
@@ -122,22 +123,27 @@ def knn_graph(rows: Tensor, cols: Tensor | None = None, config: KnnConfig = KnnC
         means = torch.stack([_unit(rows[b]).mean(0) for b in range(num_images)])
         candidates = nearest_images(means, count, groups)
     total = num_images * n
-    # the directed graph W in rows, filled view by view into buffers allocated once (at most k entries a row):
-    # small allocations kept across the loop would fragment the heap between its large temporaries
+    # the directed graph W in chunks of whole views (about ROW_CHUNK rows), each filled view by view into buffers
+    # allocated once (at most k entries a row): small allocations kept across the loop would fragment the heap
     width = config.k_intra + k_inter + config.k_any
-    targets, weights = torch.empty(total * width, dtype=index_dtype(total)), torch.empty(total * width)
-    indptr = torch.zeros(total + 1, dtype=torch.long)
-    filled = 0
+    views_per_chunk = max(1, graph_module.ROW_CHUNK // n)
+    pieces = []
     for b, (src, dst, val) in enumerate(_knn_edges(rows, cols, config, k_inter, candidates, torch.device(device))):
+        if b % views_per_chunk == 0:
+            size = min(views_per_chunk, num_images - b) * n
+            counts, targets, weights = torch.zeros(size, dtype=torch.long), torch.empty(size * width, dtype=index_dtype(total)), torch.empty(size * width)
+            filled = 0
         keep = val >= config.threshold
         # an edge found by two searches (e.g. intra and any) is kept once; rows sorted by target
         pair, first = torch.unique((src[keep] - b * n) * total + dst[keep], return_inverse=True)
         targets[filled:filled + pair.numel()] = pair % total
         weights[filled:filled + pair.numel()] = torch.zeros(pair.numel()).scatter_(0, first, val[keep])
-        indptr[b * n + 1:(b + 1) * n + 1] = torch.bincount(pair // total, minlength=n)
+        local = (b % views_per_chunk) * n
+        counts[local:local + n] = torch.bincount(pair // total, minlength=n)
         filled += pair.numel()
-    torch.cumsum(indptr, 0, out=indptr)
-    return SparseGraph.from_directed(indptr, targets[:filled], weights[:filled], config.teleport)
+        if local + n == size:
+            pieces.append((counts, targets[:filled], weights[:filled]))
+    return SparseGraph.from_row_chunks(pieces, total, views_per_chunk * n, config.teleport)
 
 
 def _knn_edges(rows: Tensor, cols: Tensor, config: KnnConfig, k_inter: int, candidates: Tensor | None,

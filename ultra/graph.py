@@ -41,6 +41,10 @@ def sparse_matmul(a: Tensor, x: Tensor, a_t: Tensor | None = None) -> Tensor:
     return _SparseMatmul.apply(a, a if a_t is None else a_t, x)
 
 
+ROW_CHUNK = 1 << 20
+"""Rows of a graph symmetrised at a time (its temporary memory is about 40 bytes per row)."""
+
+
 def index_dtype(num_nodes: int) -> torch.dtype:
     """Column indices of operators are stored as int32 when the node count allows (half the memory of int64)."""
     return torch.int32 if num_nodes < 2**31 else torch.long
@@ -154,50 +158,64 @@ class SparseGraph(SparseRows):
 
     @classmethod
     def from_directed(cls, indptr: Tensor, indices: Tensor, values: Tensor, teleport: float = 0.0,
-                      chunk: int = 1 << 20) -> "SparseGraph":
-        """Symmetrise and normalise the directed graph ``W`` given in CSR form (rows sorted, no repeated entry).
-
-        Works ``chunk`` rows at a time: ``W^T`` is formed by one pass that files every entry under the
-        chunk of its column, then each chunk of ``A = (W + W^T) / 2`` is summed from its rows of ``W``
-        and its entries of ``W^T``. Memory is about three times ``W``'s (W, its filed transpose, the
-        result), never the whole edge list as 64-bit pairs or a global sort.
-        """
+                      chunk_rows: int = ROW_CHUNK) -> "SparseGraph":
+        """Symmetrise and normalise the directed graph ``W`` given in CSR form (rows sorted, no repeated entry)."""
         num_nodes = indptr.numel() - 1
-        starts = list(range(0, num_nodes, chunk))
-        transposed: list[list[tuple[Tensor, Tensor, Tensor]]] = [[] for _ in starts]
-        for r0 in starts:
-            r1 = min(r0 + chunk, num_nodes)
+        pieces = []
+        for r0 in range(0, num_nodes, chunk_rows):
+            r1 = min(r0 + chunk_rows, num_nodes)
             lo, hi = int(indptr[r0]), int(indptr[r1])
-            rows = torch.repeat_interleave(torch.arange(r0, r1, dtype=indices.dtype), indptr[r0:r1 + 1].diff())
-            cols, vals = indices[lo:hi], values[lo:hi]
-            bucket = torch.div(cols, chunk, rounding_mode="floor").long()
+            pieces.append((indptr[r0:r1 + 1].diff(), indices[lo:hi], values[lo:hi]))
+        return cls.from_row_chunks(pieces, num_nodes, chunk_rows, teleport)
+
+    @classmethod
+    def from_row_chunks(cls, pieces: list[tuple[Tensor, Tensor, Tensor]], num_nodes: int, chunk_rows: int,
+                        teleport: float = 0.0) -> "SparseGraph":
+        """Symmetrise and normalise a directed graph ``W`` given as consecutive chunks of ``chunk_rows`` rows, each
+        ``(entries per row, columns, values)`` with rows sorted by column; the list is emptied as it is used.
+
+        ``W^T`` is formed by one pass that files every entry under the chunk of its column; then each
+        chunk of ``A = (W + W^T) / 2`` is summed from its rows of ``W`` and its entries of ``W^T``, which
+        are freed as it goes. Memory peaks near three times ``W``'s (W, its filed transpose, or the
+        result while it is joined), never the whole edge list as 64-bit pairs or a global sort.
+        """
+        chunks = len(pieces)
+        if chunks != -(-num_nodes // chunk_rows) or sum(p[0].numel() for p in pieces) != num_nodes:
+            raise ValueError(f"{chunks} row chunks do not cover {num_nodes} nodes in chunks of {chunk_rows} rows")
+        transposed: list[list[tuple[Tensor, Tensor, Tensor]]] = [[] for _ in pieces]
+        for p, (counts, cols, vals) in enumerate(pieces):
+            rows = torch.repeat_interleave(torch.arange(p * chunk_rows, p * chunk_rows + counts.numel(), dtype=cols.dtype), counts)
+            bucket = torch.div(cols, chunk_rows, rounding_mode="floor").long()
             order = torch.argsort(bucket, stable=True)
-            for q, part in enumerate(torch.split(order, torch.bincount(bucket, minlength=len(starts)).tolist())):
+            for q, part in enumerate(torch.split(order, torch.bincount(bucket, minlength=chunks).tolist())):
                 if part.numel():
                     transposed[q].append((cols[part], rows[part], vals[part]))
-        counts, out_indices, out_values = [], [], []
-        degree = torch.zeros(num_nodes, dtype=values.dtype)
-        for p, r0 in enumerate(starts):
-            r1 = min(r0 + chunk, num_nodes)
-            lo, hi = int(indptr[r0]), int(indptr[r1])
-            own = torch.repeat_interleave(torch.arange(r0, r1, dtype=indices.dtype), indptr[r0:r1 + 1].diff())
+        out_counts, out_indices, out_values = [], [], []
+        degree = torch.zeros(num_nodes)
+        for p in range(chunks):
+            counts, cols, vals = pieces[p]
+            r0, size = p * chunk_rows, counts.numel()
+            own = torch.repeat_interleave(torch.arange(r0, r0 + size, dtype=cols.dtype), counts)
             rows = torch.cat([own] + [t[0] for t in transposed[p]]).long()
-            cols = torch.cat([indices[lo:hi]] + [t[1] for t in transposed[p]]).long()
-            vals = torch.cat([values[lo:hi]] + [t[2] for t in transposed[p]])
-            transposed[p] = []
+            cols = torch.cat([cols] + [t[1] for t in transposed[p]]).long()
+            vals = torch.cat([vals] + [t[2] for t in transposed[p]]).float()
+            pieces[p], transposed[p], own = None, [], None  # this chunk of W and W^T is no longer needed
             key, inverse = torch.unique((rows - r0) * num_nodes + cols, return_inverse=True)  # sorted by row, column
-            summed = torch.zeros(key.numel(), dtype=vals.dtype).index_add_(0, inverse, vals) * 0.5
+            del rows, cols
+            summed = torch.zeros(key.numel()).index_add_(0, inverse, vals) * 0.5
             local = torch.div(key, num_nodes, rounding_mode="floor")
-            counts.append(torch.bincount(local, minlength=r1 - r0))
-            out_indices.append((key % num_nodes).to(indices.dtype))
+            out_counts.append(torch.bincount(local, minlength=size))
+            out_indices.append((key % num_nodes).to(index_dtype(num_nodes)))
             out_values.append(summed)
-            degree[r0:r1] = torch.zeros(r1 - r0, dtype=vals.dtype).index_add_(0, local, summed)
+            degree[r0:r0 + size] = torch.zeros(size).index_add_(0, local, summed)
+        pieces.clear()
         inv_sqrt = (degree + teleport).clamp_min(1e-12).rsqrt()
-        for p, r0 in enumerate(starts):  # S = D^-1/2 A D^-1/2, chunk by chunk in place
-            out_values[p] *= torch.repeat_interleave(inv_sqrt[r0:r0 + counts[p].numel()], counts[p]) * inv_sqrt[out_indices[p].long()]
-        out_indptr = torch.zeros(num_nodes + 1, dtype=torch.long)
-        torch.cumsum(torch.cat(counts), 0, out=out_indptr[1:])
-        return cls(out_indptr, torch.cat(out_indices), torch.cat(out_values), degree, teleport)
+        for p, counts in enumerate(out_counts):  # S = D^-1/2 A D^-1/2, chunk by chunk in place
+            r0 = p * chunk_rows
+            out_values[p] *= torch.repeat_interleave(inv_sqrt[r0:r0 + counts.numel()], counts) * inv_sqrt[out_indices[p].long()]
+        indptr = torch.zeros(num_nodes + 1, dtype=torch.long)
+        torch.cumsum(torch.cat(out_counts), 0, out=indptr[1:])
+        return cls(indptr, torch.cat(out_indices), torch.cat(out_values), degree, teleport)
 
     # --- operators -------------------------------------------------------------------------------
     def _teleport_vector(self) -> Tensor:

@@ -24,8 +24,8 @@ from torch.utils.data import Dataset, DistributedSampler
 from .affinity import GraphSpec, KnnConfig, knn_graph
 from .features import FeatureCache, TokenKey
 from .files import build_lock
-from .graph import SparseGraph, SparseRows
-from .views import view_correspondences
+from .graph import SparseGraph, SparseRows, index_dtype
+from .views import image_correspondences
 
 log = logging.getLogger(__name__)
 NODE_ORDERS = ("random", "sweep")
@@ -40,16 +40,23 @@ class TrainingOperators:
     view: SparseRows | None
 
 
-def build_view_operator(geometry: Tensor, views_per_image: int, grid: tuple[int, int]) -> SparseRows:
-    """Correspondences between the views of each image, over all cached nodes."""
-    rows, cols, vals = [], [], []
-    for first in range(0, geometry.shape[0], views_per_image):
-        r, c, v = view_correspondences(geometry[first:first + views_per_image], grid, view_offset=first)
-        rows.append(r)
-        cols.append(c)
-        vals.append(v)
-    n = geometry.shape[0] * grid[0] * grid[1]
-    return SparseRows.from_coo(torch.cat(rows), torch.cat(cols), torch.cat(vals), n)
+def build_view_operator(geometry: Tensor, views_per_image: int, grid: tuple[int, int],
+                        chunk_images: int = 512) -> SparseRows:
+    """Correspondences between the views of each image, over all cached nodes, ``chunk_images`` images at a time
+    (the rows of a chunk are contiguous nodes: the operator is their concatenation, with no global sort)."""
+    tokens = grid[0] * grid[1]
+    num_nodes = geometry.shape[0] * tokens
+    counts, indices, values = [], [], []
+    for first in range(0, geometry.shape[0], chunk_images * views_per_image):
+        chunk = geometry[first:first + chunk_images * views_per_image]
+        r, c, v = image_correspondences(chunk.reshape(-1, views_per_image, 5), grid)
+        local = SparseRows.from_coo(r, c, v, chunk.shape[0] * tokens)
+        counts.append(local.indptr.diff())
+        indices.append((local.indices.long() + first * tokens).to(index_dtype(num_nodes)))
+        values.append(local.values)
+    indptr = torch.zeros(num_nodes + 1, dtype=torch.long)
+    torch.cumsum(torch.cat(counts), 0, out=indptr[1:])
+    return SparseRows(indptr, torch.cat(indices), torch.cat(values))
 
 
 def load_or_build_operators(cache: FeatureCache, specs: Sequence[GraphSpec], knn: KnnConfig,
