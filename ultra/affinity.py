@@ -153,7 +153,7 @@ def _knn_edges(rows: Tensor, cols: Tensor, config: KnnConfig, k_inter: int, cand
     if device.type == "cuda":  # one transfer of every token instead of one per search, when the GPU has room
         free, _ = torch.cuda.mem_get_info(device)
         needed = rows.numel() * rows.element_size() * (1 if cols is rows else 2)
-        if needed < free // 2:
+        if needed < 0.8 * free:
             rows, cols = rows.to(device), (None if cols is rows else cols.to(device))
             cols = rows if cols is None else cols
     all_cols = cols.reshape(num_images * n, -1)

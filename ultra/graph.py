@@ -212,7 +212,7 @@ class SparseGraph(SparseRows):
         inv_sqrt = (degree + teleport).clamp_min(1e-12).rsqrt()
         for p, counts in enumerate(out_counts):  # S = D^-1/2 A D^-1/2, chunk by chunk in place
             r0 = p * chunk_rows
-            out_values[p] *= torch.repeat_interleave(inv_sqrt[r0:r0 + counts.numel()], counts) * inv_sqrt[out_indices[p].long()]
+            out_values[p] = out_values[p] * torch.repeat_interleave(inv_sqrt[r0:r0 + counts.numel()], counts) * inv_sqrt[out_indices[p].long()]
         indptr = torch.zeros(num_nodes + 1, dtype=torch.long)
         torch.cumsum(torch.cat(out_counts), 0, out=indptr[1:])
         return cls(indptr, torch.cat(out_indices), torch.cat(out_values), degree, teleport)
