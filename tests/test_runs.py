@@ -58,16 +58,18 @@ def test_a_killed_training_resumes_and_ends_like_an_uninterrupted_one(tmp_path):
 
 def test_ddp_on_two_cpu_processes_trains_and_evaluates_like_one(tmp_path):
     config = synthetic_config(tmp_path / "tiny.yaml", val_images=5)  # odd: padding duplicates would change the metric
-    subprocess.run(_train_command(config, tmp_path, "--trainer.strategy", "ddp", "--trainer.devices", "2"),
-                   check=True, env=_env(), capture_output=True)
+    trained = subprocess.run(_train_command(config, tmp_path, "--trainer.strategy", "ddp", "--trainer.devices", "2"),
+                             env=_env(), capture_output=True, text=True)
+    assert trained.returncode == 0, trained.stderr[-4000:]
     checkpoint = tmp_path / "run" / "model.safetensors"
     assert checkpoint.is_file()
     reports = {}
     for devices, strategy in ((1, "auto"), (2, "ddp")):
         out = tmp_path / f"eval{devices}"
-        subprocess.run([sys.executable, str(REPO / "eval.py"), "--checkpoint", str(checkpoint), "--config", str(config),
-                        "--eval_resize", "64", "--eval_crop", "64", "--accelerator", "cpu", "--devices", str(devices),
-                        "--strategy", strategy, "--output", str(out)], check=True, env=_env(), capture_output=True)
+        done = subprocess.run([sys.executable, str(REPO / "eval.py"), "--checkpoint", str(checkpoint), "--config", str(config),
+                               "--eval_resize", "64", "--eval_crop", "64", "--accelerator", "cpu", "--devices", str(devices),
+                               "--strategy", strategy, "--output", str(out)], env=_env(), capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-4000:]
         reports[devices] = json.loads((out / "eval.json").read_text())["readouts"]
     for name in reports[1]:
         assert reports[2][name]["confusion"] == reports[1][name]["confusion"], name
