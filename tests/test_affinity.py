@@ -139,6 +139,15 @@ def test_loaded_graphs_are_memory_mapped_not_copied(tmp_path):
     path.write_bytes(path.read_bytes()[:-100])  # truncated: refused with the file's name
     with pytest.raises(ValueError, match="g.safetensors.*truncated"):
         SparseGraph.load(path)
+    path.write_bytes((10**6).to_bytes(8, "little") + b"{}")  # a header longer than the file
+    with pytest.raises(ValueError, match="g.safetensors: a safetensors header of 1000000 bytes does not fit"):
+        SparseGraph.load(path)
+
+
+def test_row_chunks_that_do_not_cover_the_nodes_are_refused():
+    piece = (torch.ones(4, dtype=torch.long), torch.arange(4, dtype=torch.int32), torch.ones(4))
+    with pytest.raises(ValueError, match="1 row chunks do not cover 10 nodes in chunks of 4 rows"):
+        SparseGraph.from_row_chunks([piece], 10, 4)
 
 
 @pytest.mark.parametrize("chunk", [7, 16, 1 << 20])

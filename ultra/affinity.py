@@ -154,8 +154,9 @@ def _knn_edges(rows: Tensor, cols: Tensor, config: KnnConfig, k_inter: int, cand
         free, _ = torch.cuda.mem_get_info(device)
         needed = rows.numel() * rows.element_size() * (1 if cols is rows else 2)
         if needed < 0.8 * free:
-            rows, cols = rows.to(device), (None if cols is rows else cols.to(device))
-            cols = rows if cols is None else cols
+            same = cols is rows
+            rows = rows.to(device)
+            cols = rows if same else cols.to(device)
     all_cols = cols.reshape(num_images * n, -1)
     width = max(k_inter, config.k_any + 1, min(config.max_block // n, num_images * n))
     buffer = torch.empty(n, width, device=device) if (k_inter or config.k_any) else None

@@ -50,6 +50,18 @@ def index_dtype(num_nodes: int) -> torch.dtype:
     return torch.int32 if num_nodes < 2**31 else torch.long
 
 
+def indptr_from_counts(counts: Tensor) -> Tensor:
+    """The CSR row pointer ``[0, c0, c0 + c1, ...]`` of per-row entry counts."""
+    indptr = torch.zeros(counts.numel() + 1, dtype=torch.long)
+    torch.cumsum(counts, 0, out=indptr[1:])
+    return indptr
+
+
+def _row_ids(start: int, counts: Tensor, dtype: torch.dtype) -> Tensor:
+    """The row of every entry of rows ``start, start + 1, ...`` holding ``counts`` entries each."""
+    return torch.repeat_interleave(torch.arange(start, start + counts.numel(), dtype=dtype, device=counts.device), counts)
+
+
 def _indptr(rows: Tensor, num_rows: int) -> Tensor:
     indptr = torch.zeros(num_rows + 1, dtype=torch.long, device=rows.device)
     indptr[1:] = torch.cumsum(torch.bincount(rows, minlength=num_rows), 0)
@@ -184,7 +196,7 @@ class SparseGraph(SparseRows):
             raise ValueError(f"{chunks} row chunks do not cover {num_nodes} nodes in chunks of {chunk_rows} rows")
         transposed: list[list[tuple[Tensor, Tensor, Tensor]]] = [[] for _ in pieces]
         for p, (counts, cols, vals) in enumerate(pieces):
-            rows = torch.repeat_interleave(torch.arange(p * chunk_rows, p * chunk_rows + counts.numel(), dtype=cols.dtype), counts)
+            rows = _row_ids(p * chunk_rows, counts, cols.dtype)
             bucket = torch.div(cols, chunk_rows, rounding_mode="floor").long()
             order = torch.argsort(bucket, stable=True)
             for q, part in enumerate(torch.split(order, torch.bincount(bucket, minlength=chunks).tolist())):
@@ -195,11 +207,10 @@ class SparseGraph(SparseRows):
         for p in range(chunks):
             counts, cols, vals = pieces[p]
             r0, size = p * chunk_rows, counts.numel()
-            own = torch.repeat_interleave(torch.arange(r0, r0 + size, dtype=cols.dtype), counts)
-            rows = torch.cat([own] + [t[0] for t in transposed[p]]).long()
+            rows = torch.cat([_row_ids(r0, counts, cols.dtype)] + [t[0] for t in transposed[p]]).long()
             cols = torch.cat([cols] + [t[1] for t in transposed[p]]).long()
-            vals = torch.cat([vals] + [t[2] for t in transposed[p]]).float()
-            pieces[p], transposed[p], own = None, [], None  # this chunk of W and W^T is no longer needed
+            vals = torch.cat([vals] + [t[2] for t in transposed[p]])
+            pieces[p], transposed[p] = None, []  # this chunk of W and W^T is no longer needed
             key, inverse = torch.unique((rows - r0) * num_nodes + cols, return_inverse=True)  # sorted by row, column
             del rows, cols
             summed = torch.zeros(key.numel()).index_add_(0, inverse, vals) * 0.5
@@ -210,12 +221,10 @@ class SparseGraph(SparseRows):
             degree[r0:r0 + size] = torch.zeros(size).index_add_(0, local, summed)
         pieces.clear()
         inv_sqrt = (degree + teleport).clamp_min(1e-12).rsqrt()
-        for p, counts in enumerate(out_counts):  # S = D^-1/2 A D^-1/2, chunk by chunk in place
-            r0 = p * chunk_rows
-            out_values[p] = out_values[p] * torch.repeat_interleave(inv_sqrt[r0:r0 + counts.numel()], counts) * inv_sqrt[out_indices[p].long()]
-        indptr = torch.zeros(num_nodes + 1, dtype=torch.long)
-        torch.cumsum(torch.cat(out_counts), 0, out=indptr[1:])
-        return cls(indptr, torch.cat(out_indices), torch.cat(out_values), degree, teleport)
+        for p, counts in enumerate(out_counts):  # S = D^-1/2 A D^-1/2, chunk by chunk
+            rows = _row_ids(p * chunk_rows, counts, torch.long)
+            out_values[p] = out_values[p] * inv_sqrt[rows] * inv_sqrt[out_indices[p].long()]
+        return cls(indptr_from_counts(torch.cat(out_counts)), torch.cat(out_indices), torch.cat(out_values), degree, teleport)
 
     # --- operators -------------------------------------------------------------------------------
     def _teleport_vector(self) -> Tensor:
@@ -238,7 +247,7 @@ class SparseGraph(SparseRows):
 
     def random_walk(self) -> Tensor:
         """The row-stochastic ``P = D^-1 A`` (sparse CSR; teleport not included)."""
-        row = torch.repeat_interleave(torch.arange(self.num_nodes, device=self.indptr.device), self.indptr.diff())
+        row = _row_ids(0, self.indptr.diff(), torch.long)
         sqrt_d = self.degree.clamp_min(1e-12).sqrt()
         values = self.values * sqrt_d[self.indices.long()] / sqrt_d[row]
         return torch.sparse_csr_tensor(self.indptr, self.indices.to(self.indptr.dtype), values, (self.num_nodes, self.num_nodes))

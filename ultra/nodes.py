@@ -24,7 +24,7 @@ from torch.utils.data import Dataset, DistributedSampler
 from .affinity import GraphSpec, KnnConfig, knn_graph
 from .features import FeatureCache, TokenKey
 from .files import build_lock
-from .graph import SparseGraph, SparseRows, index_dtype
+from .graph import SparseGraph, SparseRows, index_dtype, indptr_from_counts
 from .views import image_correspondences
 
 log = logging.getLogger(__name__)
@@ -54,9 +54,7 @@ def build_view_operator(geometry: Tensor, views_per_image: int, grid: tuple[int,
         counts.append(local.indptr.diff())
         indices.append((local.indices.long() + first * tokens).to(index_dtype(num_nodes)))
         values.append(local.values)
-    indptr = torch.zeros(num_nodes + 1, dtype=torch.long)
-    torch.cumsum(torch.cat(counts), 0, out=indptr[1:])
-    return SparseRows(indptr, torch.cat(indices), torch.cat(values))
+    return SparseRows(indptr_from_counts(torch.cat(counts)), torch.cat(indices), torch.cat(values))
 
 
 def load_or_build_operators(cache: FeatureCache, specs: Sequence[GraphSpec], knn: KnnConfig,
