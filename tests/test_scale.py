@@ -37,6 +37,22 @@ def test_synthetic_cache_opens_as_a_feature_cache_with_consistent_views_and_clus
     assert len(classes) >= 3
 
 
+def test_a_stage_reports_its_fastest_run_and_largest_memory_and_reruns_only_when_short(monkeypatch):
+    bench = _bench()
+    calls = []
+    short = bench.repeat(lambda: calls.append(1))
+    assert len(calls) == bench.REPEATS and short["runs"] == bench.REPEATS
+    monkeypatch.setattr(bench, "SHORT_S", 0.0)  # every run counts as long: one run per sweep
+    assert bench.repeat(lambda: calls.append(1))["runs"] == 1 and len(calls) == bench.REPEATS + 1
+    runs = [{"seconds": 3.0, "private_mb": 10.0, "mapped_mb": 1.0, "runs": 1, "faults": 7, "reference_ms": [12.0]},
+            {"seconds": 2.0, "private_mb": 5.0, "mapped_mb": 4.0, "runs": 1, "faults": 0, "reference_ms": [15.0]}]
+    row = {"nodes": 1}
+    for run in runs:
+        bench._record(row, {"graph": dict(run)}, 1, 0.0)
+    assert row["graph"] == {"seconds": 2.0, "private_mb": 10.0, "mapped_mb": 4.0, "runs": 2, "faults": 0,
+                            "reference_ms": [12.0, 15.0]}
+
+
 @pytest.mark.slow
 def test_scale_benchmark_runs_and_ends_with_its_summary_line(tmp_path):
     out = subprocess.run([sys.executable, str(BENCH), "--sizes", "2", "--start-images", "3", "--root", str(tmp_path)],

@@ -160,6 +160,10 @@ def _knn_edges(rows: Tensor, cols: Tensor, config: KnnConfig, k_inter: int, cand
     all_cols = cols.reshape(num_images * n, -1)
     width = max(k_inter, config.k_any + 1, min(config.max_block // n, num_images * n))
     buffer = torch.empty(n, width, device=device) if (k_inter or config.k_any) else None
+    # the candidate views' tokens and their unit keys also go to buffers allocated once, not once per view
+    key_rows = width if candidates is None else (candidates.shape[1] + 1) * n
+    key_storage = torch.empty(key_rows * cols.shape[-1], device=device) if (k_inter or config.k_any) else None
+    view_storage = None if candidates is None else torch.empty((candidates.shape[1] + 1) * n * cols.shape[-1], dtype=cols.dtype, device=cols.device)
     for b in range(num_images):
         offset = b * n
         src, dst, val = [], [], []
@@ -173,10 +177,12 @@ def _knn_edges(rows: Tensor, cols: Tensor, config: KnnConfig, k_inter: int, cand
             val.append((v.flatten()).cpu())
         if k_inter:
             if candidates is None:
-                v, i = topk_blockwise(queries, all_cols, k_inter, config.max_block, exclude=(offset, offset + n), buffer=buffer)
+                v, i = topk_blockwise(queries, all_cols, k_inter, config.max_block, exclude=(offset, offset + n),
+                                      buffer=buffer, key_storage=key_storage)
             else:
                 images = candidates[b]
-                v, i = topk_blockwise(queries, cols[images].reshape(-1, cols.shape[-1]), k_inter, config.max_block, buffer=buffer)
+                v, i = topk_blockwise(queries, _gather_views(cols, images, view_storage), k_inter, config.max_block,
+                                      buffer=buffer, key_storage=key_storage)
                 i = images.to(device).repeat_interleave(n)[i] * n + i % n
             src.append((torch.arange(n, device=device).repeat_interleave(v.shape[1]) + offset).cpu())
             dst.append((i.flatten()).cpu())
@@ -185,9 +191,9 @@ def _knn_edges(rows: Tensor, cols: Tensor, config: KnnConfig, k_inter: int, cand
             keys, key_nodes = all_cols, None
             if candidates is not None:
                 images = torch.cat([torch.tensor([b]), candidates[b]])
-                keys = cols[images].reshape(-1, cols.shape[-1])
+                keys = _gather_views(cols, images, view_storage)
                 key_nodes = (images[:, None] * n + torch.arange(n)).flatten().to(device)
-            v, i = topk_blockwise(queries, keys, config.k_any + 1, config.max_block, buffer=buffer)
+            v, i = topk_blockwise(queries, keys, config.k_any + 1, config.max_block, buffer=buffer, key_storage=key_storage)
             i = i if key_nodes is None else key_nodes[i]
             own = torch.arange(n, device=device)[:, None] + offset
             not_self = i != own
@@ -204,21 +210,39 @@ def _unit(x: Tensor) -> Tensor:
     return F.normalize(x.float(), dim=-1)
 
 
+def _unit_into(x: Tensor, storage: Tensor | None) -> Tensor:
+    """``_unit(x)`` (the same float32 values), written into the flat ``storage`` when it has room."""
+    if storage is None or storage.numel() < x.numel():
+        return _unit(x)
+    out = storage[: x.numel()].view(x.shape).copy_(x)
+    return out.div_(out.norm(2, -1, keepdim=True).clamp_min(1e-12))
+
+
+def _gather_views(tokens: Tensor, views: Tensor, storage: Tensor) -> Tensor:
+    """The tokens of ``views`` (``tokens`` ``[B, n, D]``) as ``[len(views) * n, D]`` rows, copied into ``storage``."""
+    n, dim = tokens.shape[1:]
+    out = storage[: len(views) * n * dim].view(len(views), n, dim)
+    return torch.index_select(tokens, 0, views.to(tokens.device), out=out).view(-1, dim)
+
+
 def topk_blockwise(queries: Tensor, keys: Tensor, k: int, max_block: int = 1 << 24,
-                   exclude: tuple[int, int] | None = None, buffer: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                   exclude: tuple[int, int] | None = None, buffer: Tensor | None = None,
+                   key_storage: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Top-``k`` cosines of each (unit) query with ``keys`` (``[Nk, D]``, normalised block by block), scanning keys in blocks.
 
     ``exclude`` is a ``[start, stop)`` range of keys left out. Holds at most ``len(queries) x block``
-    scores, in ``buffer`` when given (reused across calls: repeated large allocations fragment the heap).
+    scores, in ``buffer`` when given, and normalises each key block into ``key_storage`` (flat float32) when given:
+    both are reused across calls, since repeated large allocations fragment the heap.
     """
     block = max(k, max_block // max(1, queries.shape[0]))
-    if buffer is None or buffer.shape[0] < queries.shape[0] or buffer.shape[1] < min(block, keys.shape[0]):
+    if buffer is None or buffer.numel() < queries.shape[0] * min(block, keys.shape[0]):
         buffer = torch.empty(queries.shape[0], min(block, keys.shape[0]), dtype=queries.dtype, device=queries.device)
+    flat = buffer.view(-1)  # scores laid out contiguously, whatever the block's width (a strided block is slower)
     best_v = torch.full((queries.shape[0], 0), -float("inf"), device=queries.device)
     best_i = torch.zeros((queries.shape[0], 0), dtype=torch.long, device=queries.device)
     for start in range(0, keys.shape[0], block):
-        chunk = _unit(keys[start:start + block].to(queries.device))
-        sim = torch.matmul(queries, chunk.T, out=buffer[: queries.shape[0], : chunk.shape[0]])
+        chunk = _unit_into(keys[start:start + block].to(queries.device), key_storage)
+        sim = torch.matmul(queries, chunk.T, out=flat[: queries.shape[0] * chunk.shape[0]].view(queries.shape[0], chunk.shape[0]))
         if exclude is not None:
             lo, hi = max(exclude[0] - start, 0), min(exclude[1] - start, sim.shape[1])
             if lo < hi:

@@ -18,7 +18,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -26,11 +26,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from .backbone import FrozenViT
-from .data.base import SegmentationDataset
 from .data.io import DataError
 from .files import atomic_path, build_lock
 from .grids import labels_to_grid
+
+if TYPE_CHECKING:  # annotations only: reading a cache needs no backbone
+    from .backbone import FrozenViT
+    from .data.base import SegmentationDataset
 
 log = logging.getLogger(__name__)
 

@@ -41,8 +41,8 @@ def sparse_matmul(a: Tensor, x: Tensor, a_t: Tensor | None = None) -> Tensor:
     return _SparseMatmul.apply(a, a if a_t is None else a_t, x)
 
 
-ROW_CHUNK = 1 << 20
-"""Rows of a graph symmetrised at a time (its temporary memory is about 40 bytes per row)."""
+ROW_CHUNK = 1 << 18
+"""Rows of a graph filled and symmetrised at a time (262,144: a graph of up to this many nodes is one chunk)."""
 
 
 def index_dtype(num_nodes: int) -> torch.dtype:

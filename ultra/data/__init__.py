@@ -1,13 +1,18 @@
 """Datasets in their real on-disk formats, a synthetic generator and joint transforms."""
-from .base import IGNORE, SegmentationDataset
-from .cityscapes import Cityscapes27
-from .cocostuff import CocoStuff27
-from .folder import ImageFolder
-from .io import DataError
-from .synthetic import SyntheticScenes, write_synthetic_folder
-from .transforms import CenterView, EvalTransform, FiveCropViews, RandomViews
+from __future__ import annotations
 
-__all__ = [
-    "IGNORE", "SegmentationDataset", "Cityscapes27", "CocoStuff27", "ImageFolder", "DataError",
-    "SyntheticScenes", "write_synthetic_folder", "CenterView", "EvalTransform", "FiveCropViews", "RandomViews",
-]
+import importlib
+
+_EXPORTS = {
+    "IGNORE": "base", "SegmentationDataset": "base", "Cityscapes27": "cityscapes", "CocoStuff27": "cocostuff",
+    "ImageFolder": "folder", "DataError": "io", "SyntheticScenes": "synthetic", "write_synthetic_folder": "synthetic",
+    "CenterView": "transforms", "EvalTransform": "transforms", "FiveCropViews": "transforms", "RandomViews": "transforms",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    """The data sets and transforms, imported on first use (reading a feature cache needs no torchvision)."""
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'ultra.data' has no attribute '{name}'")
