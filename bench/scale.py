@@ -20,10 +20,12 @@ of ``configs/cocostuff27_dinov2_vits14.yaml`` (graph, batch size, restarts):
 Memory is the peak of the process's private resident memory (``RssAnon``) during the stage, above
 what it held just before (imports, the opened cache); pages of memory-mapped files (cache, graphs)
 are shared between processes and reported apart as "mapped". Time is the fastest of several runs of
-the same work, since this machine's speed drifts by 20-30% over minutes: a stage under 5 s runs three
-times in its process (the view operator and a node batch 7 times, an SGD step 5); a longer one runs once in each of two
-sweeps, the first over the sizes in increasing order, the second in decreasing order, so that the two
-runs of a size lie far apart in time. The fastest time of a fixed kernel (the graph build's
+the same work, since this machine's speed drifts by 20-30% over minutes: every stage runs in each of two
+sweeps, the first over the sizes in increasing order, the second in decreasing order (so that the runs of a
+size lie far apart in time), and within a sweep a stage under 5 s runs three times in its process (the view
+operator and a node batch 7 times, an SGD step 5). Every file of the cache is read once before each stage
+(this machine pages out memory-mapped file pages left idle for a minute), and the pages a stage still had
+to read from disk are counted ("disk reads"). The fastest time of a fixed kernel (the graph build's
 inner step) is printed before each graph build to show the machine's speed. Time ratios of stages under 50 ms and
 memory ratios of stages under 64 MB are taken on those floors (timer and allocator noise). The draw of
 a node batch is also timed at N = 63.5M (COCO-Stuff-27 train) without a cache, since it needs none.
@@ -188,9 +190,9 @@ def _head(out_dim: int):
 
 
 SHORT_S, REPEATS = 5.0, 3
-"""A stage whose first run takes under SHORT_S seconds runs REPEATS times in its process; a longer one runs once
-per sweep (two sweeps, the second over the sizes in reverse order). Its time is the fastest run: the work is
-fixed, and this machine's speed drifts by 20-30% over minutes. Its memory is the largest peak of its runs."""
+"""Every stage runs in each of two sweeps (the second over the sizes in reverse order); one whose first run takes
+under SHORT_S seconds runs REPEATS times in its process. Its time is the fastest run: the work is fixed, and this
+machine's speed drifts by 20-30% over minutes. Its memory is the largest peak of its runs."""
 
 
 def measure(fn) -> dict:
@@ -403,11 +405,6 @@ def _child(runner: str, cache: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _child_stages(runner: str) -> tuple[str, ...]:
-    """The stages a runner measures."""
-    return ("exact_pass", "eigh") if runner == "exact" else (runner,)
-
-
 def _record(row: dict, results: dict, sweep: int, started: float) -> None:
     """Merge a runner's results into the row of its size (fastest time, largest memory), printing progress."""
     for stage, result in results.items():
@@ -514,10 +511,9 @@ def main() -> None:
             rows.append({"nodes": images * VIEWS * GRID[0] * GRID[1], "images": images, "write_s": time.perf_counter() - start})
             for runner in RUNNERS:
                 _record(rows[-1], _child(runner, folders[-1]), 1, started)
-        for row, folder in reversed(list(zip(rows, folders))):  # sweep 2: the long stages again, sizes in reverse
+        for row, folder in reversed(list(zip(rows, folders))):  # sweep 2: every stage again, sizes in reverse
             for runner in RUNNERS:
-                if any(row[stage]["runs"] == 1 for stage in _child_stages(runner)):
-                    _record(row, _child(runner, folder), 2, started)
+                _record(row, _child(runner, folder), 2, started)
     finally:
         if not args.keep:
             for folder in folders:
