@@ -364,3 +364,14 @@ def test_coco_json_labels_reproduce_the_official_pngs():
             assert torch.equal(from_json[i]["label"], from_png[png_index[sample.name]]["label"]), sample.name
             compared += 1
     assert compared == 151
+
+
+def test_an_unknown_package_name_is_an_attribute_error_naming_it_and_known_ones_import_on_use():
+    import ultra
+    import ultra.data
+
+    with pytest.raises(AttributeError, match="module 'ultra.data' has no attribute 'CocoStuff28'"):
+        ultra.data.CocoStuff28
+    with pytest.raises(AttributeError, match="module 'ultra' has no attribute 'Segmentr'"):
+        ultra.Segmentr
+    assert ultra.data.CocoStuff27.__module__ == "ultra.data.cocostuff" and ultra.load.__module__ == "ultra.inference"

@@ -159,11 +159,12 @@ def _knn_edges(rows: Tensor, cols: Tensor, config: KnnConfig, k_inter: int, cand
             cols = rows if same else cols.to(device)
     all_cols = cols.reshape(num_images * n, -1)
     width = max(k_inter, config.k_any + 1, min(config.max_block // n, num_images * n))
-    buffer = torch.empty(n, width, device=device) if (k_inter or config.k_any) else None
+    searches = bool(k_inter or config.k_any)
+    buffer = torch.empty(n, width, device=device) if searches else None
     # the candidate views' tokens and their unit keys also go to buffers allocated once, not once per view
     key_rows = width if candidates is None else (candidates.shape[1] + 1) * n
-    key_storage = torch.empty(key_rows * cols.shape[-1], device=device) if (k_inter or config.k_any) else None
-    view_storage = None if candidates is None else torch.empty((candidates.shape[1] + 1) * n * cols.shape[-1], dtype=cols.dtype, device=cols.device)
+    key_storage = torch.empty(key_rows * cols.shape[-1], device=device) if searches else None
+    view_storage = None if candidates is None else torch.empty(key_rows * cols.shape[-1], dtype=cols.dtype, device=cols.device)
     for b in range(num_images):
         offset = b * n
         src, dst, val = [], [], []

@@ -52,7 +52,7 @@ def index_dtype(num_nodes: int) -> torch.dtype:
 
 def indptr_from_counts(counts: Tensor) -> Tensor:
     """The CSR row pointer ``[0, c0, c0 + c1, ...]`` of per-row entry counts."""
-    indptr = torch.zeros(counts.numel() + 1, dtype=torch.long)
+    indptr = torch.zeros(counts.numel() + 1, dtype=torch.long, device=counts.device)
     torch.cumsum(counts, 0, out=indptr[1:])
     return indptr
 
@@ -60,12 +60,6 @@ def indptr_from_counts(counts: Tensor) -> Tensor:
 def _row_ids(start: int, counts: Tensor, dtype: torch.dtype) -> Tensor:
     """The row of every entry of rows ``start, start + 1, ...`` holding ``counts`` entries each."""
     return torch.repeat_interleave(torch.arange(start, start + counts.numel(), dtype=dtype, device=counts.device), counts)
-
-
-def _indptr(rows: Tensor, num_rows: int) -> Tensor:
-    indptr = torch.zeros(num_rows + 1, dtype=torch.long, device=rows.device)
-    indptr[1:] = torch.cumsum(torch.bincount(rows, minlength=num_rows), 0)
-    return indptr
 
 
 @dataclass
@@ -82,9 +76,9 @@ class RowBlock:
         """From entries (local row, local column, value) of the ``len(nodes) x len(neighbors)`` block, sorted by
         row then column and without duplicates (as rows taken from a CSR matrix are): no sorting is needed."""
         shape = (nodes.numel(), neighbors.numel())
-        block = torch.sparse_csr_tensor(_indptr(rows, shape[0]), cols, values, shape)
+        block = torch.sparse_csr_tensor(indptr_from_counts(torch.bincount(rows, minlength=shape[0])), cols, values, shape)
         order = torch.argsort(cols * shape[0] + rows)
-        block_t = torch.sparse_csr_tensor(_indptr(cols, shape[1]), rows[order], values[order], shape[::-1])
+        block_t = torch.sparse_csr_tensor(indptr_from_counts(torch.bincount(cols, minlength=shape[1])), rows[order], values[order], shape[::-1])
         return cls(nodes, neighbors, block, block_t)
 
     def propagate(self, x_neighbors: Tensor) -> Tensor:

@@ -1,7 +1,8 @@
-"""Datasets in their real on-disk formats, a synthetic generator and joint transforms."""
-from __future__ import annotations
+"""Datasets in their real on-disk formats, a synthetic generator and joint transforms.
 
-import importlib
+The names are imported on first use: reading a feature cache needs no torchvision.
+"""
+from .._lazy import lazy_attributes
 
 _EXPORTS = {
     "IGNORE": "base", "SegmentationDataset": "base", "Cityscapes27": "cityscapes", "CocoStuff27": "cocostuff",
@@ -9,10 +10,4 @@ _EXPORTS = {
     "CenterView": "transforms", "EvalTransform": "transforms", "FiveCropViews": "transforms", "RandomViews": "transforms",
 }
 __all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str):
-    """The data sets and transforms, imported on first use (reading a feature cache needs no torchvision)."""
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'ultra.data' has no attribute '{name}'")
+__getattr__ = lazy_attributes(__name__, _EXPORTS)
