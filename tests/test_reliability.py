@@ -188,3 +188,16 @@ def test_select_analyze_and_train_refuse_bad_arguments_early(tmp_path):
     with pytest.raises(PermissionError, match="cannot write to the output folder"):
         train_cli.run(["--config", str(config), *tiny_overrides(tmp_path), "--trainer.default_root_dir", str(blocked / "run")])
     assert not (tmp_path / "cache").exists()  # refused before the cache was built
+
+
+def test_a_console_entry_tears_down_the_process_group_of_its_run(tmp_path):
+    import torch.distributed as dist
+
+    from ultra.cli import console
+
+    def run(args):  # a run that, like a DDP one, leaves its process group behind
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+        assert dist.is_initialized()
+
+    console(run, "ultra-test")([])
+    assert not dist.is_initialized()

@@ -23,6 +23,7 @@ def console(run: Callable[[list[str] | None], object], prog: str) -> Callable[[l
         logging.getLogger("ultra").setLevel(logging.INFO)
         try:
             run(args)
+            end_distributed()
         except USER_ERRORS as err:
             message = err.args[0] if isinstance(err, KeyError) and err.args else err
             print(f"{prog}: error: {message}", file=sys.stderr)
@@ -30,6 +31,16 @@ def console(run: Callable[[list[str] | None], object], prog: str) -> Callable[[l
 
     main.__doc__ = f"Console entry point of {prog}."
     return main
+
+
+def end_distributed() -> None:
+    """Wait for every process of a DDP run, then tear its process group down while the interpreter is whole
+    (left to the exit handlers, a gloo rank can abort in teardown now and then)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def refuse_overwrite(paths: Iterable[Path], overwrite: bool) -> None:
