@@ -96,6 +96,8 @@ def test_view_operator_built_in_chunks_of_images_equals_the_per_image_correspond
     for chunk in (1, 2, 5):
         operator = build_view_operator(geometry, 3, (4, 4), chunk_images=chunk)
         assert torch.allclose(operator.csr().to_dense(), expected)
+        rows = torch.repeat_interleave(torch.arange(240), operator.indptr.diff())
+        assert (torch.diff(rows * 240 + operator.indices.long()) > 0).all()  # CSR order: by row, then column, once
 
 
 def test_view_correspondences_undo_crops_and_flips():

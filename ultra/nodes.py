@@ -41,19 +41,18 @@ class TrainingOperators:
 
 
 def build_view_operator(geometry: Tensor, views_per_image: int, grid: tuple[int, int],
-                        chunk_images: int = 512) -> SparseRows:
+                        chunk_images: int = 128) -> SparseRows:
     """Correspondences between the views of each image, over all cached nodes, ``chunk_images`` images at a time
-    (the rows of a chunk are contiguous nodes: the operator is their concatenation, with no global sort)."""
+    (each chunk's entries come in CSR order, its rows contiguous nodes: the operator is their concatenation)."""
     tokens = grid[0] * grid[1]
     num_nodes = geometry.shape[0] * tokens
     counts, indices, values = [], [], []
     for first in range(0, geometry.shape[0], chunk_images * views_per_image):
         chunk = geometry[first:first + chunk_images * views_per_image]
         r, c, v = image_correspondences(chunk.reshape(-1, views_per_image, 5), grid)
-        local = SparseRows.from_coo(r, c, v, chunk.shape[0] * tokens)
-        counts.append(local.indptr.diff())
-        indices.append((local.indices.long() + first * tokens).to(index_dtype(num_nodes)))
-        values.append(local.values)
+        counts.append(torch.bincount(r, minlength=chunk.shape[0] * tokens))
+        indices.append((c + first * tokens).to(index_dtype(num_nodes)))
+        values.append(v)
     return SparseRows(indptr_from_counts(torch.cat(counts)), torch.cat(indices), torch.cat(values))
 
 

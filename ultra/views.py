@@ -24,12 +24,12 @@ def _token_points(geometry: Tensor, grid: tuple[int, int]) -> Tensor:
     return torch.stack([x0 + u * (x1 - x0), y0 + v * (y1 - y0)], -1)
 
 
-def _bilinear(points: Tensor, box: Tensor, grid: tuple[int, int]) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """The four bilinear corners of ``points`` (``[I, P, 2]``) in one view ``box`` per image (``[I, 5]``):
-    for each corner, whether it is used (``[I, P]``: the point is inside the view, the weight positive),
-    its token in that view and its weight."""
+def _bilinear(points: Tensor, box: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+    """The four bilinear corners of ``points`` (``[..., 2]``) in the views ``box`` (``[..., 5]``, broadcast with
+    ``points[..., 0]``), stacked on a last dimension of 4: whether each is used (the point is inside the view, the
+    weight positive), its token in that view and its weight."""
     h, w = grid
-    x0, y0, x1, y1, flip = (t[:, None] for t in box.unbind(-1))
+    x0, y0, x1, y1, flip = box.unbind(-1)
     u = (points[..., 0] - x0) / (x1 - x0)
     v = (points[..., 1] - y0) / (y1 - y0)
     inside = (u >= 0) & (u <= 1) & (v >= 0) & (v <= 1)
@@ -39,38 +39,35 @@ def _bilinear(points: Tensor, box: Tensor, grid: tuple[int, int]) -> list[tuple[
     ix0, iy0 = fx.floor().long(), fy.floor().long()
     ix1, iy1 = (ix0 + 1).clamp(max=w - 1), (iy0 + 1).clamp(max=h - 1)
     ax, ay = fx - ix0, fy - iy0
-    corners = [(iy0, ix0, (1 - ax) * (1 - ay)), (iy0, ix1, ax * (1 - ay)), (iy1, ix0, (1 - ax) * ay), (iy1, ix1, ax * ay)]
-    return [(inside & (wt > 0), yy * w + xx, wt) for yy, xx, wt in corners]
+    weight = torch.stack([(1 - ax) * (1 - ay), ax * (1 - ay), (1 - ax) * ay, ax * ay], -1)
+    token = torch.stack([iy0 * w + ix0, iy0 * w + ix1, iy1 * w + ix0, iy1 * w + ix1], -1)
+    return inside[..., None] & (weight > 0), token, weight
 
 
 def image_correspondences(geometry: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
-    """Sparse entries (row, col, weight) of C for ``I`` images of ``V`` views each (``geometry`` ``[I, V, 5]``).
+    """Sparse entries (row, col, weight) of C for ``I`` images of ``V`` views each (``geometry`` ``[I, V, 5]``),
+    sorted by row then column, without duplicates (a CSR order: no sort is needed to build the operator).
 
     Nodes are numbered ``(image * V + view) * h*w + token``. Each row sums to 1 over its partner
     views' tokens (or has no entry when no other view sees that point).
     """
     images, views = geometry.shape[:2]
     n = grid[0] * grid[1]
-    points = _token_points(geometry, grid)  # [I, V, n, 2]
-    partners = torch.zeros(images, views, n)
-    rows, cols, vals = [], [], []
-    for a in range(views):
-        for b in range(views):
-            if a == b:
-                continue
-            seen = torch.zeros(images, n, dtype=torch.bool)
-            for used, token, weight in _bilinear(points[:, a], geometry[:, b], grid):
-                image, t = used.nonzero(as_tuple=True)
-                rows.append((image * views + a) * n + t)
-                cols.append((image * views + b) * n + token[image, t])
-                vals.append(weight[image, t])
-                seen |= used
-            partners[:, a] += seen
-    if not rows:
+    if views < 2:
         empty = torch.zeros(0, dtype=torch.long)
         return empty, empty, torch.zeros(0)
-    rows, cols, vals = torch.cat(rows), torch.cat(cols), torch.cat(vals)
-    return rows, cols, vals / partners.flatten()[rows]
+    # every candidate entry in row-major order, [I, V (row view a), n (row token), V-1 (partner view b), 4 (corner)]:
+    # the rows are the leading three dimensions, the columns grow with b, then with the corner
+    points = _token_points(geometry, grid)[:, :, :, None]  # [I, V, n, 1, 2]
+    used, token, weight = _bilinear(points, geometry[:, None, None], grid)  # [I, V, n, V, 4] (b == a included)
+    partner = torch.tensor([[b for b in range(views) if b != a] for a in range(views)]).view(1, views, 1, views - 1, 1)
+    index = partner.expand(images, views, n, views - 1, 4)
+    used, token, weight = (t.gather(3, index) for t in (used, token, weight))
+    seen_by = used.any(-1).sum(-1)[..., None, None]  # partner views that see each token's point
+    image = torch.arange(images).view(images, 1, 1, 1, 1)
+    where = used.flatten().nonzero().squeeze(1)
+    cols = ((image * views + partner) * n + token).flatten()[where]
+    return where // ((views - 1) * 4), cols, (weight / seen_by).flatten()[where]
 
 
 def view_correspondences(geometry: Tensor, grid: tuple[int, int], view_offset: int = 0) -> tuple[Tensor, Tensor, Tensor]:
