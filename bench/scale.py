@@ -22,8 +22,10 @@ what it held just before (imports, the opened cache); pages of memory-mapped fil
 are shared between processes and reported apart as "mapped". Time is the fastest of several runs of
 the same work, since this machine's speed drifts by 20-30% over minutes: every stage runs in each of two
 sweeps, the first over the sizes in increasing order, the second in decreasing order (so that the runs of a
-size lie far apart in time), and within a sweep a stage under 5 s runs three times in its process (the view
-operator and a node batch 7 times, an SGD step 5). Every file of the cache is read once before each stage
+size lie far apart in time), and within a sweep the same number of times at every size (the view operator and
+a node batch 7 times, an SGD step 5, the short fixed-size stages 3, the long ones once). The graph build and the
+exact pass are timed in segments (64 views of the build, one batch of the pass: the same work in every run),
+and their time is the sum of each segment's fastest run. Every file of the cache is read once before each stage
 (this machine pages out memory-mapped file pages left idle for a minute), and the pages a stage still had
 to read from disk are counted ("disk reads"). The fastest time of a fixed kernel (the graph build's
 inner step) is printed before each graph build to show the machine's speed. Time ratios of stages under 50 ms and
@@ -41,6 +43,7 @@ The default run keeps every size's cache until it ends: about 9 GB of disk.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -189,39 +192,69 @@ def _head(out_dim: int):
     return ProjectionHead(DIM, out_dim, "linear").eval()
 
 
-SHORT_S, REPEATS = 5.0, 3
-"""Every stage runs in each of two sweeps (the second over the sizes in reverse order); one whose first run takes
-under SHORT_S seconds runs REPEATS times in its process. Its time is the fastest run: the work is fixed, and this
-machine's speed drifts by 20-30% over minutes. Its memory is the largest peak of its runs."""
+RUNS = {"graph": 1, "views": 7, "operators": 3, "batch": 7, "step": 5, "exact_pass": 1, "eigh": 3, "kmeans": 1, "eval": 3}
+"""Runs of each stage in its process, in each of the two sweeps: the same at every size, so that the fastest of them
+is as optimistic at every N (more runs of the small sizes alone would bias the ratios up)."""
+
+SEGMENT_VIEWS = 64
+"""The graph build's time is taken in segments of this many views (and one for what follows the last view)."""
 
 
-def measure(fn) -> dict:
+def measure(fn, marked: bool = False) -> dict:
     """Seconds, peak memory (private and mapped, MB above the level at the start) and major page faults (pages
-    read from disk) of one call of ``fn``."""
+    read from disk) of one call of ``fn``. With ``marked``, ``fn`` returns a list of ``time.perf_counter()`` marks and
+    the times between them are kept too ("segments": from the start to the first mark, ..., the last one to the end)."""
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_majflt
     with MemoryPeak() as memory:
         start = time.perf_counter()
-        fn()
-        seconds = time.perf_counter() - start
-    return {"seconds": seconds, "private_mb": memory.private_mb, "mapped_mb": memory.mapped_mb, "runs": 1,
-            "faults": resource.getrusage(resource.RUSAGE_SELF).ru_majflt - faults}
+        marks = fn()
+        end = time.perf_counter()
+    result = {"seconds": end - start, "private_mb": memory.private_mb, "mapped_mb": memory.mapped_mb, "runs": 1,
+              "faults": resource.getrusage(resource.RUSAGE_SELF).ru_majflt - faults}
+    if marked:
+        result["segments"] = np.diff([start, *marks, end]).tolist()
+    return result
 
 
 def combine(runs: list[dict]) -> dict:
-    """Several runs of one stage: the fastest (its time and disk reads), the largest memory peaks, the number of runs."""
+    """Several runs of one stage: the fastest (its time and disk reads), the largest memory peaks, the number of runs.
+    Runs timed in the same segments (the same work in each: deterministic builds and passes) take the fastest
+    run of each segment, summed: a slow minute of one run then costs only where every run was slow."""
     out = dict(min(runs, key=lambda r: r["seconds"]))
     out["private_mb"] = max(r["private_mb"] for r in runs)
     out["mapped_mb"] = max(r["mapped_mb"] for r in runs)
     out["runs"] = sum(r["runs"] for r in runs)
+    segments = [r.get("segments") for r in runs]
+    if all(segments) and len({len(s) for s in segments}) == 1:
+        out["segments"] = [min(times) for times in zip(*segments)]
+        out["seconds"] = sum(out["segments"])
     return out
 
 
-def repeat(fn, repeats: int = REPEATS) -> dict:
-    """:func:`measure` ``fn`` once, and again up to ``repeats`` runs in all when the first is short."""
-    runs = [measure(fn)]
-    while runs[0]["seconds"] < SHORT_S and len(runs) < repeats:
-        runs.append(measure(fn))
-    return combine(runs)
+def repeat(fn, runs: int, marked: bool = False) -> dict:
+    """:func:`measure` ``fn`` ``runs`` times; the runs combined by :func:`combine`."""
+    return combine([measure(fn, marked) for _ in range(runs)])
+
+
+@contextlib.contextmanager
+def marks_every_views(views: int):
+    """A list that receives a ``time.perf_counter()`` mark after every ``views`` views of a graph build (by
+    wrapping the build's per-view search, which it consumes one view at a time)."""
+    import ultra.affinity as affinity
+
+    search, marks = affinity._knn_edges, []
+
+    def marked(*args, **kwargs):
+        for done, edges in enumerate(search(*args, **kwargs), 1):
+            yield edges
+            if done % views == 0:
+                marks.append(time.perf_counter())
+
+    affinity._knn_edges = marked
+    try:
+        yield marks
+    finally:
+        affinity._knn_edges = search
 
 
 def reference_kernel_ms(repeats: int = 30) -> float:
@@ -243,7 +276,8 @@ def _graph_stage(cache, settings) -> dict:
     for stored in (cache.path / "graphs").glob("feat*"):  # measure the build, not a load of an earlier one
         stored.unlink()
     reference = reference_kernel_ms()
-    result = measure(lambda: _operators(cache, view=False))
+    with marks_every_views(SEGMENT_VIEWS) as marks:
+        result = measure(lambda: (_operators(cache, view=False), marks)[1], marked=True)
     result["candidates_s"] = _candidates_time(cache.num_views, settings["knn"]["candidate_images"])
     result["reference_ms"] = [reference]
     return {"graph": result}
@@ -253,11 +287,12 @@ def _views_stage(cache, settings) -> dict:
     from ultra.nodes import build_view_operator
 
     path = cache.path / "graphs" / "views.safetensors"
-    return {"views": repeat(lambda: build_view_operator(cache.geometry, cache.views_per_image, cache.grid).save(path), 7)}
+    return {"views": repeat(lambda: build_view_operator(cache.geometry, cache.views_per_image, cache.grid).save(path),
+                            RUNS["views"])}
 
 
 def _operators_stage(cache, settings) -> dict:
-    result = repeat(lambda: _operators(cache))
+    result = repeat(lambda: _operators(cache), RUNS["operators"])
     operators = _operators(cache)
     result["nnz_per_node"] = operators.graphs[0].nnz / cache.num_nodes
     result["graph_bytes"] = sum(p.stat().st_size for p in (cache.path / "graphs").glob("feat*.safetensors"))
@@ -273,8 +308,8 @@ def _batches(cache, settings, **kwargs):
 def _batch_stage(cache, settings) -> dict:
     batches = _batches(cache, settings, steps_per_epoch=1_000_000, seed=0)
     counter = iter(range(1_000_000))
-    result = repeat(lambda: batches[next(counter)], 7)
-    result["draw_s"] = repeat(lambda: batches.nodes(next(counter)), 7)["seconds"]
+    result = repeat(lambda: batches[next(counter)], RUNS["batch"])
+    result["draw_s"] = repeat(lambda: batches.nodes(next(counter)), RUNS["batch"])["seconds"]
     return {"batch": result}
 
 
@@ -296,30 +331,35 @@ def _step_stage(cache, settings) -> dict:
         loss.backward()
         optimizer.step()
 
-    return {"step": repeat(step, 5)}
+    return {"step": repeat(step, RUNS["step"])}
 
 
 def _exact_stage(cache, settings) -> dict:
-    """The exact solver's accumulation pass over every node, and its eigen-solve (one process for both)."""
+    """The exact solver's accumulation pass over every node (timed batch by batch), and its eigen-solve (one process
+    for both)."""
     from ultra.exact import QuadraticForms
 
     sweep = _batches(cache, settings, steps_per_epoch=1, order="sweep")
     forms = []
 
-    def accumulate() -> None:
+    def accumulate() -> list[float]:
         forms.append(QuadraticForms(DIM, [1.0]))
+        marks = []
         for i in range(len(sweep)):
             forms[-1].update(sweep[i])
+            marks.append(time.perf_counter())
+        return marks[:-1]
 
-    exact_pass = repeat(accumulate)
-    return {"exact_pass": exact_pass, "eigh": repeat(lambda: forms[-1].solve(settings["out_dim"], view_weight=0.1))}
+    exact_pass = repeat(accumulate, RUNS["exact_pass"], marked=True)
+    return {"exact_pass": exact_pass,
+            "eigh": repeat(lambda: forms[-1].solve(settings["out_dim"], view_weight=0.1), RUNS["eigh"])}
 
 
 def _kmeans_stage(cache, settings) -> dict:
     from ultra.readout import CachedRows, fit_centroids
 
     rows = CachedRows(cache, [("x", LAYER)], _head(settings["out_dim"]))
-    return {"kmeans": repeat(lambda: fit_centroids(rows, CLASSES, seed=0, restarts=settings["restarts"]))}
+    return {"kmeans": repeat(lambda: fit_centroids(rows, CLASSES, seed=0, restarts=settings["restarts"]), RUNS["kmeans"])}
 
 
 EVAL_IMAGES = 8
@@ -345,12 +385,15 @@ def _eval_stage(cache, settings) -> dict:
         for i in range(0, EVAL_IMAGES, 4):
             segmenter.pixel_scores(images[i:i + 4], (size, size))
 
-    return {"eval": repeat(segment)}
+    return {"eval": repeat(segment, RUNS["eval"])}
 
 
 RUNNERS = {"graph": _graph_stage, "views": _views_stage, "operators": _operators_stage, "batch": _batch_stage,
            "step": _step_stage, "exact": _exact_stage, "kmeans": _kmeans_stage, "eval": _eval_stage}
 """One process each, in this order (each needs the operators its predecessors stored); ``exact`` measures two stages."""
+
+UNCACHED = ("eval",)
+"""Runners that do not read the cache (no read-through before them)."""
 
 
 def read_through(folder: Path, block: int = 1 << 24) -> None:
@@ -367,7 +410,8 @@ def run_stage(runner: str, cache_path: Path) -> dict:
     """The measurements of one runner of :data:`RUNNERS` on the cache at ``cache_path``: stage -> result."""
     from ultra.features import FeatureCache
 
-    read_through(cache_path)
+    if runner not in UNCACHED:
+        read_through(cache_path)
     return RUNNERS[runner](FeatureCache(cache_path), _settings())
 
 

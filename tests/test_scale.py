@@ -3,6 +3,7 @@ import importlib.util
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -37,13 +38,12 @@ def test_synthetic_cache_opens_as_a_feature_cache_with_consistent_views_and_clus
     assert len(classes) >= 3
 
 
-def test_a_stage_reports_its_fastest_run_and_largest_memory_and_reruns_only_when_short(monkeypatch):
+def test_a_stage_reports_its_fastest_run_or_segments_and_largest_memory():
     bench = _bench()
     calls = []
-    short = bench.repeat(lambda: calls.append(1))
-    assert len(calls) == bench.REPEATS and short["runs"] == bench.REPEATS
-    monkeypatch.setattr(bench, "SHORT_S", 0.0)  # every run counts as long: one run per sweep
-    assert bench.repeat(lambda: calls.append(1))["runs"] == 1 and len(calls) == bench.REPEATS + 1
+    assert bench.repeat(lambda: calls.append(1), 3)["runs"] == 3 and len(calls) == 3
+    marked = bench.measure(lambda: [time.perf_counter(), time.perf_counter()], marked=True)
+    assert len(marked["segments"]) == 3 and sum(marked["segments"]) == pytest.approx(marked["seconds"])
     runs = [{"seconds": 3.0, "private_mb": 10.0, "mapped_mb": 1.0, "runs": 1, "faults": 7, "reference_ms": [12.0]},
             {"seconds": 2.0, "private_mb": 5.0, "mapped_mb": 4.0, "runs": 1, "faults": 0, "reference_ms": [15.0]}]
     row = {"nodes": 1}
@@ -51,6 +51,24 @@ def test_a_stage_reports_its_fastest_run_and_largest_memory_and_reruns_only_when
         bench._record(row, {"graph": dict(run)}, 1, 0.0)
     assert row["graph"] == {"seconds": 2.0, "private_mb": 10.0, "mapped_mb": 4.0, "runs": 2, "faults": 0,
                             "reference_ms": [12.0, 15.0]}
+    # the same work timed in segments: the fastest run of each segment, summed
+    segmented = bench.combine([dict(runs[0], segments=[1.0, 2.0]), dict(runs[1], segments=[1.5, 0.5])])
+    assert segmented["segments"] == [1.0, 0.5] and segmented["seconds"] == 1.5 and segmented["runs"] == 2
+
+
+def test_graph_build_marks_its_views_without_changing_the_graph():
+    import ultra.affinity as affinity
+
+    bench = _bench()
+    tokens = torch.randn(10, 16, 8, generator=torch.Generator().manual_seed(0))
+    config = affinity.KnnConfig(k_intra=3, k_inter=2)
+    with bench.marks_every_views(3) as marks:
+        marked = affinity.knn_graph(tokens, config=config)
+    assert len(marks) == 3 and marks == sorted(marks)  # after views 3, 6 and 9
+    plain = affinity.knn_graph(tokens, config=config)
+    assert len(marks) == 3  # the search is unwrapped again
+    assert torch.equal(marked.indptr, plain.indptr) and torch.equal(marked.indices, plain.indices)
+    assert torch.equal(marked.values, plain.values)
 
 
 @pytest.mark.slow
