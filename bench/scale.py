@@ -20,12 +20,13 @@ of ``configs/cocostuff27_dinov2_vits14.yaml`` (graph, batch size, restarts):
 Memory is the peak of the process's private resident memory (``RssAnon``) during the stage, above
 what it held just before (imports, the opened cache); pages of memory-mapped files (cache, graphs)
 are shared between processes and reported apart as "mapped". Time is the fastest of several runs of
-the same work, since this machine's speed drifts by 20-30% over minutes: every stage runs in each of two
-sweeps, the first over the sizes in increasing order, the second in decreasing order (so that the runs of a
-size lie far apart in time), and within a sweep the same number of times at every size (the view operator and
-a node batch 7 times, an SGD step 5, the short fixed-size stages 3, the long ones once). The graph build and the
-exact pass are timed in segments (64 views of the build, one batch of the pass: the same work in every run),
-and their time is the sum of each segment's fastest run. Every file of the cache is read once before each stage
+the same work, since this machine's speed drifts by 20-30% over minutes: a stage runs the same number of
+times at every size (the view operator and a node batch 7 times, an SGD step 5, the short fixed-size stages 3,
+the long ones once), in a first sweep over the sizes in increasing order; the stages that grow with N (graph,
+view operator, exact pass, k-means) run again in a second sweep, in decreasing order (so that the runs of a
+size lie far apart in time). The graph build, the view operator and the exact pass are timed in segments (64
+views of the build, a chunk of images of the operator, one batch of the pass: the same work in every run), and
+their time is the sum of each segment's fastest run. Every file of the cache is read once before each stage
 (this machine pages out memory-mapped file pages left idle for a minute), and the pages a stage still had
 to read from disk are counted ("disk reads"). The fastest time of a fixed kernel (the graph build's
 inner step) is printed before each graph build to show the machine's speed. Time ratios of stages under 50 ms and
@@ -199,6 +200,9 @@ is as optimistic at every N (more runs of the small sizes alone would bias the r
 SEGMENT_VIEWS = 64
 """The graph build's time is taken in segments of this many views (and one for what follows the last view)."""
 
+RESWEPT = ("graph", "views", "exact", "kmeans")
+"""The runners of the stages that grow with N, run again in the second sweep (the others' cost is bounded)."""
+
 
 def measure(fn, marked: bool = False) -> dict:
     """Seconds, peak memory (private and mapped, MB above the level at the start) and major page faults (pages
@@ -237,24 +241,34 @@ def repeat(fn, runs: int, marked: bool = False) -> dict:
 
 
 @contextlib.contextmanager
-def marks_every_views(views: int):
-    """A list that receives a ``time.perf_counter()`` mark after every ``views`` views of a graph build (by
-    wrapping the build's per-view search, which it consumes one view at a time)."""
-    import ultra.affinity as affinity
+def marks_after(module, name: str, every: int = 1):
+    """A list that receives a ``time.perf_counter()`` mark after every ``every`` calls of the function ``name`` of
+    ``module`` (for a generator function: after every ``every`` items it yields), while the context lasts. The
+    build loops look the function up at each use, so wrapping it marks their progress without changing their work."""
+    import inspect
 
-    search, marks = affinity._knn_edges, []
+    original, marks, done = getattr(module, name), [], [0]
 
-    def marked(*args, **kwargs):
-        for done, edges in enumerate(search(*args, **kwargs), 1):
-            yield edges
-            if done % views == 0:
-                marks.append(time.perf_counter())
+    def count() -> None:
+        done[0] += 1
+        if done[0] % every == 0:
+            marks.append(time.perf_counter())
 
-    affinity._knn_edges = marked
+    def items(*args, **kwargs):
+        for item in original(*args, **kwargs):
+            yield item
+            count()
+
+    def call(*args, **kwargs):
+        result = original(*args, **kwargs)
+        count()
+        return result
+
+    setattr(module, name, items if inspect.isgeneratorfunction(original) else call)
     try:
         yield marks
     finally:
-        affinity._knn_edges = search
+        setattr(module, name, original)
 
 
 def reference_kernel_ms(repeats: int = 30) -> float:
@@ -276,7 +290,9 @@ def _graph_stage(cache, settings) -> dict:
     for stored in (cache.path / "graphs").glob("feat*"):  # measure the build, not a load of an earlier one
         stored.unlink()
     reference = reference_kernel_ms()
-    with marks_every_views(SEGMENT_VIEWS) as marks:
+    import ultra.affinity
+
+    with marks_after(ultra.affinity, "_knn_edges", SEGMENT_VIEWS) as marks:
         result = measure(lambda: (_operators(cache, view=False), marks)[1], marked=True)
     result["candidates_s"] = _candidates_time(cache.num_views, settings["knn"]["candidate_images"])
     result["reference_ms"] = [reference]
@@ -284,11 +300,17 @@ def _graph_stage(cache, settings) -> dict:
 
 
 def _views_stage(cache, settings) -> dict:
-    from ultra.nodes import build_view_operator
+    """The view operator, built chunk by chunk of images (timed in those segments) and stored."""
+    import ultra.nodes
 
     path = cache.path / "graphs" / "views.safetensors"
-    return {"views": repeat(lambda: build_view_operator(cache.geometry, cache.views_per_image, cache.grid).save(path),
-                            RUNS["views"])}
+
+    def build() -> list[float]:
+        with marks_after(ultra.nodes, "image_correspondences") as marks:
+            ultra.nodes.build_view_operator(cache.geometry, cache.views_per_image, cache.grid).save(path)
+        return marks
+
+    return {"views": repeat(build, RUNS["views"], marked=True)}
 
 
 def _operators_stage(cache, settings) -> dict:
@@ -556,7 +578,7 @@ def main() -> None:
             for runner in RUNNERS:
                 _record(rows[-1], _child(runner, folders[-1]), 1, started)
         for row, folder in reversed(list(zip(rows, folders))):  # sweep 2: every stage again, sizes in reverse
-            for runner in RUNNERS:
+            for runner in RESWEPT:
                 _record(row, _child(runner, folder), 2, started)
     finally:
         if not args.keep:
