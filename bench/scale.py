@@ -287,11 +287,11 @@ def reference_kernel_ms(repeats: int = 30) -> float:
 
 
 def _graph_stage(cache, settings) -> dict:
+    import ultra.affinity
+
     for stored in (cache.path / "graphs").glob("feat*"):  # measure the build, not a load of an earlier one
         stored.unlink()
     reference = reference_kernel_ms()
-    import ultra.affinity
-
     with marks_after(ultra.affinity, "_knn_edges", SEGMENT_VIEWS) as marks:
         result = measure(lambda: (_operators(cache, view=False), marks)[1], marked=True)
     result["candidates_s"] = _candidates_time(cache.num_views, settings["knn"]["candidate_images"])
