@@ -177,11 +177,11 @@ def _settings() -> dict:
             "restarts": config["readout"]["restarts"], "eval_crop": config["data"]["eval_crop"]}
 
 
-def _operators(cache, view: bool = True):
+def _operators(cache, settings, view: bool = True):
     from ultra.affinity import GraphSpec, KnnConfig
     from ultra.nodes import load_or_build_operators
 
-    return load_or_build_operators(cache, [GraphSpec("feat", LAYER)], KnnConfig(**_settings()["knn"]), view)
+    return load_or_build_operators(cache, [GraphSpec("feat", LAYER)], KnnConfig(**settings["knn"]), view)
 
 
 def _head(out_dim: int):
@@ -223,7 +223,8 @@ def measure(fn, marked: bool = False) -> dict:
 def combine(runs: list[dict]) -> dict:
     """Several runs of one stage: the fastest (its time and disk reads), the largest memory peaks, the number of runs.
     Runs timed in the same segments (the same work in each: deterministic builds and passes) take the fastest
-    run of each segment, summed: a slow minute of one run then costs only where every run was slow."""
+    run of each segment, summed: a slow minute of one run then costs only where every run was slow. The
+    reference-kernel readings of the runs are all kept."""
     out = dict(min(runs, key=lambda r: r["seconds"]))
     out["private_mb"] = max(r["private_mb"] for r in runs)
     out["mapped_mb"] = max(r["mapped_mb"] for r in runs)
@@ -232,6 +233,8 @@ def combine(runs: list[dict]) -> dict:
     if all(segments) and len({len(s) for s in segments}) == 1:
         out["segments"] = [min(times) for times in zip(*segments)]
         out["seconds"] = sum(out["segments"])
+    if all("reference_ms" in r for r in runs):
+        out["reference_ms"] = [ms for r in runs for ms in r["reference_ms"]]
     return out
 
 
@@ -292,8 +295,12 @@ def _graph_stage(cache, settings) -> dict:
     for stored in (cache.path / "graphs").glob("feat*"):  # measure the build, not a load of an earlier one
         stored.unlink()
     reference = reference_kernel_ms()
-    with marks_after(ultra.affinity, "_knn_edges", SEGMENT_VIEWS) as marks:
-        result = measure(lambda: (_operators(cache, view=False), marks)[1], marked=True)
+    def build() -> list[float]:
+        with marks_after(ultra.affinity, "_knn_edges", SEGMENT_VIEWS) as marks:
+            _operators(cache, settings, view=False)
+        return marks
+
+    result = measure(build, marked=True)
     result["candidates_s"] = _candidates_time(cache.num_views, settings["knn"]["candidate_images"])
     result["reference_ms"] = [reference]
     return {"graph": result}
@@ -314,8 +321,8 @@ def _views_stage(cache, settings) -> dict:
 
 
 def _operators_stage(cache, settings) -> dict:
-    result = repeat(lambda: _operators(cache), RUNS["operators"])
-    operators = _operators(cache)
+    result = repeat(lambda: _operators(cache, settings), RUNS["operators"])
+    operators = _operators(cache, settings)
     result["nnz_per_node"] = operators.graphs[0].nnz / cache.num_nodes
     result["graph_bytes"] = sum(p.stat().st_size for p in (cache.path / "graphs").glob("feat*.safetensors"))
     return {"operators": result}
@@ -324,7 +331,7 @@ def _operators_stage(cache, settings) -> dict:
 def _batches(cache, settings, **kwargs):
     from ultra.nodes import NodeBatches
 
-    return NodeBatches(cache, [("x", LAYER)], _operators(cache), settings["batch_nodes"], **kwargs)
+    return NodeBatches(cache, [("x", LAYER)], _operators(cache, settings), settings["batch_nodes"], **kwargs)
 
 
 def _batch_stage(cache, settings) -> dict:
@@ -475,9 +482,7 @@ def _record(row: dict, results: dict, sweep: int, started: float) -> None:
     """Merge a runner's results into the row of its size (fastest time, largest memory), printing progress."""
     for stage, result in results.items():
         if stage in row:
-            earlier, result = row[stage], combine([row[stage], result])
-            if "reference_ms" in earlier:
-                result["reference_ms"] = earlier["reference_ms"] + results[stage]["reference_ms"]
+            result = combine([row[stage], result])
         row[stage] = result
         print(f"[{_fmt_time(time.perf_counter() - started)}] sweep {sweep}, N={row['nodes']:,}: {stage} "
               f"{_fmt_time(result['seconds'])} (runs: {result['runs']})", flush=True)
