@@ -34,11 +34,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ultra.cli.train import build_cli  # noqa: E402
-from ultra.features import FeatureCache  # noqa: E402
-from ultra.grids import upsample_scores  # noqa: E402
-from ultra.inference import ClusterReadout, Segmenter  # noqa: E402
-from ultra.metrics import UnsupervisedSegmentationMetric  # noqa: E402
-from ultra.readout import CachedRows, fit_centroids  # noqa: E402
+from ultra.data.cache import FeatureCache  # noqa: E402
+from ultra.data.grids import upsample_scores  # noqa: E402
+from ultra.readout.segmenter import ClusterReadout, Segmenter  # noqa: E402
+from ultra.evaluation.metrics import UnsupervisedSegmentationMetric  # noqa: E402
+from ultra.readout.fit import CachedRows, fit_centroids  # noqa: E402
 
 log = logging.getLogger("ablation")
 
@@ -83,7 +83,7 @@ def affine_map(cache: FeatureCache, keys, whiten: bool, chunk: int = 1 << 16) ->
 
 @torch.no_grad()
 def eval_tokens(data, dataset, keys, batch_size: int = 8) -> tuple[dict, torch.Tensor]:
-    """Tokens of the protocol's images (through :meth:`ultra.inference.Segmenter.tokens`, as the evaluation) and labels."""
+    """Tokens of the protocol's images (through :meth:`ultra.readout.segmenter.Segmenter.tokens`, as the evaluation) and labels."""
     loader = DataLoader(dataset.with_transform(data.eval_transform()), batch_size=batch_size,
                         collate_fn=lambda items: items)
     segmenter = Segmenter(data.backbone.eval(), {"raw": ClusterReadout(keys, torch.zeros(1, 1))}, data.class_names)
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output", default="runs/ablation.json", help="JSON file of every figure")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    for name in ("ablation", "ultra.features"):
+    for name in ("ablation", "ultra.data.cache"):
         logging.getLogger(name).setLevel(logging.INFO)
     sets, options = args.sets.split(","), args.options.split(",")
     unknown = [s for s in sets if s not in SETS] + [o for o in options if o not in OPTIONS]

@@ -17,9 +17,10 @@ import torch
 
 
 def _segmenter(checkpoint: Path | None, weights: str):
-    from ultra.backbone import FrozenViT
-    from ultra.head import ProjectionHead
-    from ultra.inference import ClusterReadout, Segmenter, load
+    from ultra.backbone.vit import FrozenViT
+    from ultra.head.projection import ProjectionHead
+    from ultra.readout.segmenter import ClusterReadout, Segmenter
+    from ultra.readout.checkpoint import load
 
     if checkpoint is not None:
         return load(checkpoint)

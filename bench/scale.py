@@ -1,6 +1,6 @@
 """How every stage of a cached training run grows with the number of cached tokens N, and what a full run needs.
 
-Synthetic feature caches in the real on-disk format (the folder :class:`ultra.features.FeatureCache`
+Synthetic feature caches in the real on-disk format (the folder :class:`ultra.data.cache.FeatureCache`
 opens: memory-mapped float16 ``x11.npy``, labels, five-crop geometry, manifest) are written at N
 doubling from about 0.25M tokens. Their tokens are clustered like real ones: 27 class centres, a few
 classes per image laid out in regions that the five overlapping crops of the image share, a
@@ -178,8 +178,8 @@ def _settings() -> dict:
 
 
 def _operators(cache, settings, view: bool = True):
-    from ultra.affinity import GraphSpec, KnnConfig
-    from ultra.nodes import load_or_build_operators
+    from ultra.graphs.knn import GraphSpec, KnnConfig
+    from ultra.graphs.store import load_or_build_operators
 
     return load_or_build_operators(cache, [GraphSpec("feat", LAYER)], KnnConfig(**settings["knn"]), view)
 
@@ -187,7 +187,7 @@ def _operators(cache, settings, view: bool = True):
 def _head(out_dim: int):
     import torch
 
-    from ultra.head import ProjectionHead
+    from ultra.head.projection import ProjectionHead
 
     torch.manual_seed(0)
     return ProjectionHead(DIM, out_dim, "linear").eval()
@@ -290,13 +290,13 @@ def reference_kernel_ms(repeats: int = 30) -> float:
 
 
 def _graph_stage(cache, settings) -> dict:
-    import ultra.affinity
+    import ultra.graphs.knn
 
     for stored in (cache.path / "graphs").glob("feat*"):  # measure the build, not a load of an earlier one
         stored.unlink()
     reference = reference_kernel_ms()
     def build() -> list[float]:
-        with marks_after(ultra.affinity, "_knn_edges", SEGMENT_VIEWS) as marks:
+        with marks_after(ultra.graphs.knn, "_knn_edges", SEGMENT_VIEWS) as marks:
             _operators(cache, settings, view=False)
         return marks
 
@@ -308,13 +308,13 @@ def _graph_stage(cache, settings) -> dict:
 
 def _views_stage(cache, settings) -> dict:
     """The view operator, built chunk by chunk of images (timed in those segments) and stored."""
-    import ultra.nodes
+    import ultra.graphs.store
 
     path = cache.path / "graphs" / "views.safetensors"
 
     def build() -> list[float]:
-        with marks_after(ultra.nodes, "image_correspondences") as marks:
-            ultra.nodes.build_view_operator(cache.geometry, cache.views_per_image, cache.grid).save(path)
+        with marks_after(ultra.graphs.store, "image_correspondences") as marks:
+            ultra.graphs.store.build_view_operator(cache.geometry, cache.views_per_image, cache.grid).save(path)
         return marks
 
     return {"views": repeat(build, RUNS["views"], marked=True)}
@@ -329,7 +329,7 @@ def _operators_stage(cache, settings) -> dict:
 
 
 def _batches(cache, settings, **kwargs):
-    from ultra.nodes import NodeBatches
+    from ultra.head.batches import NodeBatches
 
     return NodeBatches(cache, [("x", LAYER)], _operators(cache, settings), settings["batch_nodes"], **kwargs)
 
@@ -345,7 +345,7 @@ def _batch_stage(cache, settings) -> dict:
 def _step_stage(cache, settings) -> dict:
     import torch
 
-    from ultra.losses import head_loss
+    from ultra.head.loss import head_loss
 
     batches = _batches(cache, settings, steps_per_epoch=1_000_000, seed=0)
     head = _head(settings["out_dim"]).train()
@@ -366,7 +366,7 @@ def _step_stage(cache, settings) -> dict:
 def _exact_stage(cache, settings) -> dict:
     """The exact solver's accumulation pass over every node (timed batch by batch), and its eigen-solve (one process
     for both)."""
-    from ultra.exact import QuadraticForms
+    from ultra.head.exact import QuadraticForms
 
     sweep = _batches(cache, settings, steps_per_epoch=1, order="sweep")
     forms = []
@@ -385,7 +385,7 @@ def _exact_stage(cache, settings) -> dict:
 
 
 def _kmeans_stage(cache, settings) -> dict:
-    from ultra.readout import CachedRows, fit_centroids
+    from ultra.readout.fit import CachedRows, fit_centroids
 
     rows = CachedRows(cache, [("x", LAYER)], _head(settings["out_dim"]))
     return {"kmeans": repeat(lambda: fit_centroids(rows, CLASSES, seed=0, restarts=settings["restarts"]), RUNS["kmeans"])}
@@ -399,8 +399,8 @@ def _eval_stage(cache, settings) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from ultra.backbone import FrozenViT
-    from ultra.inference import ClusterReadout, Segmenter
+    from ultra.backbone.vit import FrozenViT
+    from ultra.readout.segmenter import ClusterReadout, Segmenter
 
     backbone = FrozenViT("vit_small_patch14_dinov2", weights="random")
     readout = ClusterReadout([("x", LAYER)], F.normalize(torch.randn(CLASSES, settings["out_dim"]), dim=-1),
@@ -437,7 +437,7 @@ def read_through(folder: Path, block: int = 1 << 24) -> None:
 
 def run_stage(runner: str, cache_path: Path) -> dict:
     """The measurements of one runner of :data:`RUNNERS` on the cache at ``cache_path``: stage -> result."""
-    from ultra.features import FeatureCache
+    from ultra.data.cache import FeatureCache
 
     if runner not in UNCACHED:
         read_through(cache_path)
@@ -448,7 +448,7 @@ def _candidates_time(views: int, count: int) -> float:
     """Seconds of the candidate-image search of the graph build (part of the graph stage) for ``views`` views."""
     import torch
 
-    from ultra.affinity import nearest_images
+    from ultra.graphs.knn import nearest_images
 
     means = torch.randn(views, DIM, generator=torch.Generator().manual_seed(0))
     groups = torch.arange(views) // VIEWS
@@ -461,7 +461,7 @@ def draw_time_at(nodes: int, batch_nodes: int, repeats: int = 20) -> float:
     """Fastest of ``repeats`` draws of one random node batch among ``nodes`` (the draw needs no cache), in seconds."""
     import torch
 
-    from ultra.nodes import distinct_uniform
+    from ultra.head.batches import distinct_uniform
 
     counter = iter(range(1_000_000))
     return repeat(lambda: distinct_uniform(nodes, batch_nodes, torch.Generator().manual_seed(next(counter))), repeats)["seconds"]

@@ -23,8 +23,8 @@ def _rss_mb() -> float:
 def worker(images: int, tokens: int, method: str) -> dict:
     import torch
 
-    from ultra.affinity import KnnConfig, knn_graph
-    from ultra.spectral import SolverConfig, exact_eigenvectors, solve
+    from ultra.graphs.knn import KnnConfig, knn_graph
+    from ultra.analysis.solver import SolverConfig, exact_eigenvectors, solve
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     g = torch.Generator().manual_seed(0)
@@ -32,7 +32,7 @@ def worker(images: int, tokens: int, method: str) -> dict:
     data = centers[torch.randint(0, 12, (images, tokens), generator=g)] + torch.randn(images, tokens, 64, generator=g)
     base = _rss_mb()
     t0 = time.perf_counter()
-    graph = knn_graph(data, config=KnnConfig(8, 8, candidate_images=8))
+    graph = knn_graph(data, config=KnnConfig(k_intra=8, k_inter=8, candidate_images=8, k_any=0))
     build = time.perf_counter() - t0
     out = {"nodes": images * tokens, "nnz": graph.nnz, "graph_s": build}
     if method == "solver":

@@ -39,9 +39,10 @@ def _cycle(loader, convert=None):
 
 def main(images: int = 32, steps: int = 20, view_size: int = 224, weights: str = "auto", threads: int | None = None) -> float:
     """Print and return the speed-up of cached over on-the-fly training steps."""
-    from ultra.affinity import KnnConfig
+    from ultra.graphs.knn import KnnConfig
     from ultra.data import SyntheticScenes
-    from ultra.training import SpectralHeadModule, UltraDataModule
+    from ultra.head.module import SpectralHeadModule
+    from ultra.head.datamodule import UltraDataModule
 
     if threads:
         torch.set_num_threads(threads)

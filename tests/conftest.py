@@ -18,7 +18,7 @@ TINY_VIT = {"depth": 3, "embed_dim": 48, "num_heads": 3}
 @pytest.fixture(autouse=True)
 def _no_network_and_private_cache(monkeypatch, tmp_path_factory):
     """Tests never touch the network; the converted offline weights are shared in one session cache."""
-    from ultra import weights
+    from ultra.backbone import weights
 
     monkeypatch.setattr(weights, "_hub_reachable", lambda timeout=3.0: False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -29,7 +29,7 @@ def _no_network_and_private_cache(monkeypatch, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_vit():
     """A 3-block random ViT with patch 16 and width 48 (no weights needed)."""
-    from ultra.backbone import FrozenViT
+    from ultra.backbone.vit import FrozenViT
 
     torch.manual_seed(0)
     return FrozenViT("vit_tiny_patch16_224", weights="random", model_kwargs=TINY_VIT)
@@ -43,7 +43,7 @@ def realdata(name: str) -> Path:
 
 
 def has_offline_weights() -> bool:
-    from ultra import onnx_dinov2
+    from ultra.backbone import onnx_dinov2
 
     try:
         onnx_dinov2.find_onnx_file()

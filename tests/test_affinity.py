@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ultra.affinity import GraphSpec, KnnConfig, affinity_graphs, knn_graph, nearest_images, topk_blockwise
-from ultra.graph import SparseGraph, lift_graph, pooling_matrix
+from ultra.graphs.knn import GraphSpec, KnnConfig, affinity_graphs, knn_graph, nearest_images, topk_blockwise
+from ultra.graphs.sparse import SparseGraph, lift_graph, pooling_matrix
 
 
 def _dense_reference(rows, cols, k_intra, k_inter, threshold, candidates=None, k_any=0):
@@ -46,7 +46,7 @@ def _dense_reference(rows, cols, k_intra, k_inter, threshold, candidates=None, k
 def test_knn_graph_matches_dense_construction(k_intra, k_inter, k_any, threshold):
     g = torch.Generator().manual_seed(0)
     rows, cols = torch.randn(3, 10, 6, generator=g) + 1, torch.randn(3, 10, 6, generator=g) + 1
-    graph = knn_graph(rows, cols, KnnConfig(k_intra, k_inter, k_any, threshold, max_block=37))  # tiny blocks
+    graph = knn_graph(rows, cols, KnnConfig(k_intra=k_intra, k_inter=k_inter, k_any=k_any, threshold=threshold, max_block=37, candidate_images=None))  # tiny blocks
     expected, degree = _dense_reference(rows, cols, k_intra, k_inter, threshold, k_any=k_any)
     assert torch.allclose(graph.to_dense(), expected, atol=1e-6)
     assert torch.allclose(graph.degree, degree, atol=1e-6)
@@ -61,7 +61,7 @@ def test_candidate_images_restrict_the_inter_image_search():
     g = torch.Generator().manual_seed(1)
     rows = torch.randn(5, 6, 4, generator=g) + 1
     for k_any in (0, 4):
-        graph = knn_graph(rows, config=KnnConfig(2, 3, k_any, 0.0, candidate_images=2))
+        graph = knn_graph(rows, config=KnnConfig(k_intra=2, k_inter=3, k_any=k_any, threshold=0.0, candidate_images=2))
         candidates = nearest_images(F.normalize(rows, dim=-1).mean(1), 2)
         expected, _ = _dense_reference(rows, rows, 2, 3, 0.0, candidates, k_any=k_any)
         assert torch.allclose(graph.to_dense(), expected, atol=1e-6)
@@ -73,7 +73,7 @@ def test_grouped_views_leave_their_slots_to_other_images():
     rows = base.repeat_interleave(3, 0) + 0.01 * torch.randn(12, 6, 5, generator=g)  # 3 near-identical views per image
     groups = torch.arange(4).repeat_interleave(3)
     n = 6
-    for config in (KnnConfig(0, 0, 4), KnnConfig(0, 4, 0), KnnConfig(0, 0, 4, candidate_images=5)):
+    for config in (KnnConfig(k_intra=0, k_inter=0, k_any=4, candidate_images=None), KnnConfig(k_intra=0, k_inter=4, k_any=0, candidate_images=None), KnnConfig(k_intra=0, k_inter=0, k_any=4, candidate_images=5)):
         plain = knn_graph(rows, config=config).to_dense()
         grouped = knn_graph(rows, config=KnnConfig(**{**vars(config), "group_views": True}), groups=groups).to_dense()
         node_view = torch.arange(12 * n) // n
@@ -82,7 +82,7 @@ def test_grouped_views_leave_their_slots_to_other_images():
         assert grouped[same_image_other_view].sum() == 0
         assert (grouped > 0).sum(1).min() >= 4  # every token still has its neighbours
     with pytest.raises(ValueError, match="source image of each of the 12 views"):
-        knn_graph(rows, config=KnnConfig(0, 0, 4, group_views=True))
+        knn_graph(rows, config=KnnConfig(k_intra=0, k_inter=0, k_any=4, group_views=True, candidate_images=None))
 
 
 def test_topk_blockwise_equals_plain_topk():
@@ -98,7 +98,7 @@ def test_topk_blockwise_equals_plain_topk():
 
 def test_graph_rows_give_the_rows_of_the_operator():
     g = torch.Generator().manual_seed(3)
-    graph = knn_graph(torch.randn(4, 9, 5, generator=g), config=KnnConfig(3, 3, teleport=0.5))
+    graph = knn_graph(torch.randn(4, 9, 5, generator=g), config=KnnConfig(k_intra=3, k_inter=3, k_any=0, candidate_images=None), teleport=0.5)
     x = torch.randn(36, 4, generator=g)
     nodes = torch.tensor([3, 17, 30, 31])
     rows = graph.rows(nodes)
@@ -113,7 +113,7 @@ def test_graph_rows_give_the_rows_of_the_operator():
 
 
 def test_save_and_load_roundtrip(tmp_path):
-    graph = knn_graph(torch.randn(2, 8, 3), config=KnnConfig(2, 2, teleport=0.1))
+    graph = knn_graph(torch.randn(2, 8, 3), config=KnnConfig(k_intra=2, k_inter=2, k_any=0, candidate_images=None), teleport=0.1)
     graph.save(tmp_path / "g.safetensors")
     back = SparseGraph.load(tmp_path / "g.safetensors")
     assert torch.equal(back.to_dense(), graph.to_dense()) and back.teleport == 0.1
@@ -123,7 +123,7 @@ def test_save_and_load_roundtrip(tmp_path):
 def test_loaded_graphs_are_memory_mapped_not_copied(tmp_path):
     """Every process (DDP ranks, loader workers) maps the same file: one copy in the page cache."""
     path = tmp_path / "g.safetensors"
-    knn_graph(torch.randn(40, 64, 8), config=KnnConfig(4, 4)).save(path)
+    knn_graph(torch.randn(40, 64, 8), config=KnnConfig(k_intra=4, k_inter=4, k_any=0, candidate_images=None)).save(path)
     back = SparseGraph.load(path)
     mapped = []
     for line in open("/proc/self/maps"):
@@ -171,7 +171,7 @@ def test_chunked_symmetrisation_matches_the_dense_formula(chunk):
 
 
 def test_pooling_lift_keeps_eigenvalues_of_cell_constant_vectors():
-    coarse = knn_graph(torch.randn(2, 4, 3) + 2, config=KnnConfig(3, 4))  # 2 images, 2x2 grids, connected
+    coarse = knn_graph(torch.randn(2, 4, 3) + 2, config=KnnConfig(k_intra=3, k_inter=4, k_any=0, candidate_images=None))  # 2 images, 2x2 grids, connected
     pool = pooling_matrix((4, 4), (2, 2), images=2)
     assert torch.allclose((pool @ pool.t()).to_dense(), torch.eye(8))
     lifted = lift_graph(coarse, pool)
@@ -187,37 +187,37 @@ def test_affinity_graphs_from_grids_with_two_grid_sizes():
     g = torch.Generator().manual_seed(4)
     grids = {("q", 0): torch.randn(2, 4, 4, 8, generator=g), ("k", 0): torch.randn(2, 4, 4, 8, generator=g),
              ("v", 1): torch.randn(2, 2, 2, 8, generator=g)}
-    graphs = affinity_graphs(grids, [GraphSpec("kq", 0), GraphSpec("vv", 1)], KnnConfig(3, 2))
+    graphs = affinity_graphs(grids, [GraphSpec("kq", 0), GraphSpec("vv", 1)], KnnConfig(k_intra=3, k_inter=2, k_any=0, candidate_images=None))
     assert [gr.num_nodes for gr in graphs] == [32, 32]
     with pytest.raises(KeyError, match="graph feat1 needs 'x' tokens of layer 1"):
         affinity_graphs(grids, [GraphSpec("feat", 1)])
     with pytest.raises(ValueError, match="teleport is not supported"):
-        affinity_graphs(grids, [GraphSpec("kq", 0), GraphSpec("vv", 1)], KnnConfig(1, 1, teleport=0.1))
+        affinity_graphs(grids, [GraphSpec("kq", 0), GraphSpec("vv", 1)], KnnConfig(k_intra=1, k_inter=1, k_any=0, candidate_images=None), teleport=0.1)
 
 
 def test_bad_neighbour_counts_and_specs():
     tokens = torch.randn(2, 5, 3)
     with pytest.raises(ValueError, match="k_intra=5 exceeds the 4 other tokens of an image"):
-        knn_graph(tokens, config=KnnConfig(5, 1))
+        knn_graph(tokens, config=KnnConfig(k_intra=5, k_inter=1, k_any=0, candidate_images=None))
     with pytest.raises(ValueError, match="k_inter=6 exceeds the 5 tokens of the other images"):
-        knn_graph(tokens, config=KnnConfig(1, 6))
+        knn_graph(tokens, config=KnnConfig(k_intra=1, k_inter=6, k_any=0, candidate_images=None))
     with pytest.raises(ValueError, match="threshold must be >= 0"):
-        KnnConfig(threshold=-0.5)
+        KnnConfig(threshold=-0.5, k_intra=16, k_inter=16, k_any=0, candidate_images=None)
     with pytest.raises(ValueError, match="not all 0"):
-        KnnConfig(0, 0)
+        KnnConfig(k_intra=0, k_inter=0, k_any=0, candidate_images=None)
     with pytest.raises(ValueError, match="k_any=10 exceeds the 9 other tokens of the set"):
-        knn_graph(tokens, config=KnnConfig(0, 0, 10))
+        knn_graph(tokens, config=KnnConfig(k_intra=0, k_inter=0, k_any=10, candidate_images=None))
     with pytest.raises(ValueError, match="graph kind must be one of"):
         GraphSpec("qq", 1)
 
 
 _MEMORY_SCRIPT = """
 import resource, torch
-from ultra.affinity import knn_graph, KnnConfig
+from ultra.graphs.knn import knn_graph, KnnConfig
 torch.manual_seed(0)
 tokens = torch.randn(64, 400, 16)            # N = 25,600 nodes: a dense N x N float matrix is 2.6 GB
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-graph = knn_graph(tokens, config=KnnConfig(8, 8, max_block=1 << 22))
+graph = knn_graph(tokens, config=KnnConfig(k_intra=8, k_inter=8, k_any=0, candidate_images=None, max_block=1 << 22))
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(graph.num_nodes, graph.nnz, (after - before) // 1024)
 """
@@ -232,12 +232,12 @@ def test_graph_construction_never_holds_a_dense_matrix():
 
 
 def test_graph_built_in_row_chunks_equals_the_graph_built_in_one(monkeypatch):
-    import ultra.graph
+    import ultra.graphs.sparse
 
     tokens = torch.randn(7, 8, 5)
     config = KnnConfig(k_intra=2, k_inter=0, k_any=3, candidate_images=3)
     whole = knn_graph(tokens, config=config)
-    monkeypatch.setattr(ultra.graph, "ROW_CHUNK", 20)  # 2 views (16 rows) per chunk, the last one shorter
+    monkeypatch.setattr(ultra.graphs.sparse, "ROW_CHUNK", 20)  # 2 views (16 rows) per chunk, the last one shorter
     chunked = knn_graph(tokens, config=config)
     assert torch.equal(chunked.indptr, whole.indptr) and torch.equal(chunked.indices, whole.indices)
     assert torch.allclose(chunked.values, whole.values) and torch.allclose(chunked.degree, whole.degree)

@@ -5,21 +5,25 @@ import pytest
 import torch
 from PIL import Image
 
-from ultra.analyze import analyze, main
+from ultra.cli.analyze import analyze, main
 from ultra.data import DataError, write_synthetic_folder
-from ultra.grids import grid_positions, labels_to_grid
-from ultra.whatwhere import class_r2, position_r2
+from ultra.data.grids import grid_positions, labels_to_grid
+from ultra.analysis.whatwhere import class_r2, position_r2
 
 from conftest import TINY_VIT, save_png
 
-TINY = dict(model="vit_tiny_patch16_224", weights="random", image_size=64, num_vectors=5, epochs=30, k_intra=4, k_inter=4)
+from ultra.analysis.solver import SolverConfig
+from ultra.graphs.knn import KnnConfig
+
+TINY = dict(backbone="vit_tiny_patch16_224", weights="random", size=64, solver=SolverConfig(num_vectors=5, epochs=30),
+            knn=KnnConfig(k_intra=4, k_inter=4, k_any=0, candidate_images=None))
 
 
 @pytest.fixture(autouse=True)
 def _tiny_backbone(monkeypatch):
     """The analysis builds its own backbone: make it the tiny 3-block model."""
-    import ultra.analyze as module
-    from ultra.backbone import FrozenViT
+    import ultra.cli.analyze as module
+    from ultra.backbone.vit import FrozenViT
 
     monkeypatch.setattr(module, "FrozenViT", lambda name, weights, layers: FrozenViT(name, weights, layers, model_kwargs=TINY_VIT))
 
@@ -65,8 +69,8 @@ def test_analysis_without_labels_and_through_the_console_entry(tmp_path, capsys)
     for i in range(2):
         save_png(tmp_path / "flat" / f"p{i}.png", np.random.default_rng(i).integers(0, 255, (70, 90, 3), dtype=np.uint8))
     main(["--images", str(tmp_path / "flat"), "--output", str(tmp_path / "out"), "--graph_kinds", "[feat]",
-          "--model", "vit_tiny_patch16_224", "--weights", "random", "--image_size", "64", "--num_vectors", "4",
-          "--epochs", "10", "--k_intra", "3", "--k_inter", "3", "--clusters", "3"])
+          "--backbone", "vit_tiny_patch16_224", "--weights", "random", "--size", "64", "--solver.num_vectors", "4",
+          "--solver.epochs", "10", "--knn.k_intra", "3", "--knn.k_inter", "3", "--clusters", "3"])
     assert "feat   dataset" in capsys.readouterr().out
     stats = json.loads((tmp_path / "out" / "analysis.json").read_text())["feat"]["dataset"]
     assert set(stats) == {"position_r2"}
@@ -80,10 +84,11 @@ def test_analysis_bad_inputs(tmp_path):
     with pytest.raises(DataError, match="a.png is 40x10 px, smaller than one 16x16 patch"):
         analyze(tmp_path / "tiny", tmp_path / "o2", **TINY)
     write_synthetic_folder(tmp_path / "data", 2, 64, 4)
-    with pytest.raises(ValueError, match="num_vectors=16 must be smaller than the 16 tokens"):
-        analyze(tmp_path / "data", tmp_path / "o3", classes=4, **{**TINY, "num_vectors": 16})
+    with pytest.raises(ValueError, match="num_vectors 16 must be smaller than the 16 tokens"):
+        analyze(tmp_path / "data", tmp_path / "o3", classes=4, **{**TINY, "solver": SolverConfig(num_vectors=16)})
     with pytest.raises(ValueError, match="k_intra=20 exceeds the 15 other tokens"):
-        analyze(tmp_path / "data", tmp_path / "o4", classes=4, **{**TINY, "k_intra": 20})
+        analyze(tmp_path / "data", tmp_path / "o4", classes=4,
+                **{**TINY, "knn": KnnConfig(k_intra=20, k_inter=4, k_any=0, candidate_images=None)})
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "keep.txt").write_text("x")
     with pytest.raises(FileExistsError, match="busy is not empty"):

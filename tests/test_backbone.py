@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ultra.backbone import FrozenViT, UnknownModelError, resolve_model_name, snap_to_patch
-from ultra.weights import WeightsError
+from ultra.backbone.vit import FrozenViT, UnknownModelError, resolve_model_name, snap_to_patch
+from ultra.backbone.weights import WeightsError
 
 from conftest import TINY_VIT
 

@@ -7,8 +7,15 @@ import torch
 from PIL import Image
 
 from ultra.data import (
-    Cityscapes27, CocoStuff27, DataError, EvalTransform, FiveCropViews, ImageFolder, RandomViews,
-    SyntheticScenes, write_synthetic_folder,
+    Cityscapes27,
+    CocoStuff27,
+    DataError,
+    EvalTransform,
+    FiveCropViews,
+    ImageFolder,
+    RandomViews,
+    SyntheticScenes,
+    write_synthetic_folder,
 )
 from ultra.data.cityscapes import CLASSES as CITY_CLASSES
 from ultra.data.cocostuff import COARSE_CLASSES, fine_to_coarse
@@ -374,4 +381,4 @@ def test_an_unknown_package_name_is_an_attribute_error_naming_it_and_known_ones_
         ultra.data.CocoStuff28
     with pytest.raises(AttributeError, match="module 'ultra' has no attribute 'Segmentr'"):
         ultra.Segmentr
-    assert ultra.data.CocoStuff27.__module__ == "ultra.data.cocostuff" and ultra.load.__module__ == "ultra.inference"
+    assert ultra.data.CocoStuff27.__module__ == "ultra.data.cocostuff" and ultra.load.__module__ == "ultra.readout.checkpoint"

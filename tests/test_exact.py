@@ -4,12 +4,12 @@ import pytest
 import scipy.linalg
 import torch
 
-from ultra.affinity import KnnConfig, knn_graph
-from ultra.exact import QuadraticForms
-from ultra.graph import SparseRows
-from ultra.head import ProjectionHead
-from ultra.losses import head_loss
-from ultra.nodes import batch_from_entries
+from ultra.graphs.knn import KnnConfig, knn_graph
+from ultra.head.exact import QuadraticForms
+from ultra.graphs.sparse import SparseRows
+from ultra.head.projection import ProjectionHead
+from ultra.head.loss import head_loss
+from ultra.head.batches import batch_from_entries
 
 
 def _problem(images=8, tokens=30, dim=10, seed=0, with_views=False):
@@ -17,7 +17,7 @@ def _problem(images=8, tokens=30, dim=10, seed=0, with_views=False):
     centers = torch.randn(4, dim, generator=g) * 2
     x = centers[torch.randint(0, 4, (images, tokens), generator=g)] + torch.randn(images, tokens, dim, generator=g)
     x = x + 3.0  # a common mean: the trivial direction is within reach of a linear head
-    graph = knn_graph(x, config=KnnConfig(k_intra=0, k_inter=0, k_any=6))
+    graph = knn_graph(x, config=KnnConfig(k_intra=0, k_inter=0, k_any=6, candidate_images=None))
     features = x.reshape(-1, dim)
     view = None
     if with_views:  # token t of image 2i and of image 2i+1 are the same point seen twice

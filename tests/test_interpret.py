@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ultra.backbone import FrozenViT
-from ultra.interpret import _recording, anchor_targets, relevance_maps
+from ultra.backbone.vit import FrozenViT
+from ultra.analysis.relevance import _recording, anchor_targets, relevance_maps
 
 from conftest import TINY_VIT
 

@@ -5,8 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from ultra.metrics import (
-    SupervisedSegmentationMetric, UnsupervisedSegmentationMetric, as_floats, hungarian_match,
+from ultra.evaluation.metrics import (
+    SupervisedSegmentationMetric,
+    UnsupervisedSegmentationMetric,
+    as_floats,
+    hungarian_match,
 )
 
 

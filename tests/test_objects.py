@@ -5,8 +5,8 @@ from PIL import Image
 
 from ultra.cli import interpret as interpret_cli
 from ultra.cli import select as select_cli
-from ultra.interpret import RelevanceMaps
-from ultra.objects import cluster_maps, mask_from_map, otsu_threshold, point_token, segments_from_maps, select
+from ultra.analysis.relevance import RelevanceMaps
+from ultra.analysis.segments import cluster_maps, mask_from_map, otsu_threshold, point_token, segments_from_maps, select
 
 from conftest import TINY_VIT
 
@@ -81,7 +81,7 @@ TINY_ARGS = ["--model", "vit_tiny_patch16_224", "--weights", "random", "--size",
 
 @pytest.fixture(autouse=True)
 def _tiny_vit_in_commands(monkeypatch):
-    from ultra.backbone import FrozenViT
+    from ultra.backbone.vit import FrozenViT
 
     def tiny(name, weights, layers, kinds):
         return FrozenViT(name, weights, layers, kinds, model_kwargs=TINY_VIT)

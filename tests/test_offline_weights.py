@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ultra import onnx_dinov2
-from ultra.backbone import FrozenViT
+from ultra.backbone import onnx_dinov2
+from ultra.backbone.vit import FrozenViT
 
 from conftest import needs_offline
 

@@ -43,7 +43,7 @@ def test_concurrent_runs_build_one_cache_and_agree(tmp_path):
 
 def test_a_rerun_with_other_settings_is_refused_and_fresh_starts_over(tmp_path, caplog):
     from ultra.cli import train as train_cli
-    from ultra.inference import read_checkpoint
+    from ultra.readout.checkpoint import read_checkpoint
 
     config = synthetic_config(tmp_path / "c.yaml")
     args = ["--config", str(config), *tiny_overrides(tmp_path), "--model.solver", "sgd"]
@@ -120,7 +120,7 @@ def test_damaged_caches_graphs_and_checkpoints_are_rebuilt_or_refused(tmp_path, 
 def test_a_damaged_partial_cache_starts_again(tmp_path, tiny_vit, caplog):
     import numpy as np
     from ultra.data import FiveCropViews, SyntheticScenes
-    from ultra.features import FeatureCache
+    from ultra.data.cache import FeatureCache
 
     class Crashing(SyntheticScenes):
         crash = True
@@ -171,15 +171,15 @@ def test_interpret_refuses_bad_arguments(tmp_path, extra, message):
 
 
 def test_select_analyze_and_train_refuse_bad_arguments_early(tmp_path):
-    from ultra import analyze
+    from ultra.cli import analyze
     from ultra.cli import select
     from ultra.cli import train as train_cli
 
     image = _picture(tmp_path / "p.png")
     with pytest.raises(ValueError, match=r"--threshold must be 'otsu' or a fraction in \(0, 1\]"):
         select.run([str(image), "--point", "3,3", "-o", str(tmp_path / "m.png"), "--threshold", "2"])
-    with pytest.raises(ValueError, match="--image_size must be >= 1"):
-        analyze.analyze(tmp_path, tmp_path / "a", image_size=0)
+    with pytest.raises(ValueError, match="--size must be >= 1"):
+        analyze.analyze(tmp_path, tmp_path / "a", size=0)
     config = synthetic_config(tmp_path / "c.yaml")
     with pytest.raises(ValueError, match="extra_clusters must be >= 0"):
         train_cli.run(["--config", str(config), *tiny_overrides(tmp_path), "--readout.extra_clusters", "-30"])

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ultra.cli import train as train_cli
-from ultra.inference import read_checkpoint
+from ultra.readout.checkpoint import read_checkpoint
 
 from conftest import REPO, save_jpg, save_png
 from runs import config_path, synthetic_config, tiny_overrides

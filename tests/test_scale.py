@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ultra.features import FeatureCache
-from ultra.nodes import build_view_operator
+from ultra.data.cache import FeatureCache
+from ultra.graphs.store import build_view_operator
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "scale.py"
 
@@ -57,11 +57,11 @@ def test_a_stage_reports_its_fastest_run_or_segments_and_largest_memory():
 
 
 def test_graph_build_marks_its_views_without_changing_the_graph():
-    import ultra.affinity as affinity
+    import ultra.graphs.knn as affinity
 
     bench = _bench()
     tokens = torch.randn(10, 16, 8, generator=torch.Generator().manual_seed(0))
-    config = affinity.KnnConfig(k_intra=3, k_inter=2)
+    config = affinity.KnnConfig(k_intra=3, k_inter=2, k_any=0, candidate_images=None)
     with bench.marks_after(affinity, "_knn_edges", 3) as marks:
         marked = affinity.knn_graph(tokens, config=config)
     assert len(marks) == 3 and marks == sorted(marks)  # after views 3, 6 and 9

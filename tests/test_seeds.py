@@ -5,7 +5,7 @@ import statistics
 import pytest
 
 from ultra.cli import train as train_cli
-from ultra.seeds import split_seeds_argument
+from ultra.evaluation.seeds import split_seeds_argument
 
 from runs import synthetic_config, tiny_overrides
 

@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from ultra.affinity import KnnConfig, knn_graph
-from ultra.cluster import assign, kmeans
-from ultra.metrics import UnsupervisedSegmentationMetric
-from ultra.spectral import (
-    SolverConfig, exact_eigenvectors, planted_partition, solve, spectral_loss, subspace_cosines, weighted_matmul,
-)
+from ultra.graphs.knn import KnnConfig, knn_graph
+from ultra.readout.kmeans import assign, kmeans
+from ultra.evaluation.metrics import UnsupervisedSegmentationMetric
+from ultra.analysis.solver import SolverConfig, exact_eigenvectors, solve
+from graph_fixtures import planted_partition, subspace_cosines
+from ultra.graphs.spectral import spectral_loss, weighted_matmul
 
 
 def _clustered_tokens(images=12, tokens=48, dim=24, clusters=4, seed=0, spread=2.0):
@@ -60,7 +60,7 @@ def test_solver_over_several_weighted_graphs_matches_the_weighted_operator():
 
 def test_dataset_level_minibatches_share_one_table():
     tokens, labels = _clustered_tokens()
-    graph = knn_graph(tokens, config=KnnConfig(6, 6, teleport=0.5))
+    graph = knn_graph(tokens, config=KnnConfig(k_intra=6, k_inter=6, k_any=0, candidate_images=None), teleport=0.5)
     vectors, values = exact_eigenvectors([graph], None, 4)
     result = solve([graph], None, SolverConfig(num_vectors=4, epochs=250, lr=0.02, batch_images=3), nodes_per_image=48)
     assert subspace_cosines(result.vectors, vectors).min() >= 0.99
@@ -78,7 +78,7 @@ def test_teleport_stops_the_free_table_from_settling_on_component_indicators():
     rows = torch.arange(30).view(10, 3)
     src = torch.cat([rows[:, 0], rows[:, 1], rows[:, 0]])
     dst = torch.cat([rows[:, 1], rows[:, 2], rows[:, 2]])
-    from ultra.graph import SparseGraph
+    from ultra.graphs.sparse import SparseGraph
 
     plain = SparseGraph.from_affinity(src, dst, torch.ones(30), 30)
     assert exact_eigenvectors([plain], None, 4)[1].min() > 0.999  # four quotients of 1: degenerate

@@ -8,21 +8,22 @@ import torch
 from PIL import Image
 
 import ultra
-from ultra.affinity import KnnConfig, knn_graph
+from ultra.graphs.knn import KnnConfig, knn_graph
 from ultra.cli import evaluate as eval_cli
 from ultra.cli import segment as segment_cli
 from ultra.cli import train as train_cli
-from ultra import crf
-from ultra.crf import CRFUnavailable
+from ultra.readout import crf
+from ultra.readout.crf import CRFUnavailable
 from ultra.data import FiveCropViews, SyntheticScenes
 from ultra.data.io import DataError
-from ultra.features import FeatureCache
-from ultra.head import ProjectionHead
-from ultra.inference import CheckpointError, read_checkpoint
-from ultra.losses import head_loss, view_consistency_loss
-from ultra.nodes import NodeBatches, NodeBatchSampler, TrainingOperators, batch_from_entries, build_view_operator
-from ultra.spectral import spectral_loss
-from ultra.views import _token_points, view_correspondences
+from ultra.data.cache import FeatureCache
+from ultra.head.projection import ProjectionHead
+from ultra.readout.checkpoint import CheckpointError, read_checkpoint
+from ultra.head.loss import head_loss, view_consistency_loss
+from ultra.head.batches import NodeBatches, NodeBatchSampler, batch_from_entries
+from ultra.graphs.store import TrainingOperators, build_view_operator
+from ultra.graphs.spectral import spectral_loss
+from ultra.graphs.correspondence import _token_points, view_correspondences
 
 from conftest import TINY_VIT
 from runs import synthetic_config, tiny_overrides
@@ -38,7 +39,7 @@ def _tokens(n_images=6, tokens=25, dim=12, seed=0):
 
 def test_full_node_batch_loss_equals_the_exact_spectral_loss():
     x = _tokens()
-    graph = knn_graph(x, config=KnnConfig(4, 4))
+    graph = knn_graph(x, config=KnnConfig(k_intra=4, k_inter=4, k_any=0, candidate_images=None))
     features = x.reshape(-1, x.shape[-1])
     nodes = torch.arange(graph.num_nodes)
     batch = batch_from_entries(features, nodes, [graph.entries(nodes)], nodes, None)
@@ -53,7 +54,7 @@ def test_gradient_descent_on_node_batches_reaches_the_linear_head_optimum():
     """The linear head's optimum is a generalised eigenproblem (X^T S X w = lambda X^T X w); training must get there."""
     torch.manual_seed(0)
     x = _tokens(n_images=10, tokens=30)
-    graph = knn_graph(x, config=KnnConfig(5, 5))
+    graph = knn_graph(x, config=KnnConfig(k_intra=5, k_inter=5, k_any=0, candidate_images=None))
     features = x.reshape(-1, x.shape[-1])
     xs = features.double().numpy()
     s = graph.to_dense().double().numpy()
@@ -130,7 +131,7 @@ def test_view_correspondences_undo_crops_and_flips():
 def test_node_batches_are_deterministic_and_shared_between_processes(tmp_path, tiny_vit):
     data = SyntheticScenes(3, 96, 4, seed=0)
     cache = FeatureCache.open_or_build(data, tiny_vit, [("x", 2)], FiveCropViews(64, 96), tmp_path, progress=False)
-    graph = knn_graph(cache.tensor(("x", 2)), config=KnnConfig(0, 0, 5))
+    graph = knn_graph(cache.tensor(("x", 2)), config=KnnConfig(k_intra=0, k_inter=0, k_any=5, candidate_images=None))
     batches = NodeBatches(cache, [("x", 2)], TrainingOperators([graph], [1.0], None), batch_nodes=50, steps_per_epoch=6, seed=3)
     a, b = batches[7], batches[7]
     assert torch.equal(a["features"], b["features"]) and torch.equal(a["nodes"], b["nodes"])
@@ -373,8 +374,9 @@ def test_crafted_checkpoint_headers_are_refused_naming_the_field(trained, tmp_pa
 def test_a_checkpoint_for_other_backbone_weights_is_refused(tmp_path):
     from safetensors.torch import save_file
 
-    from ultra.backbone import FrozenViT
-    from ultra.inference import ClusterReadout, Segmenter, save_segmenter
+    from ultra.backbone.vit import FrozenViT
+    from ultra.readout.segmenter import ClusterReadout, Segmenter
+    from ultra.readout.checkpoint import save_segmenter
 
     state = FrozenViT("vit_tiny_patch16_224", weights="random", model_kwargs=TINY_VIT).model.state_dict()
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "a.safetensors"))

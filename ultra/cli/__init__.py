@@ -7,10 +7,10 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ..crf import CRFUnavailable
+from ..readout.crf import CRFUnavailable
 from ..data.io import DataError
-from ..inference import CheckpointError
-from ..weights import WeightsError
+from ..readout.checkpoint import CheckpointError
+from ..backbone.weights import WeightsError
 
 USER_ERRORS = (DataError, CheckpointError, WeightsError, CRFUnavailable, FileExistsError, FileNotFoundError, PermissionError,
                ValueError, KeyError)

@@ -20,11 +20,11 @@ import pytorch_lightning as pl
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from . import console, refuse_overwrite, require_writable
-from ..crf import require_crf
+from ..readout.crf import require_crf
 from ..data.base import SegmentationDataset
 from ..data.transforms import EvalTransform
-from ..evaluation import evaluate
-from ..inference import load
+from ..evaluation.protocol import evaluate
+from ..readout.checkpoint import load
 
 
 def build_parser() -> ArgumentParser:

@@ -13,12 +13,12 @@ import torch
 from jsonargparse import ArgumentParser
 
 from . import add_backbone_arguments, check_backbone_arguments, console, refuse_overwrite
-from ..backbone import FrozenViT
+from ..backbone.vit import FrozenViT
 from ..data.io import read_image
 from ..data.transforms import image_to_tensor
-from ..interpret import relevance_maps
-from ..objects import prepare_image, segments_from_maps
-from ..viz import heatmap, overlay, save_image, save_sheet
+from ..analysis.relevance import relevance_maps
+from ..analysis.segments import prepare_image, segments_from_maps
+from ..pictures import heatmap, overlay, save_image, save_sheet
 
 
 def build_parser() -> ArgumentParser:

@@ -17,10 +17,10 @@ from jsonargparse import ArgumentParser
 from tqdm.auto import tqdm
 
 from . import console, refuse_overwrite
-from ..crf import require_crf
+from ..readout.crf import require_crf
 from ..data.io import DataError, list_images, read_image
-from ..inference import load
-from ..viz import overlay, save_image
+from ..readout.checkpoint import load
+from ..pictures import overlay, save_image
 
 log = logging.getLogger(__name__)
 

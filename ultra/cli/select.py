@@ -11,11 +11,11 @@ import numpy as np
 from jsonargparse import ArgumentParser
 
 from . import add_backbone_arguments, check_backbone_arguments, console, refuse_overwrite
-from ..backbone import FrozenViT
+from ..backbone.vit import FrozenViT
 from ..data.io import read_image
 from ..data.transforms import image_to_tensor
-from ..objects import select
-from ..viz import heatmap, overlay_mask, save_image
+from ..analysis.segments import select
+from ..pictures import heatmap, overlay_mask, save_image
 
 
 def parse_point(text: str) -> tuple[float, float]:

@@ -31,13 +31,16 @@ from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from . import console, require_writable
-from ..crf import require_crf
-from ..evaluation import evaluate
+from ..readout.crf import require_crf
+from ..evaluation.protocol import evaluate
 from ..files import atomic_path
-from ..inference import ClusterReadout, ProbeReadout, Segmenter, save_segmenter
-from ..readout import CachedRows, fit_centroids, train_probe
-from ..seeds import format_summary, split_seeds_argument, summarize
-from ..training import SpectralHeadModule, UltraDataModule
+from ..readout.segmenter import ClusterReadout, ProbeReadout, Segmenter
+from ..readout.checkpoint import save_segmenter
+from ..readout.fit import CachedRows, fit_centroids
+from ..readout.probe import train_probe
+from ..evaluation.seeds import format_summary, split_seeds_argument, summarize
+from ..head.module import SpectralHeadModule
+from ..head.datamodule import UltraDataModule
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # run() passes the parsed command line
@@ -232,7 +235,7 @@ def export(segmenter: Segmenter, data: UltraDataModule, root: Path, is_main: boo
 def run(args: list[str] | None = None) -> dict | None:
     """Train from a config; returns the evaluation report (None without a validation set).
 
-    ``--seeds 0,1,2`` runs once per seed and returns the summary over seeds (:func:`ultra.seeds.summarize`).
+    ``--seeds 0,1,2`` runs once per seed and returns the summary over seeds (:func:`ultra.evaluation.seeds.summarize`).
     """
     torch.set_float32_matmul_precision("high")
     seeds, args = split_seeds_argument(sys.argv[1:] if args is None else list(args))

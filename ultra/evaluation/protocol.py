@@ -1,6 +1,6 @@
 """The evaluation protocol as a Lightning test loop, and its report (table, JSON, pictures).
 
-Every readout of a :class:`~ultra.inference.Segmenter` is scored on the same images: clusters by
+Every readout of a :class:`~ultra.readout.segmenter.Segmenter` is scored on the same images: clusters by
 Hungarian-matched unsupervised mIoU/accuracy, the probe by plain mIoU/accuracy; with ``crf`` each
 again after a dense CRF. Confusion matrices are torchmetrics states, summed across processes, and
 the loader gives every image to exactly one process, so any number of processes reports the
@@ -18,12 +18,18 @@ import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
-from .crf import SCORE_SCALE, dense_crf
-from .data.base import SegmentationDataset
-from .files import atomic_path
-from .inference import Segmenter
-from .metrics import SupervisedSegmentationMetric, UnsupervisedSegmentationMetric, apply_matching, as_floats, matched_confusion
-from .viz import overlay, save_confusion, save_sheet
+from ..readout.crf import SCORE_SCALE, dense_crf
+from ..data.base import SegmentationDataset
+from ..files import atomic_path
+from ..readout.segmenter import Segmenter
+from .metrics import (
+    SupervisedSegmentationMetric,
+    UnsupervisedSegmentationMetric,
+    apply_matching,
+    as_floats,
+    matched_confusion,
+)
+from ..pictures import overlay, save_confusion, save_sheet
 
 log = logging.getLogger(__name__)
 LABELS = {"head": "head + k-means", "raw": "raw tokens + k-means", "probe": "linear probe (supervised)"}

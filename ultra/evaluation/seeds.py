@@ -4,7 +4,7 @@ from __future__ import annotations
 import statistics
 from typing import Mapping
 
-from .evaluation import LABELS
+from .protocol import LABELS
 
 FIGURES = ("miou", "acc", "miou_present")
 

@@ -10,7 +10,7 @@ other images, and its ``k_any`` most similar tokens of the whole set wherever th
 kNN graph; inter-image neighbours appear where they are closer than the image's own tokens).
 "Other images" are all of them, or only the image's ``candidate_images`` nearest images by mean
 token. Similarities below ``threshold`` are dropped, and the edges are symmetrised and normalised
-(:class:`~ultra.graph.SparseGraph`). Work is blockwise: the largest similarity block held is
+(:class:`~ultra.graphs.sparse.SparseGraph`). Work is blockwise: the largest similarity block held is
 ``n x max(k, max_block // n)`` floats (``max_block`` = 2^24 by default, 64 MB in float32), never
 ``N x N``; memory of the result is O(N * (k_intra + k_inter)).
 """
@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import graph as graph_module
-from .graph import SparseGraph, index_dtype, lift_graph, pooling_matrix
+from . import sparse as graph_module
+from .sparse import SparseGraph, index_dtype, lift_graph, pooling_matrix
 
 GRAPH_KINDS = {"kq": ("q", "k"), "vv": ("v", "v"), "feat": ("x", "x"), "norm": ("n", "n")}
 """Graph kind -> (token kind of the rows, token kind of the columns)."""
@@ -55,22 +55,24 @@ class GraphSpec:
         return (row_kind, self.layer), (col_kind, self.layer)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class KnnConfig:
-    """Neighbour counts (own image, other images, anywhere), threshold, candidate images, teleport, block size.
+    """Neighbour counts (own image, other images, anywhere), threshold, candidate images, block size.
+
+    The defaults are the graph the head is trained on: 16 neighbours anywhere in the set (other
+    images where they are the closest), searched among each image's 32 nearest images.
 
     ``group_views``: for a cache of several views (crops) per image, the other views of the same
     image are not "other images": the inter-image and anywhere searches and the candidate images
     skip them (the view operator already ties them together), leaving the slots to other images.
     """
 
-    k_intra: int = 16
-    k_inter: int = 16
-    k_any: int = 0
+    k_intra: int = 0
+    k_inter: int = 0
+    k_any: int = 16
     threshold: float = 0.0
-    candidate_images: int | None = None
+    candidate_images: int | None = 32
     group_views: bool = False
-    teleport: float = 0.0
     max_block: int = 1 << 24
 
     def __post_init__(self):
@@ -89,10 +91,11 @@ def token_kinds(specs: Sequence[GraphSpec]) -> set[str]:
 
 
 def knn_graph(rows: Tensor, cols: Tensor | None = None, config: KnnConfig = KnnConfig(),
-              device: str | torch.device = "cpu", groups: Tensor | None = None) -> SparseGraph:
+              device: str | torch.device = "cpu", groups: Tensor | None = None, teleport: float = 0.0) -> SparseGraph:
     """The kNN graph of ``B`` images' tokens: ``rows``/``cols`` are ``[B, n, D]`` (``cols`` defaults to ``rows``).
 
     ``groups`` (``[B]``, used with ``config.group_views``): the source image of each of the B views.
+    ``teleport``: the uniform term that keeps a free table's graph connected (:class:`~ultra.graphs.sparse.SparseGraph`).
 
     Similarity is the cosine of ``rows[i]`` with ``cols[j]``; node ``b*n + t`` is token t of image b.
     Tokens may be any dtype and stay where they are (e.g. float16 memory-mapped on the host): each
@@ -143,7 +146,7 @@ def knn_graph(rows: Tensor, cols: Tensor | None = None, config: KnnConfig = KnnC
         filled += pair.numel()
         if local + n == size:
             pieces.append((counts, targets[:filled], weights[:filled]))
-    return SparseGraph.from_row_chunks(pieces, total, views_per_chunk * n, config.teleport)
+    return SparseGraph.from_row_chunks(pieces, total, views_per_chunk * n, teleport)
 
 
 def _knn_edges(rows: Tensor, cols: Tensor, config: KnnConfig, k_inter: int, candidates: Tensor | None,
@@ -270,7 +273,7 @@ def nearest_images(image_features: Tensor, count: int, groups: Tensor | None = N
 
 
 def affinity_graphs(grids: Mapping[tuple[str, int], Tensor], specs: Sequence[GraphSpec],
-                    config: KnnConfig = KnnConfig()) -> list[SparseGraph]:
+                    config: KnnConfig = KnnConfig(), teleport: float = 0.0) -> list[SparseGraph]:
     """One graph per spec from token grids ``grids[(token_kind, layer)] = [B, h, w, D]``.
 
     Layers whose grid is coarser than the finest one are lifted to it by an orthonormal pooling
@@ -285,12 +288,12 @@ def affinity_graphs(grids: Mapping[tuple[str, int], Tensor], specs: Sequence[Gra
                 raise KeyError(f"graph {spec.name} needs '{key[0]}' tokens of layer {spec.layer}, which were not computed")
             sizes[spec] = tuple(grids[key].shape[1:3])
     finest = max(sizes.values(), key=lambda s: s[0] * s[1])
-    if config.teleport and any(size != finest for size in sizes.values()):
+    if teleport and any(size != finest for size in sizes.values()):
         raise ValueError("teleport is not supported with graphs of different grid sizes")
     graphs = []
     for spec in specs:
         r, c = (grids[key] for key in spec.token_keys)
-        graph = knn_graph(r.flatten(1, 2), c.flatten(1, 2), config)
+        graph = knn_graph(r.flatten(1, 2), c.flatten(1, 2), config, teleport=teleport)
         if sizes[spec] != finest:
             graph = lift_graph(graph, pooling_matrix(finest, sizes[spec], r.shape[0]))
         graphs.append(graph)

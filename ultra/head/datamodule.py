@@ -1,19 +1,17 @@
-"""Lightning pieces of head training: the data module (cache, global graphs, node batches) and the head module.
+"""The data of head training: feature cache, global operators and node batches, as a Lightning data module.
 
 The data module owns the frozen backbone and everything derived from it. With the cache (the
 default) it builds the feature cache of the training views and the global operators once
-(``prepare_data``, on one process per node) and serves node batches (:mod:`ultra.nodes`). With
-``on_the_fly=True`` it serves images with two random views each and, after the batch reaches the
-device, runs the backbone and builds the graphs inside the batch, producing the same node-batch
-structure; the head module never sees images either way.
+(``prepare_data``, on one process per node) and serves node batches (:mod:`ultra.head.batches`).
+With ``on_the_fly=True`` it serves images with two random views each and, after the batch reaches
+the device, runs the backbone and builds the graphs inside the batch, producing the same
+node-batch structure; the head module never sees images either way.
 """
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import time
-import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -21,19 +19,15 @@ import torch
 from pytorch_lightning.utilities import move_data_to_device
 from torch.utils.data import DataLoader
 
-from .affinity import GraphSpec, KnnConfig, knn_graph
-from .backbone import FrozenViT
-from .data.base import SegmentationDataset
-from .data.transforms import CenterView, EvalTransform, FiveCropViews, RandomViews
-from .features import FeatureCache, TokenKey, collate_views
-from .files import cache_root
-from .head import ProjectionHead
-from .exact import QuadraticForms
-from .losses import head_loss
-from .nodes import NodeBatches, NodeBatchSampler, TrainingOperators, batch_from_entries, build_view_operator, load_or_build_operators
+from ..graphs.knn import GraphSpec, KnnConfig, knn_graph
+from ..backbone.vit import FrozenViT
+from ..data.base import SegmentationDataset
+from ..data.transforms import CenterView, EvalTransform, FiveCropViews, RandomViews
+from ..data.cache import FeatureCache, TokenKey, collate_views
+from ..files import cache_root
+from .batches import NodeBatches, NodeBatchSampler, batch_from_entries
+from ..graphs.store import TrainingOperators, build_view_operator, load_or_build_operators
 
-log = logging.getLogger(__name__)
-warnings.filterwarnings("ignore", message=r"`LightningModule.configure_optimizers` returned `None`")  # the exact solver
 VIEW_SCHEMES = ("five", "center")
 FEATURE_TOKENS = ("x", "n")
 
@@ -44,7 +38,7 @@ class UltraDataModule(pl.LightningDataModule):
     Args:
         train_dataset: images the head is trained on (labels unused, except by the optional probe).
         val_dataset: the evaluation set (the protocol transform is applied here).
-        backbone, weights, model_kwargs: the frozen ViT (see :class:`~ultra.backbone.FrozenViT`).
+        backbone, weights, model_kwargs: the frozen ViT (see :class:`~ultra.backbone.vit.FrozenViT`).
         feature_layers: blocks whose output tokens, concatenated, are the head's input (and, of the
             last, the raw-token baseline's).
         tokens: ``x`` block outputs or ``n`` block outputs through the final LayerNorm, for those.
@@ -91,8 +85,6 @@ class UltraDataModule(pl.LightningDataModule):
         super().__init__()
         if views not in VIEW_SCHEMES:
             raise ValueError(f"views must be one of {VIEW_SCHEMES}, got '{views}'")
-        if knn.teleport:
-            raise ValueError("knn.teleport is for free-table solves; the head is trained without it")
         self.train_dataset, self.val_dataset = train_dataset, val_dataset
         self.backbone = FrozenViT(backbone, weights=weights, model_kwargs=model_kwargs)
         if tokens not in FEATURE_TOKENS:
@@ -208,85 +200,3 @@ class UltraDataModule(pl.LightningDataModule):
         features = torch.cat([tokens[key].reshape(n_nodes, -1) for key in self.feature_keys], 1)
         out = batch_from_entries(features.cpu(), every, graphs, every, view)
         return move_data_to_device(out, images.device)
-
-
-SOLVERS = ("exact", "sgd")
-
-
-class SpectralHeadModule(pl.LightningModule):
-    """The head g, fitted to the spectral-consistency loss on node batches.
-
-    Args:
-        in_dim: token dimension (linked from the data module's ``head_dim``).
-        out_dim: embedding dimension m (about 50; well above the number of classes).
-        head: ``linear`` (one matrix W) or ``mlp``; hidden_dim for the MLP.
-        solver: ``exact`` (linear head only): the loss's exact optimum from one pass over every
-            node (:mod:`ultra.exact`; ``max_epochs`` is then 1); ``sgd``: AdamW on random node batches.
-        ridge, trivial_threshold: of the exact solve (see :mod:`ultra.exact`).
-        lr, weight_decay: AdamW (``sgd``).
-        ortho_weight: lambda of the orthogonality term (``sgd``; the exact solution has none to pay);
-            view_weight: alpha of the view term.
-        graph_weights: weights of the graphs (linked from the data module).
-    """
-
-    def __init__(self, in_dim: int, out_dim: int = 50, head: str = "linear", hidden_dim: int = 512,
-                 solver: str = "exact", ridge: float = 1e-4, trivial_threshold: float = 0.9,
-                 lr: float = 1e-3, weight_decay: float = 0.0, ortho_weight: float = 1.0, view_weight: float = 0.1,
-                 graph_weights: list[float] | None = None):
-        super().__init__()
-        if solver not in SOLVERS:
-            raise ValueError(f"model.solver must be one of {SOLVERS}, got '{solver}'")
-        if solver == "exact" and head != "linear":
-            raise ValueError(f"model.solver 'exact' solves the linear head; use model.solver sgd for head '{head}'")
-        if solver == "exact" and not 1 <= out_dim < in_dim:
-            raise ValueError(f"model.solver 'exact' needs 1 <= out_dim < the token dimension {in_dim}, got {out_dim}")
-        self.save_hyperparameters()
-        self.head = ProjectionHead(in_dim, out_dim, head, hidden_dim)
-        self.graph_weights = list(graph_weights) if graph_weights else None
-        self.forms: QuadraticForms | None = None
-        self.automatic_optimization = solver == "sgd"
-
-    @property
-    def node_order(self) -> str:
-        """The node batches this module trains on (see :class:`~ultra.nodes.NodeBatches`)."""
-        return "sweep" if self.hparams.solver == "exact" else "random"
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.head(tokens)
-
-    def setup(self, stage: str) -> None:
-        if stage == "fit" and self.hparams.solver == "exact" and self.trainer.max_epochs != 1:
-            log.info("exact solver: one pass over the training tokens (max_epochs %s -> 1)", self.trainer.max_epochs)
-            self.trainer.fit_loop.max_epochs = 1
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
-        weights = self.graph_weights or [1.0] * len(batch["graphs"])
-        size = int(batch["nodes"].numel())
-        if self.hparams.solver == "exact":
-            if self.forms is None:
-                self.forms = QuadraticForms(self.hparams.in_dim, weights)
-            self.forms.update(batch)
-            return None
-        parts = head_loss(self.head(batch["features"]), batch, weights, self.hparams.ortho_weight, self.hparams.view_weight)
-        self.log("loss", parts["loss"], prog_bar=True, batch_size=size)
-        self.log_dict({f"train/{k}": v for k, v in parts.items() if k != "loss"}, batch_size=size)
-        return parts["loss"]
-
-    def on_train_epoch_end(self) -> None:
-        if self.hparams.solver != "exact":
-            return
-        if self.forms is None:
-            raise RuntimeError("the exact solver saw no node batch")
-        strategy = self.trainer.strategy
-        self.forms.reduce(lambda t: strategy.reduce(t.to(strategy.root_device), reduce_op="sum"))
-        solution = self.forms.solve(self.hparams.out_dim, self.hparams.view_weight, self.hparams.ridge,
-                                    self.hparams.trivial_threshold)
-        self.forms = None
-        with torch.no_grad():
-            self.head.net.weight.copy_(solution.weight)
-        self.log_dict({"train/quotient": solution.quotients.mean().float(), "train/view": solution.view.mean().float()})
-
-    def configure_optimizers(self):
-        if self.hparams.solver == "exact":
-            return None
-        return torch.optim.AdamW(self.head.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

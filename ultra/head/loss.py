@@ -1,9 +1,9 @@
 """The spectral-consistency loss of a head's outputs: spectral term, orthogonality, view consistency.
 
 ``L = L_spec(z; S_l of the graphs) + alpha * L_view``, where ``L_spec`` (with its orthogonality
-term) is :func:`ultra.spectral.spectral_loss` on the batch's node rows and ``L_view`` compares the
+term) is :func:`ultra.graphs.spectral.spectral_loss` on the batch's node rows and ``L_view`` compares the
 embedding of each token with the embedding of the same image point in the other views of its
-image (geometric augmentation undone by the view operator, :mod:`ultra.views`).
+image (geometric augmentation undone by the view operator, :mod:`ultra.graphs.correspondence`).
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .graph import RowBlock
-from .spectral import spectral_loss
+from ..graphs.sparse import RowBlock
+from ..graphs.spectral import spectral_loss
 
 
 def view_consistency_loss(z_nodes: Tensor, partners: Tensor, has_partner: Tensor, eps: float = 1e-12) -> Tensor:
@@ -30,7 +30,7 @@ def view_consistency_loss(z_nodes: Tensor, partners: Tensor, has_partner: Tensor
 
 
 def propagate_batch(batch: dict, x: Tensor, views: bool = True) -> tuple[Tensor, list[Tensor], Tensor | None, Tensor | None]:
-    """For a node batch (see :mod:`ultra.nodes`) and ``x`` at its touched nodes: ``x`` at the batch's nodes,
+    """For a node batch (see :mod:`ultra.graphs.store`) and ``x`` at its touched nodes: ``x`` at the batch's nodes,
     the rows of every graph times ``x``, and the view partners of the nodes with the mask of nodes that have one."""
     nodes = batch["nodes"]
     columns = torch.arange(x.shape[0], device=x.device)
@@ -50,7 +50,7 @@ def propagate_batch(batch: dict, x: Tensor, views: bool = True) -> tuple[Tensor,
 
 def head_loss(z: Tensor, batch: dict, graph_weights: Sequence[float], ortho_weight: float,
               view_weight: float) -> dict[str, Tensor]:
-    """The full loss on a node batch (see :mod:`ultra.nodes`) given the head's outputs ``z`` for its touched nodes."""
+    """The full loss on a node batch (see :mod:`ultra.graphs.store`) given the head's outputs ``z`` for its touched nodes."""
     z_nodes, propagated, partners, has_partner = propagate_batch(batch, z, views=bool(view_weight))
     spectral = spectral_loss(z_nodes, propagated, graph_weights, ortho_weight)
     parts = {"spectral": spectral.spectral, "ortho": spectral.ortho, "quotient": spectral.quotients.mean()}

@@ -4,9 +4,9 @@ For a folder of images, for each graph kind, the gradient-descent solver finds t
 pseudo-eigenvectors of the layer-averaged graph of each image alone and of the whole folder at
 once (intra- and inter-image edges). The command writes, per image, a sheet with the first three
 non-trivial eigenvectors as RGB and k-means segments, and ``analysis.json`` with the figures of
-:mod:`ultra.whatwhere` (position R^2, class R^2, k-means mIoU) per kind and level.
+:mod:`ultra.analysis.whatwhere` (position R^2, class R^2, k-means mIoU) per kind and level.
 
-    ultra-analyze --images FOLDER --output OUT [--classes 21] [--model vit_small_patch14_dinov2]
+    ultra-analyze --images FOLDER --output OUT [--classes 21] [--backbone vit_small_patch14_dinov2]
 """
 from __future__ import annotations
 
@@ -21,16 +21,16 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .affinity import GRAPH_KINDS, GraphSpec, KnnConfig, affinity_graphs, token_kinds
-from .backbone import FrozenViT
-from .cluster import assign, kmeans
-from .data import EvalTransform, ImageFolder
-from .data.io import DataError
-from .files import atomic_path
-from .grids import labels_to_grid
-from .spectral import SolverConfig, solve
-from .viz import eigen_rgb, overlay, save_sheet
-from .whatwhere import class_r2, kmeans_scores, position_r2
+from ..graphs.knn import GRAPH_KINDS, GraphSpec, KnnConfig, affinity_graphs, token_kinds
+from ..backbone.vit import FrozenViT
+from ..readout.kmeans import assign, kmeans
+from ..data import EvalTransform, ImageFolder
+from ..data.io import DataError
+from ..files import atomic_path
+from ..data.grids import labels_to_grid
+from ..analysis.solver import SolverConfig, solve
+from ..pictures import eigen_rgb, overlay, save_sheet
+from ..analysis.whatwhere import class_r2, kmeans_scores, position_r2
 
 log = logging.getLogger(__name__)
 LEVELS = ("image", "dataset")
@@ -63,104 +63,62 @@ def extract_grids(backbone: FrozenViT, items: list[dict], kinds: set[str], layer
     return {key: torch.cat(value) for key, value in store.items()}
 
 
-def analyze(
-    images: Path,
-    output: Path,
-    model: str = "vit_small_patch14_dinov2",
-    weights: str = "auto",
-    layers: list[int] | None = None,
-    graph_kinds: list[str] = ("kq", "vv", "feat"),
-    image_size: int = 448,
-    classes: int | None = None,
-    num_vectors: int = 16,
-    epochs: int = 300,
-    lr: float = 0.02,
-    k_intra: int = 16,
-    k_inter: int = 16,
-    k_any: int = 0,
-    threshold: float = 0.0,
-    teleport: float = 0.0,
-    batch_images: int | None = None,
-    clusters: int = 8,
-    seed: int = 0,
-    overwrite: bool = False,
-) -> dict:
+ANALYSIS_KNN = KnnConfig(k_intra=16, k_inter=16, k_any=0, candidate_images=None)
+"""The analysis's graphs: neighbours inside each image and in the other images (each level's structure apart)."""
+
+
+def analyze(images: Path, output: Path, backbone: str = "vit_small_patch14_dinov2", weights: str = "auto",
+            layers: list[int] | None = None, graph_kinds: list[str] = ("kq", "vv", "feat"), size: int = 448,
+            classes: int | None = None, knn: KnnConfig = ANALYSIS_KNN, teleport: float = 0.0,
+            solver: SolverConfig = SolverConfig(), clusters: int = 8, overwrite: bool = False) -> dict:
     """Run the analysis and write its pictures and ``analysis.json`` into ``output``; returns the figures.
 
     Args:
         images: a folder of images (``images/`` and optional ``labels/``, or a flat folder).
         output: where to write; must be empty unless ``overwrite``.
-        model: the frozen backbone (a timm ViT name or alias).
+        backbone: the frozen ViT (a timm name or alias).
         weights: its weights: auto, hub, offline, random or a file.
         layers: blocks whose graphs are used (default: all).
         graph_kinds: among kq, vv, feat, norm; one solve per kind over all chosen layers.
-        image_size: images are resized (shorter side) and centre-cropped to this square size (pixels).
+        size: images are resized (shorter side) and centre-cropped to this square size (pixels).
         classes: number of label classes when labels/ exists (enables class R^2 and mIoU).
-        num_vectors: eigenvectors per solve.
-        epochs: solver epochs.
-        lr: solver learning rate.
-        k_intra: neighbours of each token inside its image.
-        k_inter: neighbours of each token in the other images.
-        k_any: neighbours of each token anywhere in the set.
-        threshold: affinities below it are dropped.
-        teleport: uniform teleport term keeping the graph connected.
-        batch_images: images per solver step at the dataset level (default: all at once).
+        knn: the graphs' neighbours (the per-image level uses only ``k_intra`` and ``k_any``).
+        teleport: uniform teleport term keeping the graphs connected.
+        solver: the gradient-descent solver (its seed also seeds k-means; ``batch_images``: images per
+            step at the dataset level, default all at once).
         clusters: k-means segments per image and per set when there are no labels.
-        seed: seed of the solver and of k-means.
         overwrite: write into a non-empty output folder.
     """
     start = time.perf_counter()
-    for name, value in (("image_size", image_size), ("num_vectors", num_vectors), ("epochs", epochs),
-                        ("clusters", clusters), ("batch_images", batch_images or 1)):
-        if value < 1:
-            raise ValueError(f"--{name} must be >= 1, got {value}")
-    if lr <= 0:
-        raise ValueError(f"--lr must be positive, got {lr}")
-    for kind in graph_kinds:
-        if kind not in GRAPH_KINDS:
-            raise ValueError(f"graph kind must be among {sorted(GRAPH_KINDS)}, got '{kind}'")
+    _check_settings(size, graph_kinds, solver, clusters, teleport)
     output = prepare_output(output, overwrite)
-    backbone = FrozenViT(model, weights=weights, layers=layers)
-    data = ImageFolder(images, classes=classes, use_labels=classes is not None,
-                       transform=EvalTransform(image_size, image_size))
-    check_image_sizes(data, backbone.patch_size)
-    if image_size % backbone.patch_size:
-        raise ValueError(f"image_size={image_size} is not a multiple of the patch size {backbone.patch_size}")
-    layer_list = list(backbone.layers)
+    vit = FrozenViT(backbone, weights=weights, layers=layers)
+    if size % vit.patch_size:
+        raise ValueError(f"--size {size} is not a multiple of the patch size {vit.patch_size} of {backbone}")
+    data = ImageFolder(images, classes=classes, use_labels=classes is not None, transform=EvalTransform(size, size))
+    check_image_sizes(data, vit.patch_size)
     items = [data[i] for i in range(len(data))]
-    grids = extract_grids(backbone, items, token_kinds([GraphSpec(k, 0) for k in graph_kinds]), layer_list)
+    grids = extract_grids(vit, items, token_kinds([GraphSpec(k, 0) for k in graph_kinds]), list(vit.layers))
     grid = tuple(next(iter(grids.values())).shape[1:3])
-    n = grid[0] * grid[1]
-    if num_vectors >= n:
-        raise ValueError(f"num_vectors={num_vectors} must be smaller than the {n} tokens of an image")
+    if solver.num_vectors >= grid[0] * grid[1]:
+        raise ValueError(f"--solver.num_vectors {solver.num_vectors} must be smaller than the {grid[0] * grid[1]} "
+                         f"tokens of an image")
     labels = torch.stack([it["label"] for it in items]) if data.has_labels else None
-    grid_labels = labels_to_grid(labels, grid, data.num_classes) if labels is not None else None
-    pictures = [(it["image"].permute(1, 2, 0).numpy() * 255).astype(np.uint8) for it in items]
-    solver = SolverConfig(num_vectors=num_vectors, epochs=epochs, lr=lr, seed=seed)
-    knn = KnnConfig(k_intra=k_intra, k_inter=k_inter if len(items) > 1 else 0, k_any=k_any, threshold=threshold,
-                    teleport=teleport)
+    if len(items) == 1:
+        knn = replace(knn, k_inter=0)
     figures: dict = {"settings": {
-        "images": str(images), "model": backbone.describe(), "layers": layer_list, "graph_kinds": list(graph_kinds),
-        "image_size": image_size, "grid": list(grid), "knn": asdict(knn),
-        "solver": asdict(solver), "batch_images": batch_images,
+        "images": str(images), "model": vit.describe(), "layers": list(vit.layers), "graph_kinds": list(graph_kinds),
+        "image_size": size, "grid": list(grid), "knn": asdict(knn), "teleport": teleport, "solver": asdict(solver),
     }}
     maps: dict = {}
     for kind in graph_kinds:
-        specs = [GraphSpec(kind, layer) for layer in layer_list]
-        per_image = []
-        for b in tqdm(range(len(items)), desc=f"{kind}: per-image solves"):
-            one = {key: value[b:b + 1].float() for key, value in grids.items()}
-            graphs = affinity_graphs(one, specs, replace(knn, k_inter=0))
-            per_image.append(solve(graphs, None, solver).vectors)
-        graphs = affinity_graphs({k: v.float() for k, v in grids.items()}, specs, knn)
-        whole = solve(graphs, None, replace(solver, batch_images=batch_images),
-                      nodes_per_image=n, progress=True).vectors
-        levels = {"image": torch.stack(per_image), "dataset": whole.reshape(len(items), n, -1)}
+        levels = solve_levels(grids, [GraphSpec(kind, layer) for layer in vit.layers], knn, teleport, solver)
         figures[kind] = {}
         for level, vectors in levels.items():
-            stats, segments = _level_figures(vectors, grid, labels, grid_labels, data.num_classes, clusters, seed, level)
+            stats, segments = _level_figures(vectors, grid, labels, data.num_classes, clusters, solver.seed, level)
             figures[kind][level] = stats
             maps[(kind, level)] = (vectors, segments)
+    pictures = [(it["image"].permute(1, 2, 0).numpy() * 255).astype(np.uint8) for it in items]
     _write_sheets(output, [s.name for s in data.samples], pictures, maps, graph_kinds, grid, labels)
     figures["seconds"] = round(time.perf_counter() - start, 1)
     with atomic_path(output / "analysis.json") as tmp:
@@ -169,8 +127,35 @@ def analyze(
     return figures
 
 
-def _level_figures(vectors, grid, labels, grid_labels, num_classes, clusters, seed, level) -> tuple[dict, torch.Tensor]:
+def _check_settings(size: int, graph_kinds, solver: SolverConfig, clusters: int, teleport: float) -> None:
+    for name, value in (("size", size), ("solver.num_vectors", solver.num_vectors), ("solver.epochs", solver.epochs),
+                        ("clusters", clusters), ("solver.batch_images", solver.batch_images or 1)):
+        if value < 1:
+            raise ValueError(f"--{name} must be >= 1, got {value}")
+    if solver.lr <= 0 or teleport < 0:
+        raise ValueError(f"--solver.lr must be positive and --teleport >= 0, got {solver.lr} and {teleport}")
+    for kind in graph_kinds:
+        if kind not in GRAPH_KINDS:
+            raise ValueError(f"graph kind must be among {sorted(GRAPH_KINDS)}, got '{kind}'")
+
+
+def solve_levels(grids: dict, specs: list[GraphSpec], knn: KnnConfig, teleport: float,
+                 solver: SolverConfig) -> dict[str, torch.Tensor]:
+    """Eigenvectors ``[images, tokens, m]`` of every image alone (``image``) and of the whole set at once (``dataset``)."""
+    count, h, w = next(iter(grids.values())).shape[:3]
+    per_image = []
+    for b in tqdm(range(count), desc=f"{specs[0].kind}: per-image solves"):
+        one = {key: value[b:b + 1].float() for key, value in grids.items()}
+        graphs = affinity_graphs(one, specs, replace(knn, k_inter=0), teleport)
+        per_image.append(solve(graphs, None, replace(solver, batch_images=None)).vectors)
+    graphs = affinity_graphs({k: v.float() for k, v in grids.items()}, specs, knn, teleport)
+    whole = solve(graphs, None, solver, nodes_per_image=h * w, progress=True).vectors
+    return {"image": torch.stack(per_image), "dataset": whole.reshape(count, h * w, -1)}
+
+
+def _level_figures(vectors, grid, labels, num_classes, clusters, seed, level) -> tuple[dict, torch.Tensor]:
     """Position/class R^2 (mean over the non-trivial eigenvectors) and k-means scores, per image or for the set."""
+    grid_labels = labels_to_grid(labels, grid, num_classes) if labels is not None else None
     informative = vectors[..., 1:]  # the leading eigenvector is sqrt(degree): no grouping information
     groups = [slice(i, i + 1) for i in range(len(vectors))] if level == "image" else [slice(None)]
     position, classes, scores, segments = [], [], [], []
@@ -231,8 +216,8 @@ def run(argv: list[str] | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: ``ultra-analyze`` / ``python -m ultra.analyze``."""
-    from .cli import console
+    """Console entry point: ``ultra-analyze`` / ``python -m ultra.cli.analyze``."""
+    from . import console
 
     console(run, "ultra-analyze")(argv)
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from . import onnx_dinov2
-from .files import atomic_path, cache_root, file_digest
+from ..files import atomic_path, cache_root, file_digest
 
 log = logging.getLogger(__name__)
 

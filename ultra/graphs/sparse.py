@@ -132,14 +132,14 @@ class SparseRows:
     def save(self, path: str | Path, **metadata: str) -> None:
         from safetensors.torch import save_file
 
-        from .files import atomic_path
+        from ..files import atomic_path
 
         with atomic_path(path) as tmp:
             save_file({k: v.contiguous().cpu() for k, v in self.tensors().items()}, str(tmp), metadata=metadata or None)
 
     @staticmethod
     def _load(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-        from .files import map_safetensors
+        from ..files import map_safetensors
 
         return map_safetensors(path)
 

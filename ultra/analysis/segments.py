@@ -15,9 +15,9 @@ import torch
 from scipy.cluster.hierarchy import fcluster, linkage
 from torch import Tensor
 
-from .backbone import FrozenViT, resize_to_patches
-from .grids import upsample_scores
-from .interpret import RelevanceMaps, relevance_maps
+from ..backbone.vit import FrozenViT, resize_to_patches
+from ..data.grids import upsample_scores
+from .relevance import RelevanceMaps, relevance_maps
 
 
 def cluster_maps(maps: Tensor, num_segments: int | None = None, distance_threshold: float | None = None) -> Tensor:

@@ -1,7 +1,7 @@
 """The exact optimum of the linear head's loss: generalised eigenvectors of two D x D forms, from one pass.
 
 For a linear head ``z = X w`` with columns normalised over the tokens, a column's spectral quotient
-is ``w^T (X^T S X) w / w^T (X^T X) w`` and its view term (:func:`ultra.losses.view_consistency_loss`)
+is ``w^T (X^T S X) w / w^T (X^T X) w`` and its view term (:func:`ultra.head.loss.view_consistency_loss`)
 is ``w^T C w / w^T (X^T X) w`` with ``C = (N / N_v) sum_i (x_i - (V X)_i)(x_i - (V X)_i)^T`` over the
 ``N_v`` tokens with a partner in another view. The orthogonality term is zero exactly when the
 columns are ``X^T X``-orthogonal. So the loss ``mean_c (1 - q_c) + alpha * mean_c v_c + lambda * ortho``
@@ -35,8 +35,8 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
-from .losses import propagate_batch
-from .spectral import normalized_weights
+from .loss import propagate_batch
+from ..graphs.spectral import normalized_weights
 
 log = logging.getLogger(__name__)
 

@@ -26,13 +26,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from .data.io import DataError
-from .files import atomic_path, build_lock
+from .io import DataError
+from ..files import atomic_path, build_lock
 from .grids import labels_to_grid
 
 if TYPE_CHECKING:  # annotations only: reading a cache needs no backbone
-    from .backbone import FrozenViT
-    from .data.base import SegmentationDataset
+    from ..backbone.vit import FrozenViT
+    from .base import SegmentationDataset
 
 log = logging.getLogger(__name__)
 

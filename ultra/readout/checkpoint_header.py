@@ -11,8 +11,8 @@ from pathlib import Path
 
 from torch import Tensor
 
-from .backbone import KINDS
-from .head import HEAD_KINDS
+from ..backbone.vit import KINDS
+from ..head.projection import HEAD_KINDS
 
 MODEL_KWARGS = {"depth": int, "embed_dim": int, "num_heads": int, "mlp_ratio": (int, float), "patch_size": int,
                 "img_size": int, "reg_tokens": int, "class_token": bool, "no_embed_class": bool, "qkv_bias": bool,
@@ -54,7 +54,7 @@ def check_header(meta: dict, tensors: dict[str, Tensor], path: str | Path) -> No
     """Raise :class:`HeaderError` (naming ``path`` and the field) unless the checkpoint is consistent.
 
     Token dimensions are checked against the header's own ``head.in_dim`` and, once the backbone
-    is built, against the backbone (:func:`ultra.inference.load`).
+    is built, against the backbone (:func:`ultra.readout.checkpoint.load`).
     """
     where = str(path)
     backbone = meta.get("backbone")

@@ -1,4 +1,4 @@
-"""Segmenting images with a trained head, and the inference checkpoint (safetensors + JSON, no pickle).
+"""Segmenting images with a trained head: the backbone and its readouts as one module.
 
 A :class:`Segmenter` holds the frozen backbone and one or more readouts: ``head`` (the trained
 head, then cosine to its k-means centroids), ``raw`` (cosine of raw tokens to their own
@@ -9,7 +9,6 @@ class ids (unmatched clusters as 255).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -19,24 +18,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from .backbone import FrozenViT, resize_to_patches, snap_to_patch
-from .checkpoint_header import HeaderError, check_header
+from ..backbone.vit import FrozenViT, resize_to_patches, snap_to_patch
 from .crf import SCORE_SCALE, dense_crf
-from .data.io import read_image
-from .data.transforms import image_to_tensor
-from .features import TokenKey
-from .files import atomic_path
-from .grids import upsample_scores
-from .head import ProjectionHead
-from .metrics import apply_matching
-
-FORMAT = "ultra-segmenter"
-VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """An inference checkpoint is unreadable, of another format, or does not fit the backbone."""
-
+from ..data.io import read_image
+from ..data.transforms import image_to_tensor
+from ..data.cache import TokenKey
+from ..data.grids import upsample_scores
+from ..head.projection import ProjectionHead
+from ..evaluation.metrics import apply_matching
 
 MAX_SIDE = 2048
 """The longest side (in pixels, after resizing the shorter side) that :meth:`Segmenter.segment` accepts."""
@@ -176,105 +165,3 @@ def as_image_tensor(image) -> Tensor:
 
 
 # --- the checkpoint ------------------------------------------------------------------------------
-
-def save_segmenter(segmenter: Segmenter, path: str | Path, extra: dict | None = None) -> Path:
-    """Write ``segmenter`` (without the backbone's weights) as one safetensors file with its description in the header."""
-    from safetensors.torch import save_file
-
-    tensors, readouts = {}, {}
-    for name, readout in segmenter.readouts.items():
-        entry = {"kind": readout.kind, "keys": [list(k) for k in readout.keys]}
-        if isinstance(readout, ClusterReadout):
-            tensors[f"{name}.centroids"] = readout.centroids
-            if readout.head is not None:
-                entry["head"] = readout.head.config()
-                tensors.update({f"{name}.head.{k}": v for k, v in readout.head.state_dict().items()})
-        else:
-            tensors.update({f"{name}.probe.{k}": v for k, v in readout.probe.state_dict().items()})
-        readouts[name] = entry
-    meta = {
-        "format": FORMAT, "version": VERSION, "backbone": segmenter.backbone.describe(), "readouts": readouts,
-        "classes": list(segmenter.class_names), "resize": segmenter.resize,
-        "cluster_to_class": {k: v.tolist() for k, v in segmenter.cluster_to_class.items()}, **(extra or {}),
-    }
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata={"ultra": json.dumps(meta)})
-    return path
-
-
-def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
-    """The description and tensors of an inference checkpoint, with clear errors for wrong or broken files."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        with safe_open(str(path), "pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:
-        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or another format): {err}") from err
-    try:
-        meta = json.loads(metadata["ultra"])
-    except (KeyError, ValueError) as err:
-        raise CheckpointError(f"{path} is a safetensors file but not an ultra inference checkpoint (no 'ultra' header)") from err
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise CheckpointError(f"{path}: format {meta.get('format')} v{meta.get('version')}, expected {FORMAT} v{VERSION}")
-    return meta, tensors
-
-
-def load(path: str | Path, device: str | torch.device = "cpu", weights: str | Path | None = None) -> Segmenter:
-    """Load an inference checkpoint written by :func:`save_segmenter` (``ultra.load``).
-
-    The backbone is rebuilt from the recorded model name and weight source (or ``weights``, a
-    source or file); its weights must be the ones the checkpoint was trained with.
-    """
-    meta, tensors = read_checkpoint(path)
-    try:
-        check_header(meta, tensors, path)
-    except HeaderError as err:
-        raise CheckpointError(str(err)) from None
-    recorded = meta["backbone"]
-    source = weights or _recorded_source(recorded["weights"], path)
-    backbone = FrozenViT(recorded["model"], weights=source, model_kwargs=recorded.get("model_kwargs"))
-    loaded = backbone.weights_info
-    if loaded.digest != recorded["weights"]["digest"]:
-        raise CheckpointError(
-            f"{path} was trained on {recorded['model']} with weights {recorded['weights']['source']}:"
-            f"{recorded['weights']['location']} (digest {recorded['weights']['digest']}), but the backbone loaded "
-            f"{loaded.source}:{loaded.location} (digest {loaded.digest}); pass the original weights"
-        )
-    readouts = {}
-    for name, entry in meta["readouts"].items():
-        keys = [tuple(k) for k in entry["keys"]]
-        dim = backbone.embed_dim * len(keys)
-        if entry["kind"] == "clusters":
-            head = None
-            if "head" in entry:
-                head = ProjectionHead(**entry["head"])
-                if head.in_dim != dim:
-                    raise CheckpointError(f"{path}: head expects {head.in_dim}-d tokens, {recorded['model']} gives {dim}")
-                head.load_state_dict({k[len(name) + 6:]: v for k, v in tensors.items() if k.startswith(f"{name}.head.")})
-            if head is None and tensors[f"{name}.centroids"].shape[1] != dim:
-                raise CheckpointError(f"{path}: {name}.centroids are {tensors[f'{name}.centroids'].shape[1]}-d, "
-                                      f"{recorded['model']} gives {dim}-d tokens")
-            readouts[name] = ClusterReadout(keys, tensors[f"{name}.centroids"], head)
-        else:
-            weight = tensors[f"{name}.probe.weight"]
-            if weight.shape[1] != dim:
-                raise CheckpointError(f"{path}: readouts.{name} expects {weight.shape[1]}-d tokens, {recorded['model']} gives {dim}")
-            probe = nn.Linear(weight.shape[1], weight.shape[0])
-            probe.load_state_dict({"weight": weight, "bias": tensors[f"{name}.probe.bias"]})
-            readouts[name] = ProbeReadout(keys, probe)
-    matching = {k: torch.tensor(v) for k, v in meta.get("cluster_to_class", {}).items()}
-    return Segmenter(backbone, readouts, meta["classes"], meta.get("resize", 320), matching).to(device).eval()
-
-
-def _recorded_source(info: dict, path) -> str:
-    if info["source"] == "file":
-        if not Path(info["location"]).is_file():
-            raise CheckpointError(f"{path} was trained with the weights file {info['location']}, which is missing: pass weights=PATH")
-        return info["location"]
-    return info["source"]

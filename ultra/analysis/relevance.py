@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .backbone import FrozenViT
+from ..backbone.vit import FrozenViT
 
 SCORES = ("norm", "unit_sum")
 

@@ -82,7 +82,7 @@ class FrozenViT(nn.Module):
     model's mean/std and returns a :class:`ViTFeatures` holding, for the requested layers
     (0-based block indices, negatives count from the end) and kinds, the patch-token grids.
     Only the requested tensors are kept; blocks after the deepest requested layer are not run.
-    ``weights`` is a source (see :mod:`ultra.weights`) or a file; ``model_kwargs`` go to ``timm.create_model``.
+    ``weights`` is a source (see :mod:`ultra.backbone.weights`) or a file; ``model_kwargs`` go to ``timm.create_model``.
     """
 
     def __init__(

@@ -1,0 +1,99 @@
+"""The operators of head training over all cached tokens, built once and stored beside the cache.
+
+The graphs of the spectral loss are built once over every cached token of the training set
+(blockwise, sparse; see :mod:`ultra.graphs.knn`), the view-correspondence operator from the
+cached view geometry (:mod:`ultra.graphs.correspondence`); both are saved as safetensors files
+named by their settings, and memory-mapped by every process that trains on them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch
+from safetensors import SafetensorError
+from torch import Tensor
+
+from .knn import GraphSpec, KnnConfig, knn_graph
+from ..data.cache import FeatureCache
+from ..files import build_lock
+from .sparse import SparseGraph, SparseRows, index_dtype, indptr_from_counts
+from .correspondence import image_correspondences
+
+log = logging.getLogger(__name__)
+@dataclass
+class TrainingOperators:
+    """The graphs of the loss (with their weights) and the optional view-correspondence operator."""
+
+    graphs: list[SparseGraph]
+    weights: list[float]
+    view: SparseRows | None
+
+
+def build_view_operator(geometry: Tensor, views_per_image: int, grid: tuple[int, int],
+                        chunk_images: int = 128) -> SparseRows:
+    """Correspondences between the views of each image, over all cached nodes, ``chunk_images`` images at a time
+    (each chunk's entries come in CSR order, its rows contiguous nodes: the operator is their concatenation)."""
+    tokens = grid[0] * grid[1]
+    num_nodes = geometry.shape[0] * tokens
+    counts, indices, values = [], [], []
+    for first in range(0, geometry.shape[0], chunk_images * views_per_image):
+        chunk = geometry[first:first + chunk_images * views_per_image]
+        r, c, v = image_correspondences(chunk.reshape(-1, views_per_image, 5), grid)
+        counts.append(torch.bincount(r, minlength=chunk.shape[0] * tokens))
+        indices.append((c + first * tokens).to(index_dtype(num_nodes)))
+        values.append(v)
+    return SparseRows(indptr_from_counts(torch.cat(counts)), torch.cat(indices), torch.cat(values))
+
+
+def load_or_build_operators(cache: FeatureCache, specs: Sequence[GraphSpec], knn: KnnConfig,
+                            view_consistency: bool, device: str | torch.device = "cpu") -> TrainingOperators:
+    """The global operators of ``cache``, built once and stored in its ``graphs/`` folder (layers non-negative)."""
+    folder = cache.path / "graphs"
+    folder.mkdir(exist_ok=True)
+    graphs = []
+    for spec in specs:
+        name = hashlib.sha256(json.dumps([spec.kind, spec.layer, asdict(knn)], sort_keys=True).encode()).hexdigest()[:16]
+        path = folder / f"{spec.kind}{spec.layer}-{name}.safetensors"
+        with build_lock(path, f"the {spec.name} graph"):
+            graph = _load_checked(SparseGraph.load, path, cache.num_nodes)
+            if graph is None:
+                missing = [key for key in spec.token_keys if key not in cache.keys]
+                if missing:
+                    raise KeyError(f"graph {spec.name} needs the tokens {missing}, the cache holds {cache.keys}")
+                log.info("building the %s graph of layer %d over %d tokens", spec.kind, spec.layer, cache.num_nodes)
+                row_key, col_key = spec.token_keys
+                columns = None if col_key == row_key else cache.tensor(col_key)
+                knn_graph(cache.tensor(row_key), columns, knn, device=device, groups=cache.view_image()).save(path)
+                graph = SparseGraph.load(path)
+        graphs.append(graph)
+    view = None
+    if view_consistency:
+        path = folder / "views.safetensors"
+        with build_lock(path, "the view operator"):
+            view = _load_checked(SparseRows.load, path, cache.num_nodes)
+            if view is None:
+                build_view_operator(cache.geometry, cache.views_per_image, cache.grid).save(path)
+                view = SparseRows.load(path)
+        if view.nnz == 0:
+            log.warning("view consistency is on but no two views of an image overlap: the term is zero")
+    return TrainingOperators(graphs, [s.weight for s in specs], view)
+
+
+def _load_checked(load, path, num_nodes: int):
+    """A stored operator, or None (to rebuild it) when it is missing, damaged or of another size."""
+    if not path.is_file():
+        return None
+    try:
+        operator = load(path)
+        if operator.num_nodes != num_nodes or operator.indptr[-1] != operator.nnz:
+            raise ValueError(f"{operator.num_nodes} nodes and {operator.nnz} entries, {num_nodes} nodes expected")
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:
+        log.warning("stored operator %s is damaged (%s): rebuilding it", path, err)
+        path.unlink()
+        return None
+    return operator
+
