@@ -36,9 +36,9 @@ sys.path.insert(0, str(REPO))
 from ultra.cli.train import build_cli  # noqa: E402
 from ultra.data.cache import FeatureCache  # noqa: E402
 from ultra.data.grids import upsample_scores  # noqa: E402
-from ultra.readout.segmenter import ClusterReadout, Segmenter  # noqa: E402
 from ultra.evaluation.metrics import UnsupervisedSegmentationMetric  # noqa: E402
 from ultra.readout.fit import CachedRows, fit_centroids  # noqa: E402
+from ultra.readout.segmenter import ClusterReadout, Segmenter  # noqa: E402
 
 log = logging.getLogger("ablation")
 
@@ -84,7 +84,7 @@ def affine_map(cache: FeatureCache, keys, whiten: bool, chunk: int = 1 << 16) ->
 @torch.no_grad()
 def eval_tokens(data, dataset, keys, batch_size: int = 8) -> tuple[dict, torch.Tensor]:
     """Tokens of the protocol's images (through :meth:`ultra.readout.segmenter.Segmenter.tokens`, as the evaluation) and labels."""
-    loader = DataLoader(dataset.with_transform(data.eval_transform()), batch_size=batch_size,
+    loader = DataLoader(dataset.with_transform(data.evaluation.transform()), batch_size=batch_size,
                         collate_fn=lambda items: items)
     segmenter = Segmenter(data.backbone.eval(), {"raw": ClusterReadout(keys, torch.zeros(1, 1))}, data.class_names)
     layers, kinds = sorted({layer for _, layer in keys}), sorted({kind for kind, _ in keys})
@@ -122,7 +122,7 @@ def run_set(name: str, options: list[str], seeds: list[int], workdir: Path) -> d
     raw_keys = {("x", layer), ("n", layer)}
     train_keys = sorted(set().union(*(c.datamodule.cache_keys for c in clis.values())) | raw_keys)
     start = time.perf_counter()
-    cache = FeatureCache.open_or_build(base.train_dataset, base.backbone, train_keys, base.view_transform(), base.cache_dir,
+    cache = FeatureCache.open_or_build(base.train_dataset, base.backbone, train_keys, base.views.transform(), base.cache_dir,
                                        batch_size=base.cache_batch_size)
     eval_keys = sorted(set().union(*(set(c.datamodule.feature_keys) for c in clis.values())) | raw_keys)
     splits = {"val": base.val_dataset, "train": base.train_dataset}

@@ -15,8 +15,8 @@ import torch
 
 
 def main(size: int = 448, stride: int = 4, layer: int = 11, weights: str = "auto", chunk: int = 4) -> dict:
-    from ultra.backbone.vit import FrozenViT
     from ultra.analysis.relevance import relevance_maps
+    from ultra.backbone.vit import FrozenViT
 
     vit = FrozenViT("vit_small_patch14_dinov2", weights=weights, layers=[layer], kinds=["x"])
     side = size - size % vit.patch_size

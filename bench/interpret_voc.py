@@ -36,14 +36,14 @@ def _iou(mask: torch.Tensor, region: torch.Tensor) -> float:
 
 def main(root: Path = Path("../shared/realdata/voc-mini"), size: int = 224, layer: int = 11, num_classes: int = 21,
          output: Path = Path("runs/interpret_voc"), weights: str = "auto") -> dict:
-    from ultra.backbone.vit import FrozenViT
-    from ultra.readout.kmeans import kmeans
-    from ultra.data import ImageFolder
-    from ultra.data.transforms import image_to_tensor
-    from ultra.data.grids import upsample_scores
     from ultra.analysis.relevance import relevance_maps
     from ultra.analysis.segments import mask_from_map, prepare_image, segments_from_maps
+    from ultra.backbone.vit import FrozenViT
+    from ultra.data import ImageFolder
+    from ultra.data.grids import upsample_scores
+    from ultra.data.transforms import image_to_tensor
     from ultra.pictures import overlay, overlay_mask, save_sheet
+    from ultra.readout.kmeans import kmeans
 
     vit = FrozenViT("vit_small_patch14_dinov2", weights=weights, layers=[layer], kinds=["x"])
     data = ImageFolder(root, classes=num_classes)

@@ -19,8 +19,8 @@ import torch
 def _segmenter(checkpoint: Path | None, weights: str):
     from ultra.backbone.vit import FrozenViT
     from ultra.head.projection import ProjectionHead
-    from ultra.readout.segmenter import ClusterReadout, Segmenter
     from ultra.readout.checkpoint import load
+    from ultra.readout.segmenter import ClusterReadout, Segmenter
 
     if checkpoint is not None:
         return load(checkpoint)

@@ -6,7 +6,7 @@ doubling from about 0.25M tokens. Their tokens are clustered like real ones: 27 
 classes per image laid out in regions that the five overlapping crops of the image share, a
 per-image offset, a common mean and noise, so kNN search and k-means do the work they do on real
 tokens. Each stage then runs in its own process (so its peak memory is its own), with the settings
-of ``configs/cocostuff27_dinov2_vits14.yaml`` (graph, batch size, restarts):
+of ``configs/cocostuff27.yaml`` (graph, batch size, restarts):
 
 - ``graph``: the global kNN graph, built and stored (``load_or_build_operators``);
 - ``views``: the view-correspondence operator, built and stored;
@@ -59,7 +59,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "configs" / "cocostuff27_dinov2_vits14.yaml"
+CONFIG = REPO / "configs" / "cocostuff27.yaml"
 GRID, VIEWS, DIM, CLASSES, LAYER = (16, 16), 5, 384, 27, 11
 STAGES = ("graph", "views", "operators", "batch", "step", "exact_pass", "eigh", "kmeans", "eval")
 TIME_FLOOR_S, MEMORY_FLOOR_MB = 0.05, 64.0
@@ -170,11 +170,18 @@ class MemoryPeak:
 
 
 def _settings() -> dict:
+    from dataclasses import asdict
+
     import yaml
 
-    config = yaml.safe_load(CONFIG.read_text())
-    return {"knn": config["data"]["knn"], "batch_nodes": config["data"]["batch_nodes"], "out_dim": config["model"]["out_dim"],
-            "restarts": config["readout"]["restarts"], "eval_crop": config["data"]["eval_crop"]}
+    from ultra.graphs.knn import KnnConfig
+    from ultra.head.datamodule import BatchConfig, EvalConfig
+
+    data = yaml.safe_load(CONFIG.read_text())
+    config = data["data"]
+    return {"knn": asdict(KnnConfig(**config.get("knn", {}))), "batch_nodes": BatchConfig(**config.get("batches", {})).nodes,
+            "out_dim": data["model"]["out_dim"], "restarts": data["readout"]["restarts"],
+            "eval_crop": EvalConfig(**config.get("evaluation", {})).crop}
 
 
 def _operators(cache, settings, view: bool = True):

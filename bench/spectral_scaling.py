@@ -23,8 +23,8 @@ def _rss_mb() -> float:
 def worker(images: int, tokens: int, method: str) -> dict:
     import torch
 
-    from ultra.graphs.knn import KnnConfig, knn_graph
     from ultra.analysis.solver import SolverConfig, exact_eigenvectors, solve
+    from ultra.graphs.knn import KnnConfig, knn_graph
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     g = torch.Generator().manual_seed(0)

@@ -39,10 +39,10 @@ def _cycle(loader, convert=None):
 
 def main(images: int = 32, steps: int = 20, view_size: int = 224, weights: str = "auto", threads: int | None = None) -> float:
     """Print and return the speed-up of cached over on-the-fly training steps."""
-    from ultra.graphs.knn import KnnConfig
     from ultra.data import SyntheticScenes
+    from ultra.graphs.knn import KnnConfig
+    from ultra.head.datamodule import BatchConfig, CacheConfig, UltraDataModule, ViewConfig
     from ultra.head.module import SpectralHeadModule
-    from ultra.head.datamodule import UltraDataModule
 
     if threads:
         torch.set_num_threads(threads)
@@ -50,11 +50,11 @@ def main(images: int = 32, steps: int = 20, view_size: int = 224, weights: str =
     views_per_image, images_per_batch = 2, 8
     with tempfile.TemporaryDirectory() as cache_dir:
         common = dict(train_dataset=SyntheticScenes(images, 320, 6), backbone="vit_small_patch14_dinov2", weights=weights,
-                      view_size=view_size, cache_dir=cache_dir, steps_per_epoch=steps + 1, seed=0,
-                      knn=KnnConfig(k_intra=0, k_inter=0, k_any=16, candidate_images=16))  # the demo's graph
-        cached = UltraDataModule(**common)
-        tokens = (view_size // cached.backbone.patch_size) ** 2
-        cached.batch_nodes = images_per_batch * views_per_image * tokens  # the same nodes per step as on the fly
+                      views=ViewConfig(size=view_size), cache=CacheConfig(dir=cache_dir), seed=0,
+                      knn=KnnConfig(candidate_images=16))  # the demo's graph
+        patch = UltraDataModule(**common).backbone.patch_size
+        nodes = images_per_batch * views_per_image * (view_size // patch) ** 2  # the same nodes per step as on the fly
+        cached = UltraDataModule(**common, batches=BatchConfig(nodes=nodes, steps_per_epoch=steps + 1))
         start = time.perf_counter()
         cached.prepare_data()
         cached.setup("fit")
@@ -63,11 +63,12 @@ def main(images: int = 32, steps: int = 20, view_size: int = 224, weights: str =
         optimizer = module.configure_optimizers()
         rate_cached = _time_steps(module, optimizer, _cycle(cached.train_dataloader()), steps)
 
-        fly = UltraDataModule(**common, on_the_fly=True, images_per_batch=images_per_batch)
+        fly = UltraDataModule(**common, batches=BatchConfig(steps_per_epoch=steps + 1, on_the_fly=True,
+                                                            images_per_batch=images_per_batch))
         fly.setup("fit")
         rate_fly = _time_steps(module, optimizer, _cycle(fly.train_dataloader(), lambda b: fly.on_after_batch_transfer(b, 0)), steps)
     speedup = rate_cached / rate_fly
-    print(f"{images} synthetic images, views of {view_size} px, {cached.batch_nodes} nodes per step, "
+    print(f"{images} synthetic images, views of {view_size} px, {nodes} nodes per step, "
           f"{torch.get_num_threads()} threads; cache built once in {build:.1f} s")
     print(f"from the cache      : {rate_cached:8.2f} steps/s")
     print(f"backbone on the fly : {rate_fly:8.2f} steps/s")

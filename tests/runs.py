@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import yaml
-
 from conftest import REPO, TINY_VIT
 
 
@@ -14,9 +13,9 @@ def tiny_overrides(root: Path, epochs: int = 2, steps: int = 3) -> list[str]:
     return [
         "--data.backbone", "vit_tiny_patch16_224", "--data.weights", "random",
         "--data.model_kwargs", json.dumps(TINY_VIT),
-        "--data.view_size", "64", "--data.resize", "96", "--data.eval_resize", "64", "--data.eval_crop", "64",
-        "--data.batch_nodes", "128", "--data.steps_per_epoch", str(steps), "--data.num_workers", "0",
-        "--data.cache_batch_size", "8", "--data.cache_dir", str(root / "cache"),
+        "--data.views.size", "64", "--data.views.resize", "96", "--data.evaluation.resize", "64",
+        "--data.evaluation.crop", "64", "--data.batches.nodes", "128", "--data.batches.steps_per_epoch", str(steps),
+        "--data.num_workers", "0", "--data.cache.batch_size", "8", "--data.cache.dir", str(root / "cache"),
         "--data.knn.candidate_images", "4",
         "--model.out_dim", "8",
         "--trainer.max_epochs", str(epochs), "--trainer.devices", "1", "--trainer.accelerator", "cpu",
@@ -25,11 +24,11 @@ def tiny_overrides(root: Path, epochs: int = 2, steps: int = 3) -> list[str]:
     ]
 
 
-def synthetic_config(path: Path, train_images: int = 6, val_images: int = 5, **data) -> Path:
+def synthetic_config(path: Path, train_images: int = 6, val_images: int = 5, model: dict | None = None, **data) -> Path:
     """A config with synthetic train/val sets (same class styles, different layouts)."""
     config = {
         "seed_everything": 0,
-        "model": {"out_dim": 8, "lr": 0.01},
+        "model": {"out_dim": 8, "lr": 0.01, **(model or {})},
         "data": {
             "train_dataset": {"class_path": "ultra.data.SyntheticScenes",
                               "init_args": {"num_images": train_images, "size": 96, "num_classes": 4, "seed": 0}},
@@ -37,7 +36,7 @@ def synthetic_config(path: Path, train_images: int = 6, val_images: int = 5, **d
                             "init_args": {"num_images": val_images, "size": 96, "num_classes": 4, "seed": 1}},
             "feature_layers": [-1],
             "graphs": [{"kind": "feat", "layer": -1}, {"kind": "kq", "layer": 1, "weight": 0.5}],
-            "knn": {"k_intra": 0, "k_inter": 0, "k_any": 6},
+            "knn": {"k_any": 6},
             **data,
         },
     }

@@ -5,7 +5,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ultra.graphs.knn import GraphSpec, KnnConfig, affinity_graphs, knn_graph, nearest_images, topk_blockwise
+from ultra.errors import ConfigError
+from ultra.graphs.knn import (
+    GraphSpec,
+    KnnConfig,
+    affinity_graphs,
+    knn_graph,
+    nearest_images,
+    topk_blockwise,
+)
 from ultra.graphs.sparse import SparseGraph, lift_graph, pooling_matrix
 
 
@@ -189,7 +197,7 @@ def test_affinity_graphs_from_grids_with_two_grid_sizes():
              ("v", 1): torch.randn(2, 2, 2, 8, generator=g)}
     graphs = affinity_graphs(grids, [GraphSpec("kq", 0), GraphSpec("vv", 1)], KnnConfig(k_intra=3, k_inter=2, k_any=0, candidate_images=None))
     assert [gr.num_nodes for gr in graphs] == [32, 32]
-    with pytest.raises(KeyError, match="graph feat1 needs 'x' tokens of layer 1"):
+    with pytest.raises(ConfigError, match="graph feat1 needs 'x' tokens of layer 1"):
         affinity_graphs(grids, [GraphSpec("feat", 1)])
     with pytest.raises(ValueError, match="teleport is not supported"):
         affinity_graphs(grids, [GraphSpec("kq", 0), GraphSpec("vv", 1)], KnnConfig(k_intra=1, k_inter=1, k_any=0, candidate_images=None), teleport=0.1)

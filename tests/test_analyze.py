@@ -3,16 +3,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_VIT, save_png
 from PIL import Image
 
+from ultra.analysis.solver import SolverConfig
+from ultra.analysis.whatwhere import class_r2, position_r2
 from ultra.cli.analyze import analyze, main
 from ultra.data import DataError, write_synthetic_folder
 from ultra.data.grids import grid_positions, labels_to_grid
-from ultra.analysis.whatwhere import class_r2, position_r2
-
-from conftest import TINY_VIT, save_png
-
-from ultra.analysis.solver import SolverConfig
 from ultra.graphs.knn import KnnConfig
 
 TINY = dict(backbone="vit_tiny_patch16_224", weights="random", size=64, solver=SolverConfig(num_vectors=5, epochs=30),

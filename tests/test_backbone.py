@@ -1,11 +1,15 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
-from ultra.backbone.vit import FrozenViT, UnknownModelError, resolve_model_name, snap_to_patch
-from ultra.backbone.weights import WeightsError
-
 from conftest import TINY_VIT
+
+from ultra.backbone.vit import (
+    FrozenViT,
+    UnknownModelError,
+    resolve_model_name,
+    snap_to_patch,
+)
+from ultra.backbone.weights import WeightsError
 
 
 def _reference_tokens(vit: FrozenViT, images: torch.Tensor) -> tuple[list, list]:

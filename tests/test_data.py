@@ -4,6 +4,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from conftest import realdata, save_jpg, save_png
 from PIL import Image
 
 from ultra.data import (
@@ -20,8 +21,6 @@ from ultra.data import (
 from ultra.data.cityscapes import CLASSES as CITY_CLASSES
 from ultra.data.cocostuff import COARSE_CLASSES, fine_to_coarse
 from ultra.data.io import read_label
-
-from conftest import realdata, save_jpg, save_png
 
 RNG = np.random.default_rng(0)
 

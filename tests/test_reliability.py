@@ -6,11 +6,12 @@ import subprocess
 import sys
 
 import pytest
-
-from ultra.files import atomic_path
-
+import torch
 from conftest import REPO
 from runs import synthetic_config, tiny_overrides
+
+from ultra.errors import ConfigError
+from ultra.files import atomic_path
 
 
 def test_atomic_writes_get_the_umask_permissions(tmp_path):
@@ -30,7 +31,7 @@ def test_concurrent_runs_build_one_cache_and_agree(tmp_path):
     runs = []
     for name in ("a", "b"):
         args = [sys.executable, str(REPO / "train.py"), "--config", str(config), *tiny_overrides(tmp_path / name),
-                "--data.cache_dir", str(tmp_path / "cache")]
+                "--data.cache.dir", str(tmp_path / "cache")]
         runs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))
     logs = [p.communicate(timeout=600)[0] for p in runs]
     assert [p.returncode for p in runs] == [0, 0], logs
@@ -51,21 +52,45 @@ def test_a_rerun_with_other_settings_is_refused_and_fresh_starts_over(tmp_path, 
     model = tmp_path / "run" / "model.safetensors"
     before = model.read_bytes()
     for change, named in ((["--model.lr", "0.1"], "model.lr"), (["--model.out_dim", "6"], "model.out_dim")):
-        with pytest.raises(ValueError, match=rf"other settings: {named} .*--fresh true"):
+        with pytest.raises(ConfigError, match=rf"other settings: {named} .*--fresh to discard"):
             train_cli.run(args + change)
         assert model.read_bytes() == before  # nothing was overwritten
     with caplog.at_level("INFO", logger="ultra"):
         again = train_cli.run(args + ["--data.num_workers", "0"])  # same settings: resumes, same head
     assert "resuming from" in caplog.text
     assert again["readouts"] == first["readouts"]
-    train_cli.run(args + ["--model.out_dim", "6", "--fresh", "true"])
+    train_cli.run(args + ["--model.out_dim", "6", "--fresh"])
     header, _ = read_checkpoint(model)
     assert header["readouts"]["head"]["head"]["out_dim"] == 6
 
 
+def test_an_exact_run_records_only_what_determines_its_head(tmp_path, caplog):
+    from ultra.cli import train as train_cli
+
+    config = synthetic_config(tmp_path / "c.yaml")
+    args = ["--config", str(config), *tiny_overrides(tmp_path)]
+    train_cli.run(args)
+    head = _head_tensors(tmp_path / "run" / "model.safetensors")
+    recorded = json.loads((tmp_path / "run" / "checkpoints" / "run.json").read_text())
+    assert "model.out_dim" in recorded and "data.knn.k_any" in recorded and "data.train_dataset.init_args.seed" in recorded
+    inert = ("model.lr", "model.weight_decay", "model.ortho_weight", "model.hidden_dim", "data.batches.steps_per_epoch",
+             "data.evaluation.resize", "data.val_dataset.init_args.seed", "data.cache.dir", "seed_everything")
+    assert not [key for key in inert if key in recorded]
+    # SGD-only and evaluation-only options resume the exact run instead of refusing it
+    changed = ["--model.lr", "0.5", "--model.ortho_weight", "3", "--data.batches.steps_per_epoch", "7", "--seed_everything", "4"]
+    with caplog.at_level("INFO", logger="ultra"):
+        train_cli.run(args + changed)
+    assert "resuming from" in caplog.text
+    resumed = _head_tensors(tmp_path / "run" / "model.safetensors")
+    assert resumed.keys() == head.keys() and all(torch.equal(resumed[k], head[k]) for k in head)
+    with pytest.raises(ConfigError, match="other settings: data.knn.k_any"):
+        train_cli.run(args + ["--data.knn.k_any", "5"])
+
+
 def test_a_bad_validation_set_fails_before_training(tmp_path):
-    from PIL import Image
     import numpy as np
+    from PIL import Image
+
     from ultra.cli import train as train_cli
     from ultra.data.io import DataError
 
@@ -84,6 +109,12 @@ def test_a_bad_validation_set_fails_before_training(tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained
 
 
+def _head_tensors(path) -> dict:
+    from ultra.readout.checkpoint import read_checkpoint
+
+    return {k: v for k, v in read_checkpoint(path)[1].items() if k.startswith("head.head.")}
+
+
 def _truncate(path, keep=0.5):
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
@@ -91,6 +122,7 @@ def _truncate(path, keep=0.5):
 
 def test_damaged_caches_graphs_and_checkpoints_are_rebuilt_or_refused(tmp_path, caplog):
     import numpy as np
+
     from ultra.cli import train as train_cli
 
     config = synthetic_config(tmp_path / "c.yaml")
@@ -103,22 +135,23 @@ def test_damaged_caches_graphs_and_checkpoints_are_rebuilt_or_refused(tmp_path, 
     graph = next((cache / "graphs").glob("feat*.safetensors"))
     _truncate(graph)
     with caplog.at_level("WARNING", logger="ultra"):
-        again = train_cli.run(args + ["--fresh", "true"])
+        again = train_cli.run(args + ["--fresh"])
     assert f"{tokens}" in caplog.text and "rebuilding the cache" in caplog.text
     assert again["readouts"] == reference["readouts"]
     assert np.array_equal(np.load(tokens), original)
     _truncate(graph)
     caplog.clear()
     with caplog.at_level("WARNING", logger="ultra"):
-        assert train_cli.run(args + ["--fresh", "true"])["readouts"] == reference["readouts"]
+        assert train_cli.run(args + ["--fresh"])["readouts"] == reference["readouts"]
     assert f"stored operator {graph} is damaged" in caplog.text
     _truncate(tmp_path / "run" / "checkpoints" / "last.ckpt")
-    with pytest.raises(ValueError, match=r"checkpoint .*last.ckpt is damaged"):
+    with pytest.raises(ConfigError, match=r"checkpoint .*last.ckpt is damaged"):
         train_cli.run(args)
 
 
 def test_a_damaged_partial_cache_starts_again(tmp_path, tiny_vit, caplog):
     import numpy as np
+
     from ultra.data import FiveCropViews, SyntheticScenes
     from ultra.data.cache import FeatureCache
 
@@ -164,20 +197,20 @@ def test_interpret_refuses_bad_arguments(tmp_path, extra, message):
     from ultra.cli import interpret
 
     image = _picture(tmp_path / "p.png")
-    args = [str(image), "-o", str(tmp_path / "out"), "--model", "vit_tiny_patch16_224", "--weights", "random", "--size", "64"]
+    args = [str(image), "-o", str(tmp_path / "out"), "--backbone", "vit_tiny_patch16_224", "--weights", "random", "--size", "64"]
     with pytest.raises(ValueError, match=message):
         interpret.run(args + extra)
     assert not (tmp_path / "out").exists()
 
 
 def test_select_analyze_and_train_refuse_bad_arguments_early(tmp_path):
-    from ultra.cli import analyze
-    from ultra.cli import select
+    from ultra.cli import analyze, select
     from ultra.cli import train as train_cli
 
     image = _picture(tmp_path / "p.png")
-    with pytest.raises(ValueError, match=r"--threshold must be 'otsu' or a fraction in \(0, 1\]"):
-        select.run([str(image), "--point", "3,3", "-o", str(tmp_path / "m.png"), "--threshold", "2"])
+    for threshold in ("2", "1", "0", "half"):  # 1 passed the command's check and failed deep inside before
+        with pytest.raises(ConfigError, match=r"threshold must be 'otsu' or a fraction in \(0, 1\)"):
+            select.run([str(image), "--point", "3,3", "-o", str(tmp_path / "m.png"), "--threshold", threshold])
     with pytest.raises(ValueError, match="--size must be >= 1"):
         analyze.analyze(tmp_path, tmp_path / "a", size=0)
     config = synthetic_config(tmp_path / "c.yaml")

@@ -9,12 +9,13 @@ import time
 import numpy as np
 import pytest
 import torch
-
-from ultra.cli import train as train_cli
-from ultra.readout.checkpoint import read_checkpoint
-
+import yaml
 from conftest import REPO, save_jpg, save_png
 from runs import config_path, synthetic_config, tiny_overrides
+
+from ultra.cli import train as train_cli
+from ultra.data import Cityscapes27, CocoStuff27, EvalTransform
+from ultra.readout.checkpoint import read_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -27,23 +28,31 @@ def _env():
     return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
-def test_a_killed_training_resumes_and_ends_like_an_uninterrupted_one(tmp_path):
+@pytest.mark.parametrize("solver", ["sgd", "exact"])
+def test_a_killed_training_resumes_and_ends_like_an_uninterrupted_one(tmp_path, solver):
+    """SGD: killed after its first epoch's checkpoint, with many epochs to go. Exact: the solve is one pass,
+    so its checkpoint exists only once the head is solved; killed then (before the export), the rerun resumes
+    from it instead of solving again."""
     config = synthetic_config(tmp_path / "tiny.yaml")
-    epochs, steps = 40, 20
-    subprocess.run(_train_command(config, tmp_path / "a", epochs=epochs, steps=steps), check=True, env=_env(),
-                   capture_output=True)
-    command = _train_command(config, tmp_path / "b", epochs=epochs, steps=steps)
+    epochs, steps = (40, 20) if solver == "sgd" else (1, 3)
+    subprocess.run(_train_command(config, tmp_path / "a", "--model.solver", solver, epochs=epochs, steps=steps),
+                   check=True, env=_env(), capture_output=True)
+    command = _train_command(config, tmp_path / "b", "--model.solver", solver, epochs=epochs, steps=steps)
     last = tmp_path / "b" / "run" / "checkpoints" / "last.ckpt"
     process = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not last.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+        time.sleep(0.01)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (tmp_path / "b" / "run" / "model.safetensors").exists()
-    epoch_at_kill = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
-    assert epoch_at_kill < epochs - 1
+    killed = torch.load(last, map_location="cpu", weights_only=True)
+    if solver == "sgd":
+        assert killed["epoch"] < epochs - 1  # killed with epochs to go
+    else:  # killed after the solve: the checkpoint holds the solved head
+        _, a = read_checkpoint(tmp_path / "a" / "run" / "model.safetensors")
+        assert torch.allclose(killed["state_dict"]["head.net.weight"], a["head.head.net.weight"], atol=1e-6)
     resumed = subprocess.run(command, check=True, env=_env(), capture_output=True, text=True)
     assert "resuming from" in resumed.stderr
     _, a = read_checkpoint(tmp_path / "a" / "run" / "model.safetensors")
@@ -67,7 +76,7 @@ def test_ddp_on_two_cpu_processes_trains_and_evaluates_like_one(tmp_path):
     for devices, strategy in ((1, "auto"), (2, "ddp")):
         out = tmp_path / f"eval{devices}"
         done = subprocess.run([sys.executable, str(REPO / "eval.py"), "--checkpoint", str(checkpoint), "--config", str(config),
-                               "--eval_resize", "64", "--eval_crop", "64", "--accelerator", "cpu", "--devices", str(devices),
+                               "--resize", "64", "--crop", "64", "--accelerator", "cpu", "--devices", str(devices),
                                "--strategy", strategy, "--output", str(out)], env=_env(), capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-4000:]
         reports[devices] = json.loads((out / "eval.json").read_text())["readouts"]
@@ -101,14 +110,32 @@ def _cityscapes_fixture(root):
                      rng.integers(0, 34, (64, 128), dtype=np.uint8))
 
 
-@pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs").glob("c*27_*.yaml")))
-def test_protocol_configs_run_end_to_end_on_format_fixtures(config, tmp_path):
+def _print_config(*configs: str) -> dict:
+    args = [a for c in configs for a in ("--config", str(config_path(c)))]
+    done = subprocess.run([sys.executable, str(REPO / "train.py"), *args, "--print_config"], env=_env(),
+                          capture_output=True, text=True, check=True)
+    return yaml.safe_load(done.stdout)
+
+
+@pytest.mark.parametrize("protocol", ["cocostuff27.yaml", "cityscapes27.yaml"])
+def test_protocol_configs_compose_with_a_backbone_and_evaluate_every_labelled_pixel(protocol, tmp_path):
+    alone = _print_config(protocol)
+    composed = _print_config(protocol, "backbones/dino_vits8.yaml")
+    assert composed["data"].pop("backbone") == "dino_vits8" and alone["data"].pop("backbone") == "dinov2_vits14"
+    assert composed == alone  # the backbone file changes the backbone and nothing else
     data_root = tmp_path / "data"
-    (_cocostuff_fixture if config.startswith("cocostuff") else _cityscapes_fixture)(data_root)
+    dataset_class = CocoStuff27 if protocol.startswith("cocostuff") else Cityscapes27
+    (_cocostuff_fixture if dataset_class is CocoStuff27 else _cityscapes_fixture)(data_root)
     roots = [f"--data.{part}.init_args.root" for part in ("train_dataset", "val_dataset")]
-    report = train_cli.run(["--config", str(config_path(config)), *tiny_overrides(tmp_path, epochs=1, steps=2),
+    report = train_cli.run(["--config", str(config_path(protocol)), *tiny_overrides(tmp_path, epochs=1, steps=2),
                             roots[0], str(data_root), roots[1], str(data_root), "--data.knn.k_any", "6"])
-    assert len(report["classes"]) == 27
-    assert report["readouts"]["head"]["miou"] >= 0
+    assert report["classes"] == list(dataset_class(data_root, "val").classes) and len(report["classes"]) == 27
     meta, _ = read_checkpoint(tmp_path / "run" / "model.safetensors")
     assert meta["classes"] == report["classes"]
+    # every labelled pixel of the val split, through the protocol's resize and crop, is counted once per readout
+    val = dataset_class(data_root, "val", transform=EvalTransform(64, 64))
+    labels = torch.cat([val[i]["label"].flatten() for i in range(len(val))])
+    expected = torch.bincount(labels[labels != 255].long(), minlength=27)
+    assert expected.sum() > 0
+    for name in ("head", "raw", "probe"):
+        assert torch.equal(torch.tensor(report["readouts"][name]["confusion"]).sum(0), expected), name

@@ -3,11 +3,10 @@ import json
 import statistics
 
 import pytest
+from runs import synthetic_config, tiny_overrides
 
 from ultra.cli import train as train_cli
 from ultra.evaluation.seeds import split_seeds_argument
-
-from runs import synthetic_config, tiny_overrides
 
 
 def test_seeds_argument_is_parsed_and_checked():
@@ -26,7 +25,7 @@ def test_two_runs_in_one_process_print_the_same_figures(tmp_path, solver):
     config = synthetic_config(tmp_path / "c.yaml")
     reports = []
     for run in ("first", "second"):  # the first builds the cache and graphs, the second reuses them
-        args = ["--config", str(config), *tiny_overrides(tmp_path / run), "--data.cache_dir", str(tmp_path / "cache"),
+        args = ["--config", str(config), *tiny_overrides(tmp_path / run), "--data.cache.dir", str(tmp_path / "cache"),
                 "--model.solver", solver]
         reports.append(train_cli.run(args))
     assert reports[0]["readouts"] == reports[1]["readouts"]

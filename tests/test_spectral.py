@@ -1,12 +1,12 @@
 import pytest
 import torch
-
-from ultra.graphs.knn import KnnConfig, knn_graph
-from ultra.readout.kmeans import assign, kmeans
-from ultra.evaluation.metrics import UnsupervisedSegmentationMetric
-from ultra.analysis.solver import SolverConfig, exact_eigenvectors, solve
 from graph_fixtures import planted_partition, subspace_cosines
+
+from ultra.analysis.solver import SolverConfig, exact_eigenvectors, solve
+from ultra.evaluation.metrics import UnsupervisedSegmentationMetric
+from ultra.graphs.knn import KnnConfig, knn_graph
 from ultra.graphs.spectral import spectral_loss, weighted_matmul
+from ultra.readout.kmeans import assign, kmeans
 
 
 def _clustered_tokens(images=12, tokens=48, dim=24, clusters=4, seed=0, spread=2.0):

@@ -5,29 +5,28 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from conftest import TINY_VIT
 from PIL import Image
+from runs import synthetic_config, tiny_overrides
 
 import ultra
-from ultra.graphs.knn import KnnConfig, knn_graph
 from ultra.cli import evaluate as eval_cli
 from ultra.cli import segment as segment_cli
 from ultra.cli import train as train_cli
-from ultra.readout import crf
-from ultra.readout.crf import CRFUnavailable
 from ultra.data import FiveCropViews, SyntheticScenes
-from ultra.data.io import DataError
 from ultra.data.cache import FeatureCache
-from ultra.head.projection import ProjectionHead
-from ultra.readout.checkpoint import CheckpointError, read_checkpoint
-from ultra.head.loss import head_loss, view_consistency_loss
-from ultra.head.batches import NodeBatches, NodeBatchSampler, batch_from_entries
-from ultra.graphs.store import TrainingOperators, build_view_operator
-from ultra.graphs.spectral import spectral_loss
+from ultra.data.io import DataError
+from ultra.errors import ConfigError
 from ultra.graphs.correspondence import _token_points, view_correspondences
-
-from conftest import TINY_VIT
-from runs import synthetic_config, tiny_overrides
-
+from ultra.graphs.knn import KnnConfig, knn_graph
+from ultra.graphs.spectral import spectral_loss
+from ultra.graphs.store import TrainingOperators, build_view_operator
+from ultra.head.batches import NodeBatches, NodeBatchSampler, batch_from_entries
+from ultra.head.loss import head_loss, view_consistency_loss
+from ultra.head.projection import ProjectionHead
+from ultra.readout import crf
+from ultra.readout.checkpoint import CheckpointError, read_checkpoint
+from ultra.readout.crf import CRFUnavailable
 
 # --- the loss on node batches -------------------------------------------------------------------
 
@@ -238,14 +237,14 @@ def test_loaded_checkpoint_segments_images_at_their_size(trained, tiny_vit):
     assert torch.equal(segmenter.segment(torch.from_numpy(np.array(picture)).permute(2, 0, 1)), labels)
     raw = segmenter.segment(picture, readout="raw")
     assert raw.shape == (50, 70)
-    with pytest.raises(KeyError, match="no readout 'nope'"):
+    with pytest.raises(ConfigError, match="no readout 'nope'"):
         segmenter.segment(picture, readout="nope")
 
 
 def test_eval_command_reproduces_the_training_report(trained):
     root, config, report = trained
     again = eval_cli.run(["--checkpoint", str(root / "run" / "model.safetensors"), "--config", str(config),
-                          "--eval_resize", "64", "--eval_crop", "64", "--output", str(root / "eval2")])
+                          "--resize", "64", "--crop", "64", "--output", str(root / "eval2")])
     for name in ("head", "raw", "probe"):
         assert again["readouts"][name]["miou"] == pytest.approx(report["readouts"][name]["miou"])
     assert (root / "eval2" / "eval.json").is_file()
@@ -253,7 +252,7 @@ def test_eval_command_reproduces_the_training_report(trained):
 
 def test_eval_reports_are_guarded_named_by_data_set_and_say_what_was_evaluated(trained, tmp_path):
     root, config, _ = trained
-    args = ["--checkpoint", str(root / "run" / "model.safetensors"), "--eval_resize", "64", "--eval_crop", "64"]
+    args = ["--checkpoint", str(root / "run" / "model.safetensors"), "--resize", "64", "--crop", "64"]
     sets = [{"class_path": "ultra.data.SyntheticScenes", "init_args": {"num_images": 2, "size": 96, "num_classes": 4, "seed": s}}
             for s in (5, 6)]
     reports = [eval_cli.run(args + ["--dataset", json.dumps(d)]) for d in sets]
@@ -263,7 +262,12 @@ def test_eval_reports_are_guarded_named_by_data_set_and_say_what_was_evaluated(t
     assert json.loads((folders[0] / "eval.json").read_text())["settings"]["dataset"]["class_path"] == "ultra.data.synthetic.SyntheticScenes"
     with pytest.raises(FileExistsError, match="pass --overwrite"):
         eval_cli.run(args + ["--dataset", json.dumps(sets[0])])
-    eval_cli.run(args + ["--dataset", json.dumps(sets[0]), "--overwrite", "true"])
+    again = eval_cli.run(args + ["--dataset", json.dumps(sets[0]), "--overwrite"])
+    assert again["readouts"] == reports[0]["readouts"]
+    # the data set's class by its short name, its arguments as options: the same images, the same report
+    by_name = eval_cli.run(args + ["--dataset", "SyntheticScenes", "--dataset.num_images", "2", "--dataset.size", "96",
+                                   "--dataset.num_classes", "4", "--dataset.seed", "5", "--overwrite"])
+    assert by_name["readouts"] == reports[0]["readouts"]
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")
     with pytest.raises(PermissionError, match="cannot write to the output folder .*file/x"):
@@ -310,7 +314,7 @@ def test_segment_never_writes_over_inputs_and_survives_bad_images(trained, tmp_p
     (photos / "c.png").unlink()
     (photos / "d.png").unlink()
     Image.fromarray(picture).save(photos / "e.png")
-    written = segment_cli.run([checkpoint, str(photos), "-o", str(tmp_path / "out"), "--skip-existing"])
+    written = segment_cli.run([checkpoint, str(photos), "-o", str(tmp_path / "out"), "--skip_existing"])
     assert [p.name for p in written] == ["e.png"]  # a and b were done: a killed batch resumes
 
 
@@ -375,8 +379,8 @@ def test_a_checkpoint_for_other_backbone_weights_is_refused(tmp_path):
     from safetensors.torch import save_file
 
     from ultra.backbone.vit import FrozenViT
-    from ultra.readout.segmenter import ClusterReadout, Segmenter
     from ultra.readout.checkpoint import save_segmenter
+    from ultra.readout.segmenter import ClusterReadout, Segmenter
 
     state = FrozenViT("vit_tiny_patch16_224", weights="random", model_kwargs=TINY_VIT).model.state_dict()
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "a.safetensors"))
@@ -404,7 +408,7 @@ def test_eval_and_segment_refuse_crf_without_the_package(trained, tmp_path, monk
     _without_crf(monkeypatch)
     checkpoint = str(root / "run" / "model.safetensors")
     with pytest.raises(CRFUnavailable, match=r"--crf needs the dense CRF: pip install 'ultra-seg\[crf\]'"):
-        eval_cli.run(["--checkpoint", checkpoint, "--config", str(config), "--crf", "true", "--output", str(tmp_path / "e")])
+        eval_cli.run(["--checkpoint", checkpoint, "--config", str(config), "--crf", "--output", str(tmp_path / "e")])
     picture = tmp_path / "p.jpg"
     Image.fromarray(SyntheticScenes(1, 64, 4, seed=3)[0]["image"].permute(1, 2, 0).numpy()).save(picture)
     with pytest.raises(CRFUnavailable, match=r"--crf needs the dense CRF"):
@@ -421,7 +425,7 @@ def test_crf_requested_without_the_package_fails_before_training(tmp_path, monke
 
 
 def test_on_the_fly_training_runs_without_a_cache_for_the_head(tmp_path):
-    config = synthetic_config(tmp_path / "fly.yaml", on_the_fly=True, images_per_batch=3)
+    config = synthetic_config(tmp_path / "fly.yaml", batches={"on_the_fly": True, "images_per_batch": 3})
     args = ["--config", str(config), *tiny_overrides(tmp_path, epochs=1), "--readout.probe", "false",
             "--readout.raw_baseline", "false"]
     with pytest.raises(ValueError, match="needs the feature cache"):

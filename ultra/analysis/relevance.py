@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..backbone.vit import FrozenViT
+from ..errors import ConfigError
 
 SCORES = ("norm", "unit_sum")
 
@@ -74,7 +75,7 @@ def _scalar(tokens: Tensor, score: str) -> Tensor:
 def anchor_targets(grid: tuple[int, int], stride: int) -> Tensor:
     """Row-major patch indices of a grid of anchors every ``stride`` tokens (offset to the cells' centres)."""
     if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
+        raise ConfigError(f"stride must be >= 1, got {stride}")
     h, w = grid
     ys = torch.arange(stride // 2, h, stride)
     xs = torch.arange(stride // 2, w, stride)
@@ -89,7 +90,7 @@ def relevance_maps(vit: FrozenViT, image: Tensor, layer: int = -1, targets: Tens
     ``chunk`` targets share one vectorised reverse pass (memory: ``chunk x heads x N^2`` floats per block).
     """
     if score not in SCORES:
-        raise ValueError(f"score must be one of {SCORES}, got '{score}'")
+        raise ConfigError(f"score must be one of {SCORES}, got '{score}'")
     layer = vit.check_layers([layer])[0]
     grid = vit.check_images(image[None])
     n_patches = grid[0] * grid[1]
@@ -97,7 +98,7 @@ def relevance_maps(vit: FrozenViT, image: Tensor, layer: int = -1, targets: Tens
         targets = anchor_targets(grid, stride) if stride else torch.arange(n_patches)
     targets = torch.as_tensor(targets, dtype=torch.long).flatten()
     if targets.numel() == 0 or targets.min() < 0 or targets.max() >= n_patches:
-        raise ValueError(f"targets must be patch indices in [0, {n_patches}) for a {grid[0]}x{grid[1]} grid")
+        raise ConfigError(f"targets must be patch indices in [0, {n_patches}) for a {grid[0]}x{grid[1]} grid")
     prefix = vit.num_prefix_tokens
     device = vit.mean.device
     with torch.enable_grad(), _recording(vit, layer) as store:

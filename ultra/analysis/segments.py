@@ -17,13 +17,14 @@ from torch import Tensor
 
 from ..backbone.vit import FrozenViT, resize_to_patches
 from ..data.grids import upsample_scores
+from ..errors import ConfigError
 from .relevance import RelevanceMaps, relevance_maps
 
 
 def cluster_maps(maps: Tensor, num_segments: int | None = None, distance_threshold: float | None = None) -> Tensor:
     """Cluster ids ``[T]`` (0-based) of maps ``[T, ...]``: average linkage on cosine distance."""
     if (num_segments is None) == (distance_threshold is None):
-        raise ValueError("give exactly one of num_segments and distance_threshold")
+        raise ConfigError("give exactly one of num_segments and distance_threshold")
     flat = maps.reshape(maps.shape[0], -1).double()
     if flat.shape[0] == 1:
         return torch.zeros(1, dtype=torch.long)
@@ -69,15 +70,24 @@ def otsu_threshold(values: Tensor, bins: int = 256) -> float:
     return float(centers[int(between.argmax())])
 
 
+def check_threshold(threshold: str | float) -> str | float:
+    """``threshold`` if it is ``"otsu"`` or a fraction in (0, 1) of a map's maximum (a number or its text)."""
+    if threshold == "otsu":
+        return threshold
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        value = -1.0
+    if not 0 < value < 1:
+        raise ConfigError(f"threshold must be 'otsu' or a fraction in (0, 1) of the map's maximum, got {threshold!r}")
+    return value
+
+
 def mask_from_map(values: Tensor, size: tuple[int, int], threshold: str | float = "otsu") -> Tensor:
     """A boolean ``[H, W]`` mask from a grid map: bilinear upsampling, then Otsu's threshold or ``threshold * max``."""
+    threshold = check_threshold(threshold)
     pixels = upsample_scores(values[None, None].float(), size)[0, 0]
-    if threshold == "otsu":
-        cut = otsu_threshold(values)
-    elif isinstance(threshold, (int, float)) and 0 < threshold < 1:
-        cut = float(threshold) * float(values.max())
-    else:
-        raise ValueError(f"threshold must be 'otsu' or a fraction in (0, 1), got {threshold!r}")
+    cut = otsu_threshold(values) if threshold == "otsu" else threshold * float(values.max())
     return pixels >= cut
 
 
@@ -85,7 +95,7 @@ def prepare_image(vit: FrozenViT, image: Tensor, size: int) -> Tensor:
     """``image`` resized so its shorter side is about ``size``, both sides multiples of the patch."""
     height, width = image.shape[-2:]
     if min(height, width) < vit.patch_size:
-        raise ValueError(f"image of {width}x{height} px is smaller than one {vit.patch_size}x{vit.patch_size} patch")
+        raise ConfigError(f"image of {width}x{height} px is smaller than one {vit.patch_size}x{vit.patch_size} patch")
     return resize_to_patches(image[None], size, vit.patch_size)[0]
 
 
@@ -94,7 +104,7 @@ def point_token(point: tuple[float, float], image_size: tuple[int, int], grid: t
     x, y = point
     height, width = image_size
     if not (0 <= x < width and 0 <= y < height):
-        raise ValueError(f"point ({x}, {y}) is outside the {width}x{height} image")
+        raise ConfigError(f"point ({x}, {y}) is outside the {width}x{height} image")
     return int(y * grid[0] // height) * grid[1] + int(x * grid[1] // width)
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError
 from ..graphs.sparse import SparseGraph
 from ..graphs.spectral import normalized_weights, rayleigh_ritz, spectral_loss
 
@@ -58,7 +59,7 @@ def solve(graphs: Sequence[SparseGraph], weights: Sequence[float] | None = None,
         raise ValueError(f"graphs must share their nodes, got sizes {[g.num_nodes for g in graphs]}")
     m = config.num_vectors
     if not 1 <= m < n:
-        raise ValueError(f"num_vectors={m} must be in [1, N) with N={n} nodes")
+        raise ConfigError(f"num_vectors={m} must be in [1, N) with N={n} nodes")
     weights = normalized_weights(weights, len(graphs))
     batches = None if config.batch_images is None else ImageBatches(n, nodes_per_image, config.batch_images)
     generator = torch.Generator().manual_seed(config.seed)
@@ -95,9 +96,9 @@ class ImageBatches:
 
     def __init__(self, num_nodes: int, nodes_per_image: int | None, batch_images: int):
         if not nodes_per_image or num_nodes % nodes_per_image:
-            raise ValueError(f"batch_images needs nodes_per_image dividing N={num_nodes}, got {nodes_per_image}")
+            raise ConfigError(f"batch_images needs nodes_per_image dividing N={num_nodes}, got {nodes_per_image}")
         if batch_images < 1:
-            raise ValueError(f"batch_images must be >= 1, got {batch_images}")
+            raise ConfigError(f"batch_images must be >= 1, got {batch_images}")
         self.images = num_nodes // nodes_per_image
         self.nodes_per_image, self.batch_images = nodes_per_image, batch_images
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..readout.kmeans import assign, kmeans
 from ..data.grids import grid_positions, grid_to_pixels
 from ..evaluation.metrics import UnsupervisedSegmentationMetric
+from ..readout.kmeans import assign, kmeans
 
 
 def polynomial_features(positions: Tensor, degree: int = 3) -> Tensor:

@@ -9,6 +9,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError, UserError
 from .weights import WeightsInfo, load_weights
 
 KINDS = ("x", "n", "q", "k", "v")
@@ -31,7 +32,7 @@ MODEL_ALIASES = {
 """Short names used by the field's papers -> timm model names (with their pretrained tag)."""
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(UserError):
     """The model name is neither a timm model nor an alias, or it is not a ViT with fused qkv."""
 
 
@@ -148,10 +149,10 @@ class FrozenViT(nn.Module):
         out = []
         for layer in layers:
             if not -n <= int(layer) < n:
-                raise ValueError(f"layer {layer} is out of range for {self.model_name} with {n} blocks (0..{n - 1} or -{n}..-1)")
+                raise ConfigError(f"layer {layer} is out of range for {self.model_name} with {n} blocks (0..{n - 1} or -{n}..-1)")
             out.append(int(layer) % n)
         if not out:
-            raise ValueError("no layers requested")
+            raise ConfigError("no layers requested")
         return tuple(sorted(set(out)))
 
     @staticmethod
@@ -159,7 +160,7 @@ class FrozenViT(nn.Module):
         kinds = tuple(dict.fromkeys(kinds))
         bad = [k for k in kinds if k not in KINDS]
         if bad or not kinds:
-            raise ValueError(f"token kinds must be among {KINDS}, got {list(kinds)}")
+            raise ConfigError(f"token kinds must be among {KINDS}, got {list(kinds)}")
         return kinds
 
     def check_images(self, images: Tensor) -> tuple[int, int]:
@@ -168,7 +169,7 @@ class FrozenViT(nn.Module):
         h, w = images.shape[-2:]
         p = self.patch_size
         if h < p or w < p:
-            raise ValueError(f"image of {h}x{w} px is smaller than one {p}x{p} patch of {self.model_name}")
+            raise ConfigError(f"image of {h}x{w} px is smaller than one {p}x{p} patch of {self.model_name}")
         if h % p or w % p:
             raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {p}; resize to {snap_to_patch((h, w), p)}")
         return h // p, w // p

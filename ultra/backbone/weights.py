@@ -23,8 +23,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from . import onnx_dinov2
 from ..files import atomic_path, cache_root, file_digest
+from . import onnx_dinov2
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,11 @@
-"""Console entry points (train, evaluate, segment, select) and their common error handling."""
+"""Console entry points, one module per command, and what they share: error handling and the common options.
+
+Conventions of every command: a switch is a bare flag (``--overwrite``, ``--crf``, ``--fresh``);
+options are spelt with underscores (``--skip_existing``, as LightningCLI spells ``--print_config``);
+the frozen ViT is ``--backbone`` (``data.backbone`` in a training config) and its input size
+``--size``; a user's mistake is one line ``<command>: error: ...`` and exit status 2, a bug keeps
+its traceback.
+"""
 from __future__ import annotations
 
 import logging
@@ -7,13 +14,18 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ..readout.crf import CRFUnavailable
-from ..data.io import DataError
-from ..readout.checkpoint import CheckpointError
+from ..backbone.onnx_dinov2 import OfflineWeightsError
 from ..backbone.weights import WeightsError
+from ..errors import ConfigError, UserError
+from ..readout.crf import CRFUnavailable
 
-USER_ERRORS = (DataError, CheckpointError, WeightsError, CRFUnavailable, FileExistsError, FileNotFoundError, PermissionError,
-               ValueError, KeyError)
+USER_ERRORS = (UserError, WeightsError, OfflineWeightsError, CRFUnavailable, FileExistsError, FileNotFoundError,
+               PermissionError)
+"""What a command reports as one line: bad settings, arguments, files and images, missing weights or extras,
+outputs that exist, inputs that do not, folders that cannot be written. Every other exception is a bug."""
+
+DEFAULT_SIZE = 448
+"""The shorter side (pixels) the interpretation commands feed to the backbone (``--size``)."""
 
 
 def console(run: Callable[[list[str] | None], object], prog: str) -> Callable[[list[str] | None], None]:
@@ -25,8 +37,7 @@ def console(run: Callable[[list[str] | None], object], prog: str) -> Callable[[l
             run(args)
             end_distributed()
         except USER_ERRORS as err:
-            message = err.args[0] if isinstance(err, KeyError) and err.args else err
-            print(f"{prog}: error: {message}", file=sys.stderr)
+            print(f"{prog}: error: {err}", file=sys.stderr)
             sys.exit(2)
 
     main.__doc__ = f"Console entry point of {prog}."
@@ -64,13 +75,13 @@ def require_writable(folder: Path) -> None:
 def check_backbone_arguments(cfg) -> None:
     """Early checks of the options added by :func:`add_backbone_arguments`."""
     if cfg.size < 1:
-        raise ValueError(f"--size must be a positive number of pixels, got {cfg.size}")
+        raise ConfigError(f"--size must be a positive number of pixels, got {cfg.size}")
 
 
-def add_backbone_arguments(parser, size: int) -> None:
+def add_backbone_arguments(parser) -> None:
     """The frozen-backbone options shared by the interpretation commands."""
-    parser.add_argument("--model", type=str, default="vit_small_patch14_dinov2")
-    parser.add_argument("--weights", type=str, default="auto")
+    parser.add_argument("--backbone", type=str, default="vit_small_patch14_dinov2", help="the frozen ViT (timm name or alias)")
+    parser.add_argument("--weights", type=str, default="auto", help="auto, hub, offline, random or a weights file")
     parser.add_argument("--layer", type=int, default=-1, help="layer of the tokens (block output, default last)")
-    parser.add_argument("--size", type=int, default=size, help="shorter side of the image fed to the model")
+    parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="shorter side of the image fed to the model (pixels)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")

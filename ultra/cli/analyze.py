@@ -21,16 +21,17 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..graphs.knn import GRAPH_KINDS, GraphSpec, KnnConfig, affinity_graphs, token_kinds
-from ..backbone.vit import FrozenViT
-from ..readout.kmeans import assign, kmeans
-from ..data import EvalTransform, ImageFolder
-from ..data.io import DataError
-from ..files import atomic_path
-from ..data.grids import labels_to_grid
 from ..analysis.solver import SolverConfig, solve
-from ..pictures import eigen_rgb, overlay, save_sheet
 from ..analysis.whatwhere import class_r2, kmeans_scores, position_r2
+from ..backbone.vit import FrozenViT
+from ..data import EvalTransform, ImageFolder
+from ..data.grids import labels_to_grid
+from ..data.io import DataError
+from ..errors import ConfigError
+from ..files import atomic_path
+from ..graphs.knn import GRAPH_KINDS, GraphSpec, KnnConfig, affinity_graphs, token_kinds
+from ..pictures import eigen_rgb, overlay, save_sheet
+from ..readout.kmeans import assign, kmeans
 
 log = logging.getLogger(__name__)
 LEVELS = ("image", "dataset")
@@ -40,7 +41,7 @@ def prepare_output(output: Path, overwrite: bool) -> Path:
     """Create ``output``; refuse a non-empty existing folder unless ``overwrite``."""
     output = Path(output)
     if output.exists() and any(output.iterdir()) and not overwrite:
-        raise FileExistsError(f"output folder {output} is not empty; pass --overwrite true to write into it")
+        raise FileExistsError(f"output folder {output} is not empty; pass --overwrite to write into it")
     output.mkdir(parents=True, exist_ok=True)
     return output
 
@@ -94,14 +95,14 @@ def analyze(images: Path, output: Path, backbone: str = "vit_small_patch14_dinov
     output = prepare_output(output, overwrite)
     vit = FrozenViT(backbone, weights=weights, layers=layers)
     if size % vit.patch_size:
-        raise ValueError(f"--size {size} is not a multiple of the patch size {vit.patch_size} of {backbone}")
+        raise ConfigError(f"--size {size} is not a multiple of the patch size {vit.patch_size} of {backbone}")
     data = ImageFolder(images, classes=classes, use_labels=classes is not None, transform=EvalTransform(size, size))
     check_image_sizes(data, vit.patch_size)
     items = [data[i] for i in range(len(data))]
     grids = extract_grids(vit, items, token_kinds([GraphSpec(k, 0) for k in graph_kinds]), list(vit.layers))
     grid = tuple(next(iter(grids.values())).shape[1:3])
     if solver.num_vectors >= grid[0] * grid[1]:
-        raise ValueError(f"--solver.num_vectors {solver.num_vectors} must be smaller than the {grid[0] * grid[1]} "
+        raise ConfigError(f"--solver.num_vectors {solver.num_vectors} must be smaller than the {grid[0] * grid[1]} "
                          f"tokens of an image")
     labels = torch.stack([it["label"] for it in items]) if data.has_labels else None
     if len(items) == 1:
@@ -131,12 +132,12 @@ def _check_settings(size: int, graph_kinds, solver: SolverConfig, clusters: int,
     for name, value in (("size", size), ("solver.num_vectors", solver.num_vectors), ("solver.epochs", solver.epochs),
                         ("clusters", clusters), ("solver.batch_images", solver.batch_images or 1)):
         if value < 1:
-            raise ValueError(f"--{name} must be >= 1, got {value}")
+            raise ConfigError(f"--{name} must be >= 1, got {value}")
     if solver.lr <= 0 or teleport < 0:
-        raise ValueError(f"--solver.lr must be positive and --teleport >= 0, got {solver.lr} and {teleport}")
+        raise ConfigError(f"--solver.lr must be positive and --teleport >= 0, got {solver.lr} and {teleport}")
     for kind in graph_kinds:
         if kind not in GRAPH_KINDS:
-            raise ValueError(f"graph kind must be among {sorted(GRAPH_KINDS)}, got '{kind}'")
+            raise ConfigError(f"graph kind must be among {sorted(GRAPH_KINDS)}, got '{kind}'")
 
 
 def solve_levels(grids: dict, specs: list[GraphSpec], knn: KnnConfig, teleport: float,
@@ -209,10 +210,20 @@ def format_table(figures: dict, graph_kinds) -> str:
     return "\n".join(lines)
 
 
-def run(argv: list[str] | None = None) -> dict:
-    from jsonargparse import auto_cli
+def build_parser():
+    from jsonargparse import ArgumentParser
 
-    return auto_cli(analyze, args=argv, as_positional=False)
+    parser = ArgumentParser(prog="ultra-analyze", description=__doc__.split("\n\n")[0])
+    parser.add_function_arguments(analyze, skip={"overwrite"}, as_positional=False)
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    return parser
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Parse the command line and run :func:`analyze`; returns the figures."""
+    parser = build_parser()
+    cfg = parser.instantiate_classes(parser.parse_args(argv))
+    return analyze(**{k: v for k, v in vars(cfg).items() if k != "__path__"})
 
 
 def main(argv: list[str] | None = None) -> None:

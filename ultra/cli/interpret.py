@@ -1,8 +1,9 @@
 """``ultra-interpret IMAGE -o OUT``: relevance maps of an image's tokens, segments from them, and a picture sheet.
 
 Writes ``OUT/<name>_segments.png`` (segment ids) and ``OUT/<name>_sheet.png`` (the image, the
-segments, and the maps of a few tokens). ``--stride`` uses an anchor grid of tokens instead of all
-of them (about stride^2 times faster); ``--segments K`` or ``--distance_threshold T`` sets the clustering.
+segments, and the maps of a few tokens). Each map costs about one backward pass, so the maps are of
+an anchor grid of tokens, every ``--stride``-th in each direction (2 by default; 1 for every token,
+about stride^2 times slower); ``--segments K`` or ``--distance_threshold T`` sets the clustering.
 """
 from __future__ import annotations
 
@@ -12,23 +13,29 @@ import numpy as np
 import torch
 from jsonargparse import ArgumentParser
 
-from . import add_backbone_arguments, check_backbone_arguments, console, refuse_overwrite
+from ..analysis.relevance import relevance_maps
+from ..analysis.segments import prepare_image, segments_from_maps
 from ..backbone.vit import FrozenViT
 from ..data.io import read_image
 from ..data.transforms import image_to_tensor
-from ..analysis.relevance import relevance_maps
-from ..analysis.segments import prepare_image, segments_from_maps
+from ..errors import ConfigError
 from ..pictures import heatmap, overlay, save_image, save_sheet
+from . import (
+    add_backbone_arguments,
+    check_backbone_arguments,
+    console,
+    refuse_overwrite,
+)
 
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="ultra-interpret", description=__doc__.split("\n\n")[0])
     parser.add_argument("image", type=Path, help="the image")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
-    parser.add_argument("--stride", type=int | None, default=None, help="anchor-grid stride (default: all tokens)")
+    parser.add_argument("--stride", type=int, default=2, help="anchor-grid stride (1: every token)")
     parser.add_argument("--segments", type=int | None, default=None, help="number of segments")
     parser.add_argument("--distance_threshold", type=float | None, default=None, help="cosine distance cut (default 0.5)")
-    add_backbone_arguments(parser, size=224)
+    add_backbone_arguments(parser)
     return parser
 
 
@@ -36,22 +43,22 @@ def run(args: list[str] | None = None) -> Path:
     """Compute the maps, segment, write the pictures; returns the sheet's path."""
     cfg = build_parser().parse_args(args)
     check_backbone_arguments(cfg)
-    if cfg.stride is not None and cfg.stride < 1:
-        raise ValueError(f"--stride must be >= 1, got {cfg.stride}")
+    if cfg.stride < 1:
+        raise ConfigError(f"--stride must be >= 1, got {cfg.stride}")
     if cfg.segments is not None and cfg.segments < 1:
-        raise ValueError(f"--segments must be >= 1, got {cfg.segments}")
+        raise ConfigError(f"--segments must be >= 1, got {cfg.segments}")
     if cfg.distance_threshold is not None and not 0 <= cfg.distance_threshold <= 2:
-        raise ValueError(f"--distance_threshold is a cosine distance in [0, 2], got {cfg.distance_threshold}")
+        raise ConfigError(f"--distance_threshold is a cosine distance in [0, 2], got {cfg.distance_threshold}")
     if cfg.segments is None and cfg.distance_threshold is None:
         cfg.distance_threshold = 0.5
     outputs = [cfg.output / f"{cfg.image.stem}_segments.png", cfg.output / f"{cfg.image.stem}_sheet.png"]
     refuse_overwrite(outputs, cfg.overwrite)
     picture = read_image(cfg.image)
-    vit = FrozenViT(cfg.model, weights=cfg.weights, layers=[cfg.layer], kinds=["x"])
+    vit = FrozenViT(cfg.backbone, weights=cfg.weights, layers=[cfg.layer], kinds=["x"])
     image = prepare_image(vit, image_to_tensor(picture), cfg.size)
     grid = vit.check_images(image[None])
-    if cfg.stride is not None and cfg.stride > min(grid):
-        raise ValueError(f"--stride {cfg.stride} is larger than the {grid[0]}x{grid[1]} token grid of {cfg.image}")
+    if cfg.stride > min(grid):
+        raise ConfigError(f"--stride {cfg.stride} is larger than the {grid[0]}x{grid[1]} token grid of {cfg.image}")
     result = relevance_maps(vit, image, layer=cfg.layer, stride=cfg.stride)
     size = picture.shape[:2]
     segments, _ = segments_from_maps(result, size, cfg.segments, cfg.distance_threshold)

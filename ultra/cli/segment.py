@@ -3,7 +3,7 @@
 For every image ``NAME.ext`` it writes ``OUT/NAME.png`` (single-channel labels: class ids when the
 checkpoint knows its matching, else cluster ids; 255 for clusters matched to no class) and
 ``OUT/NAME_overlay.png``. Existing files are never replaced unless ``--overwrite`` is given, and an
-input image is never written over, whatever the flags. ``--skip-existing`` resumes an interrupted
+input image is never written over, whatever the flags. ``--skip_existing`` resumes an interrupted
 batch. An image that cannot be read or segmented is reported and skipped; the command then
 exits with status 2 after the others are done.
 """
@@ -16,11 +16,12 @@ import numpy as np
 from jsonargparse import ArgumentParser
 from tqdm.auto import tqdm
 
-from . import console, refuse_overwrite
-from ..readout.crf import require_crf
 from ..data.io import DataError, list_images, read_image
-from ..readout.checkpoint import load
+from ..errors import ConfigError
 from ..pictures import overlay, save_image
+from ..readout.checkpoint import load
+from ..readout.crf import require_crf
+from . import console, refuse_overwrite
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("images", type=Path, help="an image file or a folder of images")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    parser.add_argument("--skip-existing", action="store_true", help="leave images whose outputs exist (resume a batch)")
+    parser.add_argument("--skip_existing", action="store_true", help="leave images whose outputs exist (resume a batch)")
     parser.add_argument("--readout", type=str, default="head", help="head (default), raw or probe")
     parser.add_argument("--crf", action="store_true", help="refine with a dense CRF (extra 'crf')")
     parser.add_argument("--flip", action="store_true", help="average with the mirrored image")
@@ -48,7 +49,7 @@ def run(args: list[str] | None = None) -> list[Path]:
     parser = build_parser()
     cfg = parser.parse_args(args)
     if cfg.overwrite and cfg.skip_existing:
-        raise ValueError("--overwrite and --skip-existing exclude each other")
+        raise ConfigError("--overwrite and --skip_existing exclude each other")
     images = _input_images(cfg.images)
     _refuse_collisions(images, cfg.output)
     if cfg.skip_existing:

@@ -10,32 +10,26 @@ from pathlib import Path
 import numpy as np
 from jsonargparse import ArgumentParser
 
-from . import add_backbone_arguments, check_backbone_arguments, console, refuse_overwrite
+from ..analysis.segments import check_threshold, select
 from ..backbone.vit import FrozenViT
 from ..data.io import read_image
 from ..data.transforms import image_to_tensor
-from ..analysis.segments import select
+from ..errors import ConfigError
 from ..pictures import heatmap, overlay_mask, save_image
+from . import (
+    add_backbone_arguments,
+    check_backbone_arguments,
+    console,
+    refuse_overwrite,
+)
 
 
 def parse_point(text: str) -> tuple[float, float]:
     try:
         x, y = (float(v) for v in text.split(","))
     except ValueError:
-        raise ValueError(f"--point must be X,Y in pixels, got '{text}'") from None
+        raise ConfigError(f"--point must be X,Y in pixels, got '{text}'") from None
     return x, y
-
-
-def parse_threshold(text: str) -> str | float:
-    if text == "otsu":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 1:
-        raise ValueError(f"--threshold must be 'otsu' or a fraction in (0, 1] of the map's maximum, got '{text}'")
-    return value
 
 
 def build_parser() -> ArgumentParser:
@@ -44,7 +38,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--point", type=str, required=True, help="X,Y: the clicked pixel")
     parser.add_argument("-o", "--output", type=Path, required=True, help="mask PNG to write")
     parser.add_argument("--threshold", type=str, default="otsu", help="'otsu' or a fraction of the map's maximum")
-    add_backbone_arguments(parser, size=448)
+    add_backbone_arguments(parser)
     return parser
 
 
@@ -53,11 +47,11 @@ def run(args: list[str] | None = None) -> Path:
     cfg = build_parser().parse_args(args)
     check_backbone_arguments(cfg)
     point = parse_point(cfg.point)
-    threshold = parse_threshold(cfg.threshold)
+    threshold = check_threshold(cfg.threshold)
     outputs = [cfg.output, cfg.output.with_name(f"{cfg.output.stem}_overlay.png"), cfg.output.with_name(f"{cfg.output.stem}_map.png")]
     refuse_overwrite(outputs, cfg.overwrite)
     picture = read_image(cfg.image)
-    vit = FrozenViT(cfg.model, weights=cfg.weights, layers=[cfg.layer], kinds=["x"])
+    vit = FrozenViT(cfg.backbone, weights=cfg.weights, layers=[cfg.layer], kinds=["x"])
     mask, values = select(vit, image_to_tensor(picture), point, layer=cfg.layer, size=cfg.size, threshold=threshold)
     mask = mask.numpy()
     shown = overlay_mask(picture, mask)

@@ -1,13 +1,14 @@
 """``train.py`` / ``ultra-train``: train the head, fit the readouts, evaluate, export the inference checkpoint.
 
-    python train.py --config configs/demo.yaml [--trainer.max_epochs 10] [--data.num_workers 4]
+    python train.py --config configs/demo.yaml [--data.num_workers 4]
     python train.py --config configs/camvid.yaml --seeds 0,1,2     # one run per seed, then mean +- std
+    python train.py --config configs/cocostuff27.yaml --config configs/backbones/dino_vits8.yaml
 
 Everything is configured by YAML through LightningCLI (``--print_config`` shows every option).
 Outputs go to ``trainer.default_root_dir``: ``checkpoints/last.ckpt`` (written atomically every
 epoch), ``model.safetensors`` (the inference checkpoint), ``eval/`` (report and pictures) and the
 logs. Running the same command again after an interruption resumes from ``last.ckpt``; a run
-folder holding a run with other settings is refused (``--fresh true`` discards it). With ``--seeds``, each seed runs in ``<default_root_dir>/seed-<s>`` (the feature cache and the graphs
+folder holding a run with other settings is refused (``--fresh`` discards it). With ``--seeds``, each seed runs in ``<default_root_dir>/seed-<s>`` (the feature cache and the graphs
 are shared) and ``<default_root_dir>/seeds.json`` holds every figure's mean and standard deviation.
 """
 from __future__ import annotations
@@ -15,13 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
 import time
 import warnings
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -30,38 +29,20 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from . import console, require_writable
-from ..readout.crf import require_crf
+from ..errors import ConfigError
 from ..evaluation.protocol import evaluate
-from ..files import atomic_path
-from ..readout.segmenter import ClusterReadout, ProbeReadout, Segmenter
-from ..readout.checkpoint import save_segmenter
-from ..readout.fit import CachedRows, fit_centroids
-from ..readout.probe import train_probe
 from ..evaluation.seeds import format_summary, split_seeds_argument, summarize
-from ..head.module import SpectralHeadModule
+from ..files import atomic_path
 from ..head.datamodule import UltraDataModule
+from ..head.module import SpectralHeadModule
+from ..readout.checkpoint import save_segmenter
+from ..readout.crf import require_crf
+from ..readout.fit import ReadoutConfig, fit_readouts
+from ..readout.segmenter import Segmenter
+from . import console, require_writable
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # run() passes the parsed command line
-
-
-@dataclass
-class ReadoutConfig:
-    """After training: k-means (classes + ``extra_clusters`` clusters, ``restarts`` on ``kmeans_sample``
-    tokens, then one pass over all), the raw-token baseline, the supervised probe (``probe_steps``
-    L-BFGS iterations), and the evaluation options."""
-
-    extra_clusters: int = 0
-    restarts: int = 3
-    kmeans_sample: int = 1 << 16
-    raw_baseline: bool = True
-    probe: bool = True
-    probe_steps: int = 100
-    evaluate: bool = True
-    flip: bool = False
-    crf: bool = False
-    eval_batch_size: int = 4
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -88,31 +69,40 @@ class RunCheckpoint(ModelCheckpoint):
 
 
 class UltraCLI(LightningCLI):
+    """The training command's parser: the head module, the data module, the trainer, the readouts and the run options."""
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data", "model.in_dim", compute_fn=lambda dm: dm.head_dim, apply_on="instantiate")
         parser.link_arguments("data", "model.graph_weights", compute_fn=lambda dm: dm.graph_weights, apply_on="instantiate")
         parser.add_class_arguments(ReadoutConfig, "readout")
-        parser.add_argument("--fresh", type=bool, default=False,
+        parser.add_argument("--fresh", action="store_true",
                             help="start over in a run folder that holds a checkpoint (by default a rerun resumes it, "
                                  "and refuses if its settings differ)")
+        parser.add_argument("--seeds", type=str | None, default=None,
+                            help="comma-separated seeds (e.g. 0,1,2): one run per seed in <default_root_dir>/seed-<s>, "
+                                 "then seeds.json with the mean and standard deviation of every figure")
 
 
 def build_cli(args: list[str] | None = None) -> UltraCLI:
     return UltraCLI(
         SpectralHeadModule, UltraDataModule, run=False, args=args, seed_everything_default=0,
+        auto_configure_optimizers=False,  # the head module makes its own optimizer (sgd) or none (exact)
         parser_kwargs={"description": __doc__, "formatter_class": argparse.RawDescriptionHelpFormatter,
-                       "usage": "ultra-train --config CONFIG [--seeds 0,1,2] [--fresh true] [--SECTION.OPTION VALUE ...]"},
+                       "usage": "ultra-train --config CONFIG [--seeds 0,1,2] [--fresh] [--SECTION.OPTION VALUE ...]"},
         trainer_defaults={"callbacks": [RunCheckpoint()], "max_epochs": 10},
         save_config_kwargs={"overwrite": True},
     )
 
 
-IGNORED_FOR_RESUME = ("data.num_workers", "data.cache_dir", "data.cache_batch_size")
-"""Settings that do not change the head: a run may resume under other values of these."""
-
-
 def head_settings(config) -> dict:
-    """The settings that determine the head (model, data, seed), flattened to ``{"model.out_dim": 50, ...}``."""
+    """The settings that determine the head, flattened to ``{"model.out_dim": 50, ...}``: a rerun resumes only
+    under the same ones. Evaluation-only and speed-only settings, and the SGD ones under the exact solver, are left out."""
+    tree = config.as_dict()
+    model = SpectralHeadModule.head_settings(tree["model"])
+    sgd = model["solver"] == "sgd"
+    settings = {"model": model, "data": UltraDataModule.head_settings(tree["data"], sgd)}
+    if sgd:  # the node batches' seed; the exact solve has none
+        settings["seed_everything"] = tree.get("seed_everything")
     flat = {}
 
     def walk(prefix: str, value) -> None:
@@ -122,9 +112,8 @@ def head_settings(config) -> dict:
         else:
             flat[prefix] = json.loads(json.dumps(value, default=str))
 
-    tree = config.as_dict()
-    walk("", {"model": tree.get("model"), "data": tree.get("data"), "seed_everything": tree.get("seed_everything")})
-    return {k: v for k, v in flat.items() if k not in IGNORED_FOR_RESUME}
+    walk("", settings)
+    return flat
 
 
 def resume_point(trainer: pl.Trainer, settings: dict, fresh: bool) -> str | None:
@@ -135,54 +124,48 @@ def resume_point(trainer: pl.Trainer, settings: dict, fresh: bool) -> str | None
     """
     folder = Path(trainer.default_root_dir) / "checkpoints"
     checkpoint, recorded = folder / "last.ckpt", folder / "run.json"
-    is_main = int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
     if checkpoint.is_file() and not fresh:
-        try:
-            stored = json.loads(recorded.read_text())
-        except (OSError, ValueError):
-            raise ValueError(f"{checkpoint} has no readable record of its settings ({recorded}): pass --fresh true "
-                             f"to discard it, or choose another --trainer.default_root_dir") from None
-        differ = sorted(k for k in set(stored) | set(settings) if stored.get(k, "<unset>") != settings.get(k, "<unset>"))
-        if differ:
-            shown = ", ".join(f"{k} ({stored.get(k, '<unset>')!r} there, {settings.get(k, '<unset>')!r} now)" for k in differ[:4])
-            raise ValueError(f"{trainer.default_root_dir} holds a run with other settings: {shown}"
-                             f"{' and more' if len(differ) > 4 else ''}; pass --fresh true to discard it and start over, "
-                             f"or choose another --trainer.default_root_dir")
-        try:
-            with zipfile.ZipFile(checkpoint) as archive:
-                damaged = archive.testzip()
-        except (OSError, zipfile.BadZipFile) as err:
-            damaged = str(err)
-        if damaged:
-            raise ValueError(f"checkpoint {checkpoint} is damaged ({damaged}): pass --fresh true to start over")
+        check_same_settings(recorded, settings, trainer.default_root_dir)
+        check_intact(checkpoint)
         log.info("resuming from %s", checkpoint)
         return str(checkpoint)
-    if is_main:
-        if fresh and folder.exists():
-            log.info("--fresh: discarding the checkpoints in %s", folder)
-            shutil.rmtree(folder)
-        with atomic_path(recorded) as tmp:
-            tmp.write_text(json.dumps(settings, indent=1, sort_keys=True))
+    if trainer.is_global_zero:
+        start_run_folder(folder, recorded, settings, discard=fresh)
     return None
 
 
-def fit_readouts(module: SpectralHeadModule, data: UltraDataModule, config: ReadoutConfig, seed: int,
-                 progress: bool = True) -> Segmenter:
-    """k-means on the head's outputs (and on raw tokens), the optional probe, over the training cache."""
-    cache = data.open_cache()
-    k = len(data.class_names) + config.extra_clusters
-    head = module.head.eval()
-    centroids = lambda rows: fit_centroids(rows, k, seed, config.restarts, config.kmeans_sample)  # noqa: E731
-    readouts = {"head": ClusterReadout(data.feature_keys, centroids(CachedRows(cache, data.feature_keys, head)), head)}
-    if config.raw_baseline:
-        raw = [data.feature_keys[-1]]
-        readouts["raw"] = ClusterReadout(raw, centroids(CachedRows(cache, raw)))
-    if config.probe:
-        probe = train_probe(cache, data.feature_keys, len(data.class_names), steps=config.probe_steps, seed=seed,
-                            progress=progress)
-        if probe is not None:
-            readouts["probe"] = ProbeReadout(data.feature_keys, probe)
-    return Segmenter(data.backbone, readouts, data.class_names, resize=data.eval_resize)
+def check_same_settings(recorded: Path, settings: dict, root) -> None:
+    """Raise unless ``recorded`` (a run's ``run.json``) holds ``settings``."""
+    try:
+        stored = json.loads(recorded.read_text())
+    except (OSError, ValueError):
+        raise ConfigError(f"{root} holds a checkpoint without a readable record of its settings ({recorded}): pass "
+                          f"--fresh to discard it, or choose another --trainer.default_root_dir") from None
+    differ = sorted(k for k in set(stored) | set(settings) if stored.get(k, "<unset>") != settings.get(k, "<unset>"))
+    if differ:
+        shown = ", ".join(f"{k} ({stored.get(k, '<unset>')!r} there, {settings.get(k, '<unset>')!r} now)" for k in differ[:4])
+        raise ConfigError(f"{root} holds a run with other settings: {shown}{' and more' if len(differ) > 4 else ''}; "
+                          f"pass --fresh to discard it and start over, or choose another --trainer.default_root_dir")
+
+
+def check_intact(checkpoint: Path) -> None:
+    """Raise if the checkpoint's zip archive is damaged."""
+    try:
+        with zipfile.ZipFile(checkpoint) as archive:
+            damaged = archive.testzip()
+    except (OSError, zipfile.BadZipFile) as err:
+        damaged = str(err)
+    if damaged:
+        raise ConfigError(f"checkpoint {checkpoint} is damaged ({damaged}): pass --fresh to start over")
+
+
+def start_run_folder(folder: Path, recorded: Path, settings: dict, discard: bool) -> None:
+    """Record the run's settings in ``recorded``, first discarding an old run's checkpoints when ``discard``."""
+    if discard and folder.exists():
+        log.info("--fresh: discarding the checkpoints in %s", folder)
+        shutil.rmtree(folder)
+    with atomic_path(recorded) as tmp:
+        tmp.write_text(json.dumps(settings, indent=1, sort_keys=True))
 
 
 def run_training(cli: UltraCLI) -> dict | None:
@@ -192,9 +175,6 @@ def run_training(cli: UltraCLI) -> dict | None:
     config = ReadoutConfig(**cli.config.readout)
     if config.crf:  # fail before training, not after it
         require_crf("--readout.crf")
-    if config.extra_clusters < 0 or config.restarts < 1 or config.kmeans_sample < 1 or config.probe_steps < 1:
-        raise ValueError("readout: extra_clusters must be >= 0 and restarts, kmeans_sample, probe_steps >= 1, got "
-                         f"{config.extra_clusters}, {config.restarts}, {config.kmeans_sample}, {config.probe_steps}")
     require_writable(Path(trainer.default_root_dir))
     if config.evaluate and data.val_dataset is not None:  # a bad validation set fails now, not after training
         data.val_dataset.check(require_labels=True)
@@ -205,16 +185,21 @@ def run_training(cli: UltraCLI) -> dict | None:
     trainer.fit(module, data, ckpt_path=ckpt_path)
     timings = {"fit_s": time.perf_counter() - start - sum(data.timings.values()), **data.timings}
     start = time.perf_counter()
-    segmenter = fit_readouts(module, data, config, seed, progress=trainer.is_global_zero).to(trainer.strategy.root_device)
+    readouts = fit_readouts(module.head, data.open_cache(), data.feature_keys, data.class_names, config, seed,
+                            progress=trainer.is_global_zero)
+    segmenter = Segmenter(data.backbone, readouts, data.class_names, resize=data.evaluation.resize)
+    segmenter.to(trainer.strategy.root_device)
     timings["readouts_s"] = time.perf_counter() - start
     root = Path(trainer.default_root_dir)
     export(segmenter, data, root, trainer.is_global_zero)  # saved before the evaluation, saved again with its matching
     report = None
     if config.evaluate and data.val_dataset is not None:
-        report = evaluate(segmenter, data.val_dataset.with_transform(data.eval_transform()), trainer, output=root / "eval",
-                          flip=config.flip, crf=config.crf, batch_size=config.eval_batch_size, num_workers=data.num_workers,
-                          settings={"backbone": data.backbone.describe(), "eval_resize": data.eval_resize, "eval_crop": data.eval_crop,
-                                    "seed": seed, "solver": module.hparams.solver, "timings": timings})
+        report = evaluate(segmenter, data.val_dataset.with_transform(data.evaluation.transform()), trainer,
+                          output=root / "eval", flip=config.flip, crf=config.crf, batch_size=config.eval_batch_size,
+                          num_workers=data.num_workers,
+                          settings={"backbone": data.backbone.describe(), "eval_resize": data.evaluation.resize,
+                                    "eval_crop": data.evaluation.crop, "seed": seed, "solver": module.hparams.solver,
+                                    "timings": timings})
         segmenter.cluster_to_class = {name: torch.tensor(r["cluster_to_class"]) for name, r in report["readouts"].items()
                                       if "cluster_to_class" in r and "+" not in name}
         export(segmenter, data, root, trainer.is_global_zero)

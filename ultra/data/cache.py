@@ -26,9 +26,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from .io import DataError
 from ..files import atomic_path, build_lock
 from .grids import labels_to_grid
+from .io import DataError
 
 if TYPE_CHECKING:  # annotations only: reading a cache needs no backbone
     from ..backbone.vit import FrozenViT

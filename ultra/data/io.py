@@ -6,11 +6,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import UserError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _LABEL_MODES = ("L", "P", "I", "I;16", "I;16L", "I;16B")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A data file or folder is missing, unreadable or inconsistent; the message names it."""
 
 

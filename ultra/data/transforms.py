@@ -13,6 +13,8 @@ import torchvision.transforms.v2.functional as F
 from torch import Tensor
 from torchvision import tv_tensors
 
+from ..errors import ConfigError
+
 _TO_FLOAT = v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True)
 
 
@@ -77,7 +79,7 @@ class FiveCropViews(_Views):
 
     def __init__(self, size: int = 224, resize: int | None = 320, crop_fraction: float = 0.6, flip: bool = False):
         if not 0 < crop_fraction <= 1:
-            raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
+            raise ConfigError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
         super().__init__(size, resize)
         self.crop_fraction, self.flip = crop_fraction, flip
 

@@ -18,9 +18,10 @@ import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
-from ..readout.crf import SCORE_SCALE, dense_crf
 from ..data.base import SegmentationDataset
 from ..files import atomic_path
+from ..pictures import overlay, save_confusion, save_sheet
+from ..readout.crf import SCORE_SCALE, dense_crf
 from ..readout.segmenter import Segmenter
 from .metrics import (
     SupervisedSegmentationMetric,
@@ -29,7 +30,6 @@ from .metrics import (
     as_floats,
     matched_confusion,
 )
-from ..pictures import overlay, save_confusion, save_sheet
 
 log = logging.getLogger(__name__)
 LABELS = {"head": "head + k-means", "raw": "raw tokens + k-means", "probe": "linear probe (supervised)"}

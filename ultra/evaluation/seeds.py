@@ -4,6 +4,7 @@ from __future__ import annotations
 import statistics
 from typing import Mapping
 
+from ..errors import ConfigError
 from .protocol import LABELS
 
 FIGURES = ("miou", "acc", "miou_present")
@@ -18,7 +19,7 @@ def split_seeds_argument(args: list[str]) -> tuple[list[int] | None, list[str]]:
         if arg == "--seeds" or arg.startswith("--seeds="):
             if arg == "--seeds":
                 if i + 1 >= len(args):
-                    raise ValueError("--seeds needs a comma-separated list of integers, e.g. --seeds 0,1,2")
+                    raise ConfigError("--seeds needs a comma-separated list of integers, e.g. --seeds 0,1,2")
                 value, i = args[i + 1], i + 2
             else:
                 value, i = arg.split("=", 1)[1], i + 1
@@ -27,7 +28,7 @@ def split_seeds_argument(args: list[str]) -> tuple[list[int] | None, list[str]]:
         rest.append(arg)
         i += 1
     if seeds is not None and any(a == "--seed_everything" or a.startswith("--seed_everything=") for a in rest):
-        raise ValueError("--seeds and --seed_everything exclude each other")
+        raise ConfigError("--seeds and --seed_everything exclude each other")
     return seeds, rest
 
 
@@ -35,9 +36,9 @@ def _parse_seeds(value: str) -> list[int]:
     try:
         seeds = [int(part) for part in value.split(",") if part.strip()]
     except ValueError:
-        raise ValueError(f"--seeds takes comma-separated integers, e.g. 0,1,2; got '{value}'") from None
+        raise ConfigError(f"--seeds takes comma-separated integers, e.g. 0,1,2; got '{value}'") from None
     if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds needs distinct integers, got '{value}'")
+        raise ConfigError(f"--seeds needs distinct integers, got '{value}'")
     return seeds
 
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import ConfigError
 from . import sparse as graph_module
 from .sparse import SparseGraph, index_dtype, lift_graph, pooling_matrix
 
@@ -40,9 +41,9 @@ class GraphSpec:
 
     def __post_init__(self):
         if self.kind not in GRAPH_KINDS:
-            raise ValueError(f"graph kind must be one of {sorted(GRAPH_KINDS)}, got '{self.kind}'")
+            raise ConfigError(f"graph kind must be one of {sorted(GRAPH_KINDS)}, got '{self.kind}'")
         if self.weight <= 0:
-            raise ValueError(f"graph weight must be positive, got {self.weight}")
+            raise ConfigError(f"graph weight must be positive, got {self.weight}")
 
     @property
     def name(self) -> str:
@@ -78,11 +79,11 @@ class KnnConfig:
     def __post_init__(self):
         counts = (self.k_intra, self.k_inter, self.k_any)
         if min(counts) < 0 or sum(counts) == 0:
-            raise ValueError(f"k_intra, k_inter and k_any must be >= 0 and not all 0, got {counts}")
+            raise ConfigError(f"k_intra, k_inter and k_any must be >= 0 and not all 0, got {counts}")
         if self.threshold < 0:
-            raise ValueError(f"threshold must be >= 0 (affinities must be non-negative), got {self.threshold}")
+            raise ConfigError(f"threshold must be >= 0 (affinities must be non-negative), got {self.threshold}")
         if self.candidate_images is not None and self.candidate_images < 1:
-            raise ValueError(f"candidate_images must be >= 1 or None, got {self.candidate_images}")
+            raise ConfigError(f"candidate_images must be >= 1 or None, got {self.candidate_images}")
 
 
 def token_kinds(specs: Sequence[GraphSpec]) -> set[str]:
@@ -108,18 +109,18 @@ def knn_graph(rows: Tensor, cols: Tensor | None = None, config: KnnConfig = KnnC
         raise ValueError(f"row tokens {tuple(rows.shape)} and column tokens {tuple(cols.shape)} differ")
     num_images, n, _ = rows.shape
     if config.k_intra > n - 1:
-        raise ValueError(f"k_intra={config.k_intra} exceeds the {n - 1} other tokens of an image")
+        raise ConfigError(f"k_intra={config.k_intra} exceeds the {n - 1} other tokens of an image")
     k_inter = config.k_inter if num_images > 1 else 0
     if k_inter > (num_images - 1) * n:
-        raise ValueError(f"k_inter={k_inter} exceeds the {(num_images - 1) * n} tokens of the other images")
+        raise ConfigError(f"k_inter={k_inter} exceeds the {(num_images - 1) * n} tokens of the other images")
     if config.k_any > num_images * n - 1:
-        raise ValueError(f"k_any={config.k_any} exceeds the {num_images * n - 1} other tokens of the set")
+        raise ConfigError(f"k_any={config.k_any} exceeds the {num_images * n - 1} other tokens of the set")
     if config.group_views and (groups is None or groups.shape != (num_images,)):
-        raise ValueError(f"knn.group_views needs the source image of each of the {num_images} views")
+        raise ConfigError(f"knn.group_views needs the source image of each of the {num_images} views")
     groups = groups if config.group_views else None
     others = num_images - 1 if groups is None else num_images - int(torch.bincount(groups).max())
     if groups is not None and others < 1:
-        raise ValueError("knn.group_views: every view comes from the same image, there are no other images")
+        raise ConfigError("knn.group_views: every view comes from the same image, there are no other images")
     count = others if config.candidate_images is None else min(config.candidate_images, others)
     candidates = None
     if (k_inter or config.k_any) and (count < num_images - 1 or groups is not None):
@@ -285,11 +286,11 @@ def affinity_graphs(grids: Mapping[tuple[str, int], Tensor], specs: Sequence[Gra
     for spec in specs:
         for key in spec.token_keys:
             if key not in grids:
-                raise KeyError(f"graph {spec.name} needs '{key[0]}' tokens of layer {spec.layer}, which were not computed")
+                raise ConfigError(f"graph {spec.name} needs '{key[0]}' tokens of layer {spec.layer}, which were not computed")
             sizes[spec] = tuple(grids[key].shape[1:3])
     finest = max(sizes.values(), key=lambda s: s[0] * s[1])
     if teleport and any(size != finest for size in sizes.values()):
-        raise ValueError("teleport is not supported with graphs of different grid sizes")
+        raise ConfigError("teleport is not supported with graphs of different grid sizes")
     graphs = []
     for spec in specs:
         r, c = (grids[key] for key in spec.token_keys)

@@ -16,6 +16,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError
 from .sparse import SparseGraph
 
 
@@ -29,7 +30,7 @@ class SpectralLoss(NamedTuple):
 def normalized_weights(weights: Sequence[float] | None, count: int) -> list[float]:
     weights = [1.0] * count if weights is None else [float(w) for w in weights]
     if len(weights) != count or any(w <= 0 for w in weights):
-        raise ValueError(f"need {count} positive graph weights, got {weights}")
+        raise ConfigError(f"need {count} positive graph weights, got {weights}")
     return [w / sum(weights) for w in weights]
 
 

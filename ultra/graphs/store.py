@@ -17,11 +17,12 @@ import torch
 from safetensors import SafetensorError
 from torch import Tensor
 
-from .knn import GraphSpec, KnnConfig, knn_graph
 from ..data.cache import FeatureCache
+from ..errors import ConfigError
 from ..files import build_lock
-from .sparse import SparseGraph, SparseRows, index_dtype, indptr_from_counts
 from .correspondence import image_correspondences
+from .knn import GraphSpec, KnnConfig, knn_graph
+from .sparse import SparseGraph, SparseRows, index_dtype, indptr_from_counts
 
 log = logging.getLogger(__name__)
 @dataclass
@@ -63,7 +64,7 @@ def load_or_build_operators(cache: FeatureCache, specs: Sequence[GraphSpec], knn
             if graph is None:
                 missing = [key for key in spec.token_keys if key not in cache.keys]
                 if missing:
-                    raise KeyError(f"graph {spec.name} needs the tokens {missing}, the cache holds {cache.keys}")
+                    raise ConfigError(f"graph {spec.name} needs the tokens {missing}, the cache holds {cache.keys}")
                 log.info("building the %s graph of layer %d over %d tokens", spec.kind, spec.layer, cache.num_nodes)
                 row_key, col_key = spec.token_keys
                 columns = None if col_key == row_key else cache.tensor(col_key)

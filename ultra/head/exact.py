@@ -35,8 +35,9 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
-from .loss import propagate_batch
+from ..errors import ConfigError
 from ..graphs.spectral import normalized_weights
+from .loss import propagate_batch
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +90,9 @@ class QuadraticForms:
         if n == 0:
             raise ValueError("no tokens were accumulated: the exact solve has nothing to fit")
         if not 1 <= out_dim < dim:
-            raise ValueError(f"the exact solver needs 1 <= out_dim < the token dimension {dim}, got out_dim={out_dim}")
+            raise ConfigError(f"the exact solver needs 1 <= out_dim < the token dimension {dim}, got out_dim={out_dim}")
         if ridge < 0:
-            raise ValueError(f"ridge must be >= 0, got {ridge}")
+            raise ConfigError(f"ridge must be >= 0, got {ridge}")
         gram = self.gram.numpy()
         view = self.view.numpy() * (n / n_view) if n_view else np.zeros_like(gram)
         target = self.spectral.numpy() - view_weight * view
@@ -104,7 +105,7 @@ class QuadraticForms:
         mean_square = (vectors.T @ self.total.numpy()) ** 2 / (n * energy)
         keep = np.flatnonzero(mean_square <= trivial_threshold)[:out_dim]
         if keep.size < out_dim:
-            raise ValueError(f"only {keep.size} of {out_dim} directions are not near-constant; lower out_dim")
+            raise ConfigError(f"only {keep.size} of {out_dim} directions are not near-constant; lower out_dim")
         vectors = vectors[:, keep] * np.sqrt(n / energy[keep])  # unit RMS per output column
         vectors *= np.sign(vectors[np.abs(vectors).argmax(0), np.arange(out_dim)])  # a fixed sign per column
         quad = lambda m: np.einsum("dc,de,ec->c", vectors, m, vectors) / n  # noqa: E731

@@ -7,13 +7,16 @@ import warnings
 import pytorch_lightning as pl
 import torch
 
-from .projection import ProjectionHead
+from ..errors import ConfigError
 from .exact import QuadraticForms
 from .loss import head_loss
+from .projection import ProjectionHead
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r"`LightningModule.configure_optimizers` returned `None`")  # the exact solver
 SOLVERS = ("exact", "sgd")
+SGD_OPTIONS = ("lr", "weight_decay", "ortho_weight")
+"""Options of the SGD solver only: the exact solve has no learning rate and meets orthogonality as a constraint."""
 
 
 class SpectralHeadModule(pl.LightningModule):
@@ -22,13 +25,16 @@ class SpectralHeadModule(pl.LightningModule):
     Args:
         in_dim: token dimension (linked from the data module's ``head_dim``).
         out_dim: embedding dimension m (about 50; well above the number of classes).
-        head: ``linear`` (one matrix W) or ``mlp``; hidden_dim for the MLP.
+        head: ``linear`` (one matrix W) or ``mlp``.
+        hidden_dim: hidden width of the MLP head (``mlp`` only).
         solver: ``exact`` (linear head only): the loss's exact optimum from one pass over every
-            node (:mod:`ultra.head.exact`; ``max_epochs`` is then 1); ``sgd``: AdamW on random node batches.
-        ridge, trivial_threshold: of the exact solve (see :mod:`ultra.head.exact`).
-        lr, weight_decay: AdamW (``sgd``).
-        ortho_weight: lambda of the orthogonality term (``sgd``; the exact solution has none to pay);
-            view_weight: alpha of the view term.
+            node (:mod:`ultra.head.exact`; ``trainer.max_epochs`` is then 1); ``sgd``: AdamW on random node batches.
+        ridge: ridge of the exact solve (see :mod:`ultra.head.exact`).
+        trivial_threshold: near-constant directions above this quotient are dropped by the exact solve.
+        lr: AdamW learning rate (``sgd`` only).
+        weight_decay: AdamW weight decay (``sgd`` only).
+        ortho_weight: lambda of the orthogonality term (``sgd`` only; the exact solution meets it as a constraint).
+        view_weight: alpha of the view term.
         graph_weights: weights of the graphs (linked from the data module).
     """
 
@@ -38,16 +44,24 @@ class SpectralHeadModule(pl.LightningModule):
                  graph_weights: list[float] | None = None):
         super().__init__()
         if solver not in SOLVERS:
-            raise ValueError(f"model.solver must be one of {SOLVERS}, got '{solver}'")
+            raise ConfigError(f"model.solver must be one of {SOLVERS}, got '{solver}'")
         if solver == "exact" and head != "linear":
-            raise ValueError(f"model.solver 'exact' solves the linear head; use model.solver sgd for head '{head}'")
+            raise ConfigError(f"model.solver 'exact' solves the linear head; use model.solver sgd for head '{head}'")
         if solver == "exact" and not 1 <= out_dim < in_dim:
-            raise ValueError(f"model.solver 'exact' needs 1 <= out_dim < the token dimension {in_dim}, got {out_dim}")
+            raise ConfigError(f"model.solver 'exact' needs 1 <= out_dim < the token dimension {in_dim}, got {out_dim}")
         self.save_hyperparameters()
         self.head = ProjectionHead(in_dim, out_dim, head, hidden_dim)
         self.graph_weights = list(graph_weights) if graph_weights else None
         self.forms: QuadraticForms | None = None
         self.automatic_optimization = solver == "sgd"
+
+    @staticmethod
+    def head_settings(init_args: dict) -> dict:
+        """The arguments that determine the fitted head (the SGD options under ``sgd`` only, ``hidden_dim`` for an MLP)."""
+        drop = set() if init_args.get("solver") == "sgd" else set(SGD_OPTIONS)
+        if init_args.get("head") != "mlp":
+            drop.add("hidden_dim")
+        return {k: v for k, v in init_args.items() if k not in drop}
 
     @property
     def node_order(self) -> str:

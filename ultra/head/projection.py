@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ..errors import ConfigError
+
 HEAD_KINDS = ("linear", "mlp")
 
 
@@ -12,9 +14,9 @@ class ProjectionHead(nn.Module):
     def __init__(self, in_dim: int, out_dim: int = 50, kind: str = "linear", hidden_dim: int = 512):
         super().__init__()
         if kind not in HEAD_KINDS:
-            raise ValueError(f"head kind must be one of {HEAD_KINDS}, got '{kind}'")
+            raise ConfigError(f"head kind must be one of {HEAD_KINDS}, got '{kind}'")
         if in_dim < 1 or out_dim < 1:
-            raise ValueError(f"head dimensions must be positive, got {in_dim} -> {out_dim}")
+            raise ConfigError(f"head dimensions must be positive, got {in_dim} -> {out_dim}")
         self.in_dim, self.out_dim, self.kind, self.hidden_dim = in_dim, out_dim, kind, hidden_dim
         if kind == "linear":
             self.net = nn.Linear(in_dim, out_dim, bias=False)

@@ -13,16 +13,17 @@ import torch
 from torch import Tensor, nn
 
 from ..backbone.vit import FrozenViT
-from .checkpoint_header import HeaderError, check_header
+from ..errors import UserError
 from ..files import atomic_path
 from ..head.projection import ProjectionHead
+from .checkpoint_header import HeaderError, check_header
 from .segmenter import ClusterReadout, ProbeReadout, Segmenter
 
 FORMAT = "ultra-segmenter"
 VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """An inference checkpoint is unreadable, of another format, or does not fit the backbone."""
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from torch import Tensor
 
 from ..backbone.vit import KINDS
+from ..errors import UserError
 from ..head.projection import HEAD_KINDS
 
 MODEL_KWARGS = {"depth": int, "embed_dim": int, "num_heads": int, "mlp_ratio": (int, float), "patch_size": int,
@@ -22,7 +23,7 @@ MAX_DIM = 1 << 16
 MAX_RESIZE = 4096
 
 
-class HeaderError(ValueError):
+class HeaderError(UserError):
     """Raised with the checkpoint's path and the field that is wrong (wrapped as a CheckpointError)."""
 
 

@@ -1,17 +1,56 @@
-"""k-means centroids of a trained head's outputs (and of raw tokens) over the cached training tokens."""
+"""The readouts of a trained head, fitted over the cached training tokens: k-means centroids of the head's
+outputs and of raw tokens (the no-head baseline), and the optional supervised probe."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .kmeans import kmeans
 from ..data.cache import FeatureCache, TokenKey
+from ..errors import ConfigError
+from .kmeans import SAMPLE_SIZE, kmeans
+from .probe import train_probe
+from .segmenter import ClusterReadout, ProbeReadout
 
 log = logging.getLogger(__name__)
-KMEANS_SAMPLE = 1 << 16  # restarts run on this many rows, then one pass over all of them
+
+
+@dataclass(frozen=True)
+class ReadoutConfig:
+    """The readouts fitted after the head, and the evaluation's options.
+
+    Args:
+        extra_clusters: k-means clusters beyond the number of classes.
+        restarts: k-means restarts (on ``kmeans_sample`` tokens; the best one then refined on all).
+        kmeans_sample: tokens the k-means restarts run on.
+        raw_baseline: also fit k-means on the raw tokens of the last feature layer (the no-head baseline).
+        probe: also fit the supervised linear probe (the reference that uses labels).
+        probe_steps: L-BFGS iterations of the probe.
+        evaluate: evaluate on the validation set after training.
+        flip: average the scores of each image and its mirror image at evaluation.
+        crf: also evaluate with the dense CRF (the ``crf`` extra).
+        eval_batch_size: images per evaluation batch.
+    """
+
+    extra_clusters: int = 0
+    restarts: int = 3
+    kmeans_sample: int = SAMPLE_SIZE
+    raw_baseline: bool = True
+    probe: bool = True
+    probe_steps: int = 100
+    evaluate: bool = True
+    flip: bool = False
+    crf: bool = False
+    eval_batch_size: int = 4
+
+    def __post_init__(self):
+        if self.extra_clusters < 0 or min(self.restarts, self.kmeans_sample, self.probe_steps, self.eval_batch_size) < 1:
+            raise ConfigError("readout: extra_clusters must be >= 0 and restarts, kmeans_sample, probe_steps, "
+                             f"eval_batch_size >= 1, got {self.extra_clusters}, {self.restarts}, {self.kmeans_sample}, "
+                             f"{self.probe_steps}, {self.eval_batch_size}")
 
 
 class CachedRows:
@@ -32,9 +71,28 @@ class CachedRows:
         return self.module(rows.to(device)).cpu()
 
 
-def fit_centroids(rows: CachedRows, k: int, seed: int = 0, restarts: int = 3, sample_size: int = KMEANS_SAMPLE) -> Tensor:
+def fit_centroids(rows: CachedRows, k: int, seed: int = 0, restarts: int = 3, sample_size: int = SAMPLE_SIZE) -> Tensor:
     """Cosine k-means centroids ``[k, D]``: restarts on a sample of the rows, then one pass over all of them."""
-    n = len(rows)
     result = kmeans(rows, k, restarts=restarts, sample_size=sample_size, seed=seed)
-    log.info("k-means: %d clusters of %d rows, inertia %.1f (restart %d)", k, n, result.inertia, result.restart)
+    log.info("k-means: %d clusters of %d rows, inertia %.1f (restart %d)", k, len(rows), result.inertia, result.restart)
     return result.centroids
+
+
+def fit_readouts(head: nn.Module, cache: FeatureCache, feature_keys: Sequence[TokenKey], class_names: Sequence[str],
+                 config: ReadoutConfig, seed: int, progress: bool = True) -> dict[str, nn.Module]:
+    """k-means on the head's outputs (and on raw tokens), the optional probe, over the training cache."""
+    k = len(class_names) + config.extra_clusters
+    head = head.eval()
+
+    def centroids(rows: CachedRows) -> Tensor:
+        return fit_centroids(rows, k, seed, config.restarts, config.kmeans_sample)
+
+    readouts = {"head": ClusterReadout(feature_keys, centroids(CachedRows(cache, feature_keys, head)), head)}
+    if config.raw_baseline:
+        raw = [feature_keys[-1]]
+        readouts["raw"] = ClusterReadout(raw, centroids(CachedRows(cache, raw)))
+    if config.probe:
+        probe = train_probe(cache, feature_keys, len(class_names), steps=config.probe_steps, seed=seed, progress=progress)
+        if probe is not None:
+            readouts["probe"] = ProbeReadout(feature_keys, probe)
+    return readouts

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import ConfigError
+
 
 class RowSource(Protocol):
     def __len__(self) -> int: ...
@@ -85,7 +87,11 @@ def inertia(x: Tensor, centroids: Tensor) -> float:
     return float((1 - (x @ centroids.T).max(1).values).sum())
 
 
-def kmeans(data: RowSource, k: int, *, restarts: int = 3, steps: int = 100, sample_size: int | None = 1 << 16,
+SAMPLE_SIZE = 1 << 16
+"""Rows the restarts run on by default (then one pass over all of them)."""
+
+
+def kmeans(data: RowSource, k: int, *, restarts: int = 3, steps: int = 100, sample_size: int | None = SAMPLE_SIZE,
            seed: int = 0, chunk: int = 1 << 16) -> KMeansResult:
     """Spherical k-means of the rows of ``data``; the restart with the lowest inertia (on the sample) wins.
 
@@ -96,13 +102,13 @@ def kmeans(data: RowSource, k: int, *, restarts: int = 3, steps: int = 100, samp
     """
     n = len(data)
     if k < 1 or n < k:
-        raise ValueError(f"k-means needs 1 <= k <= number of rows, got k={k} with {n} rows")
+        raise ConfigError(f"k-means needs 1 <= k <= number of rows, got k={k} with {n} rows")
     if restarts < 1:
-        raise ValueError(f"k-means needs restarts >= 1, got {restarts}")
+        raise ConfigError(f"k-means needs restarts >= 1, got {restarts}")
     generator = torch.Generator().manual_seed(seed)
     sampled = sample_size is not None and sample_size < n
     if sampled and sample_size < k:
-        raise ValueError(f"k-means sample_size={sample_size} is smaller than k={k}")
+        raise ConfigError(f"k-means sample_size={sample_size} is smaller than k={k}")
     index = torch.randperm(n, generator=generator)[:sample_size].sort().values if sampled else torch.arange(n)
     sample = _rows(data, index)
     best: KMeansResult | None = None

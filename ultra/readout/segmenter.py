@@ -19,13 +19,14 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ..backbone.vit import FrozenViT, resize_to_patches, snap_to_patch
-from .crf import SCORE_SCALE, dense_crf
-from ..data.io import read_image
-from ..data.transforms import image_to_tensor
 from ..data.cache import TokenKey
 from ..data.grids import upsample_scores
-from ..head.projection import ProjectionHead
+from ..data.io import read_image
+from ..data.transforms import image_to_tensor
+from ..errors import ConfigError
 from ..evaluation.metrics import apply_matching
+from ..head.projection import ProjectionHead
+from .crf import SCORE_SCALE, dense_crf
 
 MAX_SIDE = 2048
 """The longest side (in pixels, after resizing the shorter side) that :meth:`Segmenter.segment` accepts."""
@@ -133,12 +134,12 @@ class Segmenter(nn.Module):
     def segment(self, image, readout: str = "head", crf: bool = False, flip: bool = False) -> Tensor:
         """Label map ``[H, W]`` of one image (PIL image, file path, or tensor ``[3, H, W]`` in [0, 1] or uint8)."""
         if readout not in self.readouts:
-            raise KeyError(f"no readout '{readout}' in this segmenter (has {list(self.readouts)})")
+            raise ConfigError(f"no readout '{readout}' in this segmenter (has {list(self.readouts)})")
         tensor = as_image_tensor(image)
         height, width = tensor.shape[-2:]
         long_side = round(max(height, width) * self.resize / min(height, width))
         if long_side > MAX_SIDE:
-            raise ValueError(f"image {image if isinstance(image, (str, Path)) else ''} is {width}x{height} px: at a shorter "
+            raise ConfigError(f"image {image if isinstance(image, (str, Path)) else ''} is {width}x{height} px: at a shorter "
                              f"side of {self.resize} px its longer side would be {long_side} px, more than the maximum "
                              f"{MAX_SIDE} (an aspect ratio above {MAX_SIDE / self.resize:.1f}); crop it first")
         small = resize_to_patches(tensor[None], self.resize, self.backbone.patch_size)
