@@ -216,8 +216,18 @@ def test_training_writes_checkpoints_report_and_an_inference_checkpoint(trained)
     root, _, report = trained
     assert (root / "run" / "checkpoints" / "last.ckpt").is_file()
     assert set(report["readouts"]) == {"head", "raw", "probe"}
-    for r in report["readouts"].values():
-        assert 0 <= r["miou"] <= 1 and 0 <= r["acc"] <= 1
+    for name, r in report["readouts"].items():  # every val pixel counted once; the figures follow from the confusion
+        confusion = np.array(r["confusion"], dtype=np.float64)
+        assert confusion.sum() == 5 * 64 * 64, name
+        match = np.array(r["cluster_to_class"]) if "cluster_to_class" in r else np.arange(len(confusion))
+        matched = np.zeros((4, 4))
+        for cluster, cls in enumerate(match):
+            if cls >= 0:
+                matched[cls] += confusion[cluster]
+        hits = np.diag(matched)
+        assert r["acc"] == pytest.approx(hits.sum() / confusion.sum()), name
+        union = matched.sum(1) + confusion.sum(0) - hits
+        assert r["miou"] == pytest.approx(np.mean(hits[union > 0] / union[union > 0])), name
     assert json.loads((root / "run" / "eval" / "eval.json").read_text())["readouts"]["head"]["miou"] == report["readouts"]["head"]["miou"]
     assert (root / "run" / "eval" / "examples.png").is_file() and (root / "run" / "eval" / "confusion_head.png").is_file()
     meta, tensors = read_checkpoint(root / "run" / "model.safetensors")
@@ -367,6 +377,11 @@ def _crafted(path, source, edit_meta=None, edit_tensors=None):
     (lambda m: m.update(resize=0), None, r"resize must be an integer in \[1, 4096\]"),
     (lambda m: m["readouts"]["head"].update(keys=[["z", 1]]), None, "readouts.head.keys must be a list of"),
     (None, lambda t: t.update({"stray": torch.zeros(1)}), r"tensors \['stray'\] belong to no readout"),
+    # checked against the backbone once it is built (one check for every kind of readout)
+    (lambda m: m["readouts"]["head"].update(keys=[["x", 99]]), None, r"readouts.head.keys name layers \[99\], .* has 3 blocks"),
+    (lambda m: m["readouts"]["raw"].update(keys=[["x", 2], ["x", 1]]), None, r"readouts.raw expects 48-d tokens, .* gives 96-d"),
+    (lambda m: m["readouts"]["head"].update(keys=[["x", 2], ["x", 1]]), None, r"readouts.head expects 48-d tokens, .* gives 96-d"),
+    (lambda m: m["readouts"]["probe"].update(keys=[["x", 2], ["x", 1]]), None, r"readouts.probe expects 48-d tokens"),
 ])
 def test_crafted_checkpoint_headers_are_refused_naming_the_field(trained, tmp_path, edit_meta, edit_tensors, message):
     root, _, _ = trained

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from jsonargparse import DefaultHelpFormatter
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.plugins.io import TorchCheckpointIO
@@ -83,11 +84,15 @@ class UltraCLI(LightningCLI):
                                  "then seeds.json with the mean and standard deviation of every figure")
 
 
+class HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option with its type and default (jsonargparse's), the description as written."""
+
+
 def build_cli(args: list[str] | None = None) -> UltraCLI:
     return UltraCLI(
         SpectralHeadModule, UltraDataModule, run=False, args=args, seed_everything_default=0,
         auto_configure_optimizers=False,  # the head module makes its own optimizer (sgd) or none (exact)
-        parser_kwargs={"description": __doc__, "formatter_class": argparse.RawDescriptionHelpFormatter,
+        parser_kwargs={"description": __doc__, "formatter_class": HelpFormatter,
                        "usage": "ultra-train --config CONFIG [--seeds 0,1,2] [--fresh] [--SECTION.OPTION VALUE ...]"},
         trainer_defaults={"callbacks": [RunCheckpoint()], "max_epochs": 10},
         save_config_kwargs={"overwrite": True},

@@ -58,14 +58,22 @@ class GraphSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class KnnConfig:
-    """Neighbour counts (own image, other images, anywhere), threshold, candidate images, block size.
+    """Neighbour counts, threshold, candidate images and block size of a kNN graph.
 
     The defaults are the graph the head is trained on: 16 neighbours anywhere in the set (other
     images where they are the closest), searched among each image's 32 nearest images.
 
-    ``group_views``: for a cache of several views (crops) per image, the other views of the same
-    image are not "other images": the inter-image and anywhere searches and the candidate images
-    skip them (the view operator already ties them together), leaving the slots to other images.
+    Args:
+        k_intra: neighbours of each token inside its own image.
+        k_inter: neighbours of each token in the other images.
+        k_any: neighbours of each token anywhere in the set.
+        threshold: affinities below it are dropped.
+        candidate_images: search the other images' tokens only in each image's nearest images (by mean
+            token); None searches them all.
+        group_views: for a cache of several views (crops) per image, the other views of the same image
+            are not "other images": the inter-image and anywhere searches and the candidate images skip
+            them (the view operator already ties them together), leaving the slots to other images.
+        max_block: the largest similarity block held at once (entries).
     """
 
     k_intra: int = 0

@@ -67,7 +67,12 @@ class ViewConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """The evaluation protocol's geometry: shorter side resized to ``resize``, centre crop ``crop`` (pixels)."""
+    """The evaluation protocol's geometry.
+
+    Args:
+        resize: shorter side of an evaluated image, in pixels.
+        crop: side of its centre crop, in pixels.
+    """
 
     resize: int = 320
     crop: int = 320
@@ -96,7 +101,12 @@ class BatchConfig:
 
 @dataclass(frozen=True)
 class CacheConfig:
-    """Where feature caches live (``dir``, default: the user cache) and the backbone's batch size while caching."""
+    """The feature cache.
+
+    Args:
+        dir: where feature caches live (default: ``features/`` in the user cache, ``$ULTRA_CACHE_DIR`` or ``~/.cache/ultra``).
+        batch_size: images per backbone batch while caching.
+    """
 
     dir: str | None = None
     batch_size: int = 8

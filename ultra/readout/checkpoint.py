@@ -16,7 +16,7 @@ from ..backbone.vit import FrozenViT
 from ..errors import UserError
 from ..files import atomic_path
 from ..head.projection import ProjectionHead
-from .checkpoint_header import HeaderError, check_header
+from .checkpoint_header import HeaderError, check_header, check_token_keys
 from .segmenter import ClusterReadout, ProbeReadout, Segmenter
 
 FORMAT = "ultra-segmenter"
@@ -96,25 +96,21 @@ def load(path: str | Path, device: str | torch.device = "cpu", weights: str | Pa
             f"{recorded['weights']['location']} (digest {recorded['weights']['digest']}), but the backbone loaded "
             f"{loaded.source}:{loaded.location} (digest {loaded.digest}); pass the original weights"
         )
+    try:
+        check_token_keys(meta, tensors, backbone.num_layers, backbone.embed_dim, path)
+    except HeaderError as err:
+        raise CheckpointError(str(err)) from None
     readouts = {}
     for name, entry in meta["readouts"].items():
         keys = [tuple(k) for k in entry["keys"]]
-        dim = backbone.embed_dim * len(keys)
         if entry["kind"] == "clusters":
             head = None
             if "head" in entry:
                 head = ProjectionHead(**entry["head"])
-                if head.in_dim != dim:
-                    raise CheckpointError(f"{path}: head expects {head.in_dim}-d tokens, {recorded['model']} gives {dim}")
                 head.load_state_dict({k[len(name) + 6:]: v for k, v in tensors.items() if k.startswith(f"{name}.head.")})
-            if head is None and tensors[f"{name}.centroids"].shape[1] != dim:
-                raise CheckpointError(f"{path}: {name}.centroids are {tensors[f'{name}.centroids'].shape[1]}-d, "
-                                      f"{recorded['model']} gives {dim}-d tokens")
             readouts[name] = ClusterReadout(keys, tensors[f"{name}.centroids"], head)
         else:
             weight = tensors[f"{name}.probe.weight"]
-            if weight.shape[1] != dim:
-                raise CheckpointError(f"{path}: readouts.{name} expects {weight.shape[1]}-d tokens, {recorded['model']} gives {dim}")
             probe = nn.Linear(weight.shape[1], weight.shape[0])
             probe.load_state_dict({"weight": weight, "bias": tensors[f"{name}.probe.bias"]})
             readouts[name] = ProbeReadout(keys, probe)

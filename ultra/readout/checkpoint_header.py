@@ -54,8 +54,8 @@ def _shape(tensors: dict[str, Tensor], name: str, shape: tuple, where: str) -> N
 def check_header(meta: dict, tensors: dict[str, Tensor], path: str | Path) -> None:
     """Raise :class:`HeaderError` (naming ``path`` and the field) unless the checkpoint is consistent.
 
-    Token dimensions are checked against the header's own ``head.in_dim`` and, once the backbone
-    is built, against the backbone (:func:`ultra.readout.checkpoint.load`).
+    What depends on the backbone (its depth and token dimension) is checked once it is built, by
+    :func:`check_token_keys`.
     """
     where = str(path)
     backbone = meta.get("backbone")
@@ -112,3 +112,26 @@ def check_header(meta: dict, tensors: dict[str, Tensor], path: str | Path) -> No
     unknown = set(tensors) - expected
     if unknown:
         raise HeaderError(f"{where}: tensors {sorted(unknown)[:3]} belong to no readout")
+
+
+def readout_input_dim(name: str, entry: dict, tensors: dict[str, Tensor]) -> int:
+    """The token dimension a (header-checked) readout expects: its head's, its probe's or its centroids'."""
+    if entry["kind"] == "classes":
+        return int(tensors[f"{name}.probe.weight"].shape[1])
+    if entry.get("head") is not None:
+        return int(entry["head"]["in_dim"])
+    return int(tensors[f"{name}.centroids"].shape[1])
+
+
+def check_token_keys(meta: dict, tensors: dict[str, Tensor], depth: int, embed_dim: int, path: str | Path) -> None:
+    """Raise :class:`HeaderError` unless every readout's layers exist in a backbone of ``depth`` blocks and its
+    input dimension is that of its tokens (``embed_dim`` per token key)."""
+    model = meta["backbone"]["model"]
+    for name, entry in meta["readouts"].items():
+        layers = [layer for _, layer in entry["keys"]]
+        if not all(-depth <= layer < depth for layer in layers):
+            raise HeaderError(f"{path}: readouts.{name}.keys name layers {layers}, {model} has {depth} blocks")
+        dim, expected = readout_input_dim(name, entry, tensors), embed_dim * len(entry["keys"])
+        if dim != expected:
+            raise HeaderError(f"{path}: readouts.{name} expects {dim}-d tokens, {model} gives {expected}-d "
+                              f"({len(entry['keys'])} x {embed_dim})")
