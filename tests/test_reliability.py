@@ -234,3 +234,35 @@ def test_a_console_entry_tears_down_the_process_group_of_its_run(tmp_path):
 
     console(run, "ultra-test")([])
     assert not dist.is_initialized()
+
+
+@pytest.mark.parametrize("error, one_line", [
+    (ConfigError("--size must be >= 1, got 0"), True),
+    (FileExistsError("1 output file(s) exist already"), True),
+    (ValueError("an internal shape mismatch"), False),  # a bug: its traceback is kept
+    (KeyError("features"), False),
+])
+def test_a_command_prints_a_users_mistake_in_one_line_and_keeps_a_bugs_traceback(error, one_line, capsys):
+    from ultra.cli import console
+
+    def run(args):
+        raise error
+
+    if one_line:
+        with pytest.raises(SystemExit) as exit_info:
+            console(run, "ultra-test")([])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err == f"ultra-test: error: {error}\n"
+    else:
+        with pytest.raises(type(error)):
+            console(run, "ultra-test")([])
+
+
+def test_a_bug_in_a_real_command_reaches_the_user_with_its_traceback(tmp_path):
+    """A bug raising ValueError inside ``ultra-eval`` is not dressed up as a user error (exit 1, a traceback)."""
+    code = ("import sys, ultra.cli.evaluate as e\n"
+            "def broken(*a, **k):\n    raise ValueError('internal shape mismatch')\n"
+            "e.training_data_section = broken\n"
+            "e.main(['--checkpoint', 'x.safetensors', '--config', 'c.yaml'])\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 1 and "Traceback" in done.stderr and "internal shape mismatch" in done.stderr
