@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,6 +35,7 @@ sys.path.insert(0, str(REPO))
 from ultra.cli.train import build_cli  # noqa: E402
 from ultra.data.cache import FeatureCache  # noqa: E402
 from ultra.data.grids import upsample_scores  # noqa: E402
+from ultra.data.standardise import token_map  # noqa: E402
 from ultra.evaluation.metrics import UnsupervisedSegmentationMetric  # noqa: E402
 from ultra.readout.fit import CachedRows, fit_centroids  # noqa: E402
 from ultra.readout.segmenter import ClusterReadout, Segmenter  # noqa: E402
@@ -57,28 +57,10 @@ OPTIONS = {  # name -> overrides of the shipped config
     "graphs_feat_kq_vv11": ["--data.graphs", '[{"kind": "feat", "layer": 11}, {"kind": "kq", "layer": 11}, {"kind": "vv", "layer": 11}]'],
     "input_x9-11": ["--data.feature_layers", "[9, 10, 11]"],
     "extra_clusters5": ["--readout.extra_clusters", "5"],
+    "graph_centred": ["--data.knn.space", "centred"],
+    "graph_whitened": ["--data.knn.space", "whitened"],
 }
 RAW_VARIANTS = ("x", "x_centred", "x_whitened", "n")
-
-
-def affine_map(cache: FeatureCache, keys, whiten: bool, chunk: int = 1 << 16) -> nn.Linear:
-    """``x -> x - mean`` (centred) or ``x -> diag(s)^-1/2 U^T (x - mean)`` (PCA-whitened) over the cached tokens."""
-    dim, n = cache.dim(keys), cache.num_nodes
-    total, outer = torch.zeros(dim, dtype=torch.float64), torch.zeros(dim, dim, dtype=torch.float64)
-    for start in range(0, n, chunk):
-        x = cache.rows(keys, torch.arange(start, min(start + chunk, n))).double()
-        total += x.sum(0)
-        outer += x.T @ x
-    mean = total / n
-    weight = torch.eye(dim, dtype=torch.float64)
-    if whiten:
-        values, vectors = torch.linalg.eigh(outer / n - torch.outer(mean, mean))
-        weight = (vectors / values.clamp_min(values.max() * 1e-6).sqrt()).T
-    layer = nn.Linear(dim, dim)
-    with torch.no_grad():
-        layer.weight.copy_(weight.float())
-        layer.bias.copy_(-(weight @ mean).float())
-    return layer
 
 
 @torch.no_grad()
@@ -131,9 +113,9 @@ def run_set(name: str, options: list[str], seeds: list[int], workdir: Path) -> d
     num_classes = len(base.class_names)
     results = {"options": {}, "raw": {}}
     for variant in RAW_VARIANTS:
-        kind, _, transform = variant.partition("_")
+        kind, _, space = variant.partition("_")
         keys = [(kind, layer)]
-        module = affine_map(cache, keys, whiten=transform == "whitened") if transform else None
+        module = token_map(cache, keys, space or "raw")
         per_split = {split: [] for split in splits}
         for seed in seeds:
             readout = ClusterReadout(keys, fit_centroids(CachedRows(cache, keys, module), num_classes, seed), module)

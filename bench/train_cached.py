@@ -41,7 +41,12 @@ def main(images: int = 32, steps: int = 20, view_size: int = 224, weights: str =
     """Print and return the speed-up of cached over on-the-fly training steps."""
     from ultra.data import SyntheticScenes
     from ultra.graphs.knn import KnnConfig
-    from ultra.head.datamodule import BatchConfig, CacheConfig, UltraDataModule, ViewConfig
+    from ultra.head.datamodule import (
+        BatchConfig,
+        CacheConfig,
+        UltraDataModule,
+        ViewConfig,
+    )
     from ultra.head.module import SpectralHeadModule
 
     if threads:

@@ -18,9 +18,9 @@ from ultra.data.cache import FeatureCache
 from ultra.data.io import DataError
 from ultra.errors import ConfigError
 from ultra.graphs.correspondence import _token_points, view_correspondences
-from ultra.graphs.knn import KnnConfig, knn_graph
+from ultra.graphs.knn import GraphSpec, KnnConfig, knn_graph
 from ultra.graphs.spectral import spectral_loss
-from ultra.graphs.store import TrainingOperators, build_view_operator
+from ultra.graphs.store import TrainingOperators, build_view_operator, load_or_build_operators
 from ultra.head.batches import NodeBatches, NodeBatchSampler, batch_from_entries
 from ultra.head.loss import head_loss, view_consistency_loss
 from ultra.head.projection import ProjectionHead
@@ -448,3 +448,24 @@ def test_on_the_fly_training_runs_without_a_cache_for_the_head(tmp_path):
     report = train_cli.run(args + ["--model.solver", "sgd"])
     assert set(report["readouts"]) == {"head"}
     assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_graphs_searched_in_a_centred_or_whitened_token_space(tmp_path, tiny_vit):
+    from ultra.graphs.store import search_tokens
+
+    data = SyntheticScenes(3, 96, 4, seed=0)
+    cache = FeatureCache.open_or_build(data, tiny_vit, [("x", 2)], FiveCropViews(64, 96), tmp_path, progress=False)
+    raw = cache.tensor(("x", 2)).reshape(-1, 48).double()
+    assert torch.equal(search_tokens(cache, ("x", 2), "raw"), cache.tensor(("x", 2)))
+    centred = search_tokens(cache, ("x", 2), "centred").reshape(-1, 48).double()
+    assert torch.allclose(centred, raw - raw.mean(0), atol=2e-2)
+    whitened = search_tokens(cache, ("x", 2), "whitened").reshape(-1, 48).double()
+    covariance = (whitened - whitened.mean(0)).T @ (whitened - whitened.mean(0)) / len(whitened)
+    assert whitened.mean(0).abs().max() < 1e-2 and torch.allclose(covariance, torch.eye(48, dtype=torch.float64), atol=5e-2)
+    assert (cache.path / "graphs" / "whitened-x2.npy").is_file()  # written once, beside the graphs
+    # the space is part of the graph's settings: another space, another graph
+    spec = [GraphSpec("feat", 2)]
+    plain = load_or_build_operators(cache, spec, KnnConfig(k_any=5, candidate_images=None), False).graphs[0]
+    white = load_or_build_operators(cache, spec, KnnConfig(k_any=5, candidate_images=None, space="whitened"), False).graphs[0]
+    expected = knn_graph(search_tokens(cache, ("x", 2), "whitened"), config=KnnConfig(k_any=5, candidate_images=None))
+    assert torch.equal(white.indices, expected.indices) and not torch.equal(white.indices, plain.indices)

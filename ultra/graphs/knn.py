@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..data.standardise import SPACES
 from ..errors import ConfigError
 from . import sparse as graph_module
 from .sparse import SparseGraph, index_dtype, lift_graph, pooling_matrix
@@ -74,6 +75,9 @@ class KnnConfig:
             are not "other images": the inter-image and anywhere searches and the candidate images skip
             them (the view operator already ties them together), leaving the slots to other images.
         max_block: the largest similarity block held at once (entries).
+        space: the token space of the search: ``raw`` (cosine of the tokens), ``centred`` (of the tokens
+            minus their mean over the set) or ``whitened`` (of the PCA-whitened tokens); the affinities
+            are cosines in that space.
     """
 
     k_intra: int = 0
@@ -83,6 +87,7 @@ class KnnConfig:
     candidate_images: int | None = 32
     group_views: bool = False
     max_block: int = 1 << 24
+    space: str = "raw"
 
     def __post_init__(self):
         counts = (self.k_intra, self.k_inter, self.k_any)
@@ -90,6 +95,8 @@ class KnnConfig:
             raise ConfigError(f"k_intra, k_inter and k_any must be >= 0 and not all 0, got {counts}")
         if self.threshold < 0:
             raise ConfigError(f"threshold must be >= 0 (affinities must be non-negative), got {self.threshold}")
+        if self.space not in SPACES:
+            raise ConfigError(f"knn.space must be one of {SPACES}, got '{self.space}'")
         if self.candidate_images is not None and self.candidate_images < 1:
             raise ConfigError(f"candidate_images must be >= 1 or None, got {self.candidate_images}")
 

@@ -13,13 +13,15 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from torch import Tensor
 
-from ..data.cache import FeatureCache
+from ..data.cache import CacheError, FeatureCache, TokenKey
+from ..data.standardise import token_map
 from ..errors import ConfigError
-from ..files import build_lock
+from ..files import atomic_path, build_lock
 from .correspondence import image_correspondences
 from .knn import GraphSpec, KnnConfig, knn_graph
 from .sparse import SparseGraph, SparseRows, index_dtype, indptr_from_counts
@@ -67,8 +69,9 @@ def load_or_build_operators(cache: FeatureCache, specs: Sequence[GraphSpec], knn
                     raise ConfigError(f"graph {spec.name} needs the tokens {missing}, the cache holds {cache.keys}")
                 log.info("building the %s graph of layer %d over %d tokens", spec.kind, spec.layer, cache.num_nodes)
                 row_key, col_key = spec.token_keys
-                columns = None if col_key == row_key else cache.tensor(col_key)
-                knn_graph(cache.tensor(row_key), columns, knn, device=device, groups=cache.view_image()).save(path)
+                columns = None if col_key == row_key else search_tokens(cache, col_key, knn.space)
+                rows = search_tokens(cache, row_key, knn.space)
+                knn_graph(rows, columns, knn, device=device, groups=cache.view_image()).save(path)
                 graph = SparseGraph.load(path)
         graphs.append(graph)
     view = None
@@ -82,6 +85,30 @@ def load_or_build_operators(cache: FeatureCache, specs: Sequence[GraphSpec], knn
         if view.nnz == 0:
             log.warning("view consistency is on but no two views of an image overlap: the term is zero")
     return TrainingOperators(graphs, [s.weight for s in specs], view)
+
+
+def search_tokens(cache: FeatureCache, key: TokenKey, space: str, chunk: int = 1 << 16) -> Tensor:
+    """The cached tokens of ``key`` in the token ``space`` of a graph search, ``[views, tokens, D]``: the cache's own
+    memory map for ``raw``, else a float16 memory map beside the graphs, written once (atomically)."""
+    tokens = cache.tensor(key)
+    if space == "raw":
+        return tokens
+    path = cache.path / "graphs" / f"{space}-{key[0]}{key[1]}.npy"
+    if not path.is_file():
+        log.info("writing the %s tokens %s of %d nodes", space, key, cache.num_nodes)
+        affine = token_map(cache, [key], space)
+        with atomic_path(path) as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(cache.num_nodes, tokens.shape[-1]))
+            for start in range(0, cache.num_nodes, chunk):
+                nodes = torch.arange(start, min(start + chunk, cache.num_nodes))
+                with torch.no_grad():
+                    out[start:start + len(nodes)] = affine(cache.rows([key], nodes)).numpy()
+            out.flush()
+            del out
+    array = np.load(path, mmap_mode="r")
+    if array.shape != (cache.num_nodes, tokens.shape[-1]):
+        raise CacheError(f"{path} holds {array.shape} tokens, {(cache.num_nodes, tokens.shape[-1])} expected: delete it")
+    return torch.from_numpy(array).reshape(tokens.shape)
 
 
 def _load_checked(load, path, num_nodes: int):
