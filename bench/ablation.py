@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,6 +63,47 @@ OPTIONS = {  # name -> overrides of the shipped config
     "graph_whitened": ["--data.knn.space", "whitened"],
 }
 RAW_VARIANTS = ("x", "x_centred", "x_whitened", "n")
+OVERCLUSTER = {"overcluster4_merge": 4, "overcluster8_merge": 8}
+"""Readout-side options: k-means with this many times the classes on the head's outputs, then the clusters merged
+to the classes by spectral clustering of the cluster-level graph (the training graph's edge weights summed over
+each pair of clusters)."""
+for _name in OVERCLUSTER:
+    OPTIONS[_name] = []
+
+
+class MergedReadout(nn.Module):
+    """A cluster readout whose clusters are merged into groups: a group's score is its best cluster's."""
+
+    def __init__(self, readout: ClusterReadout, groups: torch.Tensor):
+        super().__init__()
+        self.readout, self.keys, self.groups = readout, readout.keys, groups
+        self.num_outputs = int(groups.max()) + 1
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        scores = self.readout(tokens)
+        out = torch.full((scores.shape[0], self.num_outputs), -float("inf"))
+        return out.scatter_reduce(1, self.groups.expand_as(scores), scores, reduce="amax")
+
+
+@torch.no_grad()
+def merge_clusters(rows: CachedRows, centroids: torch.Tensor, graph, groups: int, seed: int) -> torch.Tensor:
+    """The group of each cluster: spectral clustering (normalised affinity, top eigenvectors, cosine k-means)
+    of the graph between clusters, ``A[a, b]`` = summed edge weights from tokens of cluster a to tokens of b."""
+    from ultra.readout.kmeans import assign, kmeans
+
+    k = centroids.shape[0]
+    labels = torch.cat([assign(F.normalize(rows[torch.arange(s, min(s + 65536, len(rows)))], dim=-1),
+                               F.normalize(centroids, dim=-1))[0] for s in range(0, len(rows), 65536)])
+    counts = graph.indptr[1:] - graph.indptr[:-1]
+    sources = torch.repeat_interleave(torch.arange(graph.num_nodes), counts.long())
+    pair = labels[sources] * k + labels[graph.indices.long()]
+    affinity = torch.bincount(pair, weights=graph.values.double(), minlength=k * k).view(k, k)
+    affinity = (affinity + affinity.T) / 2
+    inv = affinity.sum(1).clamp_min(1e-12).rsqrt()
+    values, vectors = torch.linalg.eigh(inv[:, None] * affinity * inv[None, :])
+    embedding = vectors[:, -groups:].float()
+    return assign(F.normalize(embedding, dim=-1), kmeans(F.normalize(embedding, dim=-1), groups, restarts=10,
+                                                          sample_size=None, seed=seed).centroids)[0]
 
 
 @torch.no_grad()
@@ -132,8 +175,14 @@ def run_set(name: str, options: list[str], seeds: list[int], workdir: Path) -> d
         k = num_classes + cli.config.readout.extra_clusters
         head = module.head.eval()
         per_split = {split: [] for split in splits}
+        rows = CachedRows(data.open_cache(), data.feature_keys, head)
         for seed in seeds:
-            readout = ClusterReadout(data.feature_keys, fit_centroids(CachedRows(data.open_cache(), data.feature_keys, head), k, seed), head)
+            if opt in OVERCLUSTER:
+                centroids = fit_centroids(rows, OVERCLUSTER[opt] * num_classes, seed)
+                groups = merge_clusters(rows, centroids, data.open_operators().graphs[0], num_classes, seed)
+                readout = MergedReadout(ClusterReadout(data.feature_keys, centroids, head), groups)
+            else:
+                readout = ClusterReadout(data.feature_keys, fit_centroids(rows, k, seed), head)
             for split, (tokens, labels) in evaluation.items():
                 per_split[split].append(score(readout, tokens, labels, num_classes))
         results["options"][opt] = {"fit_s": fit_s, **{split: {f: stats([r[f] for r in rs]) for f in ("miou", "acc")}
