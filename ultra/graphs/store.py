@@ -105,7 +105,7 @@ def search_tokens(cache: FeatureCache, key: TokenKey, space: str, chunk: int = 1
                     out[start:start + len(nodes)] = affine(cache.rows([key], nodes)).numpy()
             out.flush()
             del out
-    array = np.load(path, mmap_mode="r")
+    array = np.load(path, mmap_mode="c")  # copy-on-write, as the cache: a writable view, the file never written
     if array.shape != (cache.num_nodes, tokens.shape[-1]):
         raise CacheError(f"{path} holds {array.shape} tokens, {(cache.num_nodes, tokens.shape[-1])} expected: delete it")
     return torch.from_numpy(array).reshape(tokens.shape)
