@@ -61,14 +61,14 @@ OPTIONS = {  # name -> overrides of the shipped config
     "extra_clusters5": ["--readout.extra_clusters", "5"],
     "graph_centred": ["--data.knn.space", "centred"],
     "graph_whitened": ["--data.knn.space", "whitened"],
+    "overcluster4_merge": [],
+    "overcluster8_merge": [],
 }
 RAW_VARIANTS = ("x", "x_centred", "x_whitened", "n")
 OVERCLUSTER = {"overcluster4_merge": 4, "overcluster8_merge": 8}
-"""Readout-side options: k-means with this many times the classes on the head's outputs, then the clusters merged
-to the classes by spectral clustering of the cluster-level graph (the training graph's edge weights summed over
-each pair of clusters)."""
-for _name in OVERCLUSTER:
-    OPTIONS[_name] = []
+"""Readout-side options (no overrides in ``OPTIONS``): k-means with this many times the classes on the head's
+outputs, then the clusters merged to the classes by spectral clustering of the cluster-level graph (the training
+graph's edge weights summed over each pair of clusters)."""
 
 
 class MergedReadout(nn.Module):
@@ -92,8 +92,9 @@ def merge_clusters(rows: CachedRows, centroids: torch.Tensor, graph, groups: int
     from ultra.readout.kmeans import assign, kmeans
 
     k = centroids.shape[0]
-    labels = torch.cat([assign(F.normalize(rows[torch.arange(s, min(s + 65536, len(rows)))], dim=-1),
-                               F.normalize(centroids, dim=-1))[0] for s in range(0, len(rows), 65536)])
+    unit_centroids = F.normalize(centroids, dim=-1)
+    labels = torch.cat([assign(rows[torch.arange(s, min(s + 65536, len(rows)))], unit_centroids)[0]
+                        for s in range(0, len(rows), 65536)])
     counts = graph.indptr[1:] - graph.indptr[:-1]
     sources = torch.repeat_interleave(torch.arange(graph.num_nodes), counts.long())
     pair = labels[sources] * k + labels[graph.indices.long()]
@@ -102,8 +103,7 @@ def merge_clusters(rows: CachedRows, centroids: torch.Tensor, graph, groups: int
     inv = affinity.sum(1).clamp_min(1e-12).rsqrt()
     values, vectors = torch.linalg.eigh(inv[:, None] * affinity * inv[None, :])
     embedding = vectors[:, -groups:].float()
-    return assign(F.normalize(embedding, dim=-1), kmeans(F.normalize(embedding, dim=-1), groups, restarts=10,
-                                                          sample_size=None, seed=seed).centroids)[0]
+    return assign(embedding, kmeans(embedding, groups, restarts=10, sample_size=None, seed=seed).centroids)[0]
 
 
 @torch.no_grad()

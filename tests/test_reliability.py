@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 from conftest import REPO
-from runs import synthetic_config, tiny_overrides
 
+from runs import synthetic_config, tiny_overrides
 from ultra.errors import ConfigError
 from ultra.files import atomic_path
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 from conftest import REPO, save_jpg, save_png
-from runs import config_path, synthetic_config, tiny_overrides
 
+from runs import config_path, synthetic_config, tiny_overrides
 from ultra.cli import train as train_cli
 from ultra.data import Cityscapes27, CocoStuff27, EvalTransform
 from ultra.readout.checkpoint import read_checkpoint

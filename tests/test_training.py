@@ -7,9 +7,9 @@ import scipy.linalg
 import torch
 from conftest import TINY_VIT
 from PIL import Image
-from runs import synthetic_config, tiny_overrides
 
 import ultra
+from runs import synthetic_config, tiny_overrides
 from ultra.cli import evaluate as eval_cli
 from ultra.cli import segment as segment_cli
 from ultra.cli import train as train_cli
@@ -20,7 +20,11 @@ from ultra.errors import ConfigError
 from ultra.graphs.correspondence import _token_points, view_correspondences
 from ultra.graphs.knn import GraphSpec, KnnConfig, knn_graph
 from ultra.graphs.spectral import spectral_loss
-from ultra.graphs.store import TrainingOperators, build_view_operator, load_or_build_operators
+from ultra.graphs.store import (
+    TrainingOperators,
+    build_view_operator,
+    load_or_build_operators,
+)
 from ultra.head.batches import NodeBatches, NodeBatchSampler, batch_from_entries
 from ultra.head.loss import head_loss, view_consistency_loss
 from ultra.head.projection import ProjectionHead
@@ -469,3 +473,44 @@ def test_graphs_searched_in_a_centred_or_whitened_token_space(tmp_path, tiny_vit
     white = load_or_build_operators(cache, spec, KnnConfig(k_any=5, candidate_images=None, space="whitened"), False).graphs[0]
     expected = knn_graph(search_tokens(cache, ("x", 2), "whitened"), config=KnnConfig(k_any=5, candidate_images=None))
     assert torch.equal(white.indices, expected.indices) and not torch.equal(white.indices, plain.indices)
+
+
+def test_data_settings_refuse_bad_values_naming_the_option(tmp_path, tiny_vit):
+    from ultra.data.cache import CacheError
+    from ultra.graphs.store import search_tokens
+    from ultra.head.datamodule import UltraDataModule, ViewConfig
+
+    with pytest.raises(ConfigError, match="data.views.scheme must be one of"):
+        ViewConfig(scheme="six")
+    with pytest.raises(ConfigError, match=r"data.views: .*crop_fraction in \(0, 1\], got 224, 320, 0"):
+        ViewConfig(crop_fraction=0)
+    with pytest.raises(ConfigError, match="knn.space must be one of .*got 'pca'"):
+        KnnConfig(space="pca")
+    tiny = dict(train_dataset=SyntheticScenes(2, 96, 4), backbone="vit_tiny_patch16_224", weights="random",
+                model_kwargs=TINY_VIT)
+    with pytest.raises(ConfigError, match="data.tokens must be one of"):
+        UltraDataModule(**tiny, tokens="z")
+    with pytest.raises(ConfigError, match="data.views.size=70 is not a multiple of the patch size 16"):
+        UltraDataModule(**tiny, views=ViewConfig(size=70))
+    cache = FeatureCache.open_or_build(SyntheticScenes(2, 96, 4), tiny_vit, [("x", 2)], FiveCropViews(64, 96), tmp_path,
+                                       progress=False)
+    (cache.path / "graphs").mkdir(exist_ok=True)
+    np.save(cache.path / "graphs" / "whitened-x2.npy", np.zeros((3, 48), np.float16))  # a stale file of another size
+    with pytest.raises(CacheError, match=r"whitened-x2.npy holds \(3, 48\) tokens, .* expected: delete it"):
+        search_tokens(cache, ("x", 2), "whitened")
+
+
+def test_eval_command_refuses_what_it_cannot_evaluate(trained, tmp_path):
+    root, _, _ = trained
+    args = ["--checkpoint", str(root / "run" / "model.safetensors"), "--output", str(tmp_path / "e")]
+    with pytest.raises(ConfigError, match="give --dataset, or a --config whose data section has a val_dataset"):
+        eval_cli.run(args)
+    (tmp_path / "broken.yaml").write_text("data: [unclosed")
+    with pytest.raises(ConfigError, match="broken.yaml is not a readable YAML file"):
+        eval_cli.run(args + ["--config", str(tmp_path / "broken.yaml")])
+    (tmp_path / "nodata.yaml").write_text("model: {out_dim: 8}\n")
+    with pytest.raises(ConfigError, match="nodata.yaml has no data section"):
+        eval_cli.run(args + ["--config", str(tmp_path / "nodata.yaml")])
+    three = {"class_path": "ultra.data.SyntheticScenes", "init_args": {"num_images": 2, "size": 96, "num_classes": 3}}
+    with pytest.raises(ConfigError, match="the checkpoint knows 4 classes, the data set has 3"):
+        eval_cli.run(args + ["--dataset", json.dumps(three)])

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from jsonargparse import ArgumentParser
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -32,6 +33,7 @@ from ..files import atomic_path
 from ..graphs.knn import GRAPH_KINDS, GraphSpec, KnnConfig, affinity_graphs, token_kinds
 from ..pictures import eigen_rgb, overlay, save_sheet
 from ..readout.kmeans import assign, kmeans
+from . import DEFAULT_SIZE, console
 
 log = logging.getLogger(__name__)
 LEVELS = ("image", "dataset")
@@ -69,7 +71,7 @@ ANALYSIS_KNN = KnnConfig(k_intra=16, k_inter=16, k_any=0, candidate_images=None)
 
 
 def analyze(images: Path, output: Path, backbone: str = "vit_small_patch14_dinov2", weights: str = "auto",
-            layers: list[int] | None = None, graph_kinds: list[str] = ("kq", "vv", "feat"), size: int = 448,
+            layers: list[int] | None = None, graph_kinds: list[str] = ("kq", "vv", "feat"), size: int = DEFAULT_SIZE,
             classes: int | None = None, knn: KnnConfig = ANALYSIS_KNN, teleport: float = 0.0,
             solver: SolverConfig = SolverConfig(), clusters: int = 8, overwrite: bool = False) -> dict:
     """Run the analysis and write its pictures and ``analysis.json`` into ``output``; returns the figures.
@@ -210,9 +212,7 @@ def format_table(figures: dict, graph_kinds) -> str:
     return "\n".join(lines)
 
 
-def build_parser():
-    from jsonargparse import ArgumentParser
-
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="ultra-analyze", description=__doc__.split("\n\n")[0])
     parser.add_function_arguments(analyze, skip={"overwrite"}, as_positional=False)
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
@@ -228,8 +228,6 @@ def run(argv: list[str] | None = None) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: ``ultra-analyze`` / ``python -m ultra.cli.analyze``."""
-    from . import console
-
     console(run, "ultra-analyze")(argv)
 
 

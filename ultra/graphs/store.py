@@ -27,6 +27,8 @@ from .knn import GraphSpec, KnnConfig, knn_graph
 from .sparse import SparseGraph, SparseRows, index_dtype, indptr_from_counts
 
 log = logging.getLogger(__name__)
+
+
 @dataclass
 class TrainingOperators:
     """The graphs of the loss (with their weights) and the optional view-correspondence operator."""
