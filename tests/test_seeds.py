@@ -6,7 +6,7 @@ import pytest
 from runs import synthetic_config, tiny_overrides
 
 from ultra.cli import train as train_cli
-from ultra.evaluation.seeds import split_seeds_argument
+from ultra.evaluation.seeds import format_summary, split_seeds_argument
 
 
 def test_seeds_argument_is_parsed_and_checked():
@@ -45,3 +45,7 @@ def test_seeds_run_once_each_and_report_mean_and_std(tmp_path):
         assert summary["readouts"][name]["miou"]["std"] == pytest.approx(statistics.stdev(values))
     assert (root / "seed-1" / "model.safetensors").is_file()
     assert len({r["readouts"]["head"]["miou"] for r in per_seed} | {r["readouts"]["raw"]["miou"] for r in per_seed}) > 1
+    best = max(("raw", "raw_centred", "raw_whitened"), key=lambda n: summary["readouts"][n]["miou"]["mean"])
+    assert summary["best_baseline"] == {"head": best}
+    gain = summary["readouts"]["head"]["miou"]["mean"] - summary["readouts"][best]["miou"]["mean"]
+    assert f"head vs the best no-head baseline ({best}): {100 * gain:+.1f} mIoU" in format_summary(summary)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+import torch.nn.functional as F
 from conftest import TINY_VIT
 from PIL import Image
 
@@ -219,7 +220,9 @@ def trained(tmp_path_factory):
 def test_training_writes_checkpoints_report_and_an_inference_checkpoint(trained):
     root, _, report = trained
     assert (root / "run" / "checkpoints" / "last.ckpt").is_file()
-    assert set(report["readouts"]) == {"head", "raw", "probe"}
+    assert set(report["readouts"]) == {"head", "raw", "raw_centred", "raw_whitened", "probe"}
+    raws = ("raw", "raw_centred", "raw_whitened")
+    assert report["best_baseline"] == {"head": max(raws, key=lambda n: report["readouts"][n]["miou"])}
     for name, r in report["readouts"].items():  # every val pixel counted once; the figures follow from the confusion
         confusion = np.array(r["confusion"], dtype=np.float64)
         assert confusion.sum() == 5 * 64 * 64, name
@@ -238,6 +241,18 @@ def test_training_writes_checkpoints_report_and_an_inference_checkpoint(trained)
     assert meta["classes"] == ["stuff_0", "stuff_1", "thing_2", "thing_3"]
     assert meta["cluster_to_class"]["head"] == report["readouts"]["head"]["cluster_to_class"]
     assert tensors["head.centroids"].shape == (4, 8)
+    assert "raw.token_map.weight" not in tensors and tensors["raw_whitened.token_map.weight"].shape == (48, 48)
+
+
+def test_whitened_baseline_readout_clusters_the_whitened_tokens(trained, tiny_vit):
+    """The loaded whitened baseline scores a token by the cosine of its whitened form to the centroids."""
+    root, _, _ = trained
+    readout = ultra.load(root / "run" / "model.safetensors").readouts["raw_whitened"]
+    tokens = torch.randn(5, 48)
+    whitened = F.normalize(tokens @ readout.token_map.weight.T + readout.token_map.bias, dim=-1)
+    assert torch.allclose(readout(tokens), whitened @ readout.centroids.T, atol=1e-5)
+    plain = F.normalize(tokens, dim=-1) @ readout.centroids.T
+    assert not torch.allclose(readout(tokens), plain, atol=1e-3)
 
 
 def test_loaded_checkpoint_segments_images_at_their_size(trained, tiny_vit):
@@ -259,8 +274,9 @@ def test_eval_command_reproduces_the_training_report(trained):
     root, config, report = trained
     again = eval_cli.run(["--checkpoint", str(root / "run" / "model.safetensors"), "--config", str(config),
                           "--resize", "64", "--crop", "64", "--output", str(root / "eval2")])
-    for name in ("head", "raw", "probe"):
+    for name in ("head", "raw", "raw_centred", "raw_whitened", "probe"):
         assert again["readouts"][name]["miou"] == pytest.approx(report["readouts"][name]["miou"])
+    assert again["best_baseline"] == report["best_baseline"]
     assert (root / "eval2" / "eval.json").is_file()
 
 
@@ -375,6 +391,9 @@ def _crafted(path, source, edit_meta=None, edit_tensors=None):
     (lambda m: m["readouts"]["head"]["head"].update(out_dim=10 ** 9), None, r"readouts.head.head.out_dim must be an integer"),
     (None, lambda t: t.update({"head.head.net.weight": torch.zeros(3, 3)}), r"tensor 'head.head.net.weight' is \(3, 3\)"),
     (None, lambda t: t.pop("raw.centroids"), "tensor 'raw.centroids' is missing"),
+    (lambda m: m["readouts"]["raw_whitened"].update(token_map={"dim": 7}), None, r"tensor 'raw_whitened.token_map.weight' is \(48, 48\)"),
+    (lambda m: m["readouts"]["raw_whitened"].update(token_map={"dim": "x"}), None, r"readouts.raw_whitened.token_map.dim must be an integer"),
+    (lambda m: m["readouts"]["raw_whitened"].pop("token_map"), None, r"tensors \['raw_whitened.token_map.bias', 'raw_whitened.token_map.weight'\] belong to no readout"),
     (lambda m: m["cluster_to_class"].update(head=[99] * 4), None, "cluster_to_class.head must give each of the 4 clusters"),
     (lambda m: m["cluster_to_class"].update(head=[0]), None, "cluster_to_class.head must give each"),
     (lambda m: m.update(classes=m["classes"][:2]), None, r"cluster_to_class.head must give each of the 4 clusters a class in \[0, 1\]"),
@@ -446,7 +465,7 @@ def test_crf_requested_without_the_package_fails_before_training(tmp_path, monke
 def test_on_the_fly_training_runs_without_a_cache_for_the_head(tmp_path):
     config = synthetic_config(tmp_path / "fly.yaml", batches={"on_the_fly": True, "images_per_batch": 3})
     args = ["--config", str(config), *tiny_overrides(tmp_path, epochs=1), "--readout.probe", "false",
-            "--readout.raw_baseline", "false"]
+            "--readout.raw_spaces", "[]"]
     with pytest.raises(ValueError, match="needs the feature cache"):
         train_cli.run(args)  # the exact solver needs one pass over a fixed set of tokens
     report = train_cli.run(args + ["--model.solver", "sgd"])

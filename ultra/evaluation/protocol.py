@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import pytorch_lightning as pl
@@ -32,7 +33,27 @@ from .metrics import (
 )
 
 log = logging.getLogger(__name__)
-LABELS = {"head": "head + k-means", "raw": "raw tokens + k-means", "probe": "linear probe (supervised)"}
+LABELS = {"head": "head + k-means", "raw": "raw tokens + k-means", "raw_centred": "centred tokens + k-means",
+          "raw_whitened": "whitened tokens + k-means", "probe": "linear probe (supervised)"}
+
+
+def best_baselines(readouts: Mapping[str, Mapping[str, float]]) -> dict[str, str]:
+    """For ``head`` (and ``head+crf``): the no-head baseline (a ``raw*`` readout, with the same CRF setting) of the
+    highest mIoU, the one the head is compared with."""
+    best = {}
+    for head in (name for name in readouts if name.partition("+")[0] == "head"):
+        suffix = head.partition("+")[2]
+        raws = [name for name in readouts if name.startswith("raw") and name.partition("+")[2] == suffix]
+        if raws:
+            best[head] = max(raws, key=lambda name: readouts[name]["miou"])
+    return best
+
+
+def format_gaps(readouts: Mapping[str, Mapping], best: Mapping[str, str], value=lambda r: r) -> list[str]:
+    """Lines "head vs the best no-head baseline (name): +x mIoU, +y acc" (``value`` reads a figure of a readout)."""
+    return [f"{head} vs the best no-head baseline ({raw}): "
+            + ", ".join(f"{100 * (value(readouts[head][f]) - value(readouts[raw][f])):+.1f} {label}"
+                        for f, label in (("miou", "mIoU"), ("acc", "acc"))) for head, raw in best.items()]
 
 
 class EvaluationModule(pl.LightningModule):
@@ -88,8 +109,9 @@ def evaluate(segmenter: Segmenter, dataset: SegmentationDataset, trainer: pl.Tra
     module = EvaluationModule(segmenter, dataset.num_classes, flip=flip, crf=crf)
     trainer.test(module, dataloaders=evaluation_loader(dataset, trainer, batch_size, num_workers), verbose=False)
     results = module.results()
+    readouts = {k: as_floats(v) for k, v in results.items()}
     report = {"settings": {**(settings or {}), "flip": flip, "crf": crf, "images": len(dataset)},
-              "classes": list(dataset.classes), "readouts": {k: as_floats(v) for k, v in results.items()}}
+              "classes": list(dataset.classes), "readouts": readouts, "best_baseline": best_baselines(readouts)}
     if trainer.is_global_zero:
         print(format_report(report))
         if output is not None:
@@ -103,7 +125,7 @@ def format_report(report: dict) -> str:
         base, _, crf = name.partition("+")
         label = LABELS.get(base, base) + (" + CRF" if crf else "")
         lines.append(f"{label:<34} {100 * r['miou']:>6.1f}% {100 * r['acc']:>6.1f}% {100 * r['miou_present']:>21.1f}%")
-    return "\n".join(lines)
+    return "\n".join(lines + format_gaps(report["readouts"], report.get("best_baseline", {})))
 
 
 def write_report(report: dict, results: dict, examples: list[dict], classes, output: Path) -> None:

@@ -5,7 +5,7 @@ import statistics
 from typing import Mapping
 
 from ..errors import ConfigError
-from .protocol import LABELS
+from .protocol import LABELS, best_baselines, format_gaps
 
 FIGURES = ("miou", "acc", "miou_present")
 
@@ -48,14 +48,16 @@ def _stats(values: list[float]) -> dict:
 
 
 def summarize(reports: Mapping[int, dict]) -> dict:
-    """Mean and (sample) standard deviation over seeds of every readout's figures and of the stage timings."""
+    """Mean and (sample) standard deviation over seeds of every readout's figures and of the stage timings; the
+    head is compared with the no-head baseline of the best mean mIoU."""
     seeds = list(reports)
     first = reports[seeds[0]]
     readouts = {name: {f: _stats([reports[s]["readouts"][name][f] for s in seeds]) for f in FIGURES}
                 for name in first["readouts"]}
     timings = {k: _stats([reports[s]["settings"]["timings"].get(k, 0.0) for s in seeds])
                for k in first["settings"].get("timings", {})}
-    return {"seeds": seeds, "readouts": readouts, "timings": timings,
+    means = {name: {f: r[f]["mean"] for f in FIGURES} for name, r in readouts.items()}
+    return {"seeds": seeds, "readouts": readouts, "best_baseline": best_baselines(means), "timings": timings,
             "settings": {k: v for k, v in first["settings"].items() if k not in ("seed", "timings")}}
 
 
@@ -68,6 +70,7 @@ def format_summary(summary: dict) -> str:
         label = LABELS.get(base, base) + (" + CRF" if crf else "")
         cells = [f"{100 * r[f]['mean']:5.1f} ± {100 * r[f]['std']:3.1f}" for f in ("miou", "acc")]
         lines.append(f"{label:<34} {cells[0]:>13} {cells[1]:>13}")
+    lines += format_gaps(summary["readouts"], summary["best_baseline"], value=lambda figure: figure["mean"])
     if summary["timings"]:
         lines.append("time (s): " + ", ".join(f"{k[:-2]} {v['mean']:.1f}" for k, v in summary["timings"].items()))
     return "\n".join(lines)

@@ -39,6 +39,9 @@ def save_segmenter(segmenter: Segmenter, path: str | Path, extra: dict | None = 
             if readout.head is not None:
                 entry["head"] = readout.head.config()
                 tensors.update({f"{name}.head.{k}": v for k, v in readout.head.state_dict().items()})
+            if readout.token_map is not None:
+                entry["token_map"] = {"dim": readout.token_map.in_features}
+                tensors.update({f"{name}.token_map.{k}": v for k, v in readout.token_map.state_dict().items()})
         else:
             tensors.update({f"{name}.probe.{k}": v for k, v in readout.probe.state_dict().items()})
         readouts[name] = entry
@@ -108,7 +111,12 @@ def load(path: str | Path, device: str | torch.device = "cpu", weights: str | Pa
             if "head" in entry:
                 head = ProjectionHead(**entry["head"])
                 head.load_state_dict({k[len(name) + 6:]: v for k, v in tensors.items() if k.startswith(f"{name}.head.")})
-            readouts[name] = ClusterReadout(keys, tensors[f"{name}.centroids"], head)
+            token_map = None
+            if "token_map" in entry:
+                dim = entry["token_map"]["dim"]
+                token_map = nn.Linear(dim, dim)
+                token_map.load_state_dict({"weight": tensors[f"{name}.token_map.weight"], "bias": tensors[f"{name}.token_map.bias"]})
+            readouts[name] = ClusterReadout(keys, tensors[f"{name}.centroids"], head, token_map)
         else:
             weight = tensors[f"{name}.probe.weight"]
             probe = nn.Linear(weight.shape[1], weight.shape[0])

@@ -91,6 +91,14 @@ def check_header(meta: dict, tensors: dict[str, Tensor], path: str | Path) -> No
         if centroids is None or centroids.ndim != 2 or centroids.shape[0] < 1:
             raise HeaderError(f"{where}: tensor '{name}.centroids' is missing or not a [clusters, dim] matrix")
         expected.add(f"{name}.centroids")
+        token_map = entry.get("token_map")
+        if token_map is not None:
+            if not isinstance(token_map, dict) or set(token_map) != {"dim"}:
+                raise HeaderError(f"{where}: {field}.token_map must give its dim")
+            dim = _int_in(token_map["dim"], 1, MAX_DIM, f"{field}.token_map.dim", where)
+            for suffix, shape in {"weight": (dim, dim), "bias": (dim,)}.items():
+                _shape(tensors, f"{name}.token_map.{suffix}", shape, where)
+                expected.add(f"{name}.token_map.{suffix}")
         head = entry.get("head")
         if head is not None:
             if not isinstance(head, dict) or head.get("kind") not in HEAD_KINDS or set(head) != {"in_dim", "out_dim", "kind", "hidden_dim"}:
@@ -103,6 +111,10 @@ def check_header(meta: dict, tensors: dict[str, Tensor], path: str | Path) -> No
                 expected.add(f"{name}.head.{suffix}")
             if centroids.shape[1] != d_out:
                 raise HeaderError(f"{where}: {name}.centroids are {centroids.shape[1]}-d, the head gives {d_out}-d embeddings")
+            if token_map is not None and token_map["dim"] != d_in:
+                raise HeaderError(f"{where}: {field}.token_map gives {token_map['dim']}-d tokens, the head takes {d_in}-d")
+        elif token_map is not None and centroids.shape[1] != token_map["dim"]:
+            raise HeaderError(f"{where}: {name}.centroids are {centroids.shape[1]}-d, the token map gives {token_map['dim']}-d tokens")
         matching = (meta.get("cluster_to_class") or {}).get(name)
         if matching is not None:
             if (not isinstance(matching, list) or len(matching) != centroids.shape[0]
@@ -115,9 +127,11 @@ def check_header(meta: dict, tensors: dict[str, Tensor], path: str | Path) -> No
 
 
 def readout_input_dim(name: str, entry: dict, tensors: dict[str, Tensor]) -> int:
-    """The token dimension a (header-checked) readout expects: its head's, its probe's or its centroids'."""
+    """The token dimension a (header-checked) readout expects: its token map's, its head's, its probe's or its centroids'."""
     if entry["kind"] == "classes":
         return int(tensors[f"{name}.probe.weight"].shape[1])
+    if entry.get("token_map") is not None:
+        return int(entry["token_map"]["dim"])
     if entry.get("head") is not None:
         return int(entry["head"]["in_dim"])
     return int(tensors[f"{name}.centroids"].shape[1])

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.cache import FeatureCache, TokenKey
+from ..data.standardise import SPACES, token_map
 from ..errors import ConfigError
 from .kmeans import SAMPLE_SIZE, kmeans
 from .probe import train_probe
@@ -26,7 +27,9 @@ class ReadoutConfig:
         extra_clusters: k-means clusters beyond the number of classes.
         restarts: k-means restarts (on ``kmeans_sample`` tokens; the best one then refined on all).
         kmeans_sample: tokens the k-means restarts run on.
-        raw_baseline: also fit k-means on the raw tokens of the last feature layer (the no-head baseline).
+        raw_spaces: the no-head baselines: k-means on the last feature layer's tokens in each of these token
+            spaces (``raw``, ``centred``, ``whitened``; :mod:`ultra.data.standardise`), read out as ``raw``,
+            ``raw_centred`` and ``raw_whitened``; the report compares the head with the best of them. Empty: none.
         probe: also fit the supervised linear probe (the reference that uses labels).
         probe_steps: L-BFGS iterations of the probe.
         evaluate: evaluate on the validation set after training.
@@ -38,7 +41,7 @@ class ReadoutConfig:
     extra_clusters: int = 0
     restarts: int = 3
     kmeans_sample: int = SAMPLE_SIZE
-    raw_baseline: bool = True
+    raw_spaces: tuple[str, ...] = SPACES
     probe: bool = True
     probe_steps: int = 100
     evaluate: bool = True
@@ -47,6 +50,9 @@ class ReadoutConfig:
     eval_batch_size: int = 4
 
     def __post_init__(self):
+        unknown = [space for space in self.raw_spaces if space not in SPACES]
+        if unknown or len(set(self.raw_spaces)) != len(self.raw_spaces):
+            raise ConfigError(f"readout.raw_spaces must be distinct token spaces of {SPACES}, got {list(self.raw_spaces)}")
         if self.extra_clusters < 0 or min(self.restarts, self.kmeans_sample, self.probe_steps, self.eval_batch_size) < 1:
             raise ConfigError("readout: extra_clusters must be >= 0 and restarts, kmeans_sample, probe_steps, "
                              f"eval_batch_size >= 1, got {self.extra_clusters}, {self.restarts}, {self.kmeans_sample}, "
@@ -78,6 +84,11 @@ def fit_centroids(rows: CachedRows, k: int, seed: int = 0, restarts: int = 3, sa
     return result.centroids
 
 
+def raw_readout_name(space: str) -> str:
+    """The readout name of the no-head baseline in a token space: ``raw``, ``raw_centred``, ``raw_whitened``."""
+    return "raw" if space == "raw" else f"raw_{space}"
+
+
 def fit_readouts(head: nn.Module, cache: FeatureCache, feature_keys: Sequence[TokenKey], class_names: Sequence[str],
                  config: ReadoutConfig, seed: int, progress: bool = True) -> dict[str, nn.Module]:
     """k-means on the head's outputs (and on raw tokens), the optional probe, over the training cache."""
@@ -88,9 +99,10 @@ def fit_readouts(head: nn.Module, cache: FeatureCache, feature_keys: Sequence[To
         return fit_centroids(rows, k, seed, config.restarts, config.kmeans_sample)
 
     readouts = {"head": ClusterReadout(feature_keys, centroids(CachedRows(cache, feature_keys, head)), head)}
-    if config.raw_baseline:
-        raw = [feature_keys[-1]]
-        readouts["raw"] = ClusterReadout(raw, centroids(CachedRows(cache, raw)))
+    raw = [feature_keys[-1]]
+    for space in config.raw_spaces:
+        affine = token_map(cache, raw, space)
+        readouts[raw_readout_name(space)] = ClusterReadout(raw, centroids(CachedRows(cache, raw, affine)), token_map=affine)
     if config.probe:
         probe = train_probe(cache, feature_keys, len(class_names), steps=config.probe_steps, seed=seed, progress=progress)
         if probe is not None:

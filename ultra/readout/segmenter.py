@@ -1,8 +1,9 @@
 """Segmenting images with a trained head: the backbone and its readouts as one module.
 
 A :class:`Segmenter` holds the frozen backbone and one or more readouts: ``head`` (the trained
-head, then cosine to its k-means centroids), ``raw`` (cosine of raw tokens to their own
-centroids: the no-head baseline) and ``probe`` (a supervised linear probe, class scores).
+head, then cosine to its k-means centroids), ``raw``, ``raw_centred`` and ``raw_whitened`` (cosine
+of the raw, centred or PCA-whitened tokens to their own centroids: the no-head baselines) and
+``probe`` (a supervised linear probe, class scores).
 Scores on the token grid are upsampled bilinearly to pixels and the argmax is the segment;
 when the checkpoint knows the Hungarian matching of an evaluation, clusters are reported as
 class ids (unmatched clusters as 255).
@@ -48,7 +49,8 @@ class ClusterReadout(nn.Module):
         return self.centroids.shape[0]
 
     def forward(self, tokens: Tensor) -> Tensor:
-        z = self.head(tokens) if self.head is not None else tokens
+        z = self.token_map(tokens) if self.token_map is not None else tokens
+        z = self.head(z) if self.head is not None else z
         return F.normalize(z, dim=-1) @ self.centroids.T
 
 
