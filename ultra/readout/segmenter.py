@@ -34,14 +34,16 @@ MAX_SIDE = 2048
 
 
 class ClusterReadout(nn.Module):
-    """Cosine of the (optionally embedded) tokens to k-means centroids: ``[N, D] -> [N, K]``."""
+    """Cosine of the tokens to k-means centroids, ``[..., D] -> [..., K]``: the tokens optionally through an affine
+    ``token_map`` first (centring or whitening, :func:`ultra.data.standardise.token_map`), then the ``head``."""
 
     kind = "clusters"
 
-    def __init__(self, keys: Sequence[TokenKey], centroids: Tensor, head: ProjectionHead | None = None):
+    def __init__(self, keys: Sequence[TokenKey], centroids: Tensor, head: ProjectionHead | None = None,
+                 token_map: nn.Linear | None = None):
         super().__init__()
         self.keys = [tuple(k) for k in keys]
-        self.head = head
+        self.head, self.token_map = head, token_map
         self.register_buffer("centroids", F.normalize(centroids.float(), dim=-1))
 
     @property
