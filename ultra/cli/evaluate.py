@@ -27,7 +27,7 @@ from ..data import cityscapes, cocostuff, folder, synthetic  # noqa: F401  (thei
 from ..data.base import SegmentationDataset
 from ..errors import ConfigError
 from ..evaluation.protocol import evaluate
-from ..head.datamodule import EvalConfig
+from ..head.datamodule import EvalConfig, check_eval_geometry
 from ..readout.checkpoint import load
 from ..readout.crf import require_crf
 from . import console, refuse_overwrite, require_writable
@@ -82,11 +82,24 @@ def run(args: list[str] | None = None) -> dict:
         require_crf("--crf")
     dataset: SegmentationDataset = parser.instantiate_classes(cfg).dataset
     geometry = EvalConfig(**data.get("evaluation", {}))
-    resize, crop = cfg.resize or geometry.resize, cfg.crop or geometry.crop
+    resize = geometry.resize if cfg.resize is None else cfg.resize
+    crop = geometry.crop if cfg.crop is None else cfg.crop
+    check_eval_geometry(resize, crop, "--resize" if cfg.resize is not None else "the config's evaluation.resize",
+                        "--crop" if cfg.crop is not None else "the config's evaluation.crop")
     fingerprint = dataset.fingerprint()
     output = cfg.output or Path(cfg.checkpoint).parent / f"eval-{type(dataset).__name__}-{fingerprint[:8]}"
     refuse_overwrite([output / "eval.json"], cfg.overwrite)
+    created = not output.exists()
     require_writable(output)
+    try:
+        return _evaluate(cfg, dataset, resize, crop, fingerprint, output)
+    except BaseException:
+        if created and output.is_dir() and not any(output.iterdir()):
+            output.rmdir()  # a failed evaluation leaves no empty report folder behind
+        raise
+
+
+def _evaluate(cfg, dataset: SegmentationDataset, resize: int, crop: int, fingerprint: str, output: Path) -> dict:
     segmenter = load(cfg.checkpoint)
     if len(segmenter.class_names) != dataset.num_classes:
         raise ConfigError(f"the checkpoint knows {len(segmenter.class_names)} classes, the data set has {dataset.num_classes}")

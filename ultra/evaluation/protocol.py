@@ -20,6 +20,7 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from ..data.base import SegmentationDataset
+from ..data.io import DataError
 from ..files import atomic_path
 from ..pictures import overlay, save_confusion, save_sheet
 from ..readout.crf import SCORE_SCALE, dense_crf
@@ -109,6 +110,9 @@ def evaluate(segmenter: Segmenter, dataset: SegmentationDataset, trainer: pl.Tra
     module = EvaluationModule(segmenter, dataset.num_classes, flip=flip, crf=crf)
     trainer.test(module, dataloaders=evaluation_loader(dataset, trainer, batch_size, num_workers), verbose=False)
     results = module.results()
+    if all(int(metric.confusion.sum()) == 0 for metric in module.metrics.values()):
+        raise DataError(f"the {len(dataset)} evaluated images hold no labelled pixel (every label is 'unlabelled', 255): "
+                        f"there is nothing to score")
     readouts = {k: as_floats(v) for k, v in results.items()}
     report = {"settings": {**(settings or {}), "flip": flip, "crf": crf, "images": len(dataset)},
               "classes": list(dataset.classes), "readouts": readouts, "best_baseline": best_baselines(readouts)}

@@ -65,6 +65,17 @@ class ViewConfig:
         return FiveCropViews(self.size, self.resize, self.crop_fraction, self.flip)
 
 
+def check_eval_geometry(resize, crop, resize_name: str, crop_name: str) -> None:
+    """Refuse an evaluation geometry that is not a positive size, or whose crop exceeds the shorter side (the crop
+    would be padded, and the padding counted as labelled pixels of class 0)."""
+    for name, value in ((resize_name, resize), (crop_name, crop)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive number of pixels, got {value!r}")
+    if crop > resize:
+        raise ConfigError(f"{crop_name} ({crop}) exceeds {resize_name} ({resize}), the shorter side: the crop would be "
+                          f"padded and the padding scored as pixels of class 0; use a crop <= the resize")
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """The evaluation protocol's geometry.
@@ -76,6 +87,9 @@ class EvalConfig:
 
     resize: int = 320
     crop: int = 320
+
+    def __post_init__(self):
+        check_eval_geometry(self.resize, self.crop, "data.evaluation.resize", "data.evaluation.crop")
 
     def transform(self) -> EvalTransform:
         return EvalTransform(self.resize, self.crop)
