@@ -127,3 +127,11 @@ def test_a_small_object_is_not_swallowed_by_a_large_background():
     segments, _ = segments_from_maps(result, (4, 6), num_segments=2)
     assert segments[0, 0] != segments[3, 5]  # raw sums would give the 20-token cluster every pixel
     assert (segments == segments[0, 0]).sum() == 4
+
+
+def test_interpret_writes_more_than_256_segment_ids_without_wrapping(photo, tmp_path):
+    """Segment ids above 255 go to a 16-bit PNG (in 8 bits, id 256 would read back as 0)."""
+    interpret_cli.run([str(photo), "-o", str(tmp_path / "out"), "--segments", "289", "--stride", "1",
+                       *TINY_ARGS[:-3], "272", "--layer", "2"])
+    segments = np.array(Image.open(tmp_path / "out" / "photo_segments.png"))
+    assert segments.dtype == np.uint16 and segments.max() > 255 and len(np.unique(segments)) > 256

@@ -391,6 +391,9 @@ def _crafted(path, source, edit_meta=None, edit_tensors=None):
     (lambda m: m["readouts"]["head"]["head"].update(out_dim=10 ** 9), None, r"readouts.head.head.out_dim must be an integer"),
     (None, lambda t: t.update({"head.head.net.weight": torch.zeros(3, 3)}), r"tensor 'head.head.net.weight' is \(3, 3\)"),
     (None, lambda t: t.pop("raw.centroids"), "tensor 'raw.centroids' is missing"),
+    (None, lambda t: t["head.centroids"].__setitem__((1, 2), float("nan")), r"tensor 'head.centroids' holds NaN or infinite values"),
+    (None, lambda t: t["raw_whitened.token_map.bias"].__setitem__(0, float("inf")), r"tensor 'raw_whitened.token_map.bias' holds NaN"),
+    (None, lambda t: t.update({"raw.centroids": torch.zeros(256, 48)}), r"tensor 'raw.centroids' .* matrix of 1 to 255 clusters"),
     (lambda m: m["readouts"]["raw_whitened"].update(token_map={"dim": 7}), None, r"tensor 'raw_whitened.token_map.weight' is \(48, 48\)"),
     (lambda m: m["readouts"]["raw_whitened"].update(token_map={"dim": "x"}), None, r"readouts.raw_whitened.token_map.dim must be an integer"),
     (lambda m: m["readouts"]["raw_whitened"].pop("token_map"), None, r"tensors \['raw_whitened.token_map.bias', 'raw_whitened.token_map.weight'\] belong to no readout"),
@@ -531,5 +534,6 @@ def test_eval_command_refuses_what_it_cannot_evaluate(trained, tmp_path):
     with pytest.raises(ConfigError, match="nodata.yaml has no data section"):
         eval_cli.run(args + ["--config", str(tmp_path / "nodata.yaml")])
     three = {"class_path": "ultra.data.SyntheticScenes", "init_args": {"num_images": 2, "size": 96, "num_classes": 3}}
-    with pytest.raises(ConfigError, match="the checkpoint knows 4 classes, the data set has 3"):
+    with pytest.raises(ConfigError, match=r"the data set's classes are not the checkpoint's: 3 vs 4 classes, first "
+                                          r"difference at id 1 \('thing_1' here, 'stuff_1' in the checkpoint\)"):
         eval_cli.run(args + ["--dataset", json.dumps(three)])

@@ -19,16 +19,21 @@ def checkpoint(tmp_path_factory):
     return root / "run" / "model.safetensors", config
 
 
-def unlabelled_folder(root, images: int = 3):
-    """An image folder whose label PNGs mark every pixel 'unlabelled' (255)."""
+def photo_folder(root, classes: list[str], label=None, images: int = 3):
+    """An image folder of random photos, with label PNGs of ``label`` (default: classes by quarter) and ``classes.txt``."""
     (root / "images").mkdir(parents=True)
     (root / "labels").mkdir()
     rng = np.random.default_rng(0)
     for i in range(images):
         Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(root / "images" / f"p{i}.png")
-        Image.fromarray(np.full((80, 96), 255, np.uint8)).save(root / "labels" / f"p{i}.png")
-    (root / "classes.txt").write_text("a\nb\nc\nd\n")
+        ids = np.full((80, 96), label, np.uint8) if label is not None else np.repeat(np.arange(4, dtype=np.uint8), 24)[None].repeat(80, 0)
+        Image.fromarray(ids).save(root / "labels" / f"p{i}.png")
+    (root / "classes.txt").write_text("".join(f"{name}\n" for name in classes))
     return root
+
+
+def folder_dataset(root) -> str:
+    return f'{{"class_path": "ultra.data.ImageFolder", "init_args": {{"root": "{root}"}}}}'
 
 
 def test_a_crop_larger_than_the_resize_is_refused_everywhere(tmp_path, checkpoint):
@@ -50,10 +55,29 @@ def test_a_crop_larger_than_the_resize_is_refused_everywhere(tmp_path, checkpoin
 
 def test_images_without_a_labelled_pixel_are_refused_and_leave_no_report_folder(tmp_path, checkpoint):
     model, _ = checkpoint
-    folder = unlabelled_folder(tmp_path / "photos")
-    dataset = f'{{"class_path": "ultra.data.ImageFolder", "init_args": {{"root": "{folder}"}}}}'
+    folder = photo_folder(tmp_path / "photos", ["stuff_0", "stuff_1", "thing_2", "thing_3"], label=255)
     output = tmp_path / "eval"
     with pytest.raises(DataError, match="the 3 evaluated images hold no labelled pixel"):
-        eval_cli.run(["--checkpoint", str(model), "--dataset", dataset, "--resize", "64", "--crop", "64",
+        eval_cli.run(["--checkpoint", str(model), "--dataset", folder_dataset(folder), "--resize", "64", "--crop", "64",
                       "--output", str(output)])
     assert not output.exists()
+
+
+def test_a_reordered_or_repeated_class_list_is_refused(tmp_path, checkpoint):
+    """The same number of classes in another order would score every class against another's pixels."""
+    model, _ = checkpoint
+    reordered = photo_folder(tmp_path / "reordered", ["stuff_1", "stuff_0", "thing_2", "thing_3"])
+    args = ["--checkpoint", str(model), "--resize", "64", "--crop", "64", "--output", str(tmp_path / "eval")]
+    with pytest.raises(ConfigError, match=r"first difference at id 0 \('stuff_1' here, 'stuff_0' in the checkpoint\)"):
+        eval_cli.run(args + ["--dataset", folder_dataset(reordered)])
+    repeated = photo_folder(tmp_path / "repeated", ["stuff_0", "stuff_0", "thing_2", "thing_3"])
+    with pytest.raises(DataError, match=r"the class names \['stuff_0'\] appear more than once"):
+        eval_cli.run(args + ["--dataset", folder_dataset(repeated)])
+
+
+def test_more_clusters_than_an_8bit_label_map_holds_are_refused_before_training(tmp_path):
+    """Cluster ids are written as 8-bit PNGs with 255 for unmatched pixels: id 256 would wrap to 0."""
+    config = synthetic_config(tmp_path / "c.yaml")
+    with pytest.raises(ConfigError, match=r"4 classes \+ readout.extra_clusters 252 = 256 clusters; label maps hold at most 255"):
+        train_cli.run(["--config", str(config), *tiny_overrides(tmp_path), "--readout.extra_clusters", "252"])
+    assert not (tmp_path / "run" / "checkpoints").exists()

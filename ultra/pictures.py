@@ -75,6 +75,16 @@ def save_image(array: np.ndarray, path: str | Path) -> Path:
     return path
 
 
+def save_label_map(labels: np.ndarray, path: str | Path) -> Path:
+    """Write integer ids ``[H, W]`` as a single-channel PNG, atomically: 8-bit when every id is at most 255, else
+    16-bit (ids up to 65,535), so no id wraps around."""
+    labels = np.asarray(labels)
+    low, high = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
+    if low < 0 or high > 65535:
+        raise ValueError(f"label ids must lie in [0, 65535] for a PNG, got [{low}, {high}] for {path}")
+    return save_image(labels.astype(np.uint8 if high <= 255 else np.uint16), path)
+
+
 def save_sheet(panels: Sequence[Sequence[np.ndarray]], titles: Sequence[Sequence[str]], path: str | Path,
                row_labels: Sequence[str] | None = None, panel_size: float = 2.2) -> Path:
     """A grid of pictures with titles (rows x columns), saved as PNG atomically."""

@@ -25,7 +25,7 @@ from jsonargparse import ArgumentParser
 
 from ..data import cityscapes, cocostuff, folder, synthetic  # noqa: F401  (their classes are --dataset choices)
 from ..data.base import SegmentationDataset
-from ..errors import ConfigError
+from ..errors import ConfigError, UserError
 from ..evaluation.protocol import evaluate
 from ..head.datamodule import EvalConfig, check_eval_geometry
 from ..readout.checkpoint import load
@@ -80,7 +80,12 @@ def run(args: list[str] | None = None) -> dict:
         cfg = parser.parse_args([*args, "--dataset", json.dumps(data["val_dataset"])])
     if cfg.crf:
         require_crf("--crf")
-    dataset: SegmentationDataset = parser.instantiate_classes(cfg).dataset
+    try:
+        dataset: SegmentationDataset = parser.instantiate(cfg).dataset
+    except ValueError as err:  # jsonargparse wraps the data set's own error: the user's mistake is that one
+        if isinstance(err.__cause__, UserError):
+            raise err.__cause__ from None
+        raise
     geometry = EvalConfig(**data.get("evaluation", {}))
     resize = geometry.resize if cfg.resize is None else cfg.resize
     crop = geometry.crop if cfg.crop is None else cfg.crop
@@ -101,8 +106,13 @@ def run(args: list[str] | None = None) -> dict:
 
 def _evaluate(cfg, dataset: SegmentationDataset, resize: int, crop: int, fingerprint: str, output: Path) -> dict:
     segmenter = load(cfg.checkpoint)
-    if len(segmenter.class_names) != dataset.num_classes:
-        raise ConfigError(f"the checkpoint knows {len(segmenter.class_names)} classes, the data set has {dataset.num_classes}")
+    if list(segmenter.class_names) != list(dataset.classes):
+        differ = next((i for i, (a, b) in enumerate(zip(segmenter.class_names, dataset.classes)) if a != b),
+                      min(len(segmenter.class_names), dataset.num_classes))
+        raise ConfigError(f"the data set's classes are not the checkpoint's: {dataset.num_classes} vs "
+                          f"{len(segmenter.class_names)} classes, first difference at id {differ} "
+                          f"({_name(dataset.classes, differ)} here, {_name(segmenter.class_names, differ)} in the checkpoint); "
+                          f"the probe and the matching would score the wrong classes")
     trainer = pl.Trainer(accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy, logger=False,
                          enable_checkpointing=False, enable_model_summary=False)
     described = {"class_path": f"{type(dataset).__module__}.{type(dataset).__name__}",
@@ -112,6 +122,10 @@ def _evaluate(cfg, dataset: SegmentationDataset, resize: int, crop: int, fingerp
                     flip=cfg.flip, crf=cfg.crf, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                     settings={"checkpoint": str(cfg.checkpoint), "dataset": described, "eval_resize": resize,
                               "eval_crop": crop})
+
+
+def _name(classes, index: int) -> str:
+    return repr(classes[index]) if index < len(classes) else "none"
 
 
 def _plain(value) -> dict:

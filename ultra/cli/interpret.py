@@ -1,6 +1,6 @@
 """``ultra-interpret IMAGE -o OUT``: relevance maps of an image's tokens, segments from them, and a picture sheet.
 
-Writes ``OUT/<name>_segments.png`` (segment ids) and ``OUT/<name>_sheet.png`` (the image, the
+Writes ``OUT/<name>_segments.png`` (segment ids; 16-bit beyond 256 segments) and ``OUT/<name>_sheet.png`` (the image, the
 segments, and the maps of a few tokens). Each map costs about one backward pass, so the maps are of
 an anchor grid of tokens, every ``--stride``-th in each direction (2 by default; 1 for every token,
 about stride^2 times slower); ``--segments K`` or ``--distance_threshold T`` sets the clustering.
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from jsonargparse import ArgumentParser
 
@@ -19,7 +18,7 @@ from ..backbone.vit import FrozenViT
 from ..data.io import read_image
 from ..data.transforms import image_to_tensor
 from ..errors import ConfigError
-from ..pictures import heatmap, overlay, save_image, save_sheet
+from ..pictures import heatmap, overlay, save_label_map, save_sheet
 from . import (
     add_backbone_arguments,
     check_backbone_arguments,
@@ -62,7 +61,7 @@ def run(args: list[str] | None = None) -> Path:
     result = relevance_maps(vit, image, layer=cfg.layer, stride=cfg.stride)
     size = picture.shape[:2]
     segments, _ = segments_from_maps(result, size, cfg.segments, cfg.distance_threshold)
-    save_image(segments.numpy().astype(np.uint8), outputs[0])
+    save_label_map(segments.numpy(), outputs[0])
     shown = result.targets[torch.linspace(0, len(result.targets) - 1, 4).long()]
     panels = [picture, overlay(picture, segments.numpy())] + [
         heatmap(result.maps[int((result.targets == t).nonzero()[0, 0])].numpy(), picture.shape[1::-1]) for t in shown]

@@ -12,13 +12,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 from jsonargparse import ArgumentParser
 from tqdm.auto import tqdm
 
 from ..data.io import DataError, list_images, read_image
 from ..errors import ConfigError
-from ..pictures import overlay, save_image
+from ..pictures import overlay, save_image, save_label_map
 from ..readout.checkpoint import load
 from ..readout.crf import require_crf
 from . import console, refuse_overwrite
@@ -62,14 +61,14 @@ def run(args: list[str] | None = None) -> list[Path]:
     written, failed = [], []
     for image in tqdm(images, desc="segment"):
         try:
-            labels = segmenter.segment(image, readout=cfg.readout, crf=cfg.crf, flip=cfg.flip).numpy().astype(np.uint8)
+            labels = segmenter.segment(image, readout=cfg.readout, crf=cfg.crf, flip=cfg.flip).numpy()
             picture = read_image(image)
         except (DataError, ValueError) as err:
             log.error("skipped %s: %s", image, err)
             failed.append(image)
             continue
         label_path, overlay_path = outputs_for(image, cfg.output)
-        save_image(labels, label_path)
+        save_label_map(labels, label_path)
         save_image(overlay(picture, labels, num_colors=max(len(segmenter.class_names), int(labels.max()) + 1)), overlay_path)
         written.append(label_path)
     if failed:

@@ -39,7 +39,7 @@ from ..head.module import SpectralHeadModule
 from ..readout.checkpoint import save_segmenter
 from ..readout.crf import require_crf
 from ..readout.fit import ReadoutConfig, fit_readouts
-from ..readout.segmenter import Segmenter
+from ..readout.segmenter import MAX_CLUSTERS, Segmenter
 from . import console, require_writable
 
 log = logging.getLogger(__name__)
@@ -180,6 +180,10 @@ def run_training(cli: UltraCLI) -> dict | None:
     config = ReadoutConfig(**cli.config.readout)
     if config.crf:  # fail before training, not after it
         require_crf("--readout.crf")
+    clusters = len(data.class_names) + config.extra_clusters
+    if clusters > MAX_CLUSTERS:
+        raise ConfigError(f"{len(data.class_names)} classes + readout.extra_clusters {config.extra_clusters} = {clusters} "
+                          f"clusters; label maps hold at most {MAX_CLUSTERS} (8-bit ids, 255 = unmatched)")
     require_writable(Path(trainer.default_root_dir))
     if config.evaluate and data.val_dataset is not None:  # a bad validation set fails now, not after training
         data.val_dataset.check(require_labels=True)

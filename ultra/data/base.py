@@ -53,6 +53,9 @@ class SegmentationDataset(Dataset):
                  transform: Transform | None = None):
         if not samples:
             raise DataError(f"{type(self).__name__}: no images found")
+        repeated = sorted({name for name in classes if list(classes).count(name) > 1})
+        if repeated:
+            raise DataError(f"{type(self).__name__}: the class names {repeated} appear more than once in the class list")
         self.samples = list(samples)
         self.classes = tuple(classes)
         self.lut = lut

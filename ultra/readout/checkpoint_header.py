@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from ..backbone.vit import KINDS
 from ..errors import UserError
 from ..head.projection import HEAD_KINDS
+from .segmenter import MAX_CLUSTERS
 
 MODEL_KWARGS = {"depth": int, "embed_dim": int, "num_heads": int, "mlp_ratio": (int, float), "patch_size": int,
                 "img_size": int, "reg_tokens": int, "class_token": bool, "no_embed_class": bool, "qkv_bias": bool,
@@ -65,6 +67,8 @@ def check_header(meta: dict, tensors: dict[str, Tensor], path: str | Path) -> No
     classes = meta.get("classes")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes) or len(classes) > 255:
         raise HeaderError(f"{where}: classes must be a list of 1 to 255 names")
+    if len(set(classes)) != len(classes):
+        raise HeaderError(f"{where}: classes must be distinct names, got {classes}")
     _int_in(meta.get("resize", 320), 1, MAX_RESIZE, "resize", where)
     readouts = meta.get("readouts")
     if not isinstance(readouts, dict) or not readouts:
@@ -88,8 +92,9 @@ def check_header(meta: dict, tensors: dict[str, Tensor], path: str | Path) -> No
             expected |= {f"{name}.probe.weight", f"{name}.probe.bias"}
             continue
         centroids = tensors.get(f"{name}.centroids")
-        if centroids is None or centroids.ndim != 2 or centroids.shape[0] < 1:
-            raise HeaderError(f"{where}: tensor '{name}.centroids' is missing or not a [clusters, dim] matrix")
+        if centroids is None or centroids.ndim != 2 or not 1 <= centroids.shape[0] <= MAX_CLUSTERS:
+            raise HeaderError(f"{where}: tensor '{name}.centroids' is missing or not a [clusters, dim] matrix of 1 to "
+                              f"{MAX_CLUSTERS} clusters")
         expected.add(f"{name}.centroids")
         token_map = entry.get("token_map")
         if token_map is not None:
@@ -124,6 +129,9 @@ def check_header(meta: dict, tensors: dict[str, Tensor], path: str | Path) -> No
     unknown = set(tensors) - expected
     if unknown:
         raise HeaderError(f"{where}: tensors {sorted(unknown)[:3]} belong to no readout")
+    broken = sorted(name for name, tensor in tensors.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all())
+    if broken:
+        raise HeaderError(f"{where}: tensor '{broken[0]}' holds NaN or infinite values (every pixel would get one class)")
 
 
 def readout_input_dim(name: str, entry: dict, tensors: dict[str, Tensor]) -> int:

@@ -31,6 +31,8 @@ from .crf import SCORE_SCALE, dense_crf
 
 MAX_SIDE = 2048
 """The longest side (in pixels, after resizing the shorter side) that :meth:`Segmenter.segment` accepts."""
+MAX_CLUSTERS = 255
+"""The most clusters a readout may have: label maps are 8-bit PNGs, ids 0-254, and 255 marks unmatched pixels."""
 
 
 class ClusterReadout(nn.Module):
