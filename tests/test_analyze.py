@@ -97,3 +97,12 @@ def test_analysis_bad_inputs(tmp_path):
         analyze(tmp_path / "data", tmp_path / "busy", classes=4, **TINY)
     with pytest.raises(ValueError, match="graph kind must be among"):
         analyze(tmp_path / "data", tmp_path / "o5", graph_kinds=["qq"], **TINY)
+
+
+def test_analysis_never_writes_over_its_images_or_labels(tmp_path):
+    write_synthetic_folder(tmp_path / "data", 2, 64, 4)
+    before = {p: p.read_bytes() for p in (tmp_path / "data").rglob("*.png")}
+    for folder in ("images", "labels"):
+        with pytest.raises(DataError, match=rf"output .*data/{folder}/(\w+).png is the input .*data/{folder}/\1.png"):
+            analyze(tmp_path / "data", tmp_path / "data" / folder, classes=4, overwrite=True, **TINY)
+    assert {p: p.read_bytes() for p in (tmp_path / "data").rglob("*.png")} == before

@@ -15,6 +15,7 @@ from ultra.analysis.segments import (
 )
 from ultra.cli import interpret as interpret_cli
 from ultra.cli import select as select_cli
+from ultra.data.io import DataError
 
 
 def _planted_maps():
@@ -135,3 +136,10 @@ def test_interpret_writes_more_than_256_segment_ids_without_wrapping(photo, tmp_
                        *TINY_ARGS[:-3], "272", "--layer", "2"])
     segments = np.array(Image.open(tmp_path / "out" / "photo_segments.png"))
     assert segments.dtype == np.uint16 and segments.max() > 255 and len(np.unique(segments)) > 256
+
+
+def test_select_never_writes_over_its_image(photo, tmp_path):
+    before = photo.read_bytes()
+    with pytest.raises(DataError, match=r"output .*photo.png is the input .*photo.png"):
+        select_cli.run([str(photo), "--point", "30,20", "-o", str(photo.with_suffix(".png")), "--overwrite", *TINY_ARGS])
+    assert photo.read_bytes() == before

@@ -328,13 +328,18 @@ def test_segment_never_writes_over_inputs_and_survives_bad_images(trained, tmp_p
     picture = SyntheticScenes(1, 96, 4, seed=9)[0]["image"].permute(1, 2, 0).numpy()
     Image.fromarray(picture).save(photos / "a.png")
     before = (photos / "a.png").read_bytes()
-    with pytest.raises(DataError, match="is an input image"):
+    with pytest.raises(DataError, match=r"output .*a.png is the input .*a.png; choose another output"):
         segment_cli.run([checkpoint, str(photos), "-o", str(photos), "--overwrite"])
     assert (photos / "a.png").read_bytes() == before
     Image.fromarray(picture).save(photos / "a.jpg")
-    with pytest.raises(DataError, match="share the name 'a'"):
+    with pytest.raises(DataError, match=r"a.jpg and .*a.png would both write .*out/a.png"):
         segment_cli.run([checkpoint, str(photos), "-o", str(tmp_path / "out")])
     (photos / "a.jpg").unlink()
+    Image.fromarray(picture).save(photos / "a_overlay.png")  # its labels would replace a's overlay
+    with pytest.raises(DataError, match=r"a.png and .*a_overlay.png would both write .*out/a_overlay.png"):
+        segment_cli.run([checkpoint, str(photos), "-o", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+    (photos / "a_overlay.png").unlink()
     Image.fromarray(picture).save(photos / "b.png")
     (photos / "c.png").write_bytes(b"not a picture")
     Image.fromarray(np.zeros((20, 2000, 3), np.uint8)).save(photos / "d.png")  # 32000 px wide at 320

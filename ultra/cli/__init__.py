@@ -12,10 +12,11 @@ import logging
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping, Sequence
 
 from ..backbone.onnx_dinov2 import OfflineWeightsError
 from ..backbone.weights import WeightsError
+from ..data.io import DataError
 from ..errors import ConfigError, UserError
 from ..readout.crf import CRFUnavailable
 
@@ -59,6 +60,21 @@ def refuse_overwrite(paths: Iterable[Path], overwrite: bool) -> None:
     existing = [p for p in paths if Path(p).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{len(existing)} output file(s) exist already (e.g. {existing[0]}); pass --overwrite to replace them")
+
+
+def refuse_collisions(outputs_of: Mapping[Path, Sequence[Path]], other_inputs: Iterable[Path] = ()) -> None:
+    """Before any work: refuse an output that is an input (the images of ``outputs_of`` and ``other_inputs``, e.g.
+    their labels), whatever ``--overwrite`` says, and an output that two images would both write."""
+    inputs = {Path(p).resolve(): Path(p) for p in [*outputs_of, *other_inputs]}
+    writer: dict[Path, Path] = {}
+    for image, outputs in outputs_of.items():
+        for out in outputs:
+            key = Path(out).resolve()
+            if key in inputs:
+                raise DataError(f"output {out} is the input {inputs[key]}; choose another output (inputs are never replaced)")
+            if writer.setdefault(key, Path(image)) != Path(image):
+                raise DataError(f"{writer[key]} and {image} would both write {out}; rename one or write them to "
+                                f"separate folders")
 
 
 def require_writable(folder: Path) -> None:

@@ -33,7 +33,7 @@ from ..files import atomic_path
 from ..graphs.knn import GRAPH_KINDS, GraphSpec, KnnConfig, affinity_graphs, token_kinds
 from ..pictures import eigen_rgb, overlay, save_sheet
 from ..readout.kmeans import assign, kmeans
-from . import DEFAULT_SIZE, console
+from . import DEFAULT_SIZE, console, refuse_collisions
 
 log = logging.getLogger(__name__)
 LEVELS = ("image", "dataset")
@@ -94,11 +94,13 @@ def analyze(images: Path, output: Path, backbone: str = "vit_small_patch14_dinov
     """
     start = time.perf_counter()
     _check_settings(size, graph_kinds, solver, clusters, teleport)
+    data = ImageFolder(images, classes=classes, use_labels=classes is not None, transform=EvalTransform(size, size))
+    refuse_collisions({s.image: [Path(output) / f"{s.name}.png", Path(output) / "analysis.json"] for s in data.samples},
+                      [s.label for s in data.samples if s.label is not None])
     output = prepare_output(output, overwrite)
     vit = FrozenViT(backbone, weights=weights, layers=layers)
     if size % vit.patch_size:
         raise ConfigError(f"--size {size} is not a multiple of the patch size {vit.patch_size} of {backbone}")
-    data = ImageFolder(images, classes=classes, use_labels=classes is not None, transform=EvalTransform(size, size))
     check_image_sizes(data, vit.patch_size)
     items = [data[i] for i in range(len(data))]
     grids = extract_grids(vit, items, token_kinds([GraphSpec(k, 0) for k in graph_kinds]), list(vit.layers))

@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from ..pictures import overlay, save_image, save_label_map
 from ..readout.checkpoint import load
 from ..readout.crf import require_crf
-from . import console, refuse_overwrite
+from . import console, refuse_collisions, refuse_overwrite
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def run(args: list[str] | None = None) -> list[Path]:
     if cfg.overwrite and cfg.skip_existing:
         raise ConfigError("--overwrite and --skip_existing exclude each other")
     images = _input_images(cfg.images)
-    _refuse_collisions(images, cfg.output)
+    refuse_collisions({image: outputs_for(image, cfg.output) for image in images})
     if cfg.skip_existing:
         images = [image for image in images if not all(p.exists() for p in outputs_for(image, cfg.output))]
     refuse_overwrite([path for image in images for path in outputs_for(image, cfg.output)], cfg.overwrite)
@@ -86,20 +86,6 @@ def _input_images(source: Path) -> list[Path]:
     if source.is_file():
         return [source]
     raise DataError(f"{source} is neither an image file nor a folder")
-
-
-def _refuse_collisions(images: list[Path], output: Path) -> None:
-    """Two images with one stem would write the same outputs; an output must never be an input."""
-    by_stem: dict[str, Path] = {}
-    for image in images:
-        if image.stem in by_stem:
-            raise DataError(f"{by_stem[image.stem]} and {image} share the name '{image.stem}' and would write the "
-                            f"same outputs; rename one or segment them separately")
-        by_stem[image.stem] = image
-    inputs = {image.resolve() for image in images}
-    clash = [p for image in images for p in outputs_for(image, output) if p.resolve() in inputs]
-    if clash:
-        raise DataError(f"output {clash[0]} is an input image; choose another --output folder (inputs are never replaced)")
 
 
 main = console(run, "ultra-segment")

@@ -20,6 +20,7 @@ from . import (
     add_backbone_arguments,
     check_backbone_arguments,
     console,
+    refuse_collisions,
     refuse_overwrite,
 )
 
@@ -49,6 +50,7 @@ def run(args: list[str] | None = None) -> Path:
     point = parse_point(cfg.point)
     threshold = check_threshold(cfg.threshold)
     outputs = [cfg.output, cfg.output.with_name(f"{cfg.output.stem}_overlay.png"), cfg.output.with_name(f"{cfg.output.stem}_map.png")]
+    refuse_collisions({cfg.image: outputs})
     refuse_overwrite(outputs, cfg.overwrite)
     picture = read_image(cfg.image)
     vit = FrozenViT(cfg.backbone, weights=cfg.weights, layers=[cfg.layer], kinds=["x"])
