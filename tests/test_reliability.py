@@ -266,3 +266,34 @@ def test_a_bug_in_a_real_command_reaches_the_user_with_its_traceback(tmp_path):
             "e.main(['--checkpoint', 'x.safetensors', '--config', 'c.yaml'])\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 1 and "Traceback" in done.stderr and "internal shape mismatch" in done.stderr
+
+
+def test_a_run_or_output_folder_in_use_by_another_command_is_refused(tmp_path):
+    """Two commands writing into one folder would silently lose one's results: the second is refused at once."""
+    from filelock import FileLock
+
+    from ultra.cli import segment as segment_cli
+    from ultra.cli import train as train_cli
+    from ultra.files import LOCK_NAME, FolderInUse
+
+    config = synthetic_config(tmp_path / "c.yaml")
+    args = ["--config", str(config), *tiny_overrides(tmp_path, epochs=1), "--readout.probe", "false"]
+    (tmp_path / "run").mkdir()
+    with FileLock(tmp_path / "run" / LOCK_NAME):  # held as another process would
+        with pytest.raises(FolderInUse, match=r"run is in use by another command .* choose another --trainer.default_root_dir"):
+            train_cli.run(args)
+        with pytest.raises(FolderInUse, match="run is in use"):
+            train_cli.run(args + ["--seeds", "0,1"])
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    train_cli.run(args)  # free again
+    (tmp_path / "out").mkdir()
+    torch.manual_seed(0)
+    photo = tmp_path / "p.png"
+    from PIL import Image
+    Image.fromarray((torch.rand(64, 80, 3) * 255).byte().numpy()).save(photo)
+    segment = [str(tmp_path / "run" / "model.safetensors"), str(photo), "-o", str(tmp_path / "out")]
+    with FileLock(tmp_path / "out" / LOCK_NAME):
+        with pytest.raises(FolderInUse, match=r"out is in use by another command .* choose another --output"):
+            segment_cli.run(segment)
+    assert not (tmp_path / "out" / "p.png").exists()
+    assert [p.name for p in segment_cli.run(segment)] == ["p.png"]

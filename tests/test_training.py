@@ -351,6 +351,9 @@ def test_segment_never_writes_over_inputs_and_survives_bad_images(trained, tmp_p
     Image.fromarray(picture).save(photos / "e.png")
     written = segment_cli.run([checkpoint, str(photos), "-o", str(tmp_path / "out"), "--skip_existing"])
     assert [p.name for p in written] == ["e.png"]  # a and b were done: a killed batch resumes
+    (tmp_path / "out" / "b.png").unlink()  # killed between b's overlay and its label map: b is not done
+    written = segment_cli.run([checkpoint, str(photos), "-o", str(tmp_path / "out"), "--skip_existing"])
+    assert [p.name for p in written] == ["b.png"] and (tmp_path / "out" / "b_overlay.png").is_file()
 
 
 def test_console_entry_reports_user_errors_without_a_traceback(trained, tmp_path, capsys):

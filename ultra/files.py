@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from .errors import UserError
+
 
 def cache_root() -> Path:
     """Directory for ultra's caches: ``$ULTRA_CACHE_DIR``, else ``$XDG_CACHE_HOME/ultra``, else ``~/.cache/ultra``."""
@@ -58,6 +60,33 @@ def build_lock(path: str | Path, what: str) -> Iterator[None]:
     except Timeout:
         logging.getLogger(__name__).info("waiting for another process building %s (%s.lock)", what, path)
         lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+class FolderInUse(UserError):
+    """Another process is writing into the same run or output folder."""
+
+
+LOCK_NAME = ".ultra.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, option: str) -> Iterator[None]:
+    """Hold ``folder/.ultra.lock`` for the block, so that no two commands write into one folder at once; refuse at
+    once (:class:`FolderInUse`, naming ``option``, the setting that chose the folder) when another process holds it."""
+    from filelock import FileLock, Timeout
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder / LOCK_NAME)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise FolderInUse(f"{folder} is in use by another command (it holds {folder / LOCK_NAME}): wait for it to "
+                          f"finish, or choose another {option}") from None
     try:
         yield
     finally:

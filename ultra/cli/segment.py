@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..data.io import DataError, list_images, read_image
 from ..errors import ConfigError
+from ..files import folder_lock
 from ..pictures import overlay, save_image, save_label_map
 from ..readout.checkpoint import load
 from ..readout.crf import require_crf
@@ -51,13 +52,20 @@ def run(args: list[str] | None = None) -> list[Path]:
         raise ConfigError("--overwrite and --skip_existing exclude each other")
     images = _input_images(cfg.images)
     refuse_collisions({image: outputs_for(image, cfg.output) for image in images})
-    if cfg.skip_existing:
-        images = [image for image in images if not all(p.exists() for p in outputs_for(image, cfg.output))]
-    refuse_overwrite([path for image in images for path in outputs_for(image, cfg.output)], cfg.overwrite)
     if cfg.crf:
         require_crf("--crf")
+    with folder_lock(cfg.output, "--output"):
+        return _segment(cfg, images)
+
+
+def _segment(cfg, images: list[Path]) -> list[Path]:
+    """Segment ``images`` into the (locked) output folder. With ``--skip_existing`` an image counts as done only when
+    both its outputs exist; an incomplete pair (a batch killed between them) is written again."""
+    if cfg.skip_existing:
+        images = [image for image in images if not all(p.exists() for p in outputs_for(image, cfg.output))]
+    else:
+        refuse_overwrite([path for image in images for path in outputs_for(image, cfg.output)], cfg.overwrite)
     segmenter = load(cfg.checkpoint, device=cfg.device)
-    cfg.output.mkdir(parents=True, exist_ok=True)
     written, failed = [], []
     for image in tqdm(images, desc="segment"):
         try:
@@ -68,8 +76,8 @@ def run(args: list[str] | None = None) -> list[Path]:
             failed.append(image)
             continue
         label_path, overlay_path = outputs_for(image, cfg.output)
-        save_label_map(labels, label_path)
         save_image(overlay(picture, labels, num_colors=max(len(segmenter.class_names), int(labels.max()) + 1)), overlay_path)
+        save_label_map(labels, label_path)  # the label map last: where it exists, the overlay does too
         written.append(label_path)
     if failed:
         raise DataError(f"{len(failed)} of {len(images)} images could not be segmented (first: {failed[0]}); "

@@ -14,6 +14,7 @@ are shared) and ``<default_root_dir>/seeds.json`` holds every figure's mean and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shutil
@@ -33,7 +34,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from ..errors import ConfigError
 from ..evaluation.protocol import evaluate
 from ..evaluation.seeds import format_summary, split_seeds_argument, summarize
-from ..files import atomic_path
+from ..files import atomic_path, folder_lock
 from ..head.datamodule import UltraDataModule
 from ..head.module import SpectralHeadModule
 from ..readout.checkpoint import save_segmenter
@@ -174,8 +175,9 @@ def start_run_folder(folder: Path, recorded: Path, settings: dict, discard: bool
 
 
 def run_training(cli: UltraCLI) -> dict | None:
-    """fit (resuming if possible), readouts, evaluation and export; returns the evaluation report."""
-    trainer, module, data = cli.trainer, cli.model, cli.datamodule
+    """Checks, then (in the locked run folder) fit, resuming if possible, readouts, evaluation and export; returns
+    the evaluation report."""
+    trainer, data = cli.trainer, cli.datamodule
     trainer.strategy.checkpoint_io = AtomicCheckpointIO()
     config = ReadoutConfig(**cli.config.readout)
     if config.crf:  # fail before training, not after it
@@ -184,9 +186,18 @@ def run_training(cli: UltraCLI) -> dict | None:
     if clusters > MAX_CLUSTERS:
         raise ConfigError(f"{len(data.class_names)} classes + readout.extra_clusters {config.extra_clusters} = {clusters} "
                           f"clusters; label maps hold at most {MAX_CLUSTERS} (8-bit ids, 255 = unmatched)")
-    require_writable(Path(trainer.default_root_dir))
+    root = Path(trainer.default_root_dir)
+    require_writable(root)
     if config.evaluate and data.val_dataset is not None:  # a bad validation set fails now, not after training
         data.val_dataset.check(require_labels=True)
+    # one run per folder: the other processes of a multi-process run are covered by the first one's lock
+    with folder_lock(root, "--trainer.default_root_dir") if trainer.is_global_zero else contextlib.nullcontext():
+        return _train(cli, config, root)
+
+
+def _train(cli: UltraCLI, config: ReadoutConfig, root: Path) -> dict | None:
+    """The run itself (its folder checked and locked): fit, readouts, export, evaluation."""
+    trainer, module, data = cli.trainer, cli.model, cli.datamodule
     ckpt_path = resume_point(trainer, head_settings(cli.config), bool(cli.config.fresh))
     seed = int(cli.config.seed_everything) if cli.config.seed_everything is not None else 0
     pl.seed_everything(seed, workers=True, verbose=False)  # again: building the backbone may have drawn random numbers
@@ -199,7 +210,6 @@ def run_training(cli: UltraCLI) -> dict | None:
     segmenter = Segmenter(data.backbone, readouts, data.class_names, resize=data.evaluation.resize)
     segmenter.to(trainer.strategy.root_device)
     timings["readouts_s"] = time.perf_counter() - start
-    root = Path(trainer.default_root_dir)
     export(segmenter, data, root, trainer.is_global_zero)  # saved before the evaluation, saved again with its matching
     report = None
     if config.evaluate and data.val_dataset is not None:
@@ -236,6 +246,11 @@ def run(args: list[str] | None = None) -> dict | None:
     if seeds is None:
         return run_training(build_cli(args))
     root = Path(build_cli(args).trainer.default_root_dir)
+    with folder_lock(root, "--trainer.default_root_dir"):
+        return _run_seeds(args, seeds, root)
+
+
+def _run_seeds(args: list[str], seeds: list[int], root: Path) -> dict | None:
     reports = {}
     for seed in seeds:
         log.info("seed %d of %s", seed, seeds)
