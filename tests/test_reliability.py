@@ -297,3 +297,24 @@ def test_a_run_or_output_folder_in_use_by_another_command_is_refused(tmp_path):
             segment_cli.run(segment)
     assert not (tmp_path / "out" / "p.png").exists()
     assert [p.name for p in segment_cli.run(segment)] == ["p.png"]
+
+
+def test_a_complete_cache_on_a_read_only_disk_is_read_without_a_lock(tmp_path, monkeypatch):
+    """Reading a finished cache and its graphs needs no write: not even the lock file of a build."""
+    import errno
+
+    import ultra.data.cache
+    import ultra.graphs.store
+    from ultra.cli import train as train_cli
+
+    config = synthetic_config(tmp_path / "c.yaml")
+    args = ["--config", str(config), *tiny_overrides(tmp_path, epochs=1), "--readout.probe", "false"]
+    first = train_cli.run(args)
+
+    def read_only(path, what):
+        raise OSError(errno.EROFS, "Read-only file system", f"{path}.lock")
+
+    monkeypatch.setattr(ultra.data.cache, "build_lock", read_only)
+    monkeypatch.setattr(ultra.graphs.store, "build_lock", read_only)
+    again = train_cli.run(args + ["--trainer.default_root_dir", str(tmp_path / "again")])
+    assert again["readouts"]["head"]["miou"] == first["readouts"]["head"]["miou"]

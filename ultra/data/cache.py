@@ -154,23 +154,37 @@ class FeatureCache:
             "dataset": dataset.fingerprint(), "num_classes": dataset.num_classes,
         }
         prefix = _digest(source, 16)
+        found = cls._find(Path(root), prefix, keys, repair=False)  # a complete cache is read without a lock (or a write)
+        if found is not None:
+            return found
         Path(root).mkdir(parents=True, exist_ok=True)
         with build_lock(Path(root) / prefix, "the feature cache"):  # concurrent runs build it once
-            for folder in sorted(Path(root).glob(f"{prefix}-*")):
-                if not folder.name.endswith((".partial", ".lock")) and (folder / "meta.json").is_file():
-                    try:
-                        cache = cls(folder)
-                    except CacheError as err:
-                        log.warning("%s; rebuilding the cache %s", err, folder)
-                        shutil.rmtree(folder)
-                        continue
-                    if set(keys) <= set(cache.keys):
-                        log.info("feature cache %s found", folder)
-                        return cache
+            found = cls._find(Path(root), prefix, keys, repair=True)
+            if found is not None:
+                return found
             final = Path(root) / f"{prefix}-{_digest(keys, 8)}"
             _build(final, {**source, "tokens": keys}, dataset.with_transform(views), backbone, keys, batch_size,
                    num_workers, device, progress)
             return cls(final)
+
+
+    @classmethod
+    def _find(cls, root: Path, prefix: str, keys: list[TokenKey], repair: bool) -> "FeatureCache | None":
+        """A complete cache of ``prefix`` holding ``keys``; with ``repair`` (under the build lock) a damaged one is removed."""
+        for folder in sorted(root.glob(f"{prefix}-*")):
+            if not folder.name.endswith((".partial", ".lock")) and (folder / "meta.json").is_file():
+                try:
+                    cache = cls(folder)
+                except CacheError as err:
+                    if not repair:
+                        continue
+                    log.warning("%s; rebuilding the cache %s", err, folder)
+                    shutil.rmtree(folder)
+                    continue
+                if set(keys) <= set(cache.keys):
+                    log.info("feature cache %s found", folder)
+                    return cache
+        return None
 
 
 def _digest(value, length: int) -> str:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -58,32 +59,27 @@ def load_or_build_operators(cache: FeatureCache, specs: Sequence[GraphSpec], knn
                             view_consistency: bool, device: str | torch.device = "cpu") -> TrainingOperators:
     """The global operators of ``cache``, built once and stored in its ``graphs/`` folder (layers non-negative)."""
     folder = cache.path / "graphs"
-    folder.mkdir(exist_ok=True)
     graphs = []
     for spec in specs:
         name = hashlib.sha256(json.dumps([spec.kind, spec.layer, asdict(knn)], sort_keys=True).encode()).hexdigest()[:16]
-        path = folder / f"{spec.kind}{spec.layer}-{name}.safetensors"
-        with build_lock(path, f"the {spec.name} graph"):
-            graph = _load_checked(SparseGraph.load, path, cache.num_nodes)
-            if graph is None:
-                missing = [key for key in spec.token_keys if key not in cache.keys]
-                if missing:
-                    raise ConfigError(f"graph {spec.name} needs the tokens {missing}, the cache holds {cache.keys}")
-                log.info("building the %s graph of layer %d over %d tokens", spec.kind, spec.layer, cache.num_nodes)
-                row_key, col_key = spec.token_keys
-                columns = None if col_key == row_key else search_tokens(cache, col_key, knn.space)
-                rows = search_tokens(cache, row_key, knn.space)
-                knn_graph(rows, columns, knn, device=device, groups=cache.view_image()).save(path)
-                graph = SparseGraph.load(path)
-        graphs.append(graph)
+
+        def build(spec=spec) -> SparseGraph:
+            missing = [key for key in spec.token_keys if key not in cache.keys]
+            if missing:
+                raise ConfigError(f"graph {spec.name} needs the tokens {missing}, the cache holds {cache.keys}")
+            log.info("building the %s graph of layer %d over %d tokens", spec.kind, spec.layer, cache.num_nodes)
+            row_key, col_key = spec.token_keys
+            columns = None if col_key == row_key else search_tokens(cache, col_key, knn.space)
+            rows = search_tokens(cache, row_key, knn.space)
+            return knn_graph(rows, columns, knn, device=device, groups=cache.view_image())
+
+        graphs.append(_stored(folder / f"{spec.kind}{spec.layer}-{name}.safetensors", SparseGraph.load, build,
+                              cache.num_nodes, f"the {spec.name} graph"))
     view = None
     if view_consistency:
-        path = folder / "views.safetensors"
-        with build_lock(path, "the view operator"):
-            view = _load_checked(SparseRows.load, path, cache.num_nodes)
-            if view is None:
-                build_view_operator(cache.geometry, cache.views_per_image, cache.grid).save(path)
-                view = SparseRows.load(path)
+        view = _stored(folder / "views.safetensors", SparseRows.load,
+                       lambda: build_view_operator(cache.geometry, cache.views_per_image, cache.grid),
+                       cache.num_nodes, "the view operator")
         if view.nnz == 0:
             log.warning("view consistency is on but no two views of an image overlap: the term is zero")
     return TrainingOperators(graphs, [s.weight for s in specs], view)
@@ -113,8 +109,23 @@ def search_tokens(cache: FeatureCache, key: TokenKey, space: str, chunk: int = 1
     return torch.from_numpy(array).reshape(tokens.shape)
 
 
-def _load_checked(load, path, num_nodes: int):
-    """A stored operator, or None (to rebuild it) when it is missing, damaged or of another size."""
+def _stored(path: Path, load, build, num_nodes: int, what: str):
+    """The operator stored at ``path``, read without a lock (or a write) when it is complete; else built once under
+    the build lock (a damaged or stale file replaced) and stored."""
+    operator = _load_checked(load, path, num_nodes, repair=False)
+    if operator is not None:
+        return operator
+    path.parent.mkdir(exist_ok=True)
+    with build_lock(path, what):
+        operator = _load_checked(load, path, num_nodes, repair=True)
+        if operator is None:
+            build().save(path)
+            operator = load(path)
+    return operator
+
+
+def _load_checked(load, path: Path, num_nodes: int, repair: bool):
+    """A stored operator, or None when it is missing, damaged or of another size (then removed, with ``repair``)."""
     if not path.is_file():
         return None
     try:
@@ -122,8 +133,9 @@ def _load_checked(load, path, num_nodes: int):
         if operator.num_nodes != num_nodes or operator.indptr[-1] != operator.nnz:
             raise ValueError(f"{operator.num_nodes} nodes and {operator.nnz} entries, {num_nodes} nodes expected")
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:
-        log.warning("stored operator %s is damaged (%s): rebuilding it", path, err)
-        path.unlink()
+        if repair:
+            log.warning("stored operator %s is damaged (%s): rebuilding it", path, err)
+            path.unlink()
         return None
     return operator
 
