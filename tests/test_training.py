@@ -375,6 +375,9 @@ def test_bad_checkpoints_are_clear_errors(trained, tmp_path):
     save_file({"x": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(CheckpointError, match="not an ultra inference checkpoint"):
         ultra.load(tmp_path / "other.safetensors")
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "listed.safetensors"), metadata={"ultra": "[1, 2]"})
+    with pytest.raises(CheckpointError, match="listed.safetensors: its 'ultra' header is a JSON list, not an object"):
+        ultra.load(tmp_path / "listed.safetensors")
     with pytest.raises(CheckpointError, match="last.ckpt is not a readable safetensors"):
         ultra.load(root / "run" / "checkpoints" / "last.ckpt")
     with pytest.raises(CheckpointError, match="does not exist"):
@@ -396,6 +399,17 @@ def _crafted(path, source, edit_meta=None, edit_tensors=None):
 
 @pytest.mark.parametrize("edit_meta, edit_tensors, message", [
     (lambda m: m["backbone"]["model_kwargs"].update(checkpoint_path="x.pt"), None, "model_kwargs 'checkpoint_path' is not allowed"),
+    (lambda m: m["backbone"]["model_kwargs"].update(num_heads=0), None, r"model_kwargs 'num_heads' must be an integer in \[1, 128\], got 0"),
+    (lambda m: m["backbone"]["model_kwargs"].update(patch_size=0), None, r"model_kwargs 'patch_size' must be an integer in \[1, 64\]"),
+    (lambda m: m["backbone"]["model_kwargs"].update(embed_dim=65536), None, r"model_kwargs 'embed_dim' must be an integer in \[1, 8192\]"),
+    (lambda m: m["backbone"]["model_kwargs"].update(depth=65536), None, r"model_kwargs 'depth' must be an integer in \[1, 64\]"),
+    (lambda m: m["backbone"]["model_kwargs"].update(mlp_ratio=-1), None, r"model_kwargs 'mlp_ratio' must be a number in \(0, 16\]"),
+    (lambda m: m["backbone"]["model_kwargs"].update(mlp_ratio=1e9), None, r"model_kwargs 'mlp_ratio' must be a number in \(0, 16\]"),
+    (lambda m: m["backbone"]["model_kwargs"].update(num_heads=5), None, r"model_kwargs embed_dim 48 is not a multiple of num_heads 5"),
+    (lambda m: m["backbone"]["weights"].pop("digest"), None, r"backbone.weights must give its source, location and digest"),
+    (lambda m: m["backbone"].update(model="vit_no_such_model"), None, r"backbone.model 'vit_no_such_model' is not a timm model"),
+    (lambda m: m.update(cluster_to_class=[0, 1]), None, r"cluster_to_class must be a mapping of readout names"),
+    (lambda m: m.update(cluster_to_class="head"), None, r"cluster_to_class must be a mapping of readout names"),
     (lambda m: m["readouts"]["head"]["head"].update(out_dim=10 ** 9), None, r"readouts.head.head.out_dim must be an integer"),
     (None, lambda t: t.update({"head.head.net.weight": torch.zeros(3, 3)}), r"tensor 'head.head.net.weight' is \(3, 3\)"),
     (None, lambda t: t.pop("raw.centroids"), "tensor 'raw.centroids' is missing"),

@@ -73,6 +73,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
         meta = json.loads(metadata["ultra"])
     except (KeyError, ValueError) as err:
         raise CheckpointError(f"{path} is a safetensors file but not an ultra inference checkpoint (no 'ultra' header)") from err
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: its 'ultra' header is a JSON {type(meta).__name__}, not an object")
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise CheckpointError(f"{path}: format {meta.get('format')} v{meta.get('version')}, expected {FORMAT} v{VERSION}")
     return meta, tensors

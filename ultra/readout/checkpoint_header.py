@@ -12,15 +12,18 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..backbone.vit import KINDS
+from ..backbone.vit import KINDS, UnknownModelError, resolve_model_name
 from ..errors import UserError
 from ..head.projection import HEAD_KINDS
 from .segmenter import MAX_CLUSTERS
 
-MODEL_KWARGS = {"depth": int, "embed_dim": int, "num_heads": int, "mlp_ratio": (int, float), "patch_size": int,
-                "img_size": int, "reg_tokens": int, "class_token": bool, "no_embed_class": bool, "qkv_bias": bool,
-                "init_values": (int, float, type(None))}
-"""The model keyword arguments a checkpoint may carry (architecture sizes only), with their types."""
+MODEL_KWARGS = {
+    "depth": (int, 1, 64), "embed_dim": (int, 1, 8192), "num_heads": (int, 1, 128), "patch_size": (int, 1, 64),
+    "img_size": (int, 1, 4096), "reg_tokens": (int, 0, 64), "mlp_ratio": (float, 0, 16), "init_values": (float, 0, 10),
+    "class_token": (bool,), "no_embed_class": (bool,), "qkv_bias": (bool,),
+}
+"""The model keyword arguments a checkpoint may carry (architecture sizes only): type and bounds of each, so that
+no file path reaches ``timm.create_model`` and no size allocates more than a large real ViT (ViT-g, ViT-22B)."""
 MAX_DIM = 1 << 16
 MAX_RESIZE = 4096
 
@@ -30,13 +33,26 @@ class HeaderError(UserError):
 
 
 def check_model_kwargs(kwargs, where: str) -> dict:
+    """Raise :class:`HeaderError` unless every model keyword argument is allowed and within its bounds."""
     if not isinstance(kwargs, dict):
         raise HeaderError(f"{where}: model_kwargs must be a mapping, got {type(kwargs).__name__}")
     for key, value in kwargs.items():
         if key not in MODEL_KWARGS:
             raise HeaderError(f"{where}: model_kwargs '{key}' is not allowed in a checkpoint (allowed: {sorted(MODEL_KWARGS)})")
-        if not isinstance(value, MODEL_KWARGS[key]) or (isinstance(value, int) and not 0 <= value <= MAX_DIM):
-            raise HeaderError(f"{where}: model_kwargs '{key}' = {value!r} is not a valid value")
+        kind, *bounds = MODEL_KWARGS[key]
+        field = f"model_kwargs '{key}'"
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise HeaderError(f"{where}: {field} must be true or false, got {value!r}")
+        elif kind is int:
+            _int_in(value, *bounds, field, where)
+        elif not (key == "init_values" and value is None):
+            low, high = bounds
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value <= high:
+                raise HeaderError(f"{where}: {field} must be a number in ({low}, {high}], got {value!r}")
+    if "embed_dim" in kwargs and "num_heads" in kwargs and kwargs["embed_dim"] % kwargs["num_heads"]:
+        raise HeaderError(f"{where}: model_kwargs embed_dim {kwargs['embed_dim']} is not a multiple of num_heads "
+                          f"{kwargs['num_heads']}")
     return kwargs
 
 
@@ -63,6 +79,12 @@ def check_header(meta: dict, tensors: dict[str, Tensor], path: str | Path) -> No
     backbone = meta.get("backbone")
     if not isinstance(backbone, dict) or not isinstance(backbone.get("model"), str) or not isinstance(backbone.get("weights"), dict):
         raise HeaderError(f"{where}: backbone must name a model and its weights")
+    try:
+        resolve_model_name(backbone["model"])
+    except UnknownModelError as err:
+        raise HeaderError(f"{where}: backbone.model '{backbone['model']}' is not a timm model ({err})") from None
+    if not all(isinstance(backbone["weights"].get(k), str) for k in ("source", "location", "digest")):
+        raise HeaderError(f"{where}: backbone.weights must give its source, location and digest as strings")
     check_model_kwargs(backbone.get("model_kwargs") or {}, where)
     classes = meta.get("classes")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes) or len(classes) > 255:
@@ -73,6 +95,10 @@ def check_header(meta: dict, tensors: dict[str, Tensor], path: str | Path) -> No
     readouts = meta.get("readouts")
     if not isinstance(readouts, dict) or not readouts:
         raise HeaderError(f"{where}: readouts must be a non-empty mapping")
+    matchings = meta.get("cluster_to_class", {})
+    if not isinstance(matchings, dict):
+        raise HeaderError(f"{where}: cluster_to_class must be a mapping of readout names to class ids, got "
+                          f"{type(matchings).__name__}")
     expected = set()
     for name, entry in readouts.items():
         field = f"readouts.{name}"
@@ -120,7 +146,7 @@ def check_header(meta: dict, tensors: dict[str, Tensor], path: str | Path) -> No
                 raise HeaderError(f"{where}: {field}.token_map gives {token_map['dim']}-d tokens, the head takes {d_in}-d")
         elif token_map is not None and centroids.shape[1] != token_map["dim"]:
             raise HeaderError(f"{where}: {name}.centroids are {centroids.shape[1]}-d, the token map gives {token_map['dim']}-d tokens")
-        matching = (meta.get("cluster_to_class") or {}).get(name)
+        matching = matchings.get(name)
         if matching is not None:
             if (not isinstance(matching, list) or len(matching) != centroids.shape[0]
                     or not all(isinstance(c, int) and -1 <= c < len(classes) for c in matching)):
