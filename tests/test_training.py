@@ -559,3 +559,41 @@ def test_eval_command_refuses_what_it_cannot_evaluate(trained, tmp_path):
     with pytest.raises(ConfigError, match=r"the data set's classes are not the checkpoint's: 3 vs 4 classes, first "
                                           r"difference at id 1 \('thing_1' here, 'stuff_1' in the checkpoint\)"):
         eval_cli.run(args + ["--dataset", json.dumps(three)])
+
+
+def _png_claiming(path, width: int, height: int) -> None:
+    """A small PNG whose header (IHDR) claims ``width x height`` pixels."""
+    import struct
+    import zlib
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
+    data = bytearray(path.read_bytes())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+
+
+def test_segment_refuses_a_decompression_bomb_by_name_and_goes_on(trained, tmp_path):
+    root, _, _ = trained
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _png_claiming(photos / "a_bomb.png", 40000, 40000)
+    Image.fromarray(SyntheticScenes(1, 96, 4, seed=3)[0]["image"].permute(1, 2, 0).numpy()).save(photos / "b.png")
+    with pytest.raises(DataError, match=r"1 of 2 images could not be segmented \(first: .*a_bomb.png\)"):
+        segment_cli.run([str(root / "run" / "model.safetensors"), str(photos), "-o", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "b.png").is_file() and not (tmp_path / "out" / "a_bomb.png").exists()
+    from ultra.data.io import read_image
+    with pytest.raises(DataError, match=r"image .*a_bomb.png is refused: .*1600000000 pixels"):
+        read_image(photos / "a_bomb.png")
+
+
+def test_a_photo_is_segmented_as_its_exif_orientation_shows_it(trained, tmp_path):
+    """A photo stored 100 x 80 with EXIF orientation 6 (turned 90 degrees) is shown 80 wide, 100 high."""
+    root, _, _ = trained
+    stored = SyntheticScenes(1, 96, 4, seed=4)[0]["image"].permute(1, 2, 0).numpy()[:80]
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.ascontiguousarray(stored[:, :96])).resize((100, 80)).save(tmp_path / "turned.jpg", exif=exif)
+    written = segment_cli.run([str(root / "run" / "model.safetensors"), str(tmp_path / "turned.jpg"), "-o", str(tmp_path / "out")])
+    assert np.array(Image.open(written[0])).shape == (100, 80)
+    assert Image.open(tmp_path / "out" / "turned_overlay.png").size == (80, 100)

@@ -52,7 +52,7 @@ def run(args: list[str] | None = None) -> Path:
         cfg.distance_threshold = 0.5
     outputs = [cfg.output / f"{cfg.image.stem}_segments.png", cfg.output / f"{cfg.image.stem}_sheet.png"]
     refuse_overwrite(outputs, cfg.overwrite)
-    picture = read_image(cfg.image)
+    picture = read_image(cfg.image, orient=True)
     vit = FrozenViT(cfg.backbone, weights=cfg.weights, layers=[cfg.layer], kinds=["x"])
     image = prepare_image(vit, image_to_tensor(picture), cfg.size)
     grid = vit.check_images(image[None])

@@ -70,7 +70,7 @@ def _segment(cfg, images: list[Path]) -> list[Path]:
     for image in tqdm(images, desc="segment"):
         try:
             labels = segmenter.segment(image, readout=cfg.readout, crf=cfg.crf, flip=cfg.flip).numpy()
-            picture = read_image(image)
+            picture = read_image(image, orient=True)
         except (DataError, ValueError) as err:
             log.error("skipped %s: %s", image, err)
             failed.append(image)

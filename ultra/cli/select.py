@@ -52,7 +52,7 @@ def run(args: list[str] | None = None) -> Path:
     outputs = [cfg.output, cfg.output.with_name(f"{cfg.output.stem}_overlay.png"), cfg.output.with_name(f"{cfg.output.stem}_map.png")]
     refuse_collisions({cfg.image: outputs})
     refuse_overwrite(outputs, cfg.overwrite)
-    picture = read_image(cfg.image)
+    picture = read_image(cfg.image, orient=True)
     vit = FrozenViT(cfg.backbone, weights=cfg.weights, layers=[cfg.layer], kinds=["x"])
     mask, values = select(vit, image_to_tensor(picture), point, layer=cfg.layer, size=cfg.size, threshold=threshold)
     mask = mask.numpy()

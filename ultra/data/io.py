@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import UserError
 
@@ -22,14 +22,21 @@ def _open(path: Path, what: str) -> Image.Image:
     try:
         img = Image.open(path)
         img.load()
+    except Image.DecompressionBombError as err:
+        raise DataError(f"{what} {path} is refused: {err}") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise DataError(f"cannot read {what} {path}: {err}") from err
     return img
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """An image file as ``uint8 [H, W, 3]`` RGB; grayscale, RGBA, palette and 16-bit images are converted."""
+def read_image(path: str | Path, orient: bool = False) -> np.ndarray:
+    """An image file as ``uint8 [H, W, 3]`` RGB; grayscale, RGBA, palette and 16-bit images are converted.
+
+    ``orient``: turn the pixels as the file's EXIF orientation says (as a photo viewer shows them). Off for data
+    sets, whose label maps are drawn on the stored pixels; on for the user's own photos."""
     img = _open(Path(path), "image")
+    if orient:
+        img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16L", "I;16B", "I"):
         arr = np.asarray(img, dtype=np.float64)
         scale = 255.0 / max(float(arr.max()), 1.0)

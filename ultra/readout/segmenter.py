@@ -159,9 +159,10 @@ class Segmenter(nn.Module):
 
 
 def as_image_tensor(image) -> Tensor:
-    """A PIL image, file path, or ``[3, H, W]`` tensor (float in [0, 1] or uint8) as float ``[3, H, W]``."""
+    """A PIL image, file path (turned as its EXIF orientation says), or ``[3, H, W]`` tensor (float in [0, 1] or uint8)
+    as float ``[3, H, W]``."""
     if isinstance(image, (str, Path)):
-        return image_to_tensor(read_image(image))
+        return image_to_tensor(read_image(image, orient=True))
     if isinstance(image, Image.Image):
         return image_to_tensor(image.convert("RGB"))
     if isinstance(image, Tensor):
