@@ -318,3 +318,19 @@ def test_a_complete_cache_on_a_read_only_disk_is_read_without_a_lock(tmp_path, m
     monkeypatch.setattr(ultra.graphs.store, "build_lock", read_only)
     again = train_cli.run(args + ["--trainer.default_root_dir", str(tmp_path / "again")])
     assert again["readouts"]["head"]["miou"] == first["readouts"]["head"]["miou"]
+
+
+def test_a_bad_training_image_is_named_before_the_cache_build_starts(tmp_path):
+    """Found by a header check up front, not when the build reaches it (leaving a partial cache behind)."""
+    from ultra.cli import train as train_cli
+    from ultra.data import write_synthetic_folder
+    from ultra.data.io import DataError
+
+    write_synthetic_folder(tmp_path / "photos", 12, 96, 4)
+    broken = sorted((tmp_path / "photos" / "images").iterdir())[9]
+    broken.write_bytes(b"not a picture")
+    config = synthetic_config(tmp_path / "c.yaml", train_dataset={
+        "class_path": "ultra.data.ImageFolder", "init_args": {"root": str(tmp_path / "photos"), "classes": 4}})
+    with pytest.raises(DataError, match=rf"cannot read image {broken}"):
+        train_cli.run(["--config", str(config), *tiny_overrides(tmp_path), "--readout.evaluate", "false"])
+    assert not list((tmp_path / "cache").glob("*.partial"))

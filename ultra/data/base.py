@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from .io import DataError, read_image, read_label
+from .io import IMAGE_SUFFIXES, DataError, image_size, read_image, read_label
 
 IGNORE = 255
 _INVALID = -1
@@ -88,11 +88,22 @@ class SegmentationDataset(Dataset):
                     h.update(f"{stat.st_size}|{stat.st_mtime_ns}".encode())
         return h.hexdigest()[:16]
 
-    def check(self, require_labels: bool = False) -> None:
-        """Read every image and label once (raising :class:`DataError` naming the first bad file)."""
+    def check(self, require_labels: bool = False, headers_only: bool = False) -> None:
+        """Read every image and label once (raising :class:`DataError` naming the first bad file); ``headers_only``:
+        only their headers (a file that cannot be opened, a decompression bomb, a label of another size than its
+        image), fast enough to run before a long build."""
         if require_labels and not self.has_labels:
             missing = next(s for s in self.samples if s.label is None)
             raise DataError(f"{type(self).__name__}: image {missing.image} has no label map; the evaluation needs labels")
+        if headers_only:
+            for sample in self.samples:
+                size = image_size(sample.image)
+                if sample.label is not None and sample.label.suffix.lower() in IMAGE_SUFFIXES:
+                    label_size = image_size(sample.label, "label map")
+                    if label_size != size:
+                        raise DataError(f"label map {sample.label} is {label_size[0]}x{label_size[1]} px, its image "
+                                        f"{sample.image} {size[0]}x{size[1]}")
+            return
         plain = self.with_transform(None)
         for index in range(len(plain)):
             plain[index]

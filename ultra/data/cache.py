@@ -163,6 +163,7 @@ class FeatureCache:
             if found is not None:
                 return found
             final = Path(root) / f"{prefix}-{_digest(keys, 8)}"
+            dataset.check(headers_only=True)  # a bad file is named now, not after hours of building
             _build(final, {**source, "tokens": keys}, dataset.with_transform(views), backbone, keys, batch_size,
                    num_workers, device, progress)
             return cls(final)

@@ -29,6 +29,20 @@ def _open(path: Path, what: str) -> Image.Image:
     return img
 
 
+def image_size(path: str | Path, what: str = "image") -> tuple[int, int]:
+    """``(width, height)`` from a file's header alone (no pixels decoded), with the errors of :func:`read_image`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} {path} does not exist")
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Image.DecompressionBombError as err:
+        raise DataError(f"{what} {path} is refused: {err}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise DataError(f"cannot read {what} {path}: {err}") from err
+
+
 def read_image(path: str | Path, orient: bool = False) -> np.ndarray:
     """An image file as ``uint8 [H, W, 3]`` RGB; grayscale, RGBA, palette and 16-bit images are converted.
 
