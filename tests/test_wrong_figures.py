@@ -81,3 +81,31 @@ def test_more_clusters_than_an_8bit_label_map_holds_are_refused_before_training(
     with pytest.raises(ConfigError, match=r"4 classes \+ readout.extra_clusters 252 = 256 clusters; label maps hold at most 255"):
         train_cli.run(["--config", str(config), *tiny_overrides(tmp_path), "--readout.extra_clusters", "252"])
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    (["--data.knn.k_any", "60", "--data.knn.candidate_images", "1"],
+     r"data.knn.k_any=60 / k_inter=0 exceed the tokens searched: a view's 16 and those of its 1 candidate images"),
+    (["--data.knn.k_intra", "16"], r"data.knn.k_intra=16 exceeds the 15 other tokens of a view"),
+    (["--readout.kmeans_sample", "3"], r"readout.kmeans_sample=3 is smaller than the 4 clusters"),
+])
+def test_settings_that_would_fail_late_are_refused_before_any_work(tmp_path, override, message):
+    config = synthetic_config(tmp_path / "c.yaml")
+    with pytest.raises(ConfigError, match=message):
+        train_cli.run(["--config", str(config), *tiny_overrides(tmp_path), *override])
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("device, message", [
+    ("foo", r"--device 'foo' is not a device"),
+    ("cuda", r"--device cuda: this machine has no cuda device"),
+])
+def test_segment_refuses_a_device_it_cannot_use(tmp_path, checkpoint, device, message):
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    model, _ = checkpoint
+    from ultra.cli import segment as segment_cli
+    with pytest.raises(ConfigError, match=message):
+        segment_cli.run([str(model), str(tmp_path), "-o", str(tmp_path / "out"), "--device", device])

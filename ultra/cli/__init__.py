@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
+import torch
+
 from ..backbone.onnx_dinov2 import OfflineWeightsError
 from ..backbone.weights import WeightsError
 from ..data.io import DataError
@@ -75,6 +77,19 @@ def refuse_collisions(outputs_of: Mapping[Path, Sequence[Path]], other_inputs: I
             if writer.setdefault(key, Path(image)) != Path(image):
                 raise DataError(f"{writer[key]} and {image} would both write {out}; rename one or write them to "
                                 f"separate folders")
+
+
+def check_device(name: str, option: str = "--device") -> None:
+    """Refuse a device torch does not know, or an accelerator this machine lacks, before anything is loaded."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"{option} '{name}' is not a device (cpu, cuda, cuda:1, mps, ...)") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(device.type, False):
+        raise ConfigError(f"{option} {name}: this machine has no {device.type} device")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"{option} {name}: this machine has {torch.cuda.device_count()} cuda device(s)")
 
 
 def require_writable(folder: Path) -> None:

@@ -21,7 +21,7 @@ from ..files import folder_lock
 from ..pictures import overlay, save_image, save_label_map
 from ..readout.checkpoint import load
 from ..readout.crf import require_crf
-from . import console, refuse_collisions, refuse_overwrite
+from . import check_device, console, refuse_collisions, refuse_overwrite
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ def run(args: list[str] | None = None) -> list[Path]:
     cfg = parser.parse_args(args)
     if cfg.overwrite and cfg.skip_existing:
         raise ConfigError("--overwrite and --skip_existing exclude each other")
+    check_device(cfg.device)
     images = _input_images(cfg.images)
     refuse_collisions({image: outputs_for(image, cfg.output) for image in images})
     if cfg.crf:

@@ -186,6 +186,8 @@ def run_training(cli: UltraCLI) -> dict | None:
     if clusters > MAX_CLUSTERS:
         raise ConfigError(f"{len(data.class_names)} classes + readout.extra_clusters {config.extra_clusters} = {clusters} "
                           f"clusters; label maps hold at most {MAX_CLUSTERS} (8-bit ids, 255 = unmatched)")
+    if config.kmeans_sample < clusters:
+        raise ConfigError(f"readout.kmeans_sample={config.kmeans_sample} is smaller than the {clusters} clusters")
     root = Path(trainer.default_root_dir)
     require_writable(root)
     if config.evaluate and data.val_dataset is not None:  # a bad validation set fails now, not after training

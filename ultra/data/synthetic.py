@@ -42,6 +42,9 @@ class SyntheticScenes(SegmentationDataset):
     def has_labels(self) -> bool:
         return True
 
+    def check(self, require_labels: bool = False, headers_only: bool = False) -> None:
+        """Nothing to check: the scenes are drawn in memory, each with its labels."""
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         return render_scene(self.styles, self.size, np.random.default_rng([self.seed, index]))
 

@@ -76,6 +76,18 @@ def check_eval_geometry(resize, crop, resize_name: str, crop_name: str) -> None:
                           f"padded and the padding scored as pixels of class 0; use a crop <= the resize")
 
 
+def check_neighbour_counts(knn: KnnConfig, tokens_per_view: int) -> None:
+    """Refuse, before any work, neighbour counts that a view's tokens and its candidate images cannot supply."""
+    if knn.k_intra > tokens_per_view - 1:
+        raise ConfigError(f"data.knn.k_intra={knn.k_intra} exceeds the {tokens_per_view - 1} other tokens of a view")
+    if knn.candidate_images is not None:
+        searched = (knn.candidate_images + 1) * tokens_per_view - 1
+        if knn.k_any > searched or knn.k_inter > knn.candidate_images * tokens_per_view:
+            raise ConfigError(f"data.knn.k_any={knn.k_any} / k_inter={knn.k_inter} exceed the tokens searched: a view's "
+                              f"{tokens_per_view} and those of its {knn.candidate_images} candidate images; raise "
+                              f"data.knn.candidate_images or lower the counts")
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """The evaluation protocol's geometry.
@@ -176,6 +188,7 @@ class UltraDataModule(pl.LightningDataModule):
         if views.size % self.backbone.patch_size:
             raise ConfigError(f"data.views.size={views.size} is not a multiple of the patch size "
                              f"{self.backbone.patch_size} of {backbone}")
+        check_neighbour_counts(knn, (views.size // self.backbone.patch_size) ** 2)
         self.knn, self.views, self.evaluation, self.batches = knn, views, evaluation, batches
         self.cache_dir = Path(cache.dir) if cache.dir else cache_root() / "features"
         self.cache_batch_size, self.num_workers, self.seed = cache.batch_size, num_workers, seed
