@@ -334,3 +334,47 @@ def test_a_bad_training_image_is_named_before_the_cache_build_starts(tmp_path):
     with pytest.raises(DataError, match=rf"cannot read image {broken}"):
         train_cli.run(["--config", str(config), *tiny_overrides(tmp_path), "--readout.evaluate", "false"])
     assert not list((tmp_path / "cache").glob("*.partial"))
+
+
+def test_a_full_disk_is_one_clear_error_and_the_rerun_resumes(tmp_path, monkeypatch):
+    """ENOSPC while reserving the cache (a bus error once its memory map was written), writing a graph and writing
+    the inference checkpoint: one DiskFull naming the folder, nothing half-written left as complete, then a rerun."""
+    import errno
+
+    import ultra.files
+    from ultra.cli import train as train_cli
+    from ultra.files import DiskFull
+
+    config = synthetic_config(tmp_path / "c.yaml")
+    args = ["--config", str(config), *tiny_overrides(tmp_path, epochs=1), "--readout.probe", "false"]
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ultra.files.os, "posix_fallocate", no_space)
+        with pytest.raises(DiskFull, match=r"the disk of .*cache/.*\.partial is full \(reserving the feature cache"):
+            train_cli.run(args)
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.is_dir() and not p.name.endswith(".partial")]
+    import safetensors.torch
+    save_file = safetensors.torch.save_file
+
+    def no_space_for(name):
+        def save(tensors, path, *args, **kwargs):
+            if name in str(path):
+                no_space()
+            return save_file(tensors, path, *args, **kwargs)
+        return save
+
+    with monkeypatch.context() as patch:
+        patch.setattr(safetensors.torch, "save_file", no_space_for("feat2-"))
+        with pytest.raises(DiskFull, match=r"the disk of .*graphs is full \(writing feat2-\w+.safetensors\)"):
+            train_cli.run(args)
+    assert not list((tmp_path / "cache").rglob("feat2-*.safetensors")) and not list((tmp_path / "cache").rglob("*.part"))
+    with monkeypatch.context() as patch:
+        patch.setattr(safetensors.torch, "save_file", no_space_for("model.safetensors"))
+        with pytest.raises(DiskFull, match=r"the disk of .*run is full \(writing model.safetensors\)"):
+            train_cli.run(args)
+    assert not (tmp_path / "run" / "model.safetensors").exists() and not list((tmp_path / "run").glob(".*.part"))
+    report = train_cli.run(args)  # space freed: the rerun resumes and finishes
+    assert (tmp_path / "run" / "model.safetensors").is_file() and report["readouts"]["head"]["miou"] > 0

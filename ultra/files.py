@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -28,18 +29,42 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     permissions of a file created normally (``0666`` less the umask), not ``mkstemp``'s ``0600``.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    with disk_full_named(target.parent, f"writing {target.name}"):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
+        try:
+            yield tmp_path
+            if tmp_path.exists():
+                os.chmod(tmp_path, 0o666 & ~_umask())
+            os.replace(tmp_path, target)
+        finally:
+            if tmp_path.exists():
+                tmp_path.unlink()
+
+
+class DiskFull(UserError):
+    """The disk ran out of space (or quota) while ultra wrote to it: nothing half-written is left as if complete."""
+
+
+@contextlib.contextmanager
+def disk_full_named(folder: str | Path, doing: str) -> Iterator[None]:
+    """Turn a full disk (ENOSPC, EDQUOT) inside the block into one :class:`DiskFull` error naming the folder."""
     try:
-        yield tmp_path
-        if tmp_path.exists():
-            os.chmod(tmp_path, 0o666 & ~_umask())
-        os.replace(tmp_path, target)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        yield
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise DiskFull(f"the disk of {folder} is full ({doing}): free some space and run the command again; "
+                       f"it resumes where it stopped") from None
+
+
+def reserve_space(path: str | Path) -> None:
+    """Allocate a (sparse, memory-mapped) file's blocks now, so that a full disk is an error here, not a bus error
+    (SIGBUS) when a page of the map is first written."""
+    with open(path, "r+b") as f:
+        os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
 
 
 def _umask() -> int:

@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from ..files import atomic_path, build_lock
+from ..files import atomic_path, build_lock, disk_full_named, reserve_space
 from .grids import labels_to_grid
 from .io import DataError
 
@@ -216,10 +216,13 @@ def _build(final: Path, spec: dict, dataset: SegmentationDataset, backbone: Froz
         partial.mkdir(parents=True)
         (partial / "build.json").write_text(json.dumps(shape_meta, sort_keys=True))
     total_views = len(dataset) * views
-    arrays = {key: np.lib.format.open_memmap(partial / f"{_key_name(key)}.npy", mode=mode, dtype=np.float16,
-                                             shape=(total_views, *grid, dims[key])) for key in keys}
-    labels = np.lib.format.open_memmap(partial / "labels.npy", mode=mode, dtype=np.uint8, shape=(total_views, *grid))
-    geometry = np.lib.format.open_memmap(partial / "geometry.npy", mode=mode, dtype=np.float32, shape=(total_views, 5))
+    with disk_full_named(partial, f"reserving the feature cache of {len(dataset)} images"):
+        arrays = {key: np.lib.format.open_memmap(partial / f"{_key_name(key)}.npy", mode=mode, dtype=np.float16,
+                                                 shape=(total_views, *grid, dims[key])) for key in keys}
+        labels = np.lib.format.open_memmap(partial / "labels.npy", mode=mode, dtype=np.uint8, shape=(total_views, *grid))
+        geometry = np.lib.format.open_memmap(partial / "geometry.npy", mode=mode, dtype=np.float32, shape=(total_views, 5))
+        for name in [f"{_key_name(key)}.npy" for key in keys] + ["labels.npy", "geometry.npy"]:
+            reserve_space(partial / name)
     backbone = backbone.to(device)
     loader = DataLoader(Subset(dataset, range(done, len(dataset))), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=collate_views)

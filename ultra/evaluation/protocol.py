@@ -134,8 +134,6 @@ def format_report(report: dict) -> str:
 
 def write_report(report: dict, results: dict, examples: list[dict], classes, output: Path) -> None:
     output.mkdir(parents=True, exist_ok=True)
-    with atomic_path(output / "eval.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=1))
     for name, r in results.items():
         if "cluster_to_class" in r:
             matched = matched_confusion(r["confusion"], r["cluster_to_class"].to(r["confusion"].device))
@@ -154,4 +152,6 @@ def write_report(report: dict, results: dict, examples: list[dict], classes, out
             panels.append(row)
             titles.append(row_titles)
         save_sheet(panels, titles, output / "examples.png")
+    with atomic_path(output / "eval.json") as tmp:  # last: a report with eval.json is complete
+        tmp.write_text(json.dumps(report, indent=1))
     log.info("evaluation report written to %s", output)
