@@ -378,3 +378,20 @@ def test_a_full_disk_is_one_clear_error_and_the_rerun_resumes(tmp_path, monkeypa
     assert not (tmp_path / "run" / "model.safetensors").exists() and not list((tmp_path / "run").glob(".*.part"))
     report = train_cli.run(args)  # space freed: the rerun resumes and finishes
     assert (tmp_path / "run" / "model.safetensors").is_file() and report["readouts"]["head"]["miou"] > 0
+
+
+def test_temporary_files_of_killed_writes_are_cleared_by_the_next_run(tmp_path):
+    """A kill between an atomic write's start and its rename leaves a hidden .part file; the next run removes it."""
+    from ultra.cli import train as train_cli
+
+    config = synthetic_config(tmp_path / "c.yaml")
+    args = ["--config", str(config), *tiny_overrides(tmp_path, epochs=1), "--readout.probe", "false"]
+    train_cli.run(args)
+    graph = next((tmp_path / "cache").rglob("feat2-*.safetensors"))
+    stale = [tmp_path / "run" / ".model.safetensors.x1.part", tmp_path / "run" / "checkpoints" / ".last.ckpt.x2.part",
+             tmp_path / "run" / "eval" / ".eval.json.x3.part", graph.parent / f".{graph.name}.x4.part"]
+    for part in stale:
+        part.write_bytes(b"half")
+    graph.unlink()  # its rebuild clears its own stale parts
+    train_cli.run(args + ["--fresh"])
+    assert not [part for part in stale if part.exists()] and graph.is_file()

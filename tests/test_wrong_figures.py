@@ -109,3 +109,12 @@ def test_segment_refuses_a_device_it_cannot_use(tmp_path, checkpoint, device, me
     from ultra.cli import segment as segment_cli
     with pytest.raises(ConfigError, match=message):
         segment_cli.run([str(model), str(tmp_path), "-o", str(tmp_path / "out"), "--device", device])
+
+
+def test_a_validation_set_without_a_labelled_pixel_is_refused_before_training(tmp_path):
+    folder = photo_folder(tmp_path / "photos", ["stuff_0", "stuff_1", "thing_2", "thing_3"], label=255)
+    config = synthetic_config(tmp_path / "c.yaml", val_dataset={"class_path": "ultra.data.ImageFolder",
+                                                                "init_args": {"root": str(folder)}})
+    with pytest.raises(DataError, match="none of the 3 label maps has a labelled pixel"):
+        train_cli.run(["--config", str(config), *tiny_overrides(tmp_path)])
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -44,6 +44,13 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
                 tmp_path.unlink()
 
 
+def remove_stale_parts(folder: str | Path, name: str = "*") -> None:
+    """Delete the temporary files of :func:`atomic_path` for ``name`` (all of them by default) in ``folder``: those a
+    killed process left. Call it only where no other process can be writing them (under the folder's lock)."""
+    for part in Path(folder).glob(f".{name}.*.part"):
+        part.unlink(missing_ok=True)
+
+
 class DiskFull(UserError):
     """The disk ran out of space (or quota) while ultra wrote to it: nothing half-written is left as if complete."""
 

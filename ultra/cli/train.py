@@ -34,7 +34,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from ..errors import ConfigError
 from ..evaluation.protocol import evaluate
 from ..evaluation.seeds import format_summary, split_seeds_argument, summarize
-from ..files import atomic_path, folder_lock
+from ..files import atomic_path, folder_lock, remove_stale_parts
 from ..head.datamodule import UltraDataModule
 from ..head.module import SpectralHeadModule
 from ..readout.checkpoint import save_segmenter
@@ -200,6 +200,9 @@ def run_training(cli: UltraCLI) -> dict | None:
 def _train(cli: UltraCLI, config: ReadoutConfig, root: Path) -> dict | None:
     """The run itself (its folder checked and locked): fit, readouts, export, evaluation."""
     trainer, module, data = cli.trainer, cli.model, cli.datamodule
+    if trainer.is_global_zero:  # what a killed write of this folder left
+        for folder in (root, root / "checkpoints", root / "eval"):
+            remove_stale_parts(folder)
     ckpt_path = resume_point(trainer, head_settings(cli.config), bool(cli.config.fresh))
     seed = int(cli.config.seed_everything) if cli.config.seed_everything is not None else 0
     pl.seed_everything(seed, workers=True, verbose=False)  # again: building the backbone may have drawn random numbers

@@ -105,8 +105,13 @@ class SegmentationDataset(Dataset):
                                         f"{sample.image} {size[0]}x{size[1]}")
             return
         plain = self.with_transform(None)
+        labelled = 0
         for index in range(len(plain)):
-            plain[index]
+            label = plain[index]["label"]
+            labelled += int((np.asarray(label) != self.ignore_index).sum())
+        if require_labels and labelled == 0:
+            raise DataError(f"{type(self).__name__}: none of the {len(self)} label maps has a labelled pixel (every pixel "
+                            f"is {self.ignore_index}, 'unlabelled'): there is nothing to evaluate")
 
     def with_transform(self, transform: Transform | None) -> "SegmentationDataset":
         """A shallow copy of this data set with another transform."""

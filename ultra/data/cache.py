@@ -26,7 +26,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from ..files import atomic_path, build_lock, disk_full_named, reserve_space
+from ..files import (
+    atomic_path,
+    build_lock,
+    disk_full_named,
+    remove_stale_parts,
+    reserve_space,
+)
 from .grids import labels_to_grid
 from .io import DataError
 
@@ -208,6 +214,7 @@ def _build(final: Path, spec: dict, dataset: SegmentationDataset, backbone: Froz
     dims = {key: backbone.embed_dim for key in keys}
     shape_meta = {**spec, "grid": list(grid), "views_per_image": views, "num_images": len(dataset),
                   "dims": {_key_name(k): d for k, d in dims.items()}}
+    remove_stale_parts(partial)  # under the build lock: a killed write of the progress record
     done = _resume_point(partial, shape_meta)
     mode = "r+" if done else "w+"
     if not done:

@@ -22,7 +22,7 @@ from torch import Tensor
 from ..data.cache import CacheError, FeatureCache, TokenKey
 from ..data.standardise import token_map
 from ..errors import ConfigError
-from ..files import atomic_path, build_lock
+from ..files import atomic_path, build_lock, remove_stale_parts
 from .correspondence import image_correspondences
 from .knn import GraphSpec, KnnConfig, knn_graph
 from .sparse import SparseGraph, SparseRows, index_dtype, indptr_from_counts
@@ -117,6 +117,7 @@ def _stored(path: Path, load, build, num_nodes: int, what: str):
         return operator
     path.parent.mkdir(exist_ok=True)
     with build_lock(path, what):
+        remove_stale_parts(path.parent, path.name)
         operator = _load_checked(load, path, num_nodes, repair=True)
         if operator is None:
             build().save(path)
