@@ -408,6 +408,8 @@ def _crafted(path, source, edit_meta=None, edit_tensors=None):
     (lambda m: m["backbone"]["model_kwargs"].update(num_heads=5), None, r"model_kwargs embed_dim 48 is not a multiple of num_heads 5"),
     (lambda m: m["backbone"]["weights"].pop("digest"), None, r"backbone.weights must give its source, location and digest"),
     (lambda m: m["backbone"].update(model="vit_no_such_model"), None, r"backbone.model 'vit_no_such_model' is not a timm model"),
+    (lambda m: m["backbone"].update(model="vit_tiny_patch16_224.no_such_tag"), None,
+     r"backbone.model 'vit_tiny_patch16_224.no_such_tag' is not a timm model \(unknown tag 'no_such_tag'"),
     (lambda m: m.update(cluster_to_class=[0, 1]), None, r"cluster_to_class must be a mapping of readout names"),
     (lambda m: m.update(cluster_to_class="head"), None, r"cluster_to_class must be a mapping of readout names"),
     (lambda m: m["readouts"]["head"]["head"].update(out_dim=10 ** 9), None, r"readouts.head.head.out_dim must be an integer"),

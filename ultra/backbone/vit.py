@@ -73,6 +73,10 @@ def resolve_model_name(name: str) -> str:
         close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
         hint = f"; did you mean {close}?" if close else ""
         raise UnknownModelError(f"unknown model '{name}': not a timm model nor one of {sorted(MODEL_ALIASES)}{hint}")
+    arch, _, tag = resolved.partition(".")
+    if tag and resolved not in timm.list_pretrained(f"{arch}.*"):
+        tags = [known.partition(".")[2] for known in timm.list_pretrained(f"{arch}.*")]
+        raise UnknownModelError(f"unknown tag '{tag}' of the timm model {arch}: its tags are {tags}")
     return resolved
 
 
