@@ -18,6 +18,7 @@ Prints one table (mIoU mean ± std over seeds, in percent) and writes every figu
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import statistics
@@ -27,18 +28,26 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import DataLoader
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from levers import (  # noqa: E402
+    GRAPH_LEVERS,
+    READOUT_LEVERS,
+    GraphLeverInput,
+    ReadoutLeverInput,
+    captured_forms,
+    view_colours,
+)
 
 from ultra.cli.train import build_cli  # noqa: E402
 from ultra.data.cache import FeatureCache  # noqa: E402
 from ultra.data.grids import upsample_scores  # noqa: E402
 from ultra.data.standardise import token_map  # noqa: E402
 from ultra.evaluation.metrics import UnsupervisedSegmentationMetric  # noqa: E402
+from ultra.head.projection import ProjectionHead  # noqa: E402
 from ultra.readout.fit import CachedRows, fit_centroids  # noqa: E402
 from ultra.readout.segmenter import ClusterReadout, Segmenter  # noqa: E402
 
@@ -61,49 +70,11 @@ OPTIONS = {  # name -> overrides of the shipped config
     "extra_clusters5": ["--readout.extra_clusters", "5"],
     "graph_centred": ["--data.knn.space", "centred"],
     "graph_whitened": ["--data.knn.space", "whitened"],
-    "overcluster4_merge": [],
-    "overcluster8_merge": [],
 }
 RAW_VARIANTS = ("x", "x_centred", "x_whitened", "n")
-OVERCLUSTER = {"overcluster4_merge": 4, "overcluster8_merge": 8}
-"""Readout-side options (no overrides in ``OPTIONS``): k-means with this many times the classes on the head's
-outputs, then the clusters merged to the classes by spectral clustering of the cluster-level graph (the training
-graph's edge weights summed over each pair of clusters)."""
-
-
-class MergedReadout(nn.Module):
-    """A cluster readout whose clusters are merged into groups: a group's score is its best cluster's."""
-
-    def __init__(self, readout: ClusterReadout, groups: torch.Tensor):
-        super().__init__()
-        self.readout, self.keys, self.groups = readout, readout.keys, groups
-        self.num_outputs = int(groups.max()) + 1
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        scores = self.readout(tokens)
-        out = torch.full((scores.shape[0], self.num_outputs), -float("inf"))
-        return out.scatter_reduce(1, self.groups.expand_as(scores), scores, reduce="amax")
-
-
-@torch.no_grad()
-def merge_clusters(rows: CachedRows, centroids: torch.Tensor, graph, groups: int, seed: int) -> torch.Tensor:
-    """The group of each cluster: spectral clustering (normalised affinity, top eigenvectors, cosine k-means)
-    of the graph between clusters, ``A[a, b]`` = summed edge weights from tokens of cluster a to tokens of b."""
-    from ultra.readout.kmeans import assign, kmeans
-
-    k = centroids.shape[0]
-    unit_centroids = F.normalize(centroids, dim=-1)
-    labels = torch.cat([assign(rows[torch.arange(s, min(s + 65536, len(rows)))], unit_centroids)[0]
-                        for s in range(0, len(rows), 65536)])
-    counts = graph.indptr[1:] - graph.indptr[:-1]
-    sources = torch.repeat_interleave(torch.arange(graph.num_nodes), counts.long())
-    pair = labels[sources] * k + labels[graph.indices.long()]
-    affinity = torch.bincount(pair, weights=graph.values.double(), minlength=k * k).view(k, k)
-    affinity = (affinity + affinity.T) / 2
-    inv = affinity.sum(1).clamp_min(1e-12).rsqrt()
-    values, vectors = torch.linalg.eigh(inv[:, None] * affinity * inv[None, :])
-    embedding = vectors[:, -groups:].float()
-    return assign(embedding, kmeans(embedding, groups, restarts=10, sample_size=None, seed=seed).centroids)[0]
+LEVERS = [*GRAPH_LEVERS, *READOUT_LEVERS]
+"""Options without overrides, measured on the default fit (``bench/levers.py``): graph levers solve the default's
+forms again with another spectral form; readout levers read the default head's embedding another way."""
 
 
 @torch.no_grad()
@@ -123,11 +94,12 @@ def eval_tokens(data, dataset, keys, batch_size: int = 8) -> tuple[dict, torch.T
 
 
 @torch.no_grad()
-def score(readout: ClusterReadout, tokens: dict, labels: torch.Tensor, num_classes: int, chunk: int = 16) -> dict:
+def score(readout, keys, tokens: dict, labels: torch.Tensor, num_classes: int, chunk: int = 16) -> dict:
+    """Protocol mIoU and accuracy of a readout of token grids ``[B, h, w, D] -> [B, h, w, C]`` (``keys`` concatenated)."""
     metric = UnsupervisedSegmentationMetric(num_classes, readout.num_outputs)
     for start in range(0, labels.shape[0], chunk):
-        t = torch.cat([tokens[tuple(k)][start:start + chunk].float() for k in readout.keys], -1)
-        s = readout(t.flatten(0, 2)).view(*t.shape[:3], -1).permute(0, 3, 1, 2)
+        t = torch.cat([tokens[tuple(k)][start:start + chunk].float() for k in keys], -1)
+        s = readout(t).permute(0, 3, 1, 2)
         metric.update(upsample_scores(s, tuple(labels.shape[-2:])).argmax(1), labels[start:start + chunk].long())
     result = metric.compute()
     return {"miou": float(result["miou"]), "acc": float(result["acc"])}
@@ -141,7 +113,7 @@ def run_set(name: str, options: list[str], seeds: list[int], workdir: Path) -> d
     config = str(REPO / SETS[name])
     quiet = ["--trainer.enable_progress_bar", "false", "--trainer.logger", "false"]
     clis = {opt: build_cli(["--config", config, *OPTIONS[opt], *quiet,
-                            "--trainer.default_root_dir", str(workdir / name / opt)]) for opt in options}
+                            "--trainer.default_root_dir", str(workdir / name / opt)]) for opt in options if opt in OPTIONS}
     base = clis[options[0]].datamodule
     layer = base.feature_keys[-1][1]
     raw_keys = {("x", layer), ("n", layer)}
@@ -161,47 +133,73 @@ def run_set(name: str, options: list[str], seeds: list[int], workdir: Path) -> d
         module = token_map(cache, keys, space or "raw")
         per_split = {split: [] for split in splits}
         for seed in seeds:
-            readout = ClusterReadout(keys, fit_centroids(CachedRows(cache, keys, module), num_classes, seed), module)
+            readout = ClusterReadout(keys, fit_centroids(CachedRows(cache, keys, module), num_classes, seed), token_map=module)
             for split, (tokens, labels) in evaluation.items():
-                per_split[split].append(score(readout, tokens, labels, num_classes))
+                per_split[split].append(score(readout, keys, tokens, labels, num_classes))
         results["raw"][variant] = {split: {f: stats([r[f] for r in rs]) for f in ("miou", "acc")} for split, rs in per_split.items()}
         log.info("%s raw %s: %s", name, variant, {s: round(100 * v["miou"]["mean"], 1) for s, v in results["raw"][variant].items()})
-    for opt in options:
-        cli = clis[opt]
-        module, data = cli.model, cli.datamodule
-        start = time.perf_counter()
-        cli.trainer.fit(module, data)
-        fit_s = time.perf_counter() - start
-        k = num_classes + cli.config.readout.extra_clusters
-        head = module.head.eval()
+    def record(opt: str, fit_s: float, readout_for_seed, keys) -> None:
         per_split = {split: [] for split in splits}
-        rows = CachedRows(data.open_cache(), data.feature_keys, head)
         for seed in seeds:
-            if opt in OVERCLUSTER:
-                centroids = fit_centroids(rows, OVERCLUSTER[opt] * num_classes, seed)
-                groups = merge_clusters(rows, centroids, data.open_operators().graphs[0], num_classes, seed)
-                readout = MergedReadout(ClusterReadout(data.feature_keys, centroids, head), groups)
-            else:
-                readout = ClusterReadout(data.feature_keys, fit_centroids(rows, k, seed), head)
+            readout = readout_for_seed(seed)
             for split, (tokens, labels) in evaluation.items():
-                per_split[split].append(score(readout, tokens, labels, num_classes))
+                per_split[split].append(score(readout, keys, tokens, labels, num_classes))
         results["options"][opt] = {"fit_s": fit_s, **{split: {f: stats([r[f] for r in rs]) for f in ("miou", "acc")}
                                                       for split, rs in per_split.items()}}
         log.info("%s %s: %s (fit %.1f s)", name, opt,
                  {s: round(100 * results["options"][opt][s]["miou"]["mean"], 1) for s in splits}, fit_s)
+
+    def kmeans_readouts(head, k, keys):
+        rows = CachedRows(cache, keys, head)
+        return lambda seed: ClusterReadout(keys, fit_centroids(rows, k, seed), head)
+
+    forms = None
+    for opt in clis:
+        cli = clis[opt]
+        module, data = cli.model, cli.datamodule
+        start = time.perf_counter()
+        with captured_forms() as solved:
+            cli.trainer.fit(module, data)
+        if opt == "default":
+            forms, settings = solved[-1], module.hparams
+        k = num_classes + cli.config.readout.extra_clusters
+        record(opt, time.perf_counter() - start, kmeans_readouts(module.head.eval(), k, data.feature_keys), data.feature_keys)
+    levers = [opt for opt in options if opt in GRAPH_LEVERS or opt in READOUT_LEVERS]
+    if not levers:
+        return results
+    head = clis["default"].model.head.eval()
+    chunk, keys = 1 << 16, base.feature_keys
+    rows = torch.cat([cache.rows(keys, torch.arange(s, min(s + chunk, cache.num_nodes))).float()
+                      for s in range(0, cache.num_nodes, chunk)])
+    graph = base.open_operators().graphs[0]
+    colours = lambda: view_colours(base.train_dataset, base.views.transform(), cache.grid)  # noqa: E731
+    graph_input = GraphLeverInput(forms, rows, graph, cache, head.net.weight.detach(), colours)
+    with torch.no_grad():
+        readout_input = ReadoutLeverInput(head, head(rows), (cache.num_views, *cache.grid), num_classes, graph)
+    for opt in levers:
+        start = time.perf_counter()
+        if opt in GRAPH_LEVERS:
+            lever_forms = copy.deepcopy(forms)
+            lever_forms.spectral = GRAPH_LEVERS[opt](graph_input)
+            solution = lever_forms.solve(settings.out_dim, settings.view_weight, settings.ridge, settings.trivial_threshold)
+            lever_head = ProjectionHead(head.in_dim, head.out_dim).eval()
+            lever_head.net.weight.data.copy_(solution.weight)
+            record(opt, time.perf_counter() - start, kmeans_readouts(lever_head, num_classes, keys), keys)
+        else:
+            record(opt, time.perf_counter() - start, lambda seed: READOUT_LEVERS[opt](readout_input, seed), keys)
     return results
 
 
 def format_table(results: dict) -> str:
     sets = list(results)
     cell = lambda r: f"{100 * r['miou']['mean']:5.1f} ± {100 * r['miou']['std']:3.1f}"  # noqa: E731
-    header = f"{'option':<22}" + "".join(f"{s + ' ' + split:>22}" for s in sets for split in ("val", "train"))
+    header = f"{'option':<30}" + "".join(f"{s + ' ' + split:>22}" for s in sets for split in ("val", "train"))
     lines = ["head + k-means, mIoU % (mean ± std over seeds)", header]
     for opt in results[sets[0]]["options"]:
-        lines.append(f"{opt:<22}" + "".join(f"{cell(results[s]['options'][opt][split]):>22}" for s in sets for split in ("val", "train")))
+        lines.append(f"{opt:<30}" + "".join(f"{cell(results[s]['options'][opt][split]):>22}" for s in sets for split in ("val", "train")))
     lines += ["", "raw tokens + k-means, mIoU %", header]
     for variant in RAW_VARIANTS:
-        lines.append(f"{variant:<22}" + "".join(f"{cell(results[s]['raw'][variant][split]):>22}" for s in sets for split in ("val", "train")))
+        lines.append(f"{variant:<30}" + "".join(f"{cell(results[s]['raw'][variant][split]):>22}" for s in sets for split in ("val", "train")))
     best = []
     for s in sets:
         for split in ("val", "train"):
@@ -214,7 +212,7 @@ def format_table(results: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, of {list(SETS)}")
-    parser.add_argument("--options", default=",".join(OPTIONS), help=f"comma-separated, of {list(OPTIONS)}")
+    parser.add_argument("--options", default=",".join([*OPTIONS, *LEVERS]), help=f"comma-separated, of {[*OPTIONS, *LEVERS]}")
     parser.add_argument("--seeds", default="0,1,2", help="k-means seeds")
     parser.add_argument("--output", default="runs/ablation.json", help="JSON file of every figure")
     args = parser.parse_args(argv)
@@ -222,9 +220,11 @@ def main(argv: list[str] | None = None) -> dict:
     for name in ("ablation", "ultra.data.cache"):
         logging.getLogger(name).setLevel(logging.INFO)
     sets, options = args.sets.split(","), args.options.split(",")
-    unknown = [s for s in sets if s not in SETS] + [o for o in options if o not in OPTIONS]
+    unknown = [s for s in sets if s not in SETS] + [o for o in options if o not in OPTIONS and o not in LEVERS]
     if unknown:
         parser.error(f"unknown sets or options: {unknown}")
+    if "default" not in options:  # every table compares with it, and the levers start from its fit
+        options.insert(0, "default")
     seeds = [int(s) for s in args.seeds.split(",")]
     torch.set_float32_matmul_precision("high")
     with tempfile.TemporaryDirectory() as workdir:
