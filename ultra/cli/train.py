@@ -186,8 +186,9 @@ def run_training(cli: UltraCLI) -> dict | None:
     if clusters > MAX_CLUSTERS:
         raise ConfigError(f"{len(data.class_names)} classes + readout.extra_clusters {config.extra_clusters} = {clusters} "
                           f"clusters; label maps hold at most {MAX_CLUSTERS} (8-bit ids, 255 = unmatched)")
-    if config.kmeans_sample < clusters:
-        raise ConfigError(f"readout.kmeans_sample={config.kmeans_sample} is smaller than the {clusters} clusters")
+    if min(config.kmeans_sample, data.num_training_tokens) < clusters:
+        raise ConfigError(f"{clusters} clusters, but readout.kmeans_sample={config.kmeans_sample} and the training set "
+                          f"gives {data.num_training_tokens} tokens: both must be at least the clusters")
     root = Path(trainer.default_root_dir)
     require_writable(root)
     if config.evaluate and data.val_dataset is not None:  # a bad validation set fails now, not after training

@@ -58,6 +58,11 @@ class ViewConfig:
             raise ConfigError(f"data.views: size and resize must be >= 1 and crop_fraction in (0, 1], got "
                              f"{self.size}, {self.resize}, {self.crop_fraction}")
 
+    @property
+    def views_per_image(self) -> int:
+        """The views the cache holds of each image."""
+        return 1 if self.scheme == "center" else 5 * (2 if self.flip else 1)
+
     def transform(self):
         """The view transform of the cache."""
         if self.scheme == "center":
@@ -204,6 +209,11 @@ class UltraDataModule(pl.LightningDataModule):
         return {k: v for k, v in init_args.items() if k not in drop}
 
     # --- what the head module and the readouts need to know ----------------------------------------
+    @property
+    def num_training_tokens(self) -> int:
+        """The tokens the training cache holds (images x views x tokens per view)."""
+        return len(self.train_dataset) * self.views.views_per_image * (self.views.size // self.backbone.patch_size) ** 2
+
     @property
     def head_dim(self) -> int:
         return self.backbone.embed_dim * len(self.feature_keys)
