@@ -395,3 +395,26 @@ def test_temporary_files_of_killed_writes_are_cleared_by_the_next_run(tmp_path):
     graph.unlink()  # its rebuild clears its own stale parts
     train_cli.run(args + ["--fresh"])
     assert not [part for part in stale if part.exists()] and graph.is_file()
+
+
+def test_an_unfinished_cache_of_an_older_version_of_the_images_is_removed(tmp_path):
+    """A build stopped by a broken image leaves a partial cache; once the image is fixed (a new fingerprint), the
+    new build replaces the old partial instead of leaving it for good."""
+    from ultra.cli import train as train_cli
+    from ultra.data import write_synthetic_folder
+    from ultra.data.io import DataError
+
+    write_synthetic_folder(tmp_path / "photos", 12, 96, 4)
+    image = sorted((tmp_path / "photos" / "images").iterdir())[9]
+    intact = image.read_bytes()
+    image.write_bytes(intact[: len(intact) // 2])  # the header reads, the pixels do not
+    config = synthetic_config(tmp_path / "c.yaml", train_dataset={
+        "class_path": "ultra.data.ImageFolder", "init_args": {"root": str(tmp_path / "photos"), "classes": 4}})
+    args = ["--config", str(config), *tiny_overrides(tmp_path, epochs=1), "--readout.evaluate", "false",
+            "--readout.probe", "false"]
+    with pytest.raises(DataError, match=str(image.name)):
+        train_cli.run(args)
+    assert len(list((tmp_path / "cache").glob("*.partial"))) == 1
+    image.write_bytes(intact)
+    train_cli.run(args)
+    assert not list((tmp_path / "cache").glob("*.partial"))

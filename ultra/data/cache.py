@@ -170,8 +170,11 @@ class FeatureCache:
                 return found
             final = Path(root) / f"{prefix}-{_digest(keys, 8)}"
             dataset.check(headers_only=True)  # a bad file is named now, not after hours of building
-            _build(final, {**source, "tokens": keys}, dataset.with_transform(views), backbone, keys, batch_size,
-                   num_workers, device, progress)
+            # the same images, backbone and views: a partial build of an older version of them is replaced by this one
+            lineage = _digest({**source, "dataset": [type(dataset).__name__, [s.name for s in dataset.samples]]}, 16)
+            _remove_replaced_partials(Path(root), lineage, keep=final)
+            _build(final, {**source, "tokens": keys, "lineage": lineage}, dataset.with_transform(views), backbone, keys,
+                   batch_size, num_workers, device, progress)
             return cls(final)
 
 
@@ -192,6 +195,32 @@ class FeatureCache:
                     log.info("feature cache %s found", folder)
                     return cache
         return None
+
+
+def _remove_replaced_partials(root: Path, lineage: str, keep: Path) -> None:
+    """Remove the unfinished builds of the same lineage as ``keep`` under other names (their data set's files have
+    changed since, e.g. a bad image was fixed), unless another process is building them now."""
+    from filelock import FileLock, Timeout
+
+    for partial in root.glob("*.partial"):
+        if partial.name == f"{keep.name}.partial":
+            continue
+        try:
+            same = json.loads((partial / "build.json").read_text()).get("lineage") == lineage
+        except (OSError, ValueError):
+            continue
+        if not same:
+            continue
+        lock = FileLock(root / f"{partial.name.split('-')[0]}.lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            continue
+        try:
+            log.info("removing %s: an unfinished cache of an older version of these images", partial)
+            shutil.rmtree(partial, ignore_errors=True)
+        finally:
+            lock.release()
 
 
 def _digest(value, length: int) -> str:
