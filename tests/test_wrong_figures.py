@@ -120,3 +120,13 @@ def test_a_validation_set_without_a_labelled_pixel_is_refused_before_training(tm
     with pytest.raises(DataError, match="none of the 3 label maps has a labelled pixel"):
         train_cli.run(["--config", str(config), *tiny_overrides(tmp_path)])
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_finished_sgd_run_rerun_with_fewer_epochs_is_refused(tmp_path):
+    """Resuming would keep the longer run's head and report it as the shorter one's."""
+    config = synthetic_config(tmp_path / "c.yaml")
+    args = ["--config", str(config), *tiny_overrides(tmp_path, epochs=2), "--model.solver", "sgd", "--readout.probe", "false"]
+    train_cli.run(args)
+    with pytest.raises(ConfigError, match=r"run trained for 2 epochs, more than --trainer.max_epochs 1: pass --fresh"):
+        train_cli.run(args + ["--trainer.max_epochs", "1"])
+    assert train_cli.run(args + ["--trainer.max_epochs", "3"])["readouts"]["head"]["miou"] > 0

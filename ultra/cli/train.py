@@ -122,17 +122,23 @@ def head_settings(config) -> dict:
     return flat
 
 
-def resume_point(trainer: pl.Trainer, settings: dict, fresh: bool) -> str | None:
+def resume_point(trainer: pl.Trainer, settings: dict, fresh: bool, epochs_matter: bool = True) -> str | None:
     """``last.ckpt`` when the run folder holds an interrupted run with the same settings; a fresh start otherwise.
 
-    A run folder whose checkpoint has other settings (or none recorded) is refused unless ``fresh``,
-    which discards that checkpoint.
+    A run folder whose checkpoint has other settings (or none recorded), or (when ``epochs_matter``: the SGD solver)
+    more epochs than ``trainer.max_epochs`` asks for, is refused unless ``fresh``, which discards that checkpoint.
     """
     folder = Path(trainer.default_root_dir) / "checkpoints"
     checkpoint, recorded = folder / "last.ckpt", folder / "run.json"
     if checkpoint.is_file() and not fresh:
         check_same_settings(recorded, settings, trainer.default_root_dir)
         check_intact(checkpoint)
+        if epochs_matter:
+            done = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"]) + 1
+            if trainer.max_epochs is not None and 0 <= trainer.max_epochs < done:
+                raise ConfigError(f"{trainer.default_root_dir} holds a run trained for {done} epochs, more than "
+                                  f"--trainer.max_epochs {trainer.max_epochs}: pass --fresh to train {trainer.max_epochs} "
+                                  f"epochs anew, or ask for at least {done}")
         log.info("resuming from %s", checkpoint)
         return str(checkpoint)
     if trainer.is_global_zero:
@@ -204,7 +210,7 @@ def _train(cli: UltraCLI, config: ReadoutConfig, root: Path) -> dict | None:
     if trainer.is_global_zero:  # what a killed write of this folder left
         for folder in (root, root / "checkpoints", root / "eval"):
             remove_stale_parts(folder)
-    ckpt_path = resume_point(trainer, head_settings(cli.config), bool(cli.config.fresh))
+    ckpt_path = resume_point(trainer, head_settings(cli.config), bool(cli.config.fresh), module.hparams.solver == "sgd")
     seed = int(cli.config.seed_everything) if cli.config.seed_everything is not None else 0
     pl.seed_everything(seed, workers=True, verbose=False)  # again: building the backbone may have drawn random numbers
     start = time.perf_counter()
