@@ -95,7 +95,7 @@ def analyze(images: Path, output: Path, backbone: str = "vit_small_patch14_dinov
     start = time.perf_counter()
     _check_settings(size, graph_kinds, solver, clusters, teleport)
     data = ImageFolder(images, classes=classes, use_labels=classes is not None, transform=EvalTransform(size, size))
-    refuse_collisions({s.image: [Path(output) / f"{s.name}.png", Path(output) / "analysis.json"] for s in data.samples},
+    refuse_collisions({s.image: [Path(output) / f"{s.name}.png"] for s in data.samples},
                       [s.label for s in data.samples if s.label is not None])
     output = prepare_output(output, overwrite)
     vit = FrozenViT(backbone, weights=weights, layers=layers)
