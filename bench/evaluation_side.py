@@ -35,6 +35,8 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from ablation import stats  # noqa: E402  (bench/ is the script's folder)
+
 import ultra  # noqa: E402
 from ultra.cli import train as train_cli  # noqa: E402
 from ultra.data.transforms import EvalTransform  # noqa: E402
@@ -78,10 +80,6 @@ def evaluate_variant(segmenter: Segmenter, dataset, variant: str) -> dict[str, f
         report = protocol.evaluate(segmenter, data, trainer, flip=flip, crf=crf)
     suffix = "+crf" if crf else ""
     return {name.removesuffix(suffix): r["miou"] for name, r in report["readouts"].items() if name.endswith(suffix)}
-
-
-def stats(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
 
 
 def run_set(name: str, variants: list[str], train_variants: list[str], seeds: list[int], output: Path) -> dict:

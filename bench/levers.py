@@ -30,6 +30,7 @@ from ultra.graphs.knn import KnnConfig, knn_graph
 from ultra.graphs.sparse import SparseGraph
 from ultra.head.exact import QuadraticForms
 from ultra.readout.kmeans import kmeans
+from ultra.readout.segmenter import ClusterReadout
 
 
 @contextmanager
@@ -65,10 +66,6 @@ def _form(tokens: Tensor, propagated: Tensor) -> Tensor:
     return tokens.T.double() @ propagated.double()
 
 
-def _normalised(rows: Tensor, cols: Tensor, weights: Tensor, num_nodes: int) -> SparseGraph:
-    return SparseGraph.from_affinity(torch.cat([rows, cols]), torch.cat([cols, rows]), torch.cat([weights, weights]), num_nodes)
-
-
 def modularity(ctx: GraphLeverInput) -> Tensor:
     """The modularity matrix ``S - u u^T`` (``u = sqrt(d / vol)``): the rank-one correction CAUSE optimises."""
     u = (ctx.graph.degree / ctx.graph.degree.sum()).sqrt().double()
@@ -100,7 +97,7 @@ def grid_edges(ctx: GraphLeverInput, colour_scale: float | None, weight: float =
     if colour_scale is not None:
         colours = ctx.colours()
         weights = weights * torch.exp(-((colours[rows] - colours[cols]) ** 2).sum(-1) / colour_scale ** 2)
-    grid = _normalised(rows, cols, weights, ctx.tokens.shape[0])
+    grid = SparseGraph.from_affinity(rows, cols, weights, ctx.tokens.shape[0])  # symmetrised, normalised
     return (ctx.forms.spectral + weight * _form(ctx.tokens, grid.matmul(ctx.tokens))) / (1 + weight)
 
 
@@ -280,18 +277,6 @@ class SegmentReadout(nn.Module):
         return torch.gather(scores, 1, flat).reshape(*labels.shape, -1)
 
 
-class CentroidReadout(nn.Module):
-    """Cosine of the head's embedding to centroids, on grids."""
-
-    def __init__(self, head: nn.Module, centroids: Tensor):
-        super().__init__()
-        self.head, self.centroids = head, F.normalize(centroids, dim=-1)
-        self.num_outputs = centroids.shape[0]
-
-    def forward(self, grids: Tensor) -> Tensor:
-        return F.normalize(self.head(grids), dim=-1) @ self.centroids.T
-
-
 def segments_then_clusters(ctx: ReadoutLeverInput, seed: int, segments: int = 16) -> nn.Module:
     """Deep-spectral-methods style: per-view segments of the embedding, k-means of the segment means over the set."""
     views = ctx.embedding.reshape(*ctx.grid_shape, -1)
@@ -312,7 +297,7 @@ def self_training(ctx: ReadoutLeverInput, seed: int, rounds: int = 2, segments: 
         votes = torch.zeros(ctx.grid_shape[0] * segments, classes).index_add_(0, segment, F.one_hot((unit @ centroids.T).argmax(1), classes).float())
         pseudo = votes.argmax(1)[segment]
         centroids = F.normalize(torch.zeros(classes, unit.shape[1]).index_add_(0, pseudo, unit), dim=-1)
-    return CentroidReadout(ctx.head, centroids)
+    return ClusterReadout([], centroids, ctx.head)
 
 
 READOUT_LEVERS = {

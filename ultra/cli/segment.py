@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
 from jsonargparse import ArgumentParser
 from tqdm.auto import tqdm
 
@@ -70,8 +71,9 @@ def _segment(cfg, images: list[Path]) -> list[Path]:
     written, failed = [], []
     for image in tqdm(images, desc="segment"):
         try:
-            labels = segmenter.segment(image, readout=cfg.readout, crf=cfg.crf, flip=cfg.flip).numpy()
-            picture = read_image(image, orient=True)
+            picture = read_image(image, orient=True)  # read once: segmented and overlaid
+            labels = segmenter.segment(torch.from_numpy(picture).permute(2, 0, 1), readout=cfg.readout, crf=cfg.crf,
+                                       flip=cfg.flip).numpy()
         except (DataError, ValueError) as err:
             log.error("skipped %s: %s", image, err)
             failed.append(image)

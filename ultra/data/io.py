@@ -1,7 +1,9 @@
 """Reading images and label maps from disk, with errors that name the file and the problem."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -16,31 +18,31 @@ class DataError(UserError):
     """A data file or folder is missing, unreadable or inconsistent; the message names it."""
 
 
-def _open(path: Path, what: str) -> Image.Image:
-    if not path.is_file():
-        raise DataError(f"{what} {path} does not exist")
-    try:
-        img = Image.open(path)
-        img.load()
-    except Image.DecompressionBombError as err:
-        raise DataError(f"{what} {path} is refused: {err}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise DataError(f"cannot read {what} {path}: {err}") from err
-    return img
-
-
-def image_size(path: str | Path, what: str = "image") -> tuple[int, int]:
-    """``(width, height)`` from a file's header alone (no pixels decoded), with the errors of :func:`read_image`."""
-    path = Path(path)
+@contextlib.contextmanager
+def _opened(path: Path, what: str) -> Iterator[Image.Image]:
+    """The file opened by PIL (header read, pixels not yet), its failures as :class:`DataError` naming it."""
     if not path.is_file():
         raise DataError(f"{what} {path} does not exist")
     try:
         with Image.open(path) as img:
-            return img.size
+            yield img
     except Image.DecompressionBombError as err:
         raise DataError(f"{what} {path} is refused: {err}") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise DataError(f"cannot read {what} {path}: {err}") from err
+
+
+def _open(path: Path, what: str) -> Image.Image:
+    """The file's pixels, loaded (the file is closed)."""
+    with _opened(path, what) as img:
+        img.load()
+        return img
+
+
+def image_size(path: str | Path, what: str = "image") -> tuple[int, int]:
+    """``(width, height)`` from a file's header alone (no pixels decoded), with the errors of :func:`read_image`."""
+    with _opened(Path(path), what) as img:
+        return img.size
 
 
 def read_image(path: str | Path, orient: bool = False) -> np.ndarray:
