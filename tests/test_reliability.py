@@ -418,3 +418,20 @@ def test_an_unfinished_cache_of_an_older_version_of_the_images_is_removed(tmp_pa
     image.write_bytes(intact)
     train_cli.run(args)
     assert not list((tmp_path / "cache").glob("*.partial"))
+
+
+def test_a_label_map_of_another_size_is_named_before_the_cache_build(tmp_path):
+    from PIL import Image
+
+    from ultra.cli import train as train_cli
+    from ultra.data import write_synthetic_folder
+    from ultra.data.io import DataError
+
+    write_synthetic_folder(tmp_path / "photos", 4, 96, 4)
+    label = sorted((tmp_path / "photos" / "labels").iterdir())[2]
+    Image.open(label).resize((48, 96)).save(label)
+    config = synthetic_config(tmp_path / "c.yaml", train_dataset={
+        "class_path": "ultra.data.ImageFolder", "init_args": {"root": str(tmp_path / "photos"), "classes": 4}})
+    with pytest.raises(DataError, match=rf"label map {label} is 48x96 px, its image .* 96x96"):
+        train_cli.run(["--config", str(config), *tiny_overrides(tmp_path), "--readout.evaluate", "false"])
+    assert not list((tmp_path / "cache").glob("*.partial"))

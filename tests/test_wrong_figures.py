@@ -87,6 +87,7 @@ def test_more_clusters_than_an_8bit_label_map_holds_are_refused_before_training(
     (["--data.knn.k_any", "60", "--data.knn.candidate_images", "1"],
      r"data.knn.k_any=60 / k_inter=0 exceed the tokens searched: a view's 16 and those of its 1 candidate images"),
     (["--data.knn.k_intra", "16"], r"data.knn.k_intra=16 exceeds the 15 other tokens of a view"),
+    (["--readout.raw_spaces", "[raw, pca]"], r"readout.raw_spaces must be distinct token spaces of \('raw', 'centred', 'whitened'\)"),
     (["--readout.kmeans_sample", "3"], r"4 clusters, but readout.kmeans_sample=3 and the training set gives 480 tokens"),
     (["--readout.extra_clusters", "250", "--data.views.scheme", "center"],
      r"254 clusters, but readout.kmeans_sample=65536 and the training set gives 96 tokens"),
