@@ -70,3 +70,21 @@ def save_jpg(path: Path, array: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path, quality=95)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """An inference checkpoint on the tiny random ViT: a head readout matched to three named classes, and a raw
+    readout without a matching (four clusters)."""
+    from ultra.backbone.vit import FrozenViT
+    from ultra.head.projection import ProjectionHead
+    from ultra.readout.checkpoint import save_segmenter
+    from ultra.readout.segmenter import ClusterReadout, Segmenter
+
+    torch.manual_seed(0)
+    vit = FrozenViT("vit_tiny_patch16_224", weights="random", model_kwargs=TINY_VIT)
+    readouts = {"head": ClusterReadout([("x", 2)], torch.randn(3, 8), ProjectionHead(48, 8)),
+                "raw": ClusterReadout([("x", 2)], torch.randn(4, 48))}
+    segmenter = Segmenter(vit, readouts, ["sky", "road", "car"], resize=64,
+                          cluster_to_class={"head": torch.tensor([0, 1, 2])})
+    return save_segmenter(segmenter, tmp_path_factory.mktemp("checkpoint") / "tiny.safetensors")

@@ -12,6 +12,7 @@ from ultra.analysis.segments import (
     point_token,
     segments_from_maps,
     select,
+    token_pixels,
 )
 from ultra.cli import interpret as interpret_cli
 from ultra.cli import select as select_cli
@@ -61,6 +62,27 @@ def test_point_token_and_its_errors():
     assert point_token((25, 45), (100, 200), (5, 10)) == 2 * 10 + 1
     with pytest.raises(ValueError, match=r"point \(200, 5\) is outside the 200x100 image"):
         point_token((200, 5), (100, 200), (5, 10))
+
+
+def test_token_pixels_are_the_pixels_point_token_maps_to_it():
+    size, grid = (50, 70), (4, 6)
+    owner = torch.tensor([[point_token((x, y), size, grid) for x in range(70)] for y in range(50)])
+    for token in (0, 9, 23):
+        assert torch.equal(token_pixels(token, size, grid), owner == token)
+
+
+def test_the_clicked_pixel_always_belongs_to_the_selected_object():
+    """A click at a token's border, where bilinear upsampling mixes in the weaker neighbours, still selects it."""
+    from ultra.backbone.vit import FrozenViT
+
+    vit = FrozenViT("vit_tiny_patch16_224", weights="random")  # 12 random blocks: noisy maps
+    image = torch.rand(3, 50, 70, generator=torch.Generator().manual_seed(0))
+    misses = 0
+    for x, y in [(45, 25), (12, 37), (69, 0), (23, 12)]:
+        mask, values = select(vit, image, (x, y), layer=11, size=64)
+        misses += not bool(mask_from_map(values, (50, 70))[y, x])
+        assert mask[y, x], (x, y)
+    assert misses  # some of these clicks fall outside the thresholded map alone
 
 
 def test_select_on_a_tiny_model(tiny_vit):

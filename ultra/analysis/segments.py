@@ -6,7 +6,9 @@ number of segments); every pixel takes the cluster whose summed map is largest t
 scaled to a maximum of 1, then upsampled bilinearly). Without that scaling a large cluster's sum
 outweighs a small one's everywhere: on synthetic scenes (the development set) per-image mIoU was
 0.47 with raw sums and 0.82 with scaled ones. Selection: the clicked pixel's token, its map upsampled to the image, and
-a threshold (Otsu's on the map's values, or a fraction of its maximum) give a binary mask.
+a threshold (Otsu's on the map's values, or a fraction of its maximum) give a binary mask; the clicked token's
+own pixels always belong to it (its map's entry is the largest, but bilinear upsampling can lower the
+pixels near its border below the threshold).
 """
 from __future__ import annotations
 
@@ -116,4 +118,13 @@ def select(vit: FrozenViT, image: Tensor, point: tuple[float, float], layer: int
     grid = vit.check_images(resized[None])
     token = point_token(point, (height, width), grid)
     result = relevance_maps(vit, resized, layer=layer, targets=torch.tensor([token]), score=score)
-    return mask_from_map(result.maps[0], (height, width), threshold), result.maps[0]
+    mask = mask_from_map(result.maps[0], (height, width), threshold)
+    return mask | token_pixels(token, (height, width), grid), result.maps[0]
+
+
+def token_pixels(token: int, image_size: tuple[int, int], grid: tuple[int, int]) -> Tensor:
+    """The boolean ``[H, W]`` mask of the pixels under patch ``token`` (row-major), as :func:`point_token` maps them."""
+    height, width = image_size
+    rows = torch.arange(height) * grid[0] // height == token // grid[1]
+    cols = torch.arange(width) * grid[1] // width == token % grid[1]
+    return rows[:, None] & cols[None, :]

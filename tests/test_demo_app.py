@@ -1,0 +1,161 @@
+"""The demo page through its API (gradio_client against the app served on a free port) and its tasks."""
+from __future__ import annotations
+
+import socket
+import urllib.request
+
+import numpy as np
+import pytest
+from conftest import save_png
+from PIL import Image
+
+pytest.importorskip("gradio", reason="the demo needs the 'demo' extra")
+from gradio_client import Client, handle_file  # noqa: E402
+
+from ultra.cli import demo as demo_cli  # noqa: E402
+
+NO_CHECKPOINT = ["--backbone", "vit_tiny_patch16_224", "--weights", "random", "--size", "64"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tiny_checkpoint):
+    """The page on the tiny checkpoint, and a client of it."""
+    app, url = demo_cli.serve([str(tiny_checkpoint), "--port", str(free_port()), "--size", "64"], block=False)
+    yield url, Client(url, verbose=False)
+    app.close()
+
+
+@pytest.fixture
+def photo(tmp_path):
+    """A 70x50 photo: a red square on a blue ground."""
+    picture = np.zeros((50, 70, 3), np.uint8)
+    picture[:] = (20, 40, 200)
+    picture[10:40, 30:60] = (220, 30, 30)
+    return save_png(tmp_path / "photo.png", picture)
+
+
+def read(path) -> np.ndarray:
+    return np.array(Image.open(path))
+
+
+def test_segment_returns_a_label_map_of_the_photo_size_with_a_legend(served, photo):
+    _, client = served
+    overlay, legend, labels, status = client.predict(handle_file(str(photo)), "head", False, False, api_name="/segment")
+    labels = read(labels)
+    assert labels.shape == (50, 70) and set(np.unique(labels)) <= {0, 1, 2}
+    assert read(overlay).shape == (50, 70, 3) and not np.array_equal(read(overlay), read(photo))
+    names = {0: "sky", 1: "road", 2: "car"}
+    for label in np.unique(labels):  # every label present is in the legend by its class name and share
+        share = 100 * (labels == label).mean()
+        assert f'data-label="{label}"' in legend and f"{names[label]} ({share:.1f}%)" in legend
+    assert "70x50 px segmented by the **head** readout in" in status
+
+
+def test_a_readout_without_matching_names_its_clusters(served, photo):
+    _, client = served
+    _, legend, labels, _ = client.predict(handle_file(str(photo)), "raw", False, True, api_name="/segment")
+    for label in np.unique(read(labels)):
+        assert f"cluster {label} (" in legend
+
+
+def test_select_returns_a_mask_that_holds_the_clicked_pixel(served, photo):
+    _, client = served
+    overlay, mask, relevance, status = client.predict(handle_file(str(photo)), 45, 25, 2, True, 0.5, api_name="/select")
+    mask = read(mask)
+    assert mask.shape == (50, 70) and mask[25, 45] == 255 and set(np.unique(mask)) <= {0, 255}
+    assert read(overlay).shape == (50, 70, 3) and read(relevance).shape == (50, 70, 3)
+    assert f"{100 * (mask == 255).mean():.1f}% of the photo" in status
+    *_, status = client.predict(handle_file(str(photo)), 45, 25, 2, False, 0.9, api_name="/select")
+    assert "object at (45, 25)" in status
+
+
+def test_look_inside_shows_each_graph_and_the_clicked_token(served, photo):
+    _, client = served
+    kq, vv, feat, relevance, status = client.predict(handle_file(str(photo)), 1, 10, 20, api_name="/look_inside")
+    pictures = [read(p) for p in (kq, vv, feat)]
+    assert all(p.shape == (50, 70, 3) and p.std() > 0 for p in pictures)
+    assert not np.array_equal(pictures[0], pictures[1])  # where and what are different graphs
+    assert read(relevance).shape == (50, 70, 3) and "block 1" in status
+    *_, relevance, status = client.predict(handle_file(str(photo)), 1, None, None, api_name="/look_inside")
+    assert relevance is None and "click on the photo" in status
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"not an image at all", "cannot read photo bad.png"),
+    (None, "bad.png is 6000x5000 px (30 MP), more than the demo's 25 MP"),
+])
+def test_a_bad_upload_is_a_message_naming_it(served, tmp_path, content, message):
+    _, client = served
+    bad = tmp_path / "bad.png"
+    if content is None:
+        Image.new("RGB", (6000, 5000)).save(bad)
+    else:
+        bad.write_bytes(content)
+    for api, args in (("/segment", ("head", False, False)), ("/select", (5, 5, 2, True, 0.5)), ("/look_inside", (1, 5, 5))):
+        result = client.predict(handle_file(str(bad)), *args, api_name=api)
+        assert message in result[-1] and all(out in (None, "") for out in result[:-1]), api
+        assert "/tmp" not in result[-1]  # the upload by its name, not the server's copy
+
+
+def test_a_point_outside_the_photo_and_no_point_are_messages(served, photo):
+    _, client = served
+    assert "point (80, 5) is outside the 70x50 image" in client.predict(handle_file(str(photo)), 80, 5, 2, True, 0.5,
+                                                                        api_name="/select")[-1]
+    assert "no point: click on the photo" in client.predict(handle_file(str(photo)), None, None, 2, True, 0.5,
+                                                            api_name="/select")[-1]
+
+
+def test_the_page_loads_nothing_from_elsewhere_and_serves_this_machine_only(served):
+    url, _ = served
+    assert url.startswith("http://127.0.0.1:")
+    page = urllib.request.urlopen(url).read().decode()
+    config = urllib.request.urlopen(url + "config").read().decode()
+    for text in (page, config):
+        assert "fonts.googleapis" not in text and "fonts.gstatic" not in text
+    assert '"analytics_enabled":false' in config.replace(" ", "")
+
+
+@pytest.mark.parametrize("checkpoint, expected", [
+    (None, "No checkpoint was given. Train one with `python train.py --config configs/camvid.yaml`"),
+    ("broken", "broken.safetensors was refused:"),
+])
+def test_without_a_usable_checkpoint_segment_says_how_to_train_and_select_works(tmp_path, photo, checkpoint, expected):
+    args = NO_CHECKPOINT + ["--port", str(free_port())]
+    if checkpoint:
+        (tmp_path / "broken.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+        args.insert(0, str(tmp_path / "broken.safetensors"))
+    app, url = demo_cli.serve(args, block=False)
+    try:
+        client = Client(url, verbose=False)
+        *outputs, status = client.predict(handle_file(str(photo)), "head", False, False, api_name="/segment")
+        assert expected in status and outputs == [None, "", None]
+        _, mask, _, _ = client.predict(handle_file(str(photo)), 45, 25, 11, True, 0.5, api_name="/select")
+        assert read(mask)[25, 45] == 255
+    finally:
+        app.close()
+
+
+def test_command_line_mistakes_are_one_line_errors(tiny_checkpoint, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        demo_cli.main([str(tiny_checkpoint), "--port", "70000"])
+    assert exit_.value.code == 2 and "--port must be in 1-65535, got 70000" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit):
+            demo_cli.main([str(tiny_checkpoint), "--port", str(port)])
+    assert f"cannot serve on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_without_the_demo_extra_the_command_says_how_to_install_it(tiny_checkpoint, capsys, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "ultra.demo.app", None)  # as if gradio were missing
+    with pytest.raises(SystemExit):
+        demo_cli.main([str(tiny_checkpoint)])
+    assert "ultra-demo needs the 'demo' extra: pip install 'ultra-seg[demo]'" in capsys.readouterr().err

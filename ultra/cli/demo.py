@@ -1,0 +1,69 @@
+"""``ultra-demo [CHECKPOINT]``: the browser demo (extra ``demo``), served on this machine only unless told otherwise.
+
+Without a checkpoint (or with one that fails validation) the Segment tab says how to train one;
+Select and Look inside run on ``--backbone``. With one, the class names and the backbone come from
+its header. The page is never shared through a tunnel and sends no analytics.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+from pathlib import Path
+
+from jsonargparse import ArgumentParser
+
+from ..errors import ConfigError, UserError
+from . import DEFAULT_SIZE, check_device, console
+
+log = logging.getLogger(__name__)
+
+
+class DemoUnavailable(UserError):
+    """The demo needs the ``demo`` extra (gradio)."""
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="ultra-demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path | None, nargs="?", default=None,
+                        help="inference checkpoint (model.safetensors); without one, Segment says how to train one")
+    parser.add_argument("--host", type=str, default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=7860, help="port to serve on")
+    parser.add_argument("--backbone", type=str, default="vit_small_patch14_dinov2",
+                        help="the frozen ViT of Select and Look inside without a checkpoint (timm name or alias)")
+    parser.add_argument("--weights", type=str, default="auto", help="its weights: auto, hub, offline, random or a file")
+    parser.add_argument("--size", type=int, default=DEFAULT_SIZE,
+                        help="shorter side (pixels) of the photo fed to the backbone in Select and Look inside")
+    parser.add_argument("--device", type=str, default="cpu")
+    return parser
+
+
+def serve(args: list[str] | None = None, block: bool = True):
+    """Start the page; with ``block=False`` return ``(app, url)`` at once (the server runs in a thread)."""
+    cfg = build_parser().parse_args(args)
+    if cfg.size < 1:
+        raise ConfigError(f"--size must be a positive number of pixels, got {cfg.size}")
+    check_device(cfg.device)
+    if not 0 < cfg.port < 65536:
+        raise ConfigError(f"--port must be in 1-65535, got {cfg.port}")
+    try:
+        from ..demo.app import THEME, DownloadFolder, build_app
+    except ImportError as err:
+        raise DemoUnavailable(f"ultra-demo needs the 'demo' extra: pip install 'ultra-seg[demo]' ({err})") from None
+    from ..demo.models import DemoModels
+
+    models = DemoModels.open(cfg.checkpoint, cfg.backbone, cfg.weights, cfg.device, cfg.size)
+    downloads = DownloadFolder()
+    atexit.register(downloads.remove)
+    app = build_app(models, downloads)
+    try:
+        _, url, _ = app.launch(server_name=cfg.host, server_port=cfg.port, share=False, prevent_thread_lock=True,
+                               quiet=True, theme=THEME, max_file_size="50mb", show_error=False)
+    except OSError as err:
+        raise ConfigError(f"cannot serve on {cfg.host}:{cfg.port}: {err}") from None
+    print(f"ultra-demo: serving {url} (Ctrl+C stops)", flush=True)
+    if not block:
+        return app, url
+    app.block_thread()
+
+
+main = console(serve, "ultra-demo")

@@ -1,0 +1,59 @@
+"""What a demo serves: the checkpoint's segmenter (or why there is none) and the backbone every tab uses."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..backbone.vit import FrozenViT
+from ..cli import USER_ERRORS
+from ..readout.checkpoint import load
+from ..readout.segmenter import Segmenter
+
+log = logging.getLogger(__name__)
+
+TRAIN_HINT = ("Train one with `python train.py --config configs/camvid.yaml` (it writes "
+              "`runs/camvid/model.safetensors`), then start `ultra-demo runs/camvid/model.safetensors`.")
+
+
+@dataclass
+class DemoModels:
+    """``segmenter``: the checkpoint's, or None; ``problem``: why there is none (shown in the page);
+    ``vit``: the backbone of Select and Look inside (the checkpoint's own when there is one)."""
+
+    segmenter: Segmenter | None
+    problem: str | None
+    vit: FrozenViT
+    size: int = 448
+
+    @classmethod
+    def open(cls, checkpoint: str | Path | None = None, backbone: str = "vit_small_patch14_dinov2",
+             weights: str = "auto", device: str = "cpu", size: int = 448) -> "DemoModels":
+        """Load ``checkpoint`` with :func:`ultra.load` (the same validation); a refused checkpoint becomes the page's
+        ``problem`` and the other tabs run on ``backbone`` with ``weights``."""
+        segmenter, problem = None, f"No checkpoint was given. {TRAIN_HINT}"
+        if checkpoint is not None:
+            try:
+                segmenter = load(checkpoint, device=device)
+                problem = None
+            except USER_ERRORS as err:
+                problem = f"The checkpoint {checkpoint} was refused: {err}. {TRAIN_HINT}"
+                log.error("%s", problem)
+        vit = segmenter.backbone if segmenter is not None else FrozenViT(backbone, weights=weights).to(device)
+        return cls(segmenter, problem, vit, size)
+
+    @property
+    def readouts(self) -> list[str]:
+        """The segmenter's readouts, ``head`` first."""
+        if self.segmenter is None:
+            return []
+        return sorted(self.segmenter.readouts, key=lambda name: (name != "head", name))
+
+    def describe(self) -> str:
+        """One line on what is loaded (the page's header)."""
+        info = self.vit.weights_info
+        model = f"backbone {self.vit.model_name} ({info.source} weights), {self.vit.num_layers} blocks"
+        if self.segmenter is None:
+            return f"{model}; no checkpoint"
+        names = ", ".join(self.segmenter.class_names)
+        return f"{model}; checkpoint with {len(self.segmenter.class_names)} classes ({names})"

@@ -1,0 +1,181 @@
+"""What each tab of the demo computes, as plain functions of a photo file: no gradio here.
+
+- :func:`segment_photo`: a checkpoint's label map, its overlay and legend (``Segmenter.segment``).
+- :func:`select_object`: the object under a clicked pixel (:func:`ultra.analysis.segments.select`).
+- :func:`look_inside`: the first eigenvectors of one layer's kq, vv and feat graphs of the photo,
+  and the relevance map of a clicked token.
+
+Every user mistake (an unreadable or huge photo, a point outside it, a missing extra) raises a
+:class:`~ultra.errors.UserError` (or :class:`~ultra.readout.crf.CRFUnavailable`) whose message the page shows.
+"""
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..analysis.relevance import relevance_maps
+from ..analysis.segments import check_threshold, point_token, prepare_image, select
+from ..analysis.solver import exact_eigenvectors
+from ..backbone.vit import FrozenViT
+from ..data.io import DataError, image_size, read_image
+from ..data.transforms import image_to_tensor
+from ..graphs.knn import GraphSpec, KnnConfig, affinity_graphs, token_kinds
+from ..pictures import eigen_rgb, heatmap, overlay, overlay_mask, palette
+from ..readout.crf import require_crf
+from ..readout.segmenter import Segmenter
+
+Report = Callable[[float, str], None]
+"""``report(fraction_done, what)``: progress of a task (the page shows it as a bar)."""
+
+MAX_MEGAPIXELS = 25.0
+"""The largest photo the demo takes, in millions of pixels (a 6000x4000 photo is 24)."""
+LOOK_GRAPHS = ("kq", "vv", "feat")
+"""The graphs of the "Look inside" tab: where (key-query), what (value-value) and the block outputs."""
+LOOK_KNN = KnnConfig(k_intra=16, k_inter=0, k_any=0, candidate_images=None)
+"""The graphs of one photo alone: each token's 16 nearest tokens in it (as ``ultra-analyze``'s image level)."""
+MARK_COLOUR = (0, 255, 255)
+
+
+def _no_report(fraction: float, what: str) -> None:
+    """Progress goes nowhere."""
+
+
+def read_photo(path: str | Path) -> np.ndarray:
+    """The photo as ``uint8 [H, W, 3]``, turned as its EXIF orientation says; too large a photo is refused from
+    its header, before its pixels are decoded."""
+    if path is None:
+        raise DataError("no photo: upload one or pick an example")
+    width, height = image_size(path, "photo")
+    if width * height > MAX_MEGAPIXELS * 1e6:
+        raise DataError(f"photo {Path(path).name} is {width}x{height} px ({width * height / 1e6:.0f} MP), more than the "
+                        f"demo's {MAX_MEGAPIXELS:.0f} MP: downscale it first")
+    return read_image(path, orient=True)
+
+
+def mark_point(picture: np.ndarray, point: tuple[float, float], radius: int = 3) -> np.ndarray:
+    """A copy of ``picture`` with a small square at pixel ``point = (x, y)``."""
+    marked = picture.copy()
+    x, y = int(point[0]), int(point[1])
+    marked[max(0, y - radius):y + radius + 1, max(0, x - radius):x + radius + 1] = MARK_COLOUR
+    return marked
+
+
+# --- Segment --------------------------------------------------------------------------------------
+
+@dataclass
+class Segmentation:
+    """A photo's label map ``[H, W]`` (class ids, or cluster ids without a matching; 255 unmatched), its overlay,
+    the ``(id, name, colour, share of pixels)`` of each id present, and the seconds ``Segmenter.segment`` took."""
+
+    labels: np.ndarray
+    overlay: np.ndarray
+    legend: list[tuple[int, str, tuple[int, int, int], float]]
+    seconds: float
+
+
+def label_names(segmenter: Segmenter, readout: str) -> list[str]:
+    """The name of each id a readout's label map can hold: class names when its ids are classes, else clusters."""
+    module = segmenter.readouts[readout]
+    if module.kind == "classes" or readout in segmenter.cluster_to_class:
+        return list(segmenter.class_names)
+    return [f"cluster {k}" for k in range(module.num_outputs)]
+
+
+def segment_photo(segmenter: Segmenter, path: str | Path, readout: str = "head", crf: bool = False,
+                  flip: bool = False) -> Segmentation:
+    """Segment the photo at ``path`` with one of ``segmenter``'s readouts (optionally flip-averaged and CRF-refined)."""
+    if crf:
+        require_crf("the CRF option")
+    picture = read_photo(path)
+    start = time.perf_counter()
+    labels = segmenter.segment(torch.from_numpy(picture).permute(2, 0, 1), readout=readout, crf=crf, flip=flip).numpy()
+    seconds = time.perf_counter() - start
+    names = label_names(segmenter, readout)
+    colours = palette(len(names))
+    ids, counts = np.unique(labels, return_counts=True)
+    legend = [(int(i), names[i] if i < len(names) else "unmatched cluster",
+               tuple(int(c) for c in colours[i]) if i < len(names) else (0, 0, 0), float(n / labels.size))
+              for i, n in sorted(zip(ids, counts), key=lambda pair: -pair[1])]
+    return Segmentation(labels, overlay(picture, labels, num_colors=len(names)), legend, seconds)
+
+
+def legend_html(legend: Sequence[tuple[int, str, tuple[int, int, int], float]]) -> str:
+    """The legend as an HTML list: a colour swatch, the name and the share of pixels of each label."""
+    rows = "".join(
+        f'<li data-label="{i}"><span style="display:inline-block;width:1em;height:1em;margin-right:.4em;'
+        f'vertical-align:middle;background:rgb{colour}"></span>{html.escape(name)} ({100 * share:.1f}%)</li>'
+        for i, name, colour, share in legend)
+    return f'<ul class="ultra-legend" style="list-style:none;padding-left:0">{rows}</ul>'
+
+
+# --- Select ---------------------------------------------------------------------------------------
+
+@dataclass
+class Selection:
+    """The boolean mask ``[H, W]`` of the object under the point, the mask over the photo (point marked) and the
+    clicked token's relevance map as a picture."""
+
+    mask: np.ndarray
+    overlay: np.ndarray
+    relevance: np.ndarray
+
+
+def select_object(vit: FrozenViT, path: str | Path, point: tuple[float, float], layer: int = -1, size: int = 448,
+                  threshold: str | float = "otsu") -> Selection:
+    """The object under ``point`` (pixel x, y) of the photo at ``path``: its token's relevance map, thresholded."""
+    threshold = check_threshold(threshold)
+    picture = read_photo(path)
+    mask, values = select(vit, image_to_tensor(picture), point, layer=layer, size=size, threshold=threshold)
+    mask = mask.numpy()
+    return Selection(mask, mark_point(overlay_mask(picture, mask), point), heatmap(values.numpy(), picture.shape[1::-1]))
+
+
+# --- Look inside ----------------------------------------------------------------------------------
+
+@dataclass
+class LayerView:
+    """One layer of the backbone on one photo: the first three non-trivial eigenvectors of each graph as an RGB
+    picture (``eigenvectors[kind]``), and the relevance map of the clicked token (None without a click)."""
+
+    layer: int
+    eigenvectors: dict[str, np.ndarray]
+    relevance: np.ndarray | None
+
+
+def look_inside(vit: FrozenViT, path: str | Path, layer: int = -1, point: tuple[float, float] | None = None,
+                size: int = 448, report: Report = _no_report) -> LayerView:
+    """The kq, vv and feat graphs of block ``layer`` on the photo at ``path``, by their exact leading eigenvectors
+    (one photo's graph is small), and the relevance map of the token under ``point`` when given."""
+    layer = vit.check_layers([layer])[0]
+    picture = read_photo(path)
+    height, width = picture.shape[:2]
+    image = prepare_image(vit, image_to_tensor(picture), size)
+    if point is not None:
+        point_token(point, (height, width), vit.check_images(image[None]))  # a point outside is refused before work
+    report(0.0, f"backbone, block {layer}")
+    specs = [GraphSpec(kind, layer) for kind in LOOK_GRAPHS]
+    features = vit(image[None], layers=[layer], kinds=sorted(token_kinds(specs)))
+    grid = features.grid_size
+    if grid[0] * grid[1] < 5:
+        raise DataError(f"photo {Path(path).name} gives only {grid[0]}x{grid[1]} tokens at --size {size}: too few for "
+                        f"graphs; use a larger size")
+    grids = {key: features[key] for key in features.keys()}
+    eigenvectors = {}
+    for i, spec in enumerate(specs):
+        report((i + 1) / (len(specs) + 2), f"{spec.kind} graph: eigenvectors")
+        graph = affinity_graphs(grids, [spec], LOOK_KNN)
+        vectors, _ = exact_eigenvectors(graph, None, 4)
+        eigenvectors[spec.kind] = eigen_rgb(vectors[:, 1:4].reshape(*grid, 3).numpy(), (width, height))
+    relevance = None
+    if point is not None:
+        report((len(specs) + 1) / (len(specs) + 2), "relevance map of the clicked token")
+        token = point_token(point, (height, width), grid)
+        values = relevance_maps(vit, image, layer=layer, targets=torch.tensor([token])).maps[0]
+        relevance = mark_point(heatmap(values.numpy(), (width, height)), point)
+    return LayerView(layer, eigenvectors, relevance)
