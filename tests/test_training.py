@@ -266,6 +266,9 @@ def test_loaded_checkpoint_segments_images_at_their_size(trained, tiny_vit):
     assert torch.equal(segmenter.segment(torch.from_numpy(np.array(picture)).permute(2, 0, 1)), labels)
     raw = segmenter.segment(picture, readout="raw")
     assert raw.shape == (50, 70)
+    small = torch.rand(1, 3, 32, 48)  # one readout's scores are those of all readouts, computed alone
+    alone = segmenter.pixel_scores(small, readouts=["raw"])
+    assert list(alone) == ["raw"] and torch.allclose(alone["raw"], segmenter.pixel_scores(small)["raw"], atol=1e-6)
     with pytest.raises(ConfigError, match="no readout 'nope'"):
         segmenter.segment(picture, readout="nope")
 

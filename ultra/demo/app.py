@@ -96,11 +96,10 @@ def build_app(models: DemoModels, downloads: DownloadFolder) -> gr.Blocks:
         picture = read_photo(photo) if photo else None
         return picture, picture, ""
 
-    def segment(photo: str, readout: str, crf: bool, flip: bool, progress=gr.Progress()):
+    def segment(photo: str, readout: str, crf: bool, flip: bool):
         """Segment the photo with the checkpoint: overlay, legend, label PNG, status."""
         if models.segmenter is None:
             return None, "", None, f"**No segmenter.** {models.problem}"
-        progress(0.0, desc=f"segmenting with the {readout} readout")
         result = segment_photo(models.segmenter, photo, readout=readout, crf=crf, flip=flip)
         labels = save_label_map(result.labels, downloads.new_file(f"{Path(photo).stem}_labels.png"))
         height, width = result.labels.shape

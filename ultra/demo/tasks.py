@@ -98,10 +98,10 @@ def segment_photo(segmenter: Segmenter, path: str | Path, readout: str = "head",
     seconds = time.perf_counter() - start
     names = label_names(segmenter, readout)
     colours = palette(len(names))
-    ids, counts = np.unique(labels, return_counts=True)
+    counts = np.bincount(labels.ravel(), minlength=len(names))
     legend = [(int(i), names[i] if i < len(names) else "unmatched cluster",
-               tuple(int(c) for c in colours[i]) if i < len(names) else (0, 0, 0), float(n / labels.size))
-              for i, n in sorted(zip(ids, counts), key=lambda pair: -pair[1])]
+               tuple(int(c) for c in colours[i]) if i < len(names) else (0, 0, 0), float(counts[i] / labels.size))
+              for i in np.argsort(-counts, kind="stable") if counts[i]]
     return Segmentation(labels, overlay(picture, labels, num_colors=len(names)), legend, seconds)
 
 

@@ -111,22 +111,27 @@ class Segmenter(nn.Module):
         return self.backbone(images.to(self.device), layers=layers or self.layers, kinds=kinds or self.kinds)
 
     @torch.no_grad()
-    def grid_scores(self, images: Tensor) -> dict[str, Tensor]:
-        """Scores ``[B, K, h, w]`` per readout for images in [0, 1] (resized to a multiple of the patch if needed)."""
-        feats = self.tokens(images)
+    def grid_scores(self, images: Tensor, readouts: Sequence[str] | None = None) -> dict[str, Tensor]:
+        """Scores ``[B, K, h, w]`` of ``readouts`` (default all) for images in [0, 1] (resized to a multiple of the
+        patch if needed)."""
+        chosen = {name: self.readouts[name] for name in (readouts or self.readouts)}
+        feats = self.tokens(images, layers=sorted({layer for r in chosen.values() for _, layer in r.keys}),
+                            kinds=sorted({kind for r in chosen.values() for kind, _ in r.keys}))
         out = {}
-        for name, readout in self.readouts.items():
+        for name, readout in chosen.items():
             tokens = torch.cat([feats[key] for key in readout.keys], -1)
             scores = readout(tokens.flatten(0, 2)).view(*tokens.shape[:3], -1)
             out[name] = scores.permute(0, 3, 1, 2)
         return out
 
     @torch.no_grad()
-    def pixel_scores(self, images: Tensor, size: tuple[int, int] | None = None, flip: bool = False) -> dict[str, Tensor]:
-        """Scores upsampled to ``size`` (default: the images' size); ``flip`` averages with the mirrored image."""
-        scores = self.grid_scores(images)
+    def pixel_scores(self, images: Tensor, size: tuple[int, int] | None = None, flip: bool = False,
+                     readouts: Sequence[str] | None = None) -> dict[str, Tensor]:
+        """Scores of ``readouts`` (default all) upsampled to ``size`` (default: the images' size); ``flip`` averages
+        with the mirrored image."""
+        scores = self.grid_scores(images, readouts)
         if flip:
-            mirrored = self.grid_scores(images.flip(-1))
+            mirrored = self.grid_scores(images.flip(-1), readouts)
             scores = {k: (v + mirrored[k].flip(-1)) / 2 for k, v in scores.items()}
         size = size or tuple(images.shape[-2:])
         return {k: upsample_scores(v, size) for k, v in scores.items()}
@@ -149,7 +154,7 @@ class Segmenter(nn.Module):
                              f"side of {self.resize} px its longer side would be {long_side} px, more than the maximum "
                              f"{MAX_SIDE} (an aspect ratio above {MAX_SIDE / self.resize:.1f}); crop it first")
         small = resize_to_patches(tensor[None], self.resize, self.backbone.patch_size)
-        scores = self.pixel_scores(small, size=(height, width), flip=flip)[readout][0]
+        scores = self.pixel_scores(small, size=(height, width), flip=flip, readouts=[readout])[readout][0]
         if crf:
             picture = (tensor.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
             labels = torch.from_numpy(dense_crf(picture, torch.softmax(scores * SCORE_SCALE, 0).cpu().numpy()))
