@@ -66,23 +66,23 @@ def test_a_readout_without_matching_names_its_clusters(served, photo):
 
 def test_select_returns_a_mask_that_holds_the_clicked_pixel(served, photo):
     _, client = served
-    overlay, mask, relevance, status = client.predict(handle_file(str(photo)), 45, 25, 2, True, 0.5, api_name="/select")
+    overlay, mask, relevance, status = client.predict(handle_file(str(photo)), "45,25", 2, True, 0.5, api_name="/select")
     mask = read(mask)
     assert mask.shape == (50, 70) and mask[25, 45] == 255 and set(np.unique(mask)) <= {0, 255}
     assert read(overlay).shape == (50, 70, 3) and read(relevance).shape == (50, 70, 3)
     assert f"{100 * (mask == 255).mean():.1f}% of the photo" in status
-    *_, status = client.predict(handle_file(str(photo)), 45, 25, 2, False, 0.9, api_name="/select")
+    *_, status = client.predict(handle_file(str(photo)), "45,25", 2, False, 0.9, api_name="/select")
     assert "object at (45, 25)" in status
 
 
 def test_look_inside_shows_each_graph_and_the_clicked_token(served, photo):
     _, client = served
-    kq, vv, feat, relevance, status = client.predict(handle_file(str(photo)), 1, 10, 20, api_name="/look_inside")
+    kq, vv, feat, relevance, status = client.predict(handle_file(str(photo)), 1, "10,20", api_name="/look_inside")
     pictures = [read(p) for p in (kq, vv, feat)]
     assert all(p.shape == (50, 70, 3) and p.std() > 0 for p in pictures)
     assert not np.array_equal(pictures[0], pictures[1])  # where and what are different graphs
     assert read(relevance).shape == (50, 70, 3) and "block 1" in status
-    *_, relevance, status = client.predict(handle_file(str(photo)), 1, None, None, api_name="/look_inside")
+    *_, relevance, status = client.predict(handle_file(str(photo)), 1, "", api_name="/look_inside")
     assert relevance is None and "click on the photo" in status
 
 
@@ -97,7 +97,7 @@ def test_a_bad_upload_is_a_message_naming_it(served, tmp_path, content, message)
         Image.new("RGB", (6000, 5000)).save(bad)
     else:
         bad.write_bytes(content)
-    for api, args in (("/segment", ("head", False, False)), ("/select", (5, 5, 2, True, 0.5)), ("/look_inside", (1, 5, 5))):
+    for api, args in (("/segment", ("head", False, False)), ("/select", ("5,5", 2, True, 0.5)), ("/look_inside", (1, "5,5"))):
         result = client.predict(handle_file(str(bad)), *args, api_name=api)
         assert message in result[-1] and all(out in (None, "") for out in result[:-1]), api
         assert "/tmp" not in result[-1]  # the upload by its name, not the server's copy
@@ -105,10 +105,12 @@ def test_a_bad_upload_is_a_message_naming_it(served, tmp_path, content, message)
 
 def test_a_point_outside_the_photo_and_no_point_are_messages(served, photo):
     _, client = served
-    assert "point (80, 5) is outside the 70x50 image" in client.predict(handle_file(str(photo)), 80, 5, 2, True, 0.5,
-                                                                        api_name="/select")[-1]
-    assert "no point: click on the photo" in client.predict(handle_file(str(photo)), None, None, 2, True, 0.5,
-                                                            api_name="/select")[-1]
+    def select(point):
+        return client.predict(handle_file(str(photo)), point, 2, True, 0.5, api_name="/select")[-1]
+
+    assert "point (80.0, 5.0) is outside the 70x50 image" in select("80,5")
+    assert "no point: click on the photo" in select("")
+    assert "the point must be X,Y in pixels, got 'here'" in select("here")
 
 
 def test_the_page_loads_nothing_from_elsewhere_and_serves_this_machine_only(served):
@@ -135,7 +137,7 @@ def test_without_a_usable_checkpoint_segment_says_how_to_train_and_select_works(
         client = Client(url, verbose=False)
         *outputs, status = client.predict(handle_file(str(photo)), "head", False, False, api_name="/segment")
         assert expected in status and outputs == [None, "", None]
-        _, mask, _, _ = client.predict(handle_file(str(photo)), 45, 25, 11, True, 0.5, api_name="/select")
+        _, mask, _, _ = client.predict(handle_file(str(photo)), "45,25", 11, True, 0.5, api_name="/select")
         assert read(mask)[25, 45] == 255
     finally:
         app.close()

@@ -25,11 +25,12 @@ from . import (
 )
 
 
-def parse_point(text: str) -> tuple[float, float]:
+def parse_point(text: str, option: str = "--point") -> tuple[float, float]:
+    """``"X,Y"`` (pixels) as ``(x, y)``; anything else is refused naming ``option``."""
     try:
         x, y = (float(v) for v in text.split(","))
     except ValueError:
-        raise ConfigError(f"--point must be X,Y in pixels, got '{text}'") from None
+        raise ConfigError(f"{option} must be X,Y in pixels, got '{text}'") from None
     return x, y
 
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..analysis.segments import check_threshold
 from ..cli import USER_ERRORS
+from ..cli.select import parse_point
 from ..errors import ConfigError
 from ..pictures import save_label_map
 from .examples import write_examples
@@ -81,10 +82,15 @@ class DownloadFolder:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def clicked(evt: gr.SelectData) -> tuple[int, int]:
-    """The pixel ``(x, y)`` of a click on an image."""
+def clicked(evt: gr.SelectData) -> str:
+    """The pixel ``"x,y"`` of a click on an image."""
     x, y = evt.index
-    return int(x), int(y)
+    return f"{int(x)},{int(y)}"
+
+
+def clicked_point(text: str | None) -> tuple[float, float] | None:
+    """The point of a ``"x,y"`` field; None when it is empty."""
+    return parse_point(text, "the point") if text and text.strip() else None
 
 
 def build_app(models: DemoModels, downloads: DownloadFolder) -> gr.Blocks:
@@ -92,9 +98,9 @@ def build_app(models: DemoModels, downloads: DownloadFolder) -> gr.Blocks:
     examples = write_examples(downloads.root / "examples")
 
     def show_photo(photo: str | None):
-        """The uploaded photo, as the Select and Look inside tabs show it."""
+        """The uploaded photo, as the Select and Look inside tabs show it (their points cleared)."""
         picture = read_photo(photo) if photo else None
-        return picture, picture, ""
+        return picture, picture, "", "", ""
 
     def segment(photo: str, readout: str, crf: bool, flip: bool):
         """Segment the photo with the checkpoint: overlay, legend, label PNG, status."""
@@ -107,24 +113,26 @@ def build_app(models: DemoModels, downloads: DownloadFolder) -> gr.Blocks:
                   f"(backbone at {models.segmenter.resize} px{', flip-averaged' if flip else ''}{', CRF' if crf else ''})")
         return result.overlay, legend_html(result.legend), str(labels), status
 
-    def select(photo: str, x: float, y: float, layer: int, otsu: bool, fraction: float, progress=gr.Progress()):
-        """The object under pixel (x, y): overlay, mask, relevance map, status."""
-        if x is None or y is None:
-            raise ConfigError("no point: click on the photo (or give x and y)")
+    def select(photo: str, point: str, layer: int, otsu: bool, fraction: float, progress=gr.Progress()):
+        """The object under the point ``"x,y"``: overlay, mask, relevance map, status."""
+        xy = clicked_point(point)
+        if xy is None:
+            raise ConfigError("no point: click on the photo (or type x,y)")
         threshold = "otsu" if otsu else check_threshold(fraction)
         progress(0.0, desc="relevance map of the clicked token")
-        result = select_object(models.vit, photo, (x, y), layer=layer, size=models.size, threshold=threshold)
+        result = select_object(models.vit, photo, xy, layer=layer, size=models.size, threshold=threshold)
         share = 100 * result.mask.mean()
         mask = (result.mask * 255).astype(np.uint8)
-        return result.overlay, mask, result.relevance, f"object at ({x:.0f}, {y:.0f}): {share:.1f}% of the photo"
+        return result.overlay, mask, result.relevance, f"object at ({xy[0]:.0f}, {xy[1]:.0f}): {share:.1f}% of the photo"
 
-    def look(photo: str, layer: int, x: float | None, y: float | None, progress=gr.Progress()):
-        """The kq, vv and feat eigenvectors of one block, and the clicked token's relevance map."""
-        point = None if x is None or y is None else (x, y)
-        view = look_inside(models.vit, photo, layer=layer, point=point, size=models.size,
+    def look(photo: str, layer: int, point: str, progress=gr.Progress()):
+        """The kq, vv and feat eigenvectors of one block, and the relevance map of the token at ``"x,y"`` if given."""
+        xy = clicked_point(point)
+        view = look_inside(models.vit, photo, layer=layer, point=xy, size=models.size,
                            report=lambda fraction, what: progress(fraction, desc=what))
         pictures = [view.eigenvectors[kind] for kind in ("kq", "vv", "feat")]
-        where = f", relevance of the token at ({x:.0f}, {y:.0f})" if point else "; click on the photo for a token's relevance"
+        where = (f", relevance of the token at ({xy[0]:.0f}, {xy[1]:.0f})" if xy
+                 else "; click on the photo for a token's relevance")
         return (*pictures, view.relevance, f"block {view.layer}: eigenvectors 1-3 as RGB{where}")
 
     last = models.vit.num_layers - 1
@@ -156,8 +164,7 @@ def build_app(models: DemoModels, downloads: DownloadFolder) -> gr.Blocks:
                     select_view = gr.Image(label="Photo: click on an object", format="png", interactive=False,
                                            elem_id="select-photo")
                     with gr.Column():
-                        sx = gr.Number(label="x", precision=0)
-                        sy = gr.Number(label="y", precision=0)
+                        select_point = gr.Textbox(label="Point x,y (pixels; a click fills it)", elem_id="select-point")
                         select_layer = gr.Slider(0, last, value=last, step=1, label="Block")
                         otsu = gr.Checkbox(label="Otsu's threshold", value=True)
                         fraction = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Threshold (fraction of the map's maximum)")
@@ -175,8 +182,8 @@ def build_app(models: DemoModels, downloads: DownloadFolder) -> gr.Blocks:
                     look_view = gr.Image(label="Photo", format="png", interactive=False, elem_id="look-photo")
                     with gr.Column():
                         look_layer = gr.Slider(0, last, value=last, step=1, label="Block")
-                        lx = gr.Number(label="x", precision=0)
-                        ly = gr.Number(label="y", precision=0)
+                        look_point = gr.Textbox(label="Point x,y (pixels; a click fills it, empty: none)",
+                                                elem_id="look-point")
                         run_look = gr.Button("Show the graphs", elem_id="look-button")
                 with gr.Row():
                     kq, vv, feat = (gr.Image(label=f"{kind} eigenvectors 1-3", format="png", interactive=False)
@@ -185,20 +192,21 @@ def build_app(models: DemoModels, downloads: DownloadFolder) -> gr.Blocks:
                 look_status = gr.Markdown(elem_id="look-status")
 
         common = {"concurrency_id": ONE_AT_A_TIME, "concurrency_limit": 1}
-        photo.change(guarded(show_photo, (None, None)), [photo], [select_view, look_view, segment_status],
+        photo.change(guarded(show_photo, (None, None, "", "")), [photo],
+                     [select_view, look_view, select_point, look_point, segment_status],
                      api_visibility="private", **common)
         run_segment.click(guarded(segment, (None, "", None)), [photo, readout, crf, flip],
                           [segmented, legend, label_file, segment_status], api_name="segment", **common)
-        select_inputs = [photo, sx, sy, select_layer, otsu, fraction]
+        select_inputs = [photo, select_point, select_layer, otsu, fraction]
         select_outputs = [selected, mask, select_map, select_status]
         select_fn = guarded(select, (None, None, None))
         run_select.click(select_fn, select_inputs, select_outputs, api_name="select", **common)
-        select_view.select(clicked, None, [sx, sy], api_visibility="private").then(
+        select_view.select(clicked, None, [select_point], api_visibility="private").then(
             select_fn, select_inputs, select_outputs, api_visibility="private", **common)
-        look_inputs = [photo, look_layer, lx, ly]
+        look_inputs = [photo, look_layer, look_point]
         look_outputs = [kq, vv, feat, look_map, look_status]
         look_fn = guarded(look, (None, None, None, None))
         run_look.click(look_fn, look_inputs, look_outputs, api_name="look_inside", **common)
-        look_view.select(clicked, None, [lx, ly], api_visibility="private").then(
+        look_view.select(clicked, None, [look_point], api_visibility="private").then(
             look_fn, look_inputs, look_outputs, api_visibility="private", **common)
     return app
