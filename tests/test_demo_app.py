@@ -161,3 +161,26 @@ def test_without_the_demo_extra_the_command_says_how_to_install_it(tiny_checkpoi
     with pytest.raises(SystemExit):
         demo_cli.main([str(tiny_checkpoint)])
     assert "ultra-demo needs the 'demo' extra: pip install 'ultra-seg[demo]'" in capsys.readouterr().err
+
+
+def test_old_downloads_are_removed_and_the_examples_kept(tmp_path):
+    import os
+    import time
+
+    from ultra.demo.app import DOWNLOAD_AGE_S, DownloadFolder
+    from ultra.demo.examples import write_examples
+
+    folder = DownloadFolder()
+    try:
+        examples = write_examples(folder.examples, count=1, size=32)
+        old = folder.new_file("a_labels.png")
+        old.write_bytes(b"png")
+        past = time.time() - DOWNLOAD_AGE_S - 5
+        for path in (old.parent, folder.examples):
+            os.utime(path, (past, past))
+        recent = folder.new_file("b_labels.png")
+        assert recent.name == "b_labels.png" and recent.parent.is_dir()
+        assert not old.exists() and examples[0].is_file()
+    finally:
+        folder.remove()
+    assert not folder.root.exists()

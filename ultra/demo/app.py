@@ -65,18 +65,22 @@ def guarded(task: Callable, empty: tuple) -> Callable:
 
 
 class DownloadFolder:
-    """A folder of files offered for download, each in its own subfolder (so it keeps its plain name), removed
-    after :data:`DOWNLOAD_AGE_S` seconds and with the folder when the app ends."""
+    """The app's own folder: the example photos (``examples/``) and the files offered for download
+    (``downloads/``, each in its own subfolder so it keeps its plain name, removed after
+    :data:`DOWNLOAD_AGE_S` seconds); all of it is removed when the app ends."""
 
     def __init__(self):
         self.root = Path(tempfile.mkdtemp(prefix="ultra-demo-"))
+        self.examples, self.downloads = self.root / "examples", self.root / "downloads"
+        self.downloads.mkdir()
 
     def new_file(self, name: str) -> Path:
+        """A fresh path called ``name`` for a download; older downloads than :data:`DOWNLOAD_AGE_S` are removed."""
         now = time.time()
-        for old in self.root.iterdir():
+        for old in self.downloads.iterdir():
             if now - old.stat().st_mtime > DOWNLOAD_AGE_S:
                 shutil.rmtree(old, ignore_errors=True)
-        return Path(tempfile.mkdtemp(dir=self.root)) / name
+        return Path(tempfile.mkdtemp(dir=self.downloads)) / name
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
@@ -95,7 +99,7 @@ def clicked_point(text: str | None) -> tuple[float, float] | None:
 
 def build_app(models: DemoModels, downloads: DownloadFolder) -> gr.Blocks:
     """The page over ``models``; label PNGs are written into ``downloads``."""
-    examples = write_examples(downloads.root / "examples")
+    examples = write_examples(downloads.examples)
 
     def show_photo(photo: str | None):
         """The uploaded photo, as the Select and Look inside tabs show it (their points cleared)."""
