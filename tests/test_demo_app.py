@@ -24,7 +24,19 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_checkpoint):
+def outgoing():
+    """gradio's telemetry (version check, usage reports), recorded instead of sent."""
+    import gradio.analytics as analytics
+
+    calls = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(analytics, "_do_analytics_request", lambda topic, data: calls.append(topic))
+        patch.setattr(analytics, "version_check", lambda: calls.append("version_check"))
+        yield calls
+
+
+@pytest.fixture(scope="module")
+def served(tiny_checkpoint, outgoing):
     """The page on the tiny checkpoint, and a client of it."""
     app, url = demo_cli.serve([str(tiny_checkpoint), "--port", str(free_port()), "--size", "64"], block=False)
     yield url, Client(url, verbose=False)
@@ -113,8 +125,10 @@ def test_a_point_outside_the_photo_and_no_point_are_messages(served, photo):
     assert "the point must be X,Y in pixels, got 'here'" in select("here")
 
 
-def test_the_page_loads_nothing_from_elsewhere_and_serves_this_machine_only(served):
-    url, _ = served
+def test_the_page_loads_nothing_from_elsewhere_and_serves_this_machine_only(served, outgoing, photo):
+    url, client = served
+    client.predict(handle_file(str(photo)), "head", False, False, api_name="/segment")
+    assert outgoing == []  # no telemetry at start or on use
     assert url.startswith("http://127.0.0.1:")
     page = urllib.request.urlopen(url).read().decode()
     config = urllib.request.urlopen(url + "config").read().decode()
