@@ -48,6 +48,24 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int
     return out.astype(np.uint8)
 
 
+MARK_COLOUR = (0, 255, 255)
+
+
+def mark_point(picture: np.ndarray, point: tuple[float, float], radius: int = 3) -> np.ndarray:
+    """A copy of ``picture`` with a small cyan square at pixel ``point = (x, y)`` (a click)."""
+    marked = picture.copy()
+    x, y = int(point[0]), int(point[1])
+    marked[max(0, y - radius):y + radius + 1, max(0, x - radius):x + radius + 1] = MARK_COLOUR
+    return marked
+
+
+def selection_pictures(picture: np.ndarray, mask: np.ndarray, relevance: np.ndarray,
+                       point: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """The pictures of an object selected by a click: the mask over ``picture`` with the point marked, and the clicked
+    token's ``relevance`` map (grid) as a heat picture at the picture's size."""
+    return mark_point(overlay_mask(picture, mask), point), heatmap(relevance, picture.shape[1::-1])
+
+
 def eigen_rgb(vectors: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
     """Three maps ``[h, w, 3]`` as an RGB picture, each channel stretched to [0, 255] (bilinear to ``size`` = (W, H))."""
     v = np.asarray(vectors, dtype=np.float64)

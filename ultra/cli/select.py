@@ -15,7 +15,7 @@ from ..backbone.vit import FrozenViT
 from ..data.io import read_image
 from ..data.transforms import image_to_tensor
 from ..errors import ConfigError
-from ..pictures import heatmap, overlay_mask, save_image
+from ..pictures import save_image, selection_pictures
 from . import (
     add_backbone_arguments,
     check_backbone_arguments,
@@ -57,12 +57,10 @@ def run(args: list[str] | None = None) -> Path:
     vit = FrozenViT(cfg.backbone, weights=cfg.weights, layers=[cfg.layer], kinds=["x"])
     mask, values = select(vit, image_to_tensor(picture), point, layer=cfg.layer, size=cfg.size, threshold=threshold)
     mask = mask.numpy()
-    shown = overlay_mask(picture, mask)
-    x, y = int(point[0]), int(point[1])
-    shown[max(0, y - 3):y + 4, max(0, x - 3):x + 4] = (0, 255, 255)
+    shown, relevance = selection_pictures(picture, mask, values.numpy(), point)
     save_image((mask * 255).astype(np.uint8), outputs[0])
     save_image(shown, outputs[1])
-    save_image(heatmap(values.numpy(), picture.shape[1::-1]), outputs[2])
+    save_image(relevance, outputs[2])
     print(f"mask of {int(mask.sum())} px ({100 * mask.mean():.1f}% of the image) written to {outputs[0]}")
     return outputs[0]
 

@@ -26,7 +26,7 @@ from ..backbone.vit import FrozenViT
 from ..data.io import DataError, image_size, read_image
 from ..data.transforms import image_to_tensor
 from ..graphs.knn import GraphSpec, KnnConfig, affinity_graphs, token_kinds
-from ..pictures import eigen_rgb, heatmap, overlay, overlay_mask, palette
+from ..pictures import eigen_rgb, heatmap, mark_point, overlay, palette, selection_pictures
 from ..readout.crf import require_crf
 from ..readout.segmenter import Segmenter
 
@@ -39,7 +39,6 @@ LOOK_GRAPHS = ("kq", "vv", "feat")
 """The graphs of the "Look inside" tab: where (key-query), what (value-value) and the block outputs."""
 LOOK_KNN = KnnConfig(k_intra=16, k_inter=0, k_any=0, candidate_images=None)
 """The graphs of one photo alone: each token's 16 nearest tokens in it (as ``ultra-analyze``'s image level)."""
-MARK_COLOUR = (0, 255, 255)
 
 
 def _no_report(fraction: float, what: str) -> None:
@@ -56,14 +55,6 @@ def read_photo(path: str | Path) -> np.ndarray:
         raise DataError(f"photo {Path(path).name} is {width}x{height} px ({width * height / 1e6:.0f} MP), more than the "
                         f"demo's {MAX_MEGAPIXELS:.0f} MP: downscale it first")
     return read_image(path, orient=True)
-
-
-def mark_point(picture: np.ndarray, point: tuple[float, float], radius: int = 3) -> np.ndarray:
-    """A copy of ``picture`` with a small square at pixel ``point = (x, y)``."""
-    marked = picture.copy()
-    x, y = int(point[0]), int(point[1])
-    marked[max(0, y - radius):y + radius + 1, max(0, x - radius):x + radius + 1] = MARK_COLOUR
-    return marked
 
 
 # --- Segment --------------------------------------------------------------------------------------
@@ -133,7 +124,7 @@ def select_object(vit: FrozenViT, path: str | Path, point: tuple[float, float], 
     picture = read_photo(path)
     mask, values = select(vit, image_to_tensor(picture), point, layer=layer, size=size, threshold=threshold)
     mask = mask.numpy()
-    return Selection(mask, mark_point(overlay_mask(picture, mask), point), heatmap(values.numpy(), picture.shape[1::-1]))
+    return Selection(mask, *selection_pictures(picture, mask, values.numpy(), point))
 
 
 # --- Look inside ----------------------------------------------------------------------------------
