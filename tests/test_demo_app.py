@@ -198,3 +198,42 @@ def test_old_downloads_are_removed_and_the_examples_kept(tmp_path):
     finally:
         folder.remove()
     assert not folder.root.exists()
+
+
+def test_the_crf_option_refines_or_says_what_is_missing(served, photo, monkeypatch):
+    from ultra.readout import crf
+
+    _, client = served
+    _, _, labels, status = client.predict(handle_file(str(photo)), "head", True, False, api_name="/segment")
+    try:
+        crf.require_crf("--crf")
+    except crf.CRFUnavailable:
+        pass  # without the extra 'crf' only the message below is checked
+    else:
+        assert read(labels).shape == (50, 70) and ", CRF)" in status, status
+
+    def missing():
+        raise crf.CRFUnavailable("no pydensecrf")
+
+    monkeypatch.setattr(crf, "_densecrf", missing)
+    *outputs, status = client.predict(handle_file(str(photo)), "head", True, False, api_name="/segment")
+    assert "the CRF option needs the dense CRF: pip install 'ultra-seg[crf]'" in status and outputs == [None, "", None]
+
+
+def test_a_bug_is_named_in_the_page_and_the_app_lives_on(served, photo, monkeypatch, caplog):
+    from ultra.demo import app as demo_app
+
+    _, client = served
+    real = demo_app.segment_photo
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something inside broke")
+
+    monkeypatch.setattr(demo_app, "segment_photo", broken)
+    *outputs, status = client.predict(handle_file(str(photo)), "head", False, False, api_name="/segment")
+    assert "**Internal error** (RuntimeError: something inside broke); the server's log has the traceback" in status
+    assert "Traceback" not in status and outputs == [None, "", None]
+    assert "demo task failed" in caplog.text
+    monkeypatch.setattr(demo_app, "segment_photo", real)
+    *_, status = client.predict(handle_file(str(photo)), "head", False, False, api_name="/segment")
+    assert "segmented by the **head** readout" in status
