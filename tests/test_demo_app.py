@@ -237,3 +237,17 @@ def test_a_bug_is_named_in_the_page_and_the_app_lives_on(served, photo, monkeypa
     monkeypatch.setattr(demo_app, "segment_photo", real)
     *_, status = client.predict(handle_file(str(photo)), "head", False, False, api_name="/segment")
     assert "segmented by the **head** readout" in status
+
+
+def test_unmatched_clusters_are_black_and_named_so_in_the_legend(tiny_vit, photo):
+    import torch
+
+    from ultra.demo.tasks import segment_photo
+    from ultra.readout.segmenter import ClusterReadout, Segmenter
+
+    readout = ClusterReadout([("x", 2)], torch.randn(3, 48))
+    segmenter = Segmenter(tiny_vit, {"head": readout}, ["a", "b"], resize=64,
+                          cluster_to_class={"head": torch.tensor([-1, -1, -1])})  # no cluster matched to a class
+    result = segment_photo(segmenter, photo)
+    assert (result.labels == 255).all() and (result.overlay < read(photo)).all()  # darkened towards black
+    assert result.legend == [(255, "unmatched cluster", (0, 0, 0), 1.0)]
