@@ -435,3 +435,17 @@ def test_a_label_map_of_another_size_is_named_before_the_cache_build(tmp_path):
     with pytest.raises(DataError, match=rf"label map {label} is 48x96 px, its image .* 96x96"):
         train_cli.run(["--config", str(config), *tiny_overrides(tmp_path), "--readout.evaluate", "false"])
     assert not list((tmp_path / "cache").glob("*.partial"))
+
+
+def test_try_lock_takes_a_free_lock_and_refuses_a_held_one(tmp_path):
+    from ultra.files import try_lock
+
+    first = try_lock(tmp_path / "x.lock")
+    assert first is not None and first.is_locked
+    held = subprocess.run([sys.executable, "-c", f"from ultra.files import try_lock; print(try_lock({str(tmp_path / 'x.lock')!r}))"],
+                          capture_output=True, text=True, check=True)
+    assert held.stdout.strip() == "None"  # another process sees it held
+    first.release()
+    again = subprocess.run([sys.executable, "-c", f"from ultra.files import try_lock; print(try_lock({str(tmp_path / 'x.lock')!r}) is not None)"],
+                           capture_output=True, text=True, check=True)
+    assert again.stdout.strip() == "True"

@@ -80,17 +80,29 @@ def _umask() -> int:
     return mask
 
 
+def try_lock(path: str | Path):
+    """The inter-process lock file ``path`` (a ``filelock.FileLock``), acquired if no other process holds it now,
+    else None; the caller releases it."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return None
+    return lock
+
+
 @contextlib.contextmanager
 def build_lock(path: str | Path, what: str) -> Iterator[None]:
     """An inter-process lock (``<path>.lock``) around building ``path``: a second process waits for the
     first, then finds the finished result instead of building over it."""
-    from filelock import FileLock, Timeout
+    from filelock import FileLock
 
-    lock = FileLock(f"{path}.lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
+    lock = try_lock(f"{path}.lock")
+    if lock is None:
         logging.getLogger(__name__).info("waiting for another process building %s (%s.lock)", what, path)
+        lock = FileLock(f"{path}.lock")
         lock.acquire()
     try:
         yield
@@ -109,16 +121,12 @@ LOCK_NAME = ".ultra.lock"
 def folder_lock(folder: str | Path, option: str) -> Iterator[None]:
     """Hold ``folder/.ultra.lock`` for the block, so that no two commands write into one folder at once; refuse at
     once (:class:`FolderInUse`, naming ``option``, the setting that chose the folder) when another process holds it."""
-    from filelock import FileLock, Timeout
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(folder / LOCK_NAME)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
+    lock = try_lock(folder / LOCK_NAME)
+    if lock is None:
         raise FolderInUse(f"{folder} is in use by another command (it holds {folder / LOCK_NAME}): wait for it to "
-                          f"finish, or choose another {option}") from None
+                          f"finish, or choose another {option}")
     try:
         yield
     finally:

@@ -32,6 +32,7 @@ from ..files import (
     disk_full_named,
     remove_stale_parts,
     reserve_space,
+    try_lock,
 )
 from .grids import labels_to_grid
 from .io import DataError
@@ -200,8 +201,6 @@ class FeatureCache:
 def _remove_replaced_partials(root: Path, lineage: str, keep: Path) -> None:
     """Remove the unfinished builds of the same lineage as ``keep`` under other names (their data set's files have
     changed since, e.g. a bad image was fixed), unless another process is building them now."""
-    from filelock import FileLock, Timeout
-
     for partial in root.glob("*.partial"):
         if partial.name == f"{keep.name}.partial":
             continue
@@ -211,10 +210,8 @@ def _remove_replaced_partials(root: Path, lineage: str, keep: Path) -> None:
             continue
         if not same:
             continue
-        lock = FileLock(root / f"{partial.name.split('-')[0]}.lock")
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
+        lock = try_lock(root / f"{partial.name.split('-')[0]}.lock")
+        if lock is None:  # another process is building it now
             continue
         try:
             log.info("removing %s: an unfinished cache of an older version of these images", partial)
