@@ -40,7 +40,7 @@ from ..head.module import SpectralHeadModule
 from ..readout.checkpoint import save_segmenter
 from ..readout.crf import require_crf
 from ..readout.fit import ReadoutConfig, fit_readouts
-from ..readout.segmenter import MAX_CLUSTERS, Segmenter
+from ..readout.segmenter import Segmenter
 from . import console, require_writable
 
 log = logging.getLogger(__name__)
@@ -188,13 +188,7 @@ def run_training(cli: UltraCLI) -> dict | None:
     config = ReadoutConfig(**cli.config.readout)
     if config.crf:  # fail before training, not after it
         require_crf("--readout.crf")
-    clusters = len(data.class_names) + config.extra_clusters
-    if clusters > MAX_CLUSTERS:
-        raise ConfigError(f"{len(data.class_names)} classes + readout.extra_clusters {config.extra_clusters} = {clusters} "
-                          f"clusters; label maps hold at most {MAX_CLUSTERS} (8-bit ids, 255 = unmatched)")
-    if min(config.kmeans_sample, data.num_training_tokens) < clusters:
-        raise ConfigError(f"{clusters} clusters, but readout.kmeans_sample={config.kmeans_sample} and the training set "
-                          f"gives {data.num_training_tokens} tokens: both must be at least the clusters")
+    config.check_clusters(len(data.class_names), data.num_training_tokens)
     root = Path(trainer.default_root_dir)
     require_writable(root)
     if config.evaluate and data.val_dataset is not None:  # a bad validation set fails now, not after training

@@ -14,7 +14,7 @@ from ..data.standardise import SPACES, token_map
 from ..errors import ConfigError
 from .kmeans import SAMPLE_SIZE, kmeans
 from .probe import train_probe
-from .segmenter import ClusterReadout, ProbeReadout
+from .segmenter import MAX_CLUSTERS, ClusterReadout, ProbeReadout
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,18 @@ class ReadoutConfig:
             raise ConfigError("readout: extra_clusters must be >= 0 and restarts, kmeans_sample, probe_steps, "
                              f"eval_batch_size >= 1, got {self.extra_clusters}, {self.restarts}, {self.kmeans_sample}, "
                              f"{self.probe_steps}, {self.eval_batch_size}")
+
+    def check_clusters(self, num_classes: int, num_training_tokens: int) -> int:
+        """The k-means clusters of a data set with ``num_classes`` classes, refused before any work when a label map
+        cannot hold them or the k-means sample or the training set's tokens are fewer."""
+        clusters = num_classes + self.extra_clusters
+        if clusters > MAX_CLUSTERS:
+            raise ConfigError(f"{num_classes} classes + readout.extra_clusters {self.extra_clusters} = {clusters} "
+                              f"clusters; label maps hold at most {MAX_CLUSTERS} (8-bit ids, 255 = unmatched)")
+        if min(self.kmeans_sample, num_training_tokens) < clusters:
+            raise ConfigError(f"{clusters} clusters, but readout.kmeans_sample={self.kmeans_sample} and the training set "
+                              f"gives {num_training_tokens} tokens: both must be at least the clusters")
+        return clusters
 
 
 class CachedRows:
