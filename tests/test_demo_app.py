@@ -161,6 +161,9 @@ def test_command_line_mistakes_are_one_line_errors(tiny_checkpoint, capsys):
     with pytest.raises(SystemExit) as exit_:
         demo_cli.main([str(tiny_checkpoint), "--port", "70000"])
     assert exit_.value.code == 2 and "--port must be in 1-65535, got 70000" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        demo_cli.main([str(tiny_checkpoint), "--size", "0"])
+    assert "--size must be a positive number of pixels, got 0" in capsys.readouterr().err
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

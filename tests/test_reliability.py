@@ -211,7 +211,7 @@ def test_select_analyze_and_train_refuse_bad_arguments_early(tmp_path):
     for threshold in ("2", "1", "0", "half"):  # 1 passed the command's check and failed deep inside before
         with pytest.raises(ConfigError, match=r"threshold must be 'otsu' or a fraction in \(0, 1\)"):
             select.run([str(image), "--point", "3,3", "-o", str(tmp_path / "m.png"), "--threshold", threshold])
-    with pytest.raises(ValueError, match="--size must be >= 1"):
+    with pytest.raises(ValueError, match="--size must be a positive number of pixels, got 0"):
         analyze.analyze(tmp_path, tmp_path / "a", size=0)
     config = synthetic_config(tmp_path / "c.yaml")
     with pytest.raises(ValueError, match="extra_clusters must be >= 0"):

@@ -103,10 +103,10 @@ def require_writable(folder: Path) -> None:
         raise PermissionError(f"cannot write to the output folder {folder}: {err.strerror or err}") from None
 
 
-def check_backbone_arguments(cfg) -> None:
-    """Early checks of the options added by :func:`add_backbone_arguments`."""
-    if cfg.size < 1:
-        raise ConfigError(f"--size must be a positive number of pixels, got {cfg.size}")
+def check_size(size: int, option: str = "--size") -> None:
+    """Refuse an input size (pixels) below 1, the same way in every command."""
+    if size < 1:
+        raise ConfigError(f"{option} must be a positive number of pixels, got {size}")
 
 
 def add_backbone_arguments(parser) -> None:

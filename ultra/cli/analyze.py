@@ -33,7 +33,7 @@ from ..files import atomic_path
 from ..graphs.knn import GRAPH_KINDS, GraphSpec, KnnConfig, affinity_graphs, token_kinds
 from ..pictures import eigen_rgb, overlay, save_sheet
 from ..readout.kmeans import assign, kmeans
-from . import DEFAULT_SIZE, console, refuse_collisions
+from . import DEFAULT_SIZE, check_size, console, refuse_collisions
 
 log = logging.getLogger(__name__)
 LEVELS = ("image", "dataset")
@@ -133,7 +133,8 @@ def analyze(images: Path, output: Path, backbone: str = "vit_small_patch14_dinov
 
 
 def _check_settings(size: int, graph_kinds, solver: SolverConfig, clusters: int, teleport: float) -> None:
-    for name, value in (("size", size), ("solver.num_vectors", solver.num_vectors), ("solver.epochs", solver.epochs),
+    check_size(size)
+    for name, value in (("solver.num_vectors", solver.num_vectors), ("solver.epochs", solver.epochs),
                         ("clusters", clusters), ("solver.batch_images", solver.batch_images or 1)):
         if value < 1:
             raise ConfigError(f"--{name} must be >= 1, got {value}")

@@ -13,7 +13,7 @@ from pathlib import Path
 from jsonargparse import ArgumentParser
 
 from ..errors import ConfigError, UserError
-from . import DEFAULT_SIZE, check_device, console
+from . import DEFAULT_SIZE, check_device, check_size, console
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,7 @@ def build_parser() -> ArgumentParser:
 def serve(args: list[str] | None = None, block: bool = True):
     """Start the page; with ``block=False`` return ``(app, url)`` at once (the server runs in a thread)."""
     cfg = build_parser().parse_args(args)
-    if cfg.size < 1:
-        raise ConfigError(f"--size must be a positive number of pixels, got {cfg.size}")
+    check_size(cfg.size)
     check_device(cfg.device)
     if not 0 < cfg.port < 65536:
         raise ConfigError(f"--port must be in 1-65535, got {cfg.port}")

@@ -21,7 +21,7 @@ from ..errors import ConfigError
 from ..pictures import heatmap, overlay, save_label_map, save_sheet
 from . import (
     add_backbone_arguments,
-    check_backbone_arguments,
+    check_size,
     console,
     refuse_overwrite,
 )
@@ -41,7 +41,7 @@ def build_parser() -> ArgumentParser:
 def run(args: list[str] | None = None) -> Path:
     """Compute the maps, segment, write the pictures; returns the sheet's path."""
     cfg = build_parser().parse_args(args)
-    check_backbone_arguments(cfg)
+    check_size(cfg.size)
     if cfg.stride < 1:
         raise ConfigError(f"--stride must be >= 1, got {cfg.stride}")
     if cfg.segments is not None and cfg.segments < 1:

@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from ..pictures import save_image, selection_pictures
 from . import (
     add_backbone_arguments,
-    check_backbone_arguments,
+    check_size,
     console,
     refuse_collisions,
     refuse_overwrite,
@@ -47,7 +47,7 @@ def build_parser() -> ArgumentParser:
 def run(args: list[str] | None = None) -> Path:
     """Select the object and write the pictures; returns the mask's path."""
     cfg = build_parser().parse_args(args)
-    check_backbone_arguments(cfg)
+    check_size(cfg.size)
     point = parse_point(cfg.point)
     threshold = check_threshold(cfg.threshold)
     outputs = [cfg.output, cfg.output.with_name(f"{cfg.output.stem}_overlay.png"), cfg.output.with_name(f"{cfg.output.stem}_map.png")]
