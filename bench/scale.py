@@ -174,8 +174,9 @@ def _settings() -> dict:
 
     import yaml
 
+    from ultra.evaluation.geometry import EvalConfig
     from ultra.graphs.knn import KnnConfig
-    from ultra.head.datamodule import BatchConfig, EvalConfig
+    from ultra.head.datamodule import BatchConfig
 
     data = yaml.safe_load(CONFIG.read_text())
     config = data["data"]

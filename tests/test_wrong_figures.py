@@ -8,7 +8,7 @@ from ultra.cli import evaluate as eval_cli
 from ultra.cli import train as train_cli
 from ultra.data.io import DataError
 from ultra.errors import ConfigError
-from ultra.head.datamodule import EvalConfig
+from ultra.evaluation.geometry import EvalConfig
 
 
 @pytest.fixture(scope="module")

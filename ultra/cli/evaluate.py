@@ -26,8 +26,8 @@ from jsonargparse import ArgumentParser
 from ..data import cityscapes, cocostuff, folder, synthetic  # noqa: F401  (their classes are --dataset choices)
 from ..data.base import SegmentationDataset
 from ..errors import ConfigError, UserError
+from ..evaluation.geometry import EvalConfig, check_eval_geometry
 from ..evaluation.protocol import evaluate
-from ..head.datamodule import EvalConfig, check_eval_geometry
 from ..readout.checkpoint import load
 from ..readout.crf import require_crf
 from . import console, refuse_overwrite, require_writable

@@ -21,8 +21,9 @@ from torch.utils.data import DataLoader
 from ..backbone.vit import FrozenViT
 from ..data.base import SegmentationDataset
 from ..data.cache import FeatureCache, TokenKey, collate_views
-from ..data.transforms import CenterView, EvalTransform, FiveCropViews, RandomViews
+from ..data.transforms import CenterView, FiveCropViews, RandomViews
 from ..errors import ConfigError
+from ..evaluation.geometry import EvalConfig
 from ..files import cache_root
 from ..graphs.knn import GraphSpec, KnnConfig
 from ..graphs.store import TrainingOperators, load_or_build_operators
@@ -70,17 +71,6 @@ class ViewConfig:
         return FiveCropViews(self.size, self.resize, self.crop_fraction, self.flip)
 
 
-def check_eval_geometry(resize, crop, resize_name: str, crop_name: str) -> None:
-    """Refuse an evaluation geometry that is not a positive size, or whose crop exceeds the shorter side (the crop
-    would be padded, and the padding counted as labelled pixels of class 0)."""
-    for name, value in ((resize_name, resize), (crop_name, crop)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be a positive number of pixels, got {value!r}")
-    if crop > resize:
-        raise ConfigError(f"{crop_name} ({crop}) exceeds {resize_name} ({resize}), the shorter side: the crop would be "
-                          f"padded and the padding scored as pixels of class 0; use a crop <= the resize")
-
-
 def check_neighbour_counts(knn: KnnConfig, tokens_per_view: int) -> None:
     """Refuse, before any work, neighbour counts that a view's tokens and its candidate images cannot supply."""
     if knn.k_intra > tokens_per_view - 1:
@@ -91,25 +81,6 @@ def check_neighbour_counts(knn: KnnConfig, tokens_per_view: int) -> None:
             raise ConfigError(f"data.knn.k_any={knn.k_any} / k_inter={knn.k_inter} exceed the tokens searched: a view's "
                               f"{tokens_per_view} and those of its {knn.candidate_images} candidate images; raise "
                               f"data.knn.candidate_images or lower the counts")
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """The evaluation protocol's geometry.
-
-    Args:
-        resize: shorter side of an evaluated image, in pixels.
-        crop: side of its centre crop, in pixels.
-    """
-
-    resize: int = 320
-    crop: int = 320
-
-    def __post_init__(self):
-        check_eval_geometry(self.resize, self.crop, "data.evaluation.resize", "data.evaluation.crop")
-
-    def transform(self) -> EvalTransform:
-        return EvalTransform(self.resize, self.crop)
 
 
 @dataclass(frozen=True)
