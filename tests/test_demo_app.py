@@ -101,12 +101,15 @@ def test_look_inside_shows_each_graph_and_the_clicked_token(served, photo):
 @pytest.mark.parametrize("content, message", [
     (b"not an image at all", "cannot read photo bad.png"),
     (None, "bad.png is 6000x5000 px (30 MP), more than the demo's 25 MP"),
+    ("wide", "is 1000x20 px: at a shorter side of 64 px its longer side would be 3200 px, more than the maximum 2048"),
 ])
 def test_a_bad_upload_is_a_message_naming_it(served, tmp_path, content, message):
     _, client = served
     bad = tmp_path / "bad.png"
     if content is None:
         Image.new("RGB", (6000, 5000)).save(bad)
+    elif content == "wide":
+        Image.new("RGB", (1000, 20)).save(bad)
     else:
         bad.write_bytes(content)
     for api, args in (("/segment", ("head", False, False)), ("/select", ("5,5", 2, True, 0.5)), ("/look_inside", (1, "5,5"))):

@@ -94,6 +94,9 @@ def test_select_on_a_tiny_model(tiny_vit):
         select(tiny_vit, image, (61, 5), size=32)
     with pytest.raises(ValueError, match="smaller than one 16x16 patch"):
         select(tiny_vit, torch.rand(3, 10, 60), (5, 5))
+    with pytest.raises(ValueError, match=r"image is 2000x20 px: at a shorter side of 32 px its longer side would be "
+                                         r"3200 px, more than the maximum 2048 \(an aspect ratio above 64.0\)"):
+        select(tiny_vit, torch.rand(3, 20, 2000), (5, 5), size=32)
     with pytest.raises(ValueError, match="layer 9 is out of range"):
         select(tiny_vit, image, (5, 5), layer=9, size=32)
 

@@ -271,6 +271,9 @@ def test_loaded_checkpoint_segments_images_at_their_size(trained, tiny_vit):
     assert list(alone) == ["raw"] and torch.allclose(alone["raw"], segmenter.pixel_scores(small)["raw"], atol=1e-6)
     with pytest.raises(ConfigError, match="no readout 'nope'"):
         segmenter.segment(picture, readout="nope")
+    with pytest.raises(ConfigError, match=rf"the image is 3000x10 px: at a shorter side of {segmenter.resize} px its longer "
+                                          r"side would be \d+ px, more than the maximum 2048"):
+        segmenter.segment(torch.rand(3, 10, 3000))
 
 
 def test_eval_command_reproduces_the_training_report(trained):

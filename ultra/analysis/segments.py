@@ -17,7 +17,7 @@ import torch
 from scipy.cluster.hierarchy import fcluster, linkage
 from torch import Tensor
 
-from ..backbone.vit import FrozenViT, resize_to_patches
+from ..backbone.vit import FrozenViT, check_resized_side, resize_to_patches
 from ..data.grids import upsample_scores
 from ..errors import ConfigError
 from .relevance import RelevanceMaps, relevance_maps
@@ -94,10 +94,12 @@ def mask_from_map(values: Tensor, size: tuple[int, int], threshold: str | float 
 
 
 def prepare_image(vit: FrozenViT, image: Tensor, size: int) -> Tensor:
-    """``image`` resized so its shorter side is about ``size``, both sides multiples of the patch."""
+    """``image`` resized so its shorter side is about ``size``, both sides multiples of the patch (its longer side
+    at most :data:`~ultra.backbone.vit.MAX_SIDE`)."""
     height, width = image.shape[-2:]
     if min(height, width) < vit.patch_size:
         raise ConfigError(f"image of {width}x{height} px is smaller than one {vit.patch_size}x{vit.patch_size} patch")
+    check_resized_side((height, width), size)
     return resize_to_patches(image[None], size, vit.patch_size)[0]
 
 

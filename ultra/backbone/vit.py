@@ -224,6 +224,22 @@ def _capture(store: dict[int, Tensor], layer: int):
     return hook
 
 
+MAX_SIDE = 2048
+"""The longest side (pixels, after resizing the shorter side) of an image given to the backbone by the segmenter, the
+relevance maps and the demo: the tokens, and the attention's memory, grow with it."""
+
+
+def check_resized_side(size: tuple[int, int], shorter_side: int, what: str = "image") -> None:
+    """Refuse, before any work, an image of ``size = (H, W)`` whose longer side would exceed :data:`MAX_SIDE` once
+    its shorter side is resized to ``shorter_side``."""
+    height, width = size
+    long_side = round(max(height, width) * shorter_side / min(height, width))
+    if long_side > MAX_SIDE:
+        raise ConfigError(f"{what} is {width}x{height} px: at a shorter side of {shorter_side} px its longer side would "
+                          f"be {long_side} px, more than the maximum {MAX_SIDE} (an aspect ratio above "
+                          f"{MAX_SIDE / shorter_side:.1f}); crop it first")
+
+
 def snap_to_patch(size: tuple[int, int], patch: int) -> tuple[int, int]:
     """The nearest size (at least one patch) whose sides are multiples of ``patch``."""
     return tuple(max(patch, int(round(s / patch)) * patch) for s in size)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from ..backbone.vit import FrozenViT, resize_to_patches, snap_to_patch
+from ..backbone.vit import FrozenViT, check_resized_side, resize_to_patches, snap_to_patch
 from ..data.cache import TokenKey
 from ..data.grids import upsample_scores
 from ..data.io import read_image
@@ -29,8 +29,6 @@ from ..evaluation.metrics import apply_matching
 from ..head.projection import ProjectionHead
 from .crf import SCORE_SCALE, dense_crf
 
-MAX_SIDE = 2048
-"""The longest side (in pixels, after resizing the shorter side) that :meth:`Segmenter.segment` accepts."""
 MAX_CLUSTERS = 255
 """The most clusters a readout may have: label maps are 8-bit PNGs, ids 0-254, and 255 marks unmatched pixels."""
 
@@ -148,11 +146,7 @@ class Segmenter(nn.Module):
             raise ConfigError(f"no readout '{readout}' in this segmenter (has {list(self.readouts)})")
         tensor = as_image_tensor(image)
         height, width = tensor.shape[-2:]
-        long_side = round(max(height, width) * self.resize / min(height, width))
-        if long_side > MAX_SIDE:
-            raise ConfigError(f"image {image if isinstance(image, (str, Path)) else ''} is {width}x{height} px: at a shorter "
-                             f"side of {self.resize} px its longer side would be {long_side} px, more than the maximum "
-                             f"{MAX_SIDE} (an aspect ratio above {MAX_SIDE / self.resize:.1f}); crop it first")
+        check_resized_side((height, width), self.resize, f"image {image}" if isinstance(image, (str, Path)) else "the image")
         small = resize_to_patches(tensor[None], self.resize, self.backbone.patch_size)
         scores = self.pixel_scores(small, size=(height, width), flip=flip, readouts=[readout])[readout][0]
         if crf:
