@@ -51,10 +51,14 @@ def timed(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, lis
     return seconds
 
 
-def segment_as_the_page_does(http: httpx.Client, photo: Path) -> None:
-    """Upload ``photo``, run the Segment event through the queue and fetch the overlay, as the page's script does."""
+def segment_event(http: httpx.Client) -> int:
+    """The index of the page's Segment event (the page's script reads the config once, when it loads)."""
     endpoints = http.get("config").json()["dependencies"]
-    fn_index = next(i for i, event in enumerate(endpoints) if event.get("api_name") == "segment")
+    return next(i for i, event in enumerate(endpoints) if event.get("api_name") == "segment")
+
+
+def segment_as_the_page_does(http: httpx.Client, fn_index: int, photo: Path) -> None:
+    """Upload ``photo``, run the Segment event through the queue and fetch the overlay, as the page's script does."""
     with open(photo, "rb") as file:
         uploaded = http.post("gradio_api/upload", files={"files": file}).json()[0]
     session = uuid.uuid4().hex
@@ -97,9 +101,10 @@ def main() -> None:
             url = next(line.split()[2] for line in server.stdout if line.startswith("ultra-demo: serving"))
             client = Client(url, verbose=False)
             with httpx.Client(base_url=url) as http:
+                fn_index = segment_event(http)
                 seconds = timed({
                     "Segmenter.segment": lambda: segmenter.segment(photo),
-                    "through the page (browser requests)": lambda: segment_as_the_page_does(http, photo),
+                    "through the page (browser requests)": lambda: segment_as_the_page_does(http, fn_index, photo),
                     "through gradio_client": lambda: client.predict(handle_file(str(photo)), "head", False, False,
                                                                     api_name="/segment"),
                 }, args.repeats)

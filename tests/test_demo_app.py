@@ -187,10 +187,10 @@ def test_old_downloads_are_removed_and_the_examples_kept(tmp_path):
     import os
     import time
 
-    from ultra.demo.app import DOWNLOAD_AGE_S, DownloadFolder
+    from ultra.demo.app import DOWNLOAD_AGE_S, DemoFolder
     from ultra.demo.examples import write_examples
 
-    folder = DownloadFolder()
+    folder = DemoFolder()
     try:
         examples = write_examples(folder.examples, count=1, size=32)
         old = folder.new_file("a_labels.png")

@@ -7,15 +7,12 @@ its header. The page is never shared through a tunnel and sends no analytics.
 from __future__ import annotations
 
 import atexit
-import logging
 from pathlib import Path
 
 from jsonargparse import ArgumentParser
 
 from ..errors import ConfigError, UserError
 from . import DEFAULT_SIZE, check_device, check_size, console
-
-log = logging.getLogger(__name__)
 
 
 class DemoUnavailable(UserError):
@@ -45,15 +42,15 @@ def serve(args: list[str] | None = None, block: bool = True):
     if not 0 < cfg.port < 65536:
         raise ConfigError(f"--port must be in 1-65535, got {cfg.port}")
     try:
-        from ..demo.app import THEME, DownloadFolder, build_app
+        from ..demo.app import THEME, DemoFolder, build_app
     except ImportError as err:
         raise DemoUnavailable(f"ultra-demo needs the 'demo' extra: pip install 'ultra-seg[demo]' ({err})") from None
     from ..demo.models import DemoModels
 
     models = DemoModels.open(cfg.checkpoint, cfg.backbone, cfg.weights, cfg.device, cfg.size)
-    downloads = DownloadFolder()
-    atexit.register(downloads.remove)
-    app = build_app(models, downloads)
+    folder = DemoFolder()
+    atexit.register(folder.remove)
+    app = build_app(models, folder)
     try:
         _, url, _ = app.launch(server_name=cfg.host, server_port=cfg.port, share=False, prevent_thread_lock=True,
                                quiet=True, theme=THEME, max_file_size="50mb", show_error=False)

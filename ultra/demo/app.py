@@ -64,7 +64,7 @@ def guarded(task: Callable, empty: tuple) -> Callable:
     return run
 
 
-class DownloadFolder:
+class DemoFolder:
     """The app's own folder: the example photos (``examples/``) and the files offered for download
     (``downloads/``, each in its own subfolder so it keeps its plain name, removed after
     :data:`DOWNLOAD_AGE_S` seconds); all of it is removed when the app ends."""
@@ -97,9 +97,9 @@ def clicked_point(text: str | None) -> tuple[float, float] | None:
     return parse_point(text, "the point") if text and text.strip() else None
 
 
-def build_app(models: DemoModels, downloads: DownloadFolder) -> gr.Blocks:
-    """The page over ``models``; label PNGs are written into ``downloads``."""
-    examples = write_examples(downloads.examples)
+def build_app(models: DemoModels, folder: DemoFolder) -> gr.Blocks:
+    """The page over ``models``; its examples and label PNGs are written into ``folder``."""
+    examples = write_examples(folder.examples)
 
     def show_photo(photo: str | None):
         """The uploaded photo, as the Select and Look inside tabs show it (their points cleared)."""
@@ -111,7 +111,7 @@ def build_app(models: DemoModels, downloads: DownloadFolder) -> gr.Blocks:
         if models.segmenter is None:
             return None, "", None, f"**No segmenter.** {models.problem}"
         result = segment_photo(models.segmenter, photo, readout=readout, crf=crf, flip=flip)
-        labels = save_label_map(result.labels, downloads.new_file(f"{Path(photo).stem}_labels.png"))
+        labels = save_label_map(result.labels, folder.new_file(f"{Path(photo).stem}_labels.png"))
         height, width = result.labels.shape
         status = (f"{width}x{height} px segmented by the **{readout}** readout in {result.seconds:.2f} s "
                   f"(backbone at {models.segmenter.resize} px{', flip-averaged' if flip else ''}{', CRF' if crf else ''})")

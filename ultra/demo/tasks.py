@@ -147,15 +147,14 @@ def look_inside(vit: FrozenViT, path: str | Path, layer: int = -1, point: tuple[
     picture = read_photo(path)
     height, width = picture.shape[:2]
     image = prepare_image(vit, image_to_tensor(picture), size)
-    if point is not None:
-        point_token(point, (height, width), vit.check_images(image[None]))  # a point outside is refused before work
-    report(0.0, f"backbone, block {layer}")
-    specs = [GraphSpec(kind, layer) for kind in LOOK_GRAPHS]
-    features = vit(image[None], layers=[layer], kinds=sorted(token_kinds(specs)))
-    grid = features.grid_size
+    grid = vit.check_images(image[None])
     if grid[0] * grid[1] < 5:
         raise DataError(f"photo {Path(path).name} gives only {grid[0]}x{grid[1]} tokens at --size {size}: too few for "
                         f"graphs; use a larger size")
+    token = None if point is None else point_token(point, (height, width), grid)  # a point outside: refused now
+    report(0.0, f"backbone, block {layer}")
+    specs = [GraphSpec(kind, layer) for kind in LOOK_GRAPHS]
+    features = vit(image[None], layers=[layer], kinds=sorted(token_kinds(specs)))
     grids = {key: features[key] for key in features.keys()}
     eigenvectors = {}
     for i, spec in enumerate(specs):
@@ -164,9 +163,8 @@ def look_inside(vit: FrozenViT, path: str | Path, layer: int = -1, point: tuple[
         vectors, _ = exact_eigenvectors(graph, None, 4)
         eigenvectors[spec.kind] = eigen_rgb(vectors[:, 1:4].reshape(*grid, 3).numpy(), (width, height))
     relevance = None
-    if point is not None:
+    if token is not None:
         report((len(specs) + 1) / (len(specs) + 2), "relevance map of the clicked token")
-        token = point_token(point, (height, width), grid)
         values = relevance_maps(vit, image, layer=layer, targets=torch.tensor([token])).maps[0]
         relevance = mark_point(heatmap(values.numpy(), (width, height)), point)
     return LayerView(layer, eigenvectors, relevance)

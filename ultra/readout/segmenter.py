@@ -92,29 +92,27 @@ class Segmenter(nn.Module):
     def device(self) -> torch.device:
         return self.backbone.mean.device
 
-    @property
-    def layers(self) -> list[int]:
-        return sorted({layer for r in self.readouts.values() for _, layer in r.keys})
-
-    @property
-    def kinds(self) -> list[str]:
-        return sorted({kind for r in self.readouts.values() for kind, _ in r.keys})
+    def token_keys(self, readouts: Sequence[str] | None = None) -> tuple[list[int], list[str]]:
+        """The backbone layers and token kinds that ``readouts`` (default all) read."""
+        keys = {key for name in (readouts or self.readouts) for key in self.readouts[name].keys}
+        return sorted({layer for _, layer in keys}), sorted({kind for kind, _ in keys})
 
     @torch.no_grad()
     def tokens(self, images: Tensor, layers: Sequence[int] | None = None, kinds: Sequence[str] | None = None):
-        """The backbone's token grids of images in [0, 1], resized to a multiple of the patch if needed."""
+        """The backbone's token grids of images in [0, 1], resized to a multiple of the patch if needed (by default the
+        layers and kinds every readout reads)."""
         size = snap_to_patch(tuple(images.shape[-2:]), self.backbone.patch_size)
         if size != tuple(images.shape[-2:]):
             images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
-        return self.backbone(images.to(self.device), layers=layers or self.layers, kinds=kinds or self.kinds)
+        all_layers, all_kinds = self.token_keys()
+        return self.backbone(images.to(self.device), layers=layers or all_layers, kinds=kinds or all_kinds)
 
     @torch.no_grad()
     def grid_scores(self, images: Tensor, readouts: Sequence[str] | None = None) -> dict[str, Tensor]:
         """Scores ``[B, K, h, w]`` of ``readouts`` (default all) for images in [0, 1] (resized to a multiple of the
         patch if needed)."""
         chosen = {name: self.readouts[name] for name in (readouts or self.readouts)}
-        feats = self.tokens(images, layers=sorted({layer for r in chosen.values() for _, layer in r.keys}),
-                            kinds=sorted({kind for r in chosen.values() for kind, _ in r.keys}))
+        feats = self.tokens(images, *self.token_keys(list(chosen)))
         out = {}
         for name, readout in chosen.items():
             tokens = torch.cat([feats[key] for key in readout.keys], -1)
