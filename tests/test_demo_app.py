@@ -257,3 +257,13 @@ def test_unmatched_clusters_are_black_and_named_so_in_the_legend(tiny_vit, photo
     result = segment_photo(segmenter, photo)
     assert (result.labels == 255).all() and (result.overlay < read(photo)).all()  # darkened towards black
     assert result.legend == [(255, "unmatched cluster", (0, 0, 0), 1.0)]
+
+
+def test_no_photo_and_too_few_tokens_are_messages(served, tiny_vit, photo):
+    from ultra.demo.tasks import look_inside
+
+    _, client = served
+    *outputs, status = client.predict(None, "head", False, False, api_name="/segment")
+    assert "no photo: upload one or pick an example" in status and outputs == [None, "", None]
+    with pytest.raises(ValueError, match=r"photo photo.png gives only 1x1 tokens at --size 16: too few for graphs"):
+        look_inside(tiny_vit, photo, layer=1, size=16)
