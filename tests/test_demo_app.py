@@ -6,7 +6,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import save_png
+from conftest import free_port, save_png
 from PIL import Image
 
 pytest.importorskip("gradio", reason="the demo needs the 'demo' extra")
@@ -15,12 +15,6 @@ from gradio_client import Client, handle_file  # noqa: E402
 from ultra.cli import demo as demo_cli  # noqa: E402
 
 NO_CHECKPOINT = ["--backbone", "vit_tiny_patch16_224", "--weights", "random", "--size", "64"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

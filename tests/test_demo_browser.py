@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import save_png
+from conftest import free_port, save_png
 from PIL import Image
 
 pytest.importorskip("gradio", reason="the demo needs the 'demo' extra")
@@ -46,8 +46,6 @@ def browser_paths() -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint, tmp_path_factory):
     """``ultra-demo`` serving the checkpoint on a free port, as a user starts it."""
-    from test_demo_app import free_port
-
     port = free_port()
     checkpoint = os.environ.get("ULTRA_DEMO_CHECKPOINT", str(tiny_checkpoint))
     log = tmp_path_factory.mktemp("demo-server") / "server.log"
