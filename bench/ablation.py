@@ -21,11 +21,13 @@ import argparse
 import copy
 import json
 import logging
+import shlex
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch.utils.data import DataLoader
@@ -33,23 +35,16 @@ from torch.utils.data import DataLoader
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from levers import (  # noqa: E402
-    GRAPH_LEVERS,
-    READOUT_LEVERS,
-    GraphLeverInput,
-    ReadoutLeverInput,
-    captured_forms,
-    view_colours,
-)
+from levers import GRAPH_LEVERS, READOUT_LEVERS, GraphLeverInput, ReadoutLeverInput  # noqa: E402
 
-from ultra.cli.train import build_cli  # noqa: E402
 from ultra.data.cache import FeatureCache  # noqa: E402
-from ultra.data.grids import upsample_scores  # noqa: E402
 from ultra.data.standardise import token_map  # noqa: E402
-from ultra.evaluation.metrics import UnsupervisedSegmentationMetric  # noqa: E402
+from ultra.evaluation.protocol import score_token_grids  # noqa: E402
 from ultra.head.projection import ProjectionHead  # noqa: E402
 from ultra.readout.fit import CachedRows, fit_centroids  # noqa: E402
-from ultra.readout.segmenter import ClusterReadout, Segmenter  # noqa: E402
+from ultra.readout.segmenter import ClusterReadout  # noqa: E402
+from ultra.training.config import parse_training  # noqa: E402
+from ultra.training.pipeline import fit_head  # noqa: E402
 
 log = logging.getLogger("ablation")
 
@@ -77,50 +72,39 @@ LEVERS = [*GRAPH_LEVERS, *READOUT_LEVERS]
 forms again with another spectral form; readout levers read the default head's embedding another way."""
 
 
-@torch.no_grad()
 def eval_tokens(data, dataset, keys, batch_size: int = 8) -> tuple[dict, torch.Tensor]:
-    """Tokens of the protocol's images (through :meth:`ultra.readout.segmenter.Segmenter.tokens`, as the evaluation) and labels."""
+    """Token grids of the protocol's images (:meth:`ultra.backbone.vit.FrozenViT.collect_grids`, as the evaluation
+    computes them) and their labels."""
     loader = DataLoader(dataset.with_transform(data.evaluation.transform()), batch_size=batch_size,
                         collate_fn=lambda items: items)
-    segmenter = Segmenter(data.backbone.eval(), {"raw": ClusterReadout(keys, torch.zeros(1, 1))}, data.class_names)
-    layers, kinds = sorted({layer for _, layer in keys}), sorted({kind for kind, _ in keys})
-    tokens, labels = {key: [] for key in keys}, []
-    for items in loader:
-        feats = segmenter.tokens(torch.stack([it["image"] for it in items]), layers, kinds)
-        for key in keys:
-            tokens[key].append(feats[key].half())
-        labels.append(torch.stack([it["label"] for it in items]).to(torch.uint8))
-    return {key: torch.cat(v) for key, v in tokens.items()}, torch.cat(labels)
+    labels = []
 
+    def images():
+        for items in loader:
+            labels.append(torch.stack([it["label"] for it in items]).to(torch.uint8))
+            yield torch.stack([it["image"] for it in items])
 
-@torch.no_grad()
-def score(readout, keys, tokens: dict, labels: torch.Tensor, num_classes: int, chunk: int = 16) -> dict:
-    """Protocol mIoU and accuracy of a readout of token grids ``[B, h, w, D] -> [B, h, w, C]`` (``keys`` concatenated)."""
-    metric = UnsupervisedSegmentationMetric(num_classes, readout.num_outputs)
-    for start in range(0, labels.shape[0], chunk):
-        t = torch.cat([tokens[tuple(k)][start:start + chunk].float() for k in keys], -1)
-        s = readout(t).permute(0, 3, 1, 2)
-        metric.update(upsample_scores(s, tuple(labels.shape[-2:])).argmax(1), labels[start:start + chunk].long())
-    result = metric.compute()
-    return {"miou": float(result["miou"]), "acc": float(result["acc"])}
+    grids = data.backbone.eval().collect_grids(images(), keys)
+    return grids, torch.cat(labels)
 
 
 def stats(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
 
 
-def run_set(name: str, options: list[str], seeds: list[int], workdir: Path) -> dict:
-    config = str(REPO / SETS[name])
-    quiet = ["--trainer.enable_progress_bar", "false", "--trainer.logger", "false"]
-    clis = {opt: build_cli(["--config", config, *OPTIONS[opt], *quiet,
+def run_set(config: str, options: list[str], seeds: list[int], workdir: Path, extra: Sequence[str] = ()) -> dict:
+    """Every option and lever of one data set (a training config, with ``extra`` overrides)."""
+    name = Path(config).stem
+    quiet = ["--trainer.enable_progress_bar", "false", "--trainer.logger", "false", *extra]
+    clis = {opt: parse_training(["--config", config, *OPTIONS[opt], *quiet,
                             "--trainer.default_root_dir", str(workdir / name / opt)]) for opt in options if opt in OPTIONS}
     base = clis[options[0]].datamodule
     layer = base.feature_keys[-1][1]
     raw_keys = {("x", layer), ("n", layer)}
     train_keys = sorted(set().union(*(c.datamodule.cache_keys for c in clis.values())) | raw_keys)
     start = time.perf_counter()
-    cache = FeatureCache.open_or_build(base.train_dataset, base.backbone, train_keys, base.views.transform(), base.cache_dir,
-                                       batch_size=base.cache_batch_size)
+    cache = FeatureCache.open_or_build(base.train_dataset, base.backbone, train_keys, base.views.transform(), base.cache_config.folder(),
+                                       batch_size=base.cache_config.batch_size)
     eval_keys = sorted(set().union(*(set(c.datamodule.feature_keys) for c in clis.values())) | raw_keys)
     splits = {"val": base.val_dataset, "train": base.train_dataset}
     evaluation = {split: eval_tokens(base, dataset, eval_keys) for split, dataset in splits.items()}
@@ -135,15 +119,15 @@ def run_set(name: str, options: list[str], seeds: list[int], workdir: Path) -> d
         for seed in seeds:
             readout = ClusterReadout(keys, fit_centroids(CachedRows(cache, keys, module), num_classes, seed), token_map=module)
             for split, (tokens, labels) in evaluation.items():
-                per_split[split].append(score(readout, keys, tokens, labels, num_classes))
+                per_split[split].append(score_token_grids(readout, tokens, labels, num_classes))
         results["raw"][variant] = {split: {f: stats([r[f] for r in rs]) for f in ("miou", "acc")} for split, rs in per_split.items()}
         log.info("%s raw %s: %s", name, variant, {s: round(100 * v["miou"]["mean"], 1) for s, v in results["raw"][variant].items()})
-    def record(opt: str, fit_s: float, readout_for_seed, keys) -> None:
+    def record(opt: str, fit_s: float, readout_for_seed) -> None:
         per_split = {split: [] for split in splits}
         for seed in seeds:
             readout = readout_for_seed(seed)
             for split, (tokens, labels) in evaluation.items():
-                per_split[split].append(score(readout, keys, tokens, labels, num_classes))
+                per_split[split].append(score_token_grids(readout, tokens, labels, num_classes))
         results["options"][opt] = {"fit_s": fit_s, **{split: {f: stats([r[f] for r in rs]) for f in ("miou", "acc")}
                                                       for split, rs in per_split.items()}}
         log.info("%s %s: %s (fit %.1f s)", name, opt,
@@ -153,29 +137,24 @@ def run_set(name: str, options: list[str], seeds: list[int], workdir: Path) -> d
         rows = CachedRows(cache, keys, head)
         return lambda seed: ClusterReadout(keys, fit_centroids(rows, k, seed), head)
 
-    forms = None
     for opt in clis:
         cli = clis[opt]
         module, data = cli.model, cli.datamodule
         start = time.perf_counter()
-        with captured_forms() as solved:
-            cli.trainer.fit(module, data)
-        if opt == "default":
-            forms, settings = solved[-1], module.hparams
+        fit_head(cli.trainer, module, data)
         k = num_classes + cli.config.readout.extra_clusters
-        record(opt, time.perf_counter() - start, kmeans_readouts(module.head.eval(), k, data.feature_keys), data.feature_keys)
+        record(opt, time.perf_counter() - start, kmeans_readouts(module.head.eval(), k, data.feature_keys))
     levers = [opt for opt in options if opt in GRAPH_LEVERS or opt in READOUT_LEVERS]
     if not levers:
         return results
-    head = clis["default"].model.head.eval()
+    default = clis["default"].model  # the exact solver keeps the forms it solved
+    forms, settings, head = default.forms, default.hparams, default.head.eval()
     chunk, keys = 1 << 16, base.feature_keys
     rows = torch.cat([cache.rows(keys, torch.arange(s, min(s + chunk, cache.num_nodes))).float()
                       for s in range(0, cache.num_nodes, chunk)])
-    graph = base.open_operators().graphs[0]
-    colours = lambda: view_colours(base.train_dataset, base.views.transform(), cache.grid)  # noqa: E731
-    graph_input = GraphLeverInput(forms, rows, graph, cache, head.net.weight.detach(), colours)
+    graph_input = GraphLeverInput(forms, rows, cache, head.net.weight.detach())
     with torch.no_grad():
-        readout_input = ReadoutLeverInput(head, head(rows), (cache.num_views, *cache.grid), num_classes, graph)
+        readout_input = ReadoutLeverInput(head, head(rows), (cache.num_views, *cache.grid), num_classes, keys)
     for opt in levers:
         start = time.perf_counter()
         if opt in GRAPH_LEVERS:
@@ -184,9 +163,9 @@ def run_set(name: str, options: list[str], seeds: list[int], workdir: Path) -> d
             solution = lever_forms.solve(settings.out_dim, settings.view_weight, settings.ridge, settings.trivial_threshold)
             lever_head = ProjectionHead(head.in_dim, head.out_dim).eval()
             lever_head.net.weight.data.copy_(solution.weight)
-            record(opt, time.perf_counter() - start, kmeans_readouts(lever_head, num_classes, keys), keys)
+            record(opt, time.perf_counter() - start, kmeans_readouts(lever_head, num_classes, keys))
         else:
-            record(opt, time.perf_counter() - start, lambda seed: READOUT_LEVERS[opt](readout_input, seed), keys)
+            record(opt, time.perf_counter() - start, lambda seed: READOUT_LEVERS[opt](readout_input, seed))
     return results
 
 
@@ -211,7 +190,8 @@ def format_table(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, of {list(SETS)}")
+    parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, of {list(SETS)} or training configs")
+    parser.add_argument("--config_args", default="", help="overrides added to every set's config (one string)")
     parser.add_argument("--options", default=",".join([*OPTIONS, *LEVERS]), help=f"comma-separated, of {[*OPTIONS, *LEVERS]}")
     parser.add_argument("--seeds", default="0,1,2", help="k-means seeds")
     parser.add_argument("--output", default="runs/ablation.json", help="JSON file of every figure")
@@ -220,7 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name in ("ablation", "ultra.data.cache"):
         logging.getLogger(name).setLevel(logging.INFO)
     sets, options = args.sets.split(","), args.options.split(",")
-    unknown = [s for s in sets if s not in SETS] + [o for o in options if o not in OPTIONS and o not in LEVERS]
+    configs = {Path(s).stem: str(REPO / SETS[s]) if s in SETS else s for s in sets}
+    unknown = [s for s, c in configs.items() if not Path(c).is_file()] + [o for o in options if o not in OPTIONS and o not in LEVERS]
     if unknown:
         parser.error(f"unknown sets or options: {unknown}")
     if "default" not in options:  # every table compares with it, and the levers start from its fit
@@ -228,7 +209,8 @@ def main(argv: list[str] | None = None) -> dict:
     seeds = [int(s) for s in args.seeds.split(",")]
     torch.set_float32_matmul_precision("high")
     with tempfile.TemporaryDirectory() as workdir:
-        results = {name: run_set(name, options, seeds, Path(workdir)) for name in sets}
+        results = {name: run_set(config, options, seeds, Path(workdir), shlex.split(args.config_args))
+                   for name, config in configs.items()}
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=1))

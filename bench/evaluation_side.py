@@ -26,7 +26,6 @@ import logging
 import statistics
 import sys
 from pathlib import Path
-from unittest import mock
 
 import pytorch_lightning as pl
 import torch
@@ -38,10 +37,12 @@ sys.path.insert(0, str(REPO))
 from ablation import stats  # noqa: E402  (bench/ is the script's folder)
 
 import ultra  # noqa: E402
-from ultra.cli import train as train_cli  # noqa: E402
 from ultra.data.transforms import EvalTransform  # noqa: E402
-from ultra.evaluation import protocol  # noqa: E402
+from ultra.evaluation.protocol import evaluate  # noqa: E402
+from ultra.readout.crf import SCORE_SCALE  # noqa: E402
 from ultra.readout.segmenter import Segmenter  # noqa: E402
+from ultra.training.config import parse_training  # noqa: E402
+from ultra.training.pipeline import train  # noqa: E402
 
 SETS = {"camvid": "configs/camvid.yaml", "cocostuff_dev": "configs/cocostuff_dev.yaml"}
 VARIANTS = {  # name -> (flip, crf, CRF unary scale, side the image is resized to before the backbone)
@@ -76,8 +77,7 @@ def evaluate_variant(segmenter: Segmenter, dataset, variant: str) -> dict[str, f
     flip, crf, scale, side = VARIANTS[variant]
     data = UpsampledImages(dataset, side) if side else dataset
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
-    with mock.patch.object(protocol, "SCORE_SCALE", scale or protocol.SCORE_SCALE):
-        report = protocol.evaluate(segmenter, data, trainer, flip=flip, crf=crf)
+    report = evaluate(segmenter, data, trainer, flip=flip, crf=crf, crf_scale=scale or SCORE_SCALE)
     suffix = "+crf" if crf else ""
     return {name.removesuffix(suffix): r["miou"] for name, r in report["readouts"].items() if name.endswith(suffix)}
 
@@ -86,8 +86,8 @@ def run_set(name: str, variants: list[str], train_variants: list[str], seeds: li
     root = output / name
     args = ["--config", str(REPO / SETS[name]), "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar",
             "false", "--readout.evaluate", "false", "--readout.probe", "false"]
-    train_cli.run(args + ["--seeds", ",".join(map(str, seeds))])
-    data = train_cli.build_cli(args).datamodule
+    train(args + ["--seeds", ",".join(map(str, seeds))])
+    data = parse_training(args).datamodule
     loaded = {s: ultra.load(root / f"seed-{s}" / "model.safetensors") for s in seeds}
     readouts = {f"{r}@{s}": loaded[s].readouts[r] for s in seeds for r in loaded[s].readouts}
     segmenter = Segmenter(loaded[seeds[0]].backbone, readouts, data.class_names, resize=data.evaluation.resize).eval()

@@ -148,7 +148,7 @@ class MemoryPeak:
             for name, value in self.read().items():
                 self.peak[name] = max(self.peak[name], value)
 
-    def __enter__(self) -> "MemoryPeak":
+    def __enter__(self) -> MemoryPeak:
         self.base = self.read()
         self.peak = dict(self.base)
         self.thread.start()
@@ -174,7 +174,7 @@ def _settings() -> dict:
 
     import yaml
 
-    from ultra.evaluation.geometry import EvalConfig
+    from ultra.data.transforms import EvalConfig
     from ultra.graphs.knn import KnnConfig
     from ultra.head.datamodule import BatchConfig
 

@@ -10,11 +10,25 @@ The cache is built first (not timed: it is paid once). Prints steps/s of each an
 """
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 
 import torch
+from pytorch_lightning.utilities import move_data_to_device
+from torch.utils.data import DataLoader
+
+from ultra.backbone.vit import FrozenViT
+from ultra.data.cache import CacheConfig, TokenKey, collate_views
+from ultra.data.synthetic import SyntheticScenes
+from ultra.data.transforms import RandomViews, ViewConfig
+from ultra.graphs.knn import GraphSpec, KnnConfig, knn_graph
+from ultra.graphs.store import build_view_operator
+from ultra.head.batches import BatchConfig, batch_from_entries
+from ultra.head.datamodule import HeadDataModule
+from ultra.head.sgd_module import SGDHeadModule
 
 
 def _time_steps(module, optimizer, batches, steps: int) -> float:
@@ -31,6 +45,34 @@ def _time_steps(module, optimizer, batches, steps: int) -> float:
     return 1 / statistics.median(times[1:])  # the first step warms up
 
 
+def batch_from_images(backbone: FrozenViT, batch: dict, keys: Sequence[TokenKey], feature_keys: Sequence[TokenKey],
+                      specs: Sequence[GraphSpec], knn: KnnConfig) -> dict:
+    """A node batch of every token of a batch of images with views (training on the fly, no cache): the
+    backbone's ``keys`` tokens, graphs built inside the batch, the views' correspondences."""
+    images = batch["image"].flatten(0, 1)
+    backbone.to(images.device)
+    feats = backbone(images, layers=sorted({layer for _, layer in keys}), kinds=sorted({k for k, _ in keys}))
+    grid = feats.grid_size
+    tokens = {key: feats[key].flatten(1, 2) for key in keys}
+    n_nodes = images.shape[0] * grid[0] * grid[1]
+    knn = dataclasses.replace(knn, candidate_images=None)
+    every = torch.arange(n_nodes)
+    graphs = [knn_graph(*(tokens[key] for key in spec.token_keys), knn, device=images.device).entries(every)
+              for spec in specs]
+    view = build_view_operator(batch["geometry"].flatten(0, 1).cpu(), batch["geometry"].shape[1], grid).entries(every)
+    features = torch.cat([tokens[key].reshape(n_nodes, -1) for key in feature_keys], 1)
+    return move_data_to_device(batch_from_entries(features.cpu(), every, graphs, every, view), images.device)
+
+
+def on_the_fly_batches(data: HeadDataModule, images_per_batch: int):
+    """Node batches of every token of ``images_per_batch`` images with two random views each, the backbone and the
+    graphs run inside the batch (no cache)."""
+    views = data.train_dataset.with_transform(RandomViews(data.views.size, data.views.resize, num_views=2))
+    loader = DataLoader(views, batch_size=images_per_batch, shuffle=True, drop_last=True, collate_fn=collate_views)
+    keys = sorted(set(data.feature_keys) | {key for g in data.graph_specs for key in g.token_keys})
+    return _cycle(loader, lambda b: batch_from_images(data.backbone, b, keys, data.feature_keys, data.graph_specs, data.knn))
+
+
 def _cycle(loader, convert=None):
     while True:
         for batch in loader:
@@ -39,16 +81,6 @@ def _cycle(loader, convert=None):
 
 def main(images: int = 32, steps: int = 20, view_size: int = 224, weights: str = "auto", threads: int | None = None) -> float:
     """Print and return the speed-up of cached over on-the-fly training steps."""
-    from ultra.data import SyntheticScenes
-    from ultra.graphs.knn import KnnConfig
-    from ultra.head.datamodule import (
-        BatchConfig,
-        CacheConfig,
-        UltraDataModule,
-        ViewConfig,
-    )
-    from ultra.head.module import SpectralHeadModule
-
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -57,21 +89,17 @@ def main(images: int = 32, steps: int = 20, view_size: int = 224, weights: str =
         common = dict(train_dataset=SyntheticScenes(images, 320, 6), backbone="vit_small_patch14_dinov2", weights=weights,
                       views=ViewConfig(size=view_size), cache=CacheConfig(dir=cache_dir), seed=0,
                       knn=KnnConfig(candidate_images=16))  # the demo's graph
-        patch = UltraDataModule(**common).backbone.patch_size
-        nodes = images_per_batch * views_per_image * (view_size // patch) ** 2  # the same nodes per step as on the fly
-        cached = UltraDataModule(**common, batches=BatchConfig(nodes=nodes, steps_per_epoch=steps + 1))
+        data = HeadDataModule(**common)
+        nodes = images_per_batch * views_per_image * (view_size // data.backbone.patch_size) ** 2  # as on the fly
+        data.batches = BatchConfig(nodes=nodes, steps_per_epoch=steps + 1)
         start = time.perf_counter()
-        cached.prepare_data()
-        cached.setup("fit")
+        data.prepare_data()
+        data.setup("fit")
         build = time.perf_counter() - start
-        module = SpectralHeadModule(cached.head_dim, 50, graph_weights=cached.graph_weights)
+        module = SGDHeadModule(data.head_dim, 50, graph_weights=data.graph_weights)
         optimizer = module.configure_optimizers()
-        rate_cached = _time_steps(module, optimizer, _cycle(cached.train_dataloader()), steps)
-
-        fly = UltraDataModule(**common, batches=BatchConfig(steps_per_epoch=steps + 1, on_the_fly=True,
-                                                            images_per_batch=images_per_batch))
-        fly.setup("fit")
-        rate_fly = _time_steps(module, optimizer, _cycle(fly.train_dataloader(), lambda b: fly.on_after_batch_transfer(b, 0)), steps)
+        rate_cached = _time_steps(module, optimizer, _cycle(DataLoader(data.node_batches("random"), batch_size=None)), steps)
+        rate_fly = _time_steps(module, optimizer, on_the_fly_batches(data, images_per_batch), steps)
     speedup = rate_cached / rate_fly
     print(f"{images} synthetic images, views of {view_size} px, {nodes} nodes per step, "
           f"{torch.get_num_threads()} threads; cache built once in {build:.1f} s")

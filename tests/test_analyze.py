@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_VIT, save_png
+from helpers import TINY_VIT, save_png
 from PIL import Image
 
 from ultra.analysis.solver import SolverConfig
@@ -20,7 +20,7 @@ TINY = dict(backbone="vit_tiny_patch16_224", weights="random", size=64, solver=S
 @pytest.fixture(autouse=True)
 def _tiny_backbone(monkeypatch):
     """The analysis builds its own backbone: make it the tiny 3-block model."""
-    import ultra.cli.analyze as module
+    import ultra.analysis.pipeline as module
     from ultra.backbone.vit import FrozenViT
 
     monkeypatch.setattr(module, "FrozenViT", lambda name, weights, layers: FrozenViT(name, weights, layers, model_kwargs=TINY_VIT))

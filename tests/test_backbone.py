@@ -1,7 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_VIT
+from helpers import TINY_VIT
 
 from ultra.backbone.vit import (
     FrozenViT,
@@ -9,7 +9,7 @@ from ultra.backbone.vit import (
     resolve_model_name,
     snap_to_patch,
 )
-from ultra.backbone.weights import WeightsError
+from ultra.errors import WeightsError
 
 
 def _reference_tokens(vit: FrozenViT, images: torch.Tensor) -> tuple[list, list]:

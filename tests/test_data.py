@@ -4,7 +4,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from conftest import realdata, save_jpg, save_png
+from helpers import realdata, save_jpg, save_png
 from PIL import Image
 
 from ultra.data import (

@@ -1,7 +1,7 @@
 """The README's main job: configs/demo.yaml with the real offline weights, no network."""
 import pytest
-from conftest import needs_offline
-from runs import config_path
+from helpers import needs_offline
+from helpers import config_path
 
 from ultra.cli import train as train_cli
 

@@ -6,7 +6,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import free_port, save_png
+from helpers import free_port, save_png
 from PIL import Image
 
 pytest.importorskip("gradio", reason="the demo needs the 'demo' extra")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_port, save_png
+from helpers import free_port, save_png
 from PIL import Image
 
 pytest.importorskip("gradio", reason="the demo needs the 'demo' extra")

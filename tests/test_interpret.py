@@ -1,7 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_VIT
+from helpers import TINY_VIT
 
 from ultra.analysis.relevance import _recording, anchor_targets, relevance_maps
 from ultra.backbone.vit import FrozenViT

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_VIT
+from helpers import TINY_VIT
 from PIL import Image
 
 from ultra.analysis.relevance import RelevanceMaps
@@ -16,7 +16,7 @@ from ultra.analysis.segments import (
 )
 from ultra.cli import interpret as interpret_cli
 from ultra.cli import select as select_cli
-from ultra.data.io import DataError
+from ultra.errors import DataError
 
 
 def _planted_maps():

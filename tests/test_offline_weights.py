@@ -2,7 +2,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import needs_offline, realdata
+from helpers import needs_offline, realdata
 
 from ultra.backbone import onnx_dinov2
 from ultra.backbone.vit import FrozenViT

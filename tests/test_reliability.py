@@ -7,9 +7,9 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO
+from helpers import REPO
+from helpers import sgd_overrides, synthetic_config, tiny_overrides
 
-from runs import synthetic_config, tiny_overrides
 from ultra.errors import ConfigError
 from ultra.files import atomic_path
 
@@ -47,7 +47,7 @@ def test_a_rerun_with_other_settings_is_refused_and_fresh_starts_over(tmp_path, 
     from ultra.readout.checkpoint import read_checkpoint
 
     config = synthetic_config(tmp_path / "c.yaml")
-    args = ["--config", str(config), *tiny_overrides(tmp_path), "--model.solver", "sgd"]
+    args = ["--config", str(config), *tiny_overrides(tmp_path), *sgd_overrides()]
     first = train_cli.run(args)
     model = tmp_path / "run" / "model.safetensors"
     before = model.read_bytes()
@@ -76,8 +76,8 @@ def test_an_exact_run_records_only_what_determines_its_head(tmp_path, caplog):
     inert = ("model.lr", "model.weight_decay", "model.ortho_weight", "model.hidden_dim", "data.batches.steps_per_epoch",
              "data.evaluation.resize", "data.val_dataset.init_args.seed", "data.cache.dir", "seed_everything")
     assert not [key for key in inert if key in recorded]
-    # SGD-only and evaluation-only options resume the exact run instead of refusing it
-    changed = ["--model.lr", "0.5", "--model.ortho_weight", "3", "--data.batches.steps_per_epoch", "7", "--seed_everything", "4"]
+    # the node batches' size and seed, and evaluation-only options, resume the exact run instead of refusing it
+    changed = ["--data.batches.steps_per_epoch", "7", "--seed_everything", "4", "--data.evaluation.resize", "80"]
     with caplog.at_level("INFO", logger="ultra"):
         train_cli.run(args + changed)
     assert "resuming from" in caplog.text
@@ -92,7 +92,7 @@ def test_a_bad_validation_set_fails_before_training(tmp_path):
     from PIL import Image
 
     from ultra.cli import train as train_cli
-    from ultra.data.io import DataError
+    from ultra.errors import DataError
 
     folder = tmp_path / "val"
     (folder / "images").mkdir(parents=True)
@@ -274,7 +274,8 @@ def test_a_run_or_output_folder_in_use_by_another_command_is_refused(tmp_path):
 
     from ultra.cli import segment as segment_cli
     from ultra.cli import train as train_cli
-    from ultra.files import LOCK_NAME, FolderInUse
+    from ultra.errors import FolderInUse
+    from ultra.files import LOCK_NAME
 
     config = synthetic_config(tmp_path / "c.yaml")
     args = ["--config", str(config), *tiny_overrides(tmp_path, epochs=1), "--readout.probe", "false"]
@@ -324,7 +325,7 @@ def test_a_bad_training_image_is_named_before_the_cache_build_starts(tmp_path):
     """Found by a header check up front, not when the build reaches it (leaving a partial cache behind)."""
     from ultra.cli import train as train_cli
     from ultra.data import write_synthetic_folder
-    from ultra.data.io import DataError
+    from ultra.errors import DataError
 
     write_synthetic_folder(tmp_path / "photos", 12, 96, 4)
     broken = sorted((tmp_path / "photos" / "images").iterdir())[9]
@@ -343,7 +344,7 @@ def test_a_full_disk_is_one_clear_error_and_the_rerun_resumes(tmp_path, monkeypa
 
     import ultra.files
     from ultra.cli import train as train_cli
-    from ultra.files import DiskFull
+    from ultra.errors import DiskFull
 
     config = synthetic_config(tmp_path / "c.yaml")
     args = ["--config", str(config), *tiny_overrides(tmp_path, epochs=1), "--readout.probe", "false"]
@@ -402,7 +403,7 @@ def test_an_unfinished_cache_of_an_older_version_of_the_images_is_removed(tmp_pa
     new build replaces the old partial instead of leaving it for good."""
     from ultra.cli import train as train_cli
     from ultra.data import write_synthetic_folder
-    from ultra.data.io import DataError
+    from ultra.errors import DataError
 
     write_synthetic_folder(tmp_path / "photos", 12, 96, 4)
     image = sorted((tmp_path / "photos" / "images").iterdir())[9]
@@ -425,7 +426,7 @@ def test_a_label_map_of_another_size_is_named_before_the_cache_build(tmp_path):
 
     from ultra.cli import train as train_cli
     from ultra.data import write_synthetic_folder
-    from ultra.data.io import DataError
+    from ultra.errors import DataError
 
     write_synthetic_folder(tmp_path / "photos", 4, 96, 4)
     label = sorted((tmp_path / "photos" / "labels").iterdir())[2]

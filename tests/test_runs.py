@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, save_jpg, save_png
+from helpers import REPO, save_jpg, save_png
+from helpers import config_path, synthetic_config, tiny_overrides
 
-from runs import config_path, synthetic_config, tiny_overrides
+from ultra.training.config import SOLVERS
+
 from ultra.cli import train as train_cli
 from ultra.data import Cityscapes27, CocoStuff27, EvalTransform
 from ultra.readout.checkpoint import read_checkpoint
@@ -35,9 +37,9 @@ def test_a_killed_training_resumes_and_ends_like_an_uninterrupted_one(tmp_path, 
     from it instead of solving again."""
     config = synthetic_config(tmp_path / "tiny.yaml")
     epochs, steps = (40, 20) if solver == "sgd" else (1, 3)
-    subprocess.run(_train_command(config, tmp_path / "a", "--model.solver", solver, epochs=epochs, steps=steps),
+    subprocess.run(_train_command(config, tmp_path / "a", "--model", SOLVERS[solver], epochs=epochs, steps=steps),
                    check=True, env=_env(), capture_output=True)
-    command = _train_command(config, tmp_path / "b", "--model.solver", solver, epochs=epochs, steps=steps)
+    command = _train_command(config, tmp_path / "b", "--model", SOLVERS[solver], epochs=epochs, steps=steps)
     last = tmp_path / "b" / "run" / "checkpoints" / "last.ckpt"
     process = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300

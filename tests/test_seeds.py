@@ -3,7 +3,9 @@ import json
 import statistics
 
 import pytest
-from runs import synthetic_config, tiny_overrides
+from helpers import synthetic_config, tiny_overrides
+
+from ultra.training.config import SOLVERS
 
 from ultra.cli import train as train_cli
 from ultra.evaluation.seeds import format_summary, split_seeds_argument
@@ -26,7 +28,7 @@ def test_two_runs_in_one_process_print_the_same_figures(tmp_path, solver):
     reports = []
     for run in ("first", "second"):  # the first builds the cache and graphs, the second reuses them
         args = ["--config", str(config), *tiny_overrides(tmp_path / run), "--data.cache.dir", str(tmp_path / "cache"),
-                "--model.solver", solver]
+                "--model", SOLVERS[solver]]
         reports.append(train_cli.run(args))
     assert reports[0]["readouts"] == reports[1]["readouts"]
 

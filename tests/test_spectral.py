@@ -1,6 +1,6 @@
 import pytest
 import torch
-from graph_fixtures import planted_partition, subspace_cosines
+from helpers import planted_partition, subspace_cosines
 
 from ultra.analysis.solver import SolverConfig, exact_eigenvectors, solve
 from ultra.evaluation.metrics import UnsupervisedSegmentationMetric

@@ -6,18 +6,17 @@ import pytest
 import scipy.linalg
 import torch
 import torch.nn.functional as F
-from conftest import TINY_VIT
+from helpers import TINY_VIT
 from PIL import Image
+from helpers import synthetic_config, tiny_overrides
 
 import ultra
-from runs import synthetic_config, tiny_overrides
 from ultra.cli import evaluate as eval_cli
 from ultra.cli import segment as segment_cli
 from ultra.cli import train as train_cli
 from ultra.data import FiveCropViews, SyntheticScenes
 from ultra.data.cache import FeatureCache
-from ultra.data.io import DataError
-from ultra.errors import ConfigError
+from ultra.errors import CheckpointError, ConfigError, CRFUnavailable, DataError
 from ultra.graphs.correspondence import _token_points, view_correspondences
 from ultra.graphs.knn import GraphSpec, KnnConfig, knn_graph
 from ultra.graphs.spectral import spectral_loss
@@ -30,8 +29,7 @@ from ultra.head.batches import NodeBatches, NodeBatchSampler, batch_from_entries
 from ultra.head.loss import head_loss, view_consistency_loss
 from ultra.head.projection import ProjectionHead
 from ultra.readout import crf
-from ultra.readout.checkpoint import CheckpointError, read_checkpoint
-from ultra.readout.crf import CRFUnavailable
+from ultra.readout.checkpoint import read_checkpoint
 
 # --- the loss on node batches -------------------------------------------------------------------
 
@@ -499,17 +497,6 @@ def test_crf_requested_without_the_package_fails_before_training(tmp_path, monke
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_on_the_fly_training_runs_without_a_cache_for_the_head(tmp_path):
-    config = synthetic_config(tmp_path / "fly.yaml", batches={"on_the_fly": True, "images_per_batch": 3})
-    args = ["--config", str(config), *tiny_overrides(tmp_path, epochs=1), "--readout.probe", "false",
-            "--readout.raw_spaces", "[]"]
-    with pytest.raises(ValueError, match="needs the feature cache"):
-        train_cli.run(args)  # the exact solver needs one pass over a fixed set of tokens
-    report = train_cli.run(args + ["--model.solver", "sgd"])
-    assert set(report["readouts"]) == {"head"}
-    assert (tmp_path / "run" / "model.safetensors").is_file()
-
-
 def test_graphs_searched_in_a_centred_or_whitened_token_space(tmp_path, tiny_vit):
     from ultra.graphs.store import search_tokens
 
@@ -532,9 +519,10 @@ def test_graphs_searched_in_a_centred_or_whitened_token_space(tmp_path, tiny_vit
 
 
 def test_data_settings_refuse_bad_values_naming_the_option(tmp_path, tiny_vit):
-    from ultra.data.cache import CacheError
+    from ultra.errors import CacheError
     from ultra.graphs.store import search_tokens
-    from ultra.head.datamodule import UltraDataModule, ViewConfig
+    from ultra.data.transforms import ViewConfig
+    from ultra.head.datamodule import HeadDataModule
 
     with pytest.raises(ConfigError, match="data.views.scheme must be one of"):
         ViewConfig(scheme="six")
@@ -545,9 +533,9 @@ def test_data_settings_refuse_bad_values_naming_the_option(tmp_path, tiny_vit):
     tiny = dict(train_dataset=SyntheticScenes(2, 96, 4), backbone="vit_tiny_patch16_224", weights="random",
                 model_kwargs=TINY_VIT)
     with pytest.raises(ConfigError, match="data.tokens must be one of"):
-        UltraDataModule(**tiny, tokens="z")
+        HeadDataModule(**tiny, tokens="z")
     with pytest.raises(ConfigError, match="data.views.size=70 is not a multiple of the patch size 16"):
-        UltraDataModule(**tiny, views=ViewConfig(size=70))
+        HeadDataModule(**tiny, views=ViewConfig(size=70)).backbone  # checked when the backbone is first built
     cache = FeatureCache.open_or_build(SyntheticScenes(2, 96, 4), tiny_vit, [("x", 2)], FiveCropViews(64, 96), tmp_path,
                                        progress=False)
     (cache.path / "graphs").mkdir(exist_ok=True)

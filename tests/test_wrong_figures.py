@@ -2,13 +2,12 @@
 import numpy as np
 import pytest
 from PIL import Image
+from helpers import sgd_overrides, synthetic_config, tiny_overrides
 
-from runs import synthetic_config, tiny_overrides
 from ultra.cli import evaluate as eval_cli
 from ultra.cli import train as train_cli
-from ultra.data.io import DataError
-from ultra.errors import ConfigError
-from ultra.evaluation.geometry import EvalConfig
+from ultra.data.transforms import EvalConfig
+from ultra.errors import ConfigError, DataError
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +125,7 @@ def test_a_validation_set_without_a_labelled_pixel_is_refused_before_training(tm
 def test_a_finished_sgd_run_rerun_with_fewer_epochs_is_refused(tmp_path):
     """Resuming would keep the longer run's head and report it as the shorter one's."""
     config = synthetic_config(tmp_path / "c.yaml")
-    args = ["--config", str(config), *tiny_overrides(tmp_path, epochs=2), "--model.solver", "sgd", "--readout.probe", "false"]
+    args = ["--config", str(config), *tiny_overrides(tmp_path, epochs=2), *sgd_overrides(), "--readout.probe", "false"]
     train_cli.run(args)
     with pytest.raises(ConfigError, match=r"run trained for 2 epochs, more than --trainer.max_epochs 1: pass --fresh"):
         train_cli.run(args + ["--trainer.max_epochs", "1"])

@@ -1,6 +1,8 @@
 """The errors that mean "the user gave something wrong": commands print their message, without a traceback.
 
-Anything else that escapes a command is a bug and keeps its traceback.
+Every error a user can cause is a :class:`UserError` defined here, below every stage, so that any stage can
+raise it and any front end (a command, the demo page) can tell it from a bug. Anything else that escapes a
+command is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -11,3 +13,56 @@ class UserError(ValueError):
 
 class ConfigError(UserError):
     """A setting or command-line argument is invalid, or settings do not fit each other or the data."""
+
+
+class DataError(UserError):
+    """A data file or folder is missing, unreadable or inconsistent; the message names it."""
+
+
+class CacheError(DataError):
+    """A feature cache file is missing, truncated or not what the cache's manifest says."""
+
+
+class UnknownModelError(UserError):
+    """The model name is neither a timm model nor an alias, or it is not a ViT with fused qkv."""
+
+
+class WeightsError(UserError):
+    """A weight source is unavailable or its tensors do not fit the model."""
+
+
+class OfflineWeightsError(WeightsError):
+    """The offline ONNX weight source is missing or does not have the expected structure."""
+
+
+class CheckpointError(UserError):
+    """An inference checkpoint is unreadable, of another format, or does not fit the backbone."""
+
+
+class HeaderError(UserError):
+    """Raised with the checkpoint's path and the field that is wrong (wrapped as a CheckpointError)."""
+
+
+class MissingExtra(UserError, ImportError):
+    """An optional part of ultra needs an extra that is not installed (``pip install 'ultra-seg[extra]'``)."""
+
+
+class CRFUnavailable(MissingExtra):
+    """The dense CRF needs the ``crf`` extra."""
+
+
+class DemoUnavailable(MissingExtra):
+    """The demo needs the ``demo`` extra (gradio)."""
+
+
+class DiskFull(UserError):
+    """The disk ran out of space (or quota) while ultra wrote to it: nothing half-written is left as if complete."""
+
+
+class FolderInUse(UserError):
+    """Another process is writing into the same run or output folder."""
+
+
+USER_ERRORS = (UserError, FileExistsError, FileNotFoundError, PermissionError)
+"""What a front end reports as a message: bad settings, arguments, files and images, missing weights or extras,
+outputs that exist, inputs that do not, folders that cannot be written. Every other exception is a bug."""

@@ -7,10 +7,10 @@ import hashlib
 import logging
 import os
 import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Iterator
 
-from .errors import UserError
+from .errors import DataError, DiskFull, FolderInUse
 
 
 def cache_root() -> Path:
@@ -49,10 +49,6 @@ def remove_stale_parts(folder: str | Path, name: str = "*") -> None:
     killed process left. Call it only where no other process can be writing them (under the folder's lock)."""
     for part in Path(folder).glob(f".{name}.*.part"):
         part.unlink(missing_ok=True)
-
-
-class DiskFull(UserError):
-    """The disk ran out of space (or quota) while ultra wrote to it: nothing half-written is left as if complete."""
 
 
 @contextlib.contextmanager
@@ -108,10 +104,6 @@ def build_lock(path: str | Path, what: str) -> Iterator[None]:
         yield
     finally:
         lock.release()
-
-
-class FolderInUse(UserError):
-    """Another process is writing into the same run or output folder."""
 
 
 LOCK_NAME = ".ultra.lock"
@@ -176,3 +168,36 @@ def map_safetensors(path: str | Path) -> tuple[dict, dict[str, str]]:
         else:
             tensors[name] = torch.from_numpy(np.memmap(path, dtype=dtype, mode="c", offset=base + start, shape=shape))
     return tensors, metadata
+
+
+def refuse_overwrite(paths: Iterable[Path], overwrite: bool) -> None:
+    """Raise if any of ``paths`` exists and ``overwrite`` is not set."""
+    existing = [p for p in paths if Path(p).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{len(existing)} output file(s) exist already (e.g. {existing[0]}); pass --overwrite to replace them")
+
+
+def refuse_collisions(outputs_of: Mapping[Path, Sequence[Path]], other_inputs: Iterable[Path] = ()) -> None:
+    """Before any work: refuse an output that is an input (the images of ``outputs_of`` and ``other_inputs``, e.g.
+    their labels), whatever ``--overwrite`` says, and an output that two images would both write."""
+    inputs = {Path(p).resolve(): Path(p) for p in [*outputs_of, *other_inputs]}
+    writer: dict[Path, Path] = {}
+    for image, outputs in outputs_of.items():
+        for out in outputs:
+            key = Path(out).resolve()
+            if key in inputs:
+                raise DataError(f"output {out} is the input {inputs[key]}; choose another output (inputs are never replaced)")
+            if writer.setdefault(key, Path(image)) != Path(image):
+                raise DataError(f"{writer[key]} and {image} would both write {out}; rename one or write them to "
+                                f"separate folders")
+
+
+def require_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and check that files can be written there (before any long work)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise PermissionError(f"cannot write to the output folder {folder}: {err.strerror or err}") from None

@@ -1,8 +1,8 @@
 """Pictures people look at: segment colours, overlays, eigenvector maps, sheets and confusion matrices."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image

@@ -72,6 +72,15 @@ def otsu_threshold(values: Tensor, bins: int = 256) -> float:
     return float(centers[int(between.argmax())])
 
 
+def parse_point(text: str, option: str = "--point") -> tuple[float, float]:
+    """``"X,Y"`` (pixels) as ``(x, y)``; anything else is refused naming ``option``."""
+    try:
+        x, y = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{option} must be X,Y in pixels, got '{text}'") from None
+    return x, y
+
+
 def check_threshold(threshold: str | float) -> str | float:
     """``threshold`` if it is ``"otsu"`` or a fraction in (0, 1) of a map's maximum (a number or its text)."""
     if threshold == "otsu":

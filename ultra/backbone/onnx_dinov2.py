@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import OfflineWeightsError
+
 log = logging.getLogger(__name__)
 
 TIMM_NAME = "vit_small_patch14_dinov2"
@@ -56,10 +58,6 @@ _NAMED_PER_LAYER = {
     "mlp.fc2.bias": "mlp.fc2.bias",
     "layer_scale2.lambda1": "ls2.gamma",
 }
-
-
-class OfflineWeightsError(RuntimeError):
-    """The offline ONNX weight source is missing or does not have the expected structure."""
 
 
 def find_onnx_file() -> Path:

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, UserError
+from ..errors import ConfigError, UnknownModelError
 from .weights import WeightsInfo, load_weights
 
 KINDS = ("x", "n", "q", "k", "v")
@@ -30,10 +30,6 @@ MODEL_ALIASES = {
     "dinov2_vitb14_reg": "vit_base_patch14_reg4_dinov2.lvd142m",
 }
 """Short names used by the field's papers -> timm model names (with their pretrained tag)."""
-
-
-class UnknownModelError(UserError):
-    """The model name is neither a timm model nor an alias, or it is not a ViT with fused qkv."""
 
 
 @dataclass
@@ -143,7 +139,7 @@ class FrozenViT(nn.Module):
         """JSON-able identity of this backbone (used in cache keys and checkpoints)."""
         return {"model": self.model_name, "model_kwargs": self.model_kwargs, "weights": self.weights_info.as_dict()}
 
-    def train(self, mode: bool = True) -> "FrozenViT":
+    def train(self, mode: bool = True) -> FrozenViT:
         """The backbone stays in eval mode whatever the caller asks."""
         return super().train(False)
 
@@ -216,6 +212,30 @@ class FrozenViT(nn.Module):
                 out.prefix[kind] = {layer: t[:, :p] for layer, t in parts.items()}
         return out
 
+    @torch.no_grad()
+    def token_grids(self, images: Tensor, layers: Sequence[int] | None = None,
+                    kinds: Iterable[str] | None = None) -> ViTFeatures:
+        """:meth:`forward` of images in [0, 1] of any size: resized (bilinear, antialiased) to the nearest multiple
+        of the patch when they are not one already, and moved to the backbone's device."""
+        size = snap_to_patch(tuple(images.shape[-2:]), self.patch_size)
+        if size != tuple(images.shape[-2:]):
+            images = nn.functional.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return self(images.to(self.mean.device), layers=layers, kinds=kinds)
+
+    def collect_grids(self, batches: Iterable[Tensor], keys: Sequence[tuple[str, int]], dtype: torch.dtype = torch.float16,
+                      progress: bool = False) -> dict[tuple[str, int], Tensor]:
+        """The ``keys`` token grids ``{(kind, layer): [images, h, w, D]}`` of batches of images in [0, 1] (all of
+        one size), in ``dtype`` on the CPU: a set's tokens held at once (analysis, benchmarks)."""
+        from tqdm.auto import tqdm
+
+        layers, kinds = sorted({layer for _, layer in keys}), sorted({kind for kind, _ in keys})
+        store: dict[tuple[str, int], list[Tensor]] = {tuple(key): [] for key in keys}
+        for images in tqdm(batches, desc="backbone", disable=not progress):
+            feats = self.token_grids(images, layers, kinds)
+            for key in store:
+                store[key].append(feats[key].to("cpu", dtype))
+        return {key: torch.cat(grids) for key, grids in store.items()}
+
 
 def _capture(store: dict[int, Tensor], layer: int):
     def hook(_module, _inputs, output):
@@ -252,3 +272,13 @@ def resize_to_patches(images: Tensor, shorter_side: int, patch: int) -> Tensor:
     scale = shorter_side / min(height, width)
     target = snap_to_patch((round(height * scale), round(width * scale)), patch)
     return torch.nn.functional.interpolate(images.float(), size=target, mode="bilinear", align_corners=False, antialias=True)
+
+
+DEFAULT_SIZE = 448
+"""The shorter side (pixels) the interpretation commands feed to the backbone (``--size``)."""
+
+
+def check_size(size: int, option: str = "--size") -> None:
+    """Refuse an input size (pixels) below 1, the same way in every command."""
+    if size < 1:
+        raise ConfigError(f"{option} must be a positive number of pixels, got {size}")

@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from ..errors import WeightsError
 from ..files import atomic_path, cache_root, file_digest
 from . import onnx_dinov2
 
@@ -31,10 +32,6 @@ log = logging.getLogger(__name__)
 SOURCES = ("auto", "hub", "offline", "random")
 _STRIP_PREFIXES = ("module.", "backbone.", "encoder.", "model.")
 _CONTAINER_KEYS = ("state_dict", "model", "teacher", "student")
-
-
-class WeightsError(RuntimeError):
-    """A weight source is unavailable or its tensors do not fit the model."""
 
 
 @dataclass(frozen=True)

@@ -10,25 +10,12 @@ from __future__ import annotations
 
 import logging
 import sys
-import tempfile
-from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable
 
 import torch
 
-from ..backbone.onnx_dinov2 import OfflineWeightsError
-from ..backbone.weights import WeightsError
-from ..data.io import DataError
-from ..errors import ConfigError, UserError
-from ..readout.crf import CRFUnavailable
-
-USER_ERRORS = (UserError, WeightsError, OfflineWeightsError, CRFUnavailable, FileExistsError, FileNotFoundError,
-               PermissionError)
-"""What a command reports as one line: bad settings, arguments, files and images, missing weights or extras,
-outputs that exist, inputs that do not, folders that cannot be written. Every other exception is a bug."""
-
-DEFAULT_SIZE = 448
-"""The shorter side (pixels) the interpretation commands feed to the backbone (``--size``)."""
+from ..backbone.vit import DEFAULT_SIZE
+from ..errors import USER_ERRORS, ConfigError
 
 
 def console(run: Callable[[list[str] | None], object], prog: str) -> Callable[[list[str] | None], None]:
@@ -57,26 +44,8 @@ def end_distributed() -> None:
         dist.destroy_process_group()
 
 
-def refuse_overwrite(paths: Iterable[Path], overwrite: bool) -> None:
-    """Raise if any of ``paths`` exists and ``overwrite`` is not set."""
-    existing = [p for p in paths if Path(p).exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{len(existing)} output file(s) exist already (e.g. {existing[0]}); pass --overwrite to replace them")
 
 
-def refuse_collisions(outputs_of: Mapping[Path, Sequence[Path]], other_inputs: Iterable[Path] = ()) -> None:
-    """Before any work: refuse an output that is an input (the images of ``outputs_of`` and ``other_inputs``, e.g.
-    their labels), whatever ``--overwrite`` says, and an output that two images would both write."""
-    inputs = {Path(p).resolve(): Path(p) for p in [*outputs_of, *other_inputs]}
-    writer: dict[Path, Path] = {}
-    for image, outputs in outputs_of.items():
-        for out in outputs:
-            key = Path(out).resolve()
-            if key in inputs:
-                raise DataError(f"output {out} is the input {inputs[key]}; choose another output (inputs are never replaced)")
-            if writer.setdefault(key, Path(image)) != Path(image):
-                raise DataError(f"{writer[key]} and {image} would both write {out}; rename one or write them to "
-                                f"separate folders")
 
 
 def check_device(name: str, option: str = "--device") -> None:
@@ -92,21 +61,8 @@ def check_device(name: str, option: str = "--device") -> None:
         raise ConfigError(f"{option} {name}: this machine has {torch.cuda.device_count()} cuda device(s)")
 
 
-def require_writable(folder: Path) -> None:
-    """Create ``folder`` if needed and check that files can be written there (before any long work)."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        raise PermissionError(f"cannot write to the output folder {folder}: {err.strerror or err}") from None
 
 
-def check_size(size: int, option: str = "--size") -> None:
-    """Refuse an input size (pixels) below 1, the same way in every command."""
-    if size < 1:
-        raise ConfigError(f"{option} must be a positive number of pixels, got {size}")
 
 
 def add_backbone_arguments(parser) -> None:

@@ -11,12 +11,9 @@ from pathlib import Path
 
 from jsonargparse import ArgumentParser
 
-from ..errors import ConfigError, UserError
-from . import DEFAULT_SIZE, check_device, check_size, console
-
-
-class DemoUnavailable(UserError):
-    """The demo needs the ``demo`` extra (gradio)."""
+from ..backbone.vit import check_size
+from ..errors import ConfigError, DemoUnavailable
+from . import DEFAULT_SIZE, check_device, console
 
 
 def build_parser() -> ArgumentParser:

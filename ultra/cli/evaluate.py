@@ -25,12 +25,13 @@ from jsonargparse import ArgumentParser
 
 from ..data import cityscapes, cocostuff, folder, synthetic  # noqa: F401  (their classes are --dataset choices)
 from ..data.base import SegmentationDataset
+from ..data.transforms import EvalConfig, check_eval_geometry
 from ..errors import ConfigError, UserError
-from ..evaluation.geometry import EvalConfig, check_eval_geometry
 from ..evaluation.protocol import evaluate
+from ..files import refuse_overwrite, require_writable
 from ..readout.checkpoint import load
 from ..readout.crf import require_crf
-from . import console, refuse_overwrite, require_writable
+from . import console
 
 
 def build_parser() -> ArgumentParser:

@@ -14,17 +14,13 @@ from jsonargparse import ArgumentParser
 
 from ..analysis.relevance import relevance_maps
 from ..analysis.segments import prepare_image, segments_from_maps
-from ..backbone.vit import FrozenViT
+from ..backbone.vit import FrozenViT, check_size
 from ..data.io import read_image
 from ..data.transforms import image_to_tensor
 from ..errors import ConfigError
+from ..files import refuse_overwrite
 from ..pictures import heatmap, overlay, save_label_map, save_sheet
-from . import (
-    add_backbone_arguments,
-    check_size,
-    console,
-    refuse_overwrite,
-)
+from . import add_backbone_arguments, console
 
 
 def build_parser() -> ArgumentParser:

@@ -16,13 +16,13 @@ import torch
 from jsonargparse import ArgumentParser
 from tqdm.auto import tqdm
 
-from ..data.io import DataError, list_images, read_image
-from ..errors import ConfigError
-from ..files import folder_lock
+from ..data.io import list_images, read_image
+from ..errors import ConfigError, DataError
+from ..files import folder_lock, refuse_collisions, refuse_overwrite
 from ..pictures import overlay, save_image, save_label_map
 from ..readout.checkpoint import load
 from ..readout.crf import require_crf
-from . import check_device, console, refuse_collisions, refuse_overwrite
+from . import check_device, console
 
 log = logging.getLogger(__name__)
 

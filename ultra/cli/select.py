@@ -10,28 +10,13 @@ from pathlib import Path
 import numpy as np
 from jsonargparse import ArgumentParser
 
-from ..analysis.segments import check_threshold, select
-from ..backbone.vit import FrozenViT
+from ..analysis.segments import check_threshold, parse_point, select
+from ..backbone.vit import FrozenViT, check_size
 from ..data.io import read_image
 from ..data.transforms import image_to_tensor
-from ..errors import ConfigError
+from ..files import refuse_collisions, refuse_overwrite
 from ..pictures import save_image, selection_pictures
-from . import (
-    add_backbone_arguments,
-    check_size,
-    console,
-    refuse_collisions,
-    refuse_overwrite,
-)
-
-
-def parse_point(text: str, option: str = "--point") -> tuple[float, float]:
-    """``"X,Y"`` (pixels) as ``(x, y)``; anything else is refused naming ``option``."""
-    try:
-        x, y = (float(v) for v in text.split(","))
-    except ValueError:
-        raise ConfigError(f"{option} must be X,Y in pixels, got '{text}'") from None
-    return x, y
+from . import add_backbone_arguments, console
 
 
 def build_parser() -> ArgumentParser:

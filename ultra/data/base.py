@@ -3,16 +3,17 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from .io import IMAGE_SUFFIXES, DataError, image_size, read_image, read_label
+from ..errors import DataError
+from .io import IMAGE_SUFFIXES, image_size, read_image, read_label
 
 IGNORE = 255
 _INVALID = -1
@@ -113,7 +114,7 @@ class SegmentationDataset(Dataset):
             raise DataError(f"{type(self).__name__}: none of the {len(self)} label maps has a labelled pixel (every pixel "
                             f"is {self.ignore_index}, 'unlabelled'): there is nothing to evaluate")
 
-    def with_transform(self, transform: Transform | None) -> "SegmentationDataset":
+    def with_transform(self, transform: Transform | None) -> SegmentationDataset:
         """A shallow copy of this data set with another transform."""
         clone = copy.copy(self)
         clone.transform = transform

@@ -17,8 +17,10 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,16 +28,17 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from ..errors import CacheError
 from ..files import (
     atomic_path,
     build_lock,
+    cache_root,
     disk_full_named,
     remove_stale_parts,
     reserve_space,
     try_lock,
 )
 from .grids import labels_to_grid
-from .io import DataError
 
 if TYPE_CHECKING:  # annotations only: reading a cache needs no backbone
     from ..backbone.vit import FrozenViT
@@ -44,6 +47,23 @@ if TYPE_CHECKING:  # annotations only: reading a cache needs no backbone
 log = logging.getLogger(__name__)
 
 TokenKey = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The feature cache.
+
+    Args:
+        dir: where feature caches live (default: ``features/`` in the user cache, ``$ULTRA_CACHE_DIR`` or ``~/.cache/ultra``).
+        batch_size: images per backbone batch while caching.
+    """
+
+    dir: str | None = None
+    batch_size: int = 8
+
+    def folder(self) -> Path:
+        """Where the feature caches live."""
+        return Path(self.dir) if self.dir else cache_root() / "features"
 
 
 def _key_name(key: TokenKey) -> str:
@@ -58,10 +78,6 @@ def collate_views(items: list[dict]) -> dict:
         "geometry": torch.stack([it["geometry"] for it in items]),
         "index": torch.tensor([it["index"] for it in items]),
     }
-
-
-class CacheError(DataError):
-    """A feature cache file is missing, truncated or not what the cache's manifest says."""
 
 
 def _array_specs(meta: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -153,7 +169,7 @@ class FeatureCache:
     @classmethod
     def open_or_build(cls, dataset: SegmentationDataset, backbone: FrozenViT, keys: Sequence[TokenKey], views,
                       root: str | Path, batch_size: int = 8, num_workers: int = 0, device: str | torch.device = "cpu",
-                      progress: bool = True) -> "FeatureCache":
+                      progress: bool = True) -> FeatureCache:
         """The cache of ``dataset`` seen through ``views`` (a view transform), built first if needed."""
         keys = sorted({(k, int(layer) % backbone.num_layers) for k, layer in keys})
         source = {
@@ -180,7 +196,7 @@ class FeatureCache:
 
 
     @classmethod
-    def _find(cls, root: Path, prefix: str, keys: list[TokenKey], repair: bool) -> "FeatureCache | None":
+    def _find(cls, root: Path, prefix: str, keys: list[TokenKey], repair: bool) -> FeatureCache | None:
         """A complete cache of ``prefix`` holding ``keys``; with ``repair`` (under the build lock) a damaged one is removed."""
         for folder in sorted(root.glob(f"{prefix}-*")):
             if not folder.name.endswith((".partial", ".lock")) and (folder / "meta.json").is_file():

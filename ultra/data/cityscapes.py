@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import DataError
 from .base import IGNORE, Sample, SegmentationDataset, Transform, label_lut
-from .io import DataError, require_dir
+from .io import require_dir
 
 CLASSES = (
     "road", "sidewalk", "parking", "rail track", "building", "wall", "fence", "guard rail", "bridge",

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DataError
 from .base import IGNORE, Sample, SegmentationDataset, Transform, label_lut
-from .io import DataError, read_image, require_dir
+from .io import read_image, require_dir
 
 COARSE_CLASSES = (
     # 12 "things" supercategories, ids 0-11

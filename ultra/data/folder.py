@@ -8,11 +8,12 @@ stem a line), the layout of CamVid and of most small segmentation sets.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
+from ..errors import DataError
 from .base import IGNORE, Sample, SegmentationDataset, Transform, label_lut
-from .io import DataError, list_images, require_dir
+from .io import list_images, require_dir
 
 log = logging.getLogger(__name__)
 

@@ -2,20 +2,16 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import UserError
+from ..errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _LABEL_MODES = ("L", "P", "I", "I;16", "I;16L", "I;16B")
-
-
-class DataError(UserError):
-    """A data file or folder is missing, unreadable or inconsistent; the message names it."""
 
 
 @contextlib.contextmanager

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import DataError
 from .base import IGNORE, Sample, SegmentationDataset, Transform, label_lut
-from .io import DataError
 
 _PATTERNS = ("stripes", "checks", "dots", "noise")
 _SHAPES = ("disc", "box", "triangle", "ellipse")

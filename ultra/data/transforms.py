@@ -7,6 +7,8 @@ two views can be undone when they are compared.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torchvision.transforms.v2 as v2
 import torchvision.transforms.v2.functional as F
@@ -87,7 +89,7 @@ class FiveCropViews(_Views):
         c = max(1, int(round(self.crop_fraction * min(height, width))))
         corners = [(0, 0), (0, width - c), (height - c, 0), (height - c, width - c), ((height - c) // 2, (width - c) // 2)]
         flips = (False, True) if self.flip else (False,)
-        return [(t, l, c, c, f) for f in flips for t, l in corners]
+        return [(t, left, c, c, f) for f in flips for t, left in corners]
 
 
 class RandomViews(_Views):
@@ -112,3 +114,74 @@ class RandomViews(_Views):
 def image_to_tensor(image) -> Tensor:
     """A PIL image or ``uint8 [H, W, 3]`` array as float ``[3, H, W]`` in [0, 1]."""
     return _TO_FLOAT(tv_tensors.Image(F.pil_to_tensor(image) if hasattr(image, "mode") else torch.as_tensor(image).permute(2, 0, 1)))
+
+
+def check_eval_geometry(resize, crop, resize_name: str, crop_name: str) -> None:
+    """Refuse an evaluation geometry that is not a positive size, or whose crop exceeds the shorter side (the crop
+    would be padded, and the padding counted as labelled pixels of class 0)."""
+    for name, value in ((resize_name, resize), (crop_name, crop)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive number of pixels, got {value!r}")
+    if crop > resize:
+        raise ConfigError(f"{crop_name} ({crop}) exceeds {resize_name} ({resize}), the shorter side: the crop would be "
+                          f"padded and the padding scored as pixels of class 0; use a crop <= the resize")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The evaluation protocol's geometry.
+
+    Args:
+        resize: shorter side of an evaluated image, in pixels.
+        crop: side of its centre crop, in pixels.
+    """
+
+    resize: int = 320
+    crop: int = 320
+
+    def __post_init__(self):
+        check_eval_geometry(self.resize, self.crop, "data.evaluation.resize", "data.evaluation.crop")
+
+    def transform(self) -> EvalTransform:
+        return EvalTransform(self.resize, self.crop)
+
+
+VIEW_SCHEMES = ("five", "center")
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    """The training views the cache holds.
+
+    Args:
+        scheme: ``five`` (five crops of ``crop_fraction`` of the shorter side after resizing it to
+            ``resize``, each resized to ``size``) or ``center`` (the centre square at ``size``).
+        size: side of a view in pixels (a multiple of the patch size).
+        resize: shorter side before cropping (``five``).
+        crop_fraction: side of a crop as a fraction of the shorter side (``five``).
+        flip: add the mirror image of every view (doubles the cache).
+    """
+
+    scheme: str = "five"
+    size: int = 224
+    resize: int = 320
+    crop_fraction: float = 0.6
+    flip: bool = False
+
+    def __post_init__(self):
+        if self.scheme not in VIEW_SCHEMES:
+            raise ConfigError(f"data.views.scheme must be one of {VIEW_SCHEMES}, got '{self.scheme}'")
+        if self.size < 1 or self.resize < 1 or not 0 < self.crop_fraction <= 1:
+            raise ConfigError(f"data.views: size and resize must be >= 1 and crop_fraction in (0, 1], got "
+                             f"{self.size}, {self.resize}, {self.crop_fraction}")
+
+    @property
+    def views_per_image(self) -> int:
+        """The views the cache holds of each image."""
+        return 1 if self.scheme == "center" else 5 * (2 if self.flip else 1)
+
+    def transform(self) -> _Views:
+        """The view transform of the cache."""
+        if self.scheme == "center":
+            return CenterView(self.size)
+        return FiveCropViews(self.size, self.resize, self.crop_fraction, self.flip)

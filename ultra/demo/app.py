@@ -17,16 +17,14 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import gradio as gr
 import numpy as np
 
-from ..analysis.segments import check_threshold
-from ..cli import USER_ERRORS
-from ..cli.select import parse_point
-from ..errors import ConfigError
+from ..analysis.segments import check_threshold, parse_point
+from ..errors import USER_ERRORS, ConfigError
 from ..pictures import save_label_map
 from .examples import write_examples
 from .models import DemoModels

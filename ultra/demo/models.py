@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..backbone.vit import FrozenViT
-from ..cli import USER_ERRORS
+from ..errors import USER_ERRORS
 from ..readout.checkpoint import load
 from ..readout.segmenter import Segmenter
 
@@ -28,7 +28,7 @@ class DemoModels:
 
     @classmethod
     def open(cls, checkpoint: str | Path | None = None, backbone: str = "vit_small_patch14_dinov2",
-             weights: str = "auto", device: str = "cpu", size: int = 448) -> "DemoModels":
+             weights: str = "auto", device: str = "cpu", size: int = 448) -> DemoModels:
         """Load ``checkpoint`` with :func:`ultra.load` (the same validation); a refused checkpoint becomes the page's
         ``problem`` and the other tabs run on ``backbone`` with ``weights``."""
         segmenter, problem = None, f"No checkpoint was given. {TRAIN_HINT}"

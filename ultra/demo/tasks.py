@@ -6,15 +6,15 @@
   and the relevance map of a clicked token.
 
 Every user mistake (an unreadable or huge photo, a point outside it, a missing extra) raises a
-:class:`~ultra.errors.UserError` (or :class:`~ultra.readout.crf.CRFUnavailable`) whose message the page shows.
+:class:`~ultra.errors.UserError` whose message the page shows.
 """
 from __future__ import annotations
 
 import html
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -23,8 +23,9 @@ from ..analysis.relevance import relevance_maps
 from ..analysis.segments import check_threshold, point_token, prepare_image, select
 from ..analysis.solver import exact_eigenvectors
 from ..backbone.vit import FrozenViT
-from ..data.io import DataError, image_size, read_image
+from ..data.io import image_size, read_image
 from ..data.transforms import image_to_tensor
+from ..errors import DataError
 from ..graphs.knn import GraphSpec, KnnConfig, affinity_graphs, token_kinds
 from ..pictures import eigen_rgb, heatmap, mark_point, overlay, palette, selection_pictures
 from ..readout.crf import require_crf
@@ -73,7 +74,7 @@ class Segmentation:
 def label_names(segmenter: Segmenter, readout: str) -> list[str]:
     """The name of each id a readout's label map can hold: class names when its ids are classes, else clusters."""
     module = segmenter.readouts[readout]
-    if module.kind == "classes" or readout in segmenter.cluster_to_class:
+    if module.outputs == "classes" or readout in segmenter.cluster_to_class:
         return list(segmenter.class_names)
     return [f"cluster {k}" for k in range(module.num_outputs)]
 

@@ -37,11 +37,6 @@ def matched_confusion(confusion: Tensor, cluster_to_class: Tensor) -> Tensor:
     return out
 
 
-def apply_matching(predictions: Tensor, cluster_to_class: Tensor, unmatched: int = 255) -> Tensor:
-    """Cluster ids -> matched class ids (``unmatched`` for clusters matched to no class)."""
-    table = torch.where(cluster_to_class >= 0, cluster_to_class, unmatched).to(predictions.device)
-    return table[predictions]
-
 
 def scores_from_confusion(matched: Tensor, class_pixels: Tensor | None = None) -> dict[str, Tensor]:
     """Per-class IoU, mIoU and pixel accuracy from a ``[predicted class, true class]`` confusion matrix.

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import pytorch_lightning as pl
@@ -20,15 +20,15 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from ..data.base import SegmentationDataset
-from ..data.io import DataError
+from ..data.grids import upsample_scores
+from ..errors import DataError
 from ..files import atomic_path
 from ..pictures import overlay, save_confusion, save_sheet
-from ..readout.crf import SCORE_SCALE, dense_crf
-from ..readout.segmenter import Segmenter
+from ..readout.crf import SCORE_SCALE, crf_labels
+from ..readout.segmenter import Segmenter, apply_matching, readout_grid_scores
 from .metrics import (
     SupervisedSegmentationMetric,
     UnsupervisedSegmentationMetric,
-    apply_matching,
     as_floats,
     matched_confusion,
 )
@@ -60,15 +60,16 @@ def format_gaps(readouts: Mapping[str, Mapping], best: Mapping[str, str], value=
 class EvaluationModule(pl.LightningModule):
     """Updates one metric per readout (and per readout + CRF) over the test loader."""
 
-    def __init__(self, segmenter: Segmenter, num_classes: int, flip: bool = False, crf: bool = False, examples: int = 6):
+    def __init__(self, segmenter: Segmenter, num_classes: int, flip: bool = False, crf: bool = False,
+                 crf_scale: float = SCORE_SCALE, examples: int = 6):
         super().__init__()
-        self.segmenter, self.flip, self.crf, self.num_examples = segmenter, flip, crf, examples
+        self.segmenter, self.flip, self.crf, self.crf_scale, self.num_examples = segmenter, flip, crf, crf_scale, examples
         metrics = {}
         for name, readout in segmenter.readouts.items():
             variants = [name, f"{name}+crf"] if crf else [name]
             for variant in variants:
                 metrics[variant] = (UnsupervisedSegmentationMetric(num_classes, readout.num_outputs)
-                                    if readout.kind == "clusters" else SupervisedSegmentationMetric(num_classes))
+                                    if readout.outputs == "clusters" else SupervisedSegmentationMetric(num_classes))
         self.metrics = torch.nn.ModuleDict(metrics)
         self.examples: list[dict] = []
 
@@ -80,9 +81,7 @@ class EvaluationModule(pl.LightningModule):
             predictions[name] = s.argmax(1)
             self.metrics[name].update(predictions[name], labels)
             if self.crf:
-                pictures = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).astype(np.uint8)
-                probs = torch.softmax(s * SCORE_SCALE, 1).cpu().numpy()
-                refined = torch.from_numpy(np.stack([dense_crf(p, q) for p, q in zip(pictures, probs)])).to(labels.device)
+                refined = crf_labels(images, s, self.crf_scale).to(labels.device)
                 predictions[f"{name}+crf"] = refined
                 self.metrics[f"{name}+crf"].update(refined, labels)
         if self.global_rank == 0 and len(self.examples) < self.num_examples:
@@ -92,6 +91,22 @@ class EvaluationModule(pl.LightningModule):
 
     def results(self) -> dict[str, dict]:
         return {name: metric.compute() for name, metric in self.metrics.items()}
+
+
+@torch.no_grad()
+def score_token_grids(readout: torch.nn.Module, grids: Mapping, labels: torch.Tensor, num_classes: int,
+                      chunk: int = 16) -> dict[str, float]:
+    """The protocol's figures of one cluster readout on token grids computed once (``{(kind, layer): [B, h, w, D]}``,
+    of the protocol's images) and their labels ``[B, H, W]``: the scores upsampled to the labels, the argmax,
+    one confusion matrix, Hungarian matching; mIoU and pixel accuracy. Many readouts of the same images (a
+    benchmark's options) are scored without running the backbone again."""
+    metric = UnsupervisedSegmentationMetric(num_classes, readout.num_outputs)
+    for start in range(0, labels.shape[0], chunk):
+        part = {key: grids[tuple(key)][start:start + chunk] for key in readout.keys}
+        scores = upsample_scores(readout_grid_scores(readout, part), tuple(labels.shape[-2:]))
+        metric.update(scores.argmax(1), labels[start:start + chunk].long())
+    result = metric.compute()
+    return {"miou": float(result["miou"]), "acc": float(result["acc"])}
 
 
 def evaluation_loader(dataset: SegmentationDataset, trainer: pl.Trainer, batch_size: int, num_workers: int) -> DataLoader:
@@ -105,9 +120,12 @@ def evaluation_loader(dataset: SegmentationDataset, trainer: pl.Trainer, batch_s
 
 
 def evaluate(segmenter: Segmenter, dataset: SegmentationDataset, trainer: pl.Trainer, output: str | Path | None = None,
-             flip: bool = False, crf: bool = False, batch_size: int = 4, num_workers: int = 0, settings: dict | None = None) -> dict:
-    """Run the protocol on ``dataset`` (already transformed) and return the JSON-able report (also written to ``output``)."""
-    module = EvaluationModule(segmenter, dataset.num_classes, flip=flip, crf=crf)
+             flip: bool = False, crf: bool = False, batch_size: int = 4, num_workers: int = 0, settings: dict | None = None,
+             crf_scale: float = SCORE_SCALE) -> dict:
+    """Run the protocol on ``dataset`` (already transformed) and return the JSON-able report (also written to ``output``).
+
+    ``crf_scale``: the CRF's unary scale (:func:`ultra.readout.crf.crf_labels`)."""
+    module = EvaluationModule(segmenter, dataset.num_classes, flip=flip, crf=crf, crf_scale=crf_scale)
     trainer.test(module, dataloaders=evaluation_loader(dataset, trainer, batch_size, num_workers), verbose=False)
     results = module.results()
     if all(int(metric.confusion.sum()) == 0 for metric in module.metrics.values()):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import statistics
-from typing import Mapping
+from collections.abc import Mapping
 
 from ..errors import ConfigError
 from .protocol import LABELS, best_baselines, format_gaps

@@ -16,8 +16,8 @@ token. Similarities below ``threshold`` are dropped, and the edges are symmetris
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -99,6 +99,17 @@ class KnnConfig:
             raise ConfigError(f"knn.space must be one of {SPACES}, got '{self.space}'")
         if self.candidate_images is not None and self.candidate_images < 1:
             raise ConfigError(f"candidate_images must be >= 1 or None, got {self.candidate_images}")
+
+    def check_counts(self, tokens_per_view: int, prefix: str = "data.knn") -> None:
+        """Refuse, before any work, neighbour counts that a view's tokens and its candidate images cannot supply."""
+        if self.k_intra > tokens_per_view - 1:
+            raise ConfigError(f"{prefix}.k_intra={self.k_intra} exceeds the {tokens_per_view - 1} other tokens of a view")
+        if self.candidate_images is not None:
+            searched = (self.candidate_images + 1) * tokens_per_view - 1
+            if self.k_any > searched or self.k_inter > self.candidate_images * tokens_per_view:
+                raise ConfigError(f"{prefix}.k_any={self.k_any} / k_inter={self.k_inter} exceed the tokens searched: a "
+                                  f"view's {tokens_per_view} and those of its {self.candidate_images} candidate images; "
+                                  f"raise {prefix}.candidate_images or lower the counts")
 
 
 def token_kinds(specs: Sequence[GraphSpec]) -> set[str]:

@@ -72,7 +72,7 @@ class RowBlock:
     block_t: Tensor
 
     @classmethod
-    def from_coo(cls, nodes: Tensor, neighbors: Tensor, rows: Tensor, cols: Tensor, values: Tensor) -> "RowBlock":
+    def from_coo(cls, nodes: Tensor, neighbors: Tensor, rows: Tensor, cols: Tensor, values: Tensor) -> RowBlock:
         """From entries (local row, local column, value) of the ``len(nodes) x len(neighbors)`` block, sorted by
         row then column and without duplicates (as rows taken from a CSR matrix are): no sorting is needed."""
         shape = (nodes.numel(), neighbors.numel())
@@ -96,7 +96,7 @@ class SparseRows:
     values: Tensor
 
     @classmethod
-    def from_coo(cls, rows: Tensor, cols: Tensor, values: Tensor, num_nodes: int) -> "SparseRows":
+    def from_coo(cls, rows: Tensor, cols: Tensor, values: Tensor, num_nodes: int) -> SparseRows:
         csr = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (num_nodes, num_nodes)).coalesce().to_sparse_csr()
         return cls(csr.crow_indices(), csr.col_indices().to(index_dtype(num_nodes)), csr.values())
 
@@ -144,7 +144,7 @@ class SparseRows:
         return map_safetensors(path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "SparseRows":
+    def load(cls, path: str | Path) -> SparseRows:
         tensors, _ = cls._load(path)
         return cls(tensors["indptr"], tensors["indices"], tensors["values"])
 
@@ -157,14 +157,14 @@ class SparseGraph(SparseRows):
     teleport: float = 0.0
 
     @classmethod
-    def from_affinity(cls, rows: Tensor, cols: Tensor, weights: Tensor, num_nodes: int, teleport: float = 0.0) -> "SparseGraph":
+    def from_affinity(cls, rows: Tensor, cols: Tensor, weights: Tensor, num_nodes: int, teleport: float = 0.0) -> SparseGraph:
         """Symmetrise ``A = (W + W^T) / 2`` from directed weighted edges (repeated edges add up) and normalise it."""
         directed = SparseRows.from_coo(rows, cols, weights.float(), num_nodes)
         return cls.from_directed(directed.indptr, directed.indices, directed.values, teleport)
 
     @classmethod
     def from_directed(cls, indptr: Tensor, indices: Tensor, values: Tensor, teleport: float = 0.0,
-                      chunk_rows: int = ROW_CHUNK) -> "SparseGraph":
+                      chunk_rows: int = ROW_CHUNK) -> SparseGraph:
         """Symmetrise and normalise the directed graph ``W`` given in CSR form (rows sorted, no repeated entry)."""
         num_nodes = indptr.numel() - 1
         pieces = []
@@ -176,7 +176,7 @@ class SparseGraph(SparseRows):
 
     @classmethod
     def from_row_chunks(cls, pieces: list[tuple[Tensor, Tensor, Tensor]], num_nodes: int, chunk_rows: int,
-                        teleport: float = 0.0) -> "SparseGraph":
+                        teleport: float = 0.0) -> SparseGraph:
         """Symmetrise and normalise a directed graph ``W`` given as consecutive chunks of ``chunk_rows`` rows, each
         ``(entries per row, columns, values)`` with rows sorted by column; the list is emptied as it is used.
 
@@ -246,7 +246,7 @@ class SparseGraph(SparseRows):
         values = self.values * sqrt_d[self.indices.long()] / sqrt_d[row]
         return torch.sparse_csr_tensor(self.indptr, self.indices.to(self.indptr.dtype), values, (self.num_nodes, self.num_nodes))
 
-    def rows(self, nodes: Tensor) -> "GraphRows":
+    def rows(self, nodes: Tensor) -> GraphRows:
         """The rows of ``nodes`` with their neighbours, for a stochastic estimate of ``(S x)[nodes]``."""
         block = super().rows(nodes)
         u = self._teleport_vector() if self.teleport else None
@@ -260,11 +260,11 @@ class SparseGraph(SparseRows):
         super().save(path, teleport=repr(self.teleport), **metadata)
 
     @classmethod
-    def load(cls, path: str | Path) -> "SparseGraph":
+    def load(cls, path: str | Path) -> SparseGraph:
         tensors, metadata = cls._load(path)
         return cls(tensors["indptr"], tensors["indices"], tensors["values"], tensors["degree"], float(metadata["teleport"]))
 
-    def to(self, device: torch.device | str) -> "SparseGraph":
+    def to(self, device: torch.device | str) -> SparseGraph:
         return SparseGraph(self.indptr.to(device), self.indices.to(device), self.values.to(device), self.degree.to(device), self.teleport)
 
 

@@ -11,7 +11,8 @@ same function serves a free table (:func:`ultra.analysis.solver.solve`) and a he
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor

@@ -10,18 +10,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
 from torch import Tensor
 
-from ..data.cache import CacheError, FeatureCache, TokenKey
+from ..data.cache import FeatureCache, TokenKey
 from ..data.standardise import token_map
-from ..errors import ConfigError
+from ..errors import CacheError, ConfigError
 from ..files import atomic_path, build_lock, remove_stale_parts
 from .correspondence import image_correspondences
 from .knn import GraphSpec, KnnConfig, knn_graph

@@ -9,21 +9,31 @@ same batch.
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
-from pytorch_lightning.utilities import move_data_to_device
 from torch import Tensor
 from torch.utils.data import Dataset, DistributedSampler
 
-from ..backbone.vit import FrozenViT
 from ..data.cache import FeatureCache, TokenKey
 from ..errors import ConfigError
-from ..graphs.knn import GraphSpec, KnnConfig, knn_graph
-from ..graphs.store import TrainingOperators, build_view_operator
+from ..graphs.store import TrainingOperators
 
 NODE_ORDERS = ("random", "sweep")
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """Node minibatches.
+
+    Args:
+        nodes: nodes per batch (the exact solver sweeps all nodes in batches of this size: memory only).
+        steps_per_epoch: batches per epoch (random batches: the SGD solver).
+    """
+
+    nodes: int = 4096
+    steps_per_epoch: int = 100
 
 
 Entries = tuple[Tensor, Tensor, Tensor]
@@ -114,22 +124,3 @@ class NodeBatchSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.per_process
-
-
-def batch_from_images(backbone: FrozenViT, batch: dict, keys: Sequence[TokenKey], feature_keys: Sequence[TokenKey],
-                      specs: Sequence[GraphSpec], knn: KnnConfig) -> dict:
-    """A node batch of every token of a batch of images with views (training on the fly, no cache): the
-    backbone's ``keys`` tokens, graphs built inside the batch, the views' correspondences."""
-    images = batch["image"].flatten(0, 1)
-    backbone.to(images.device)
-    feats = backbone(images, layers=sorted({layer for _, layer in keys}), kinds=sorted({k for k, _ in keys}))
-    grid = feats.grid_size
-    tokens = {key: feats[key].flatten(1, 2) for key in keys}
-    n_nodes = images.shape[0] * grid[0] * grid[1]
-    knn = dataclasses.replace(knn, candidate_images=None)
-    every = torch.arange(n_nodes)
-    graphs = [knn_graph(*(tokens[key] for key in spec.token_keys), knn, device=images.device).entries(every)
-              for spec in specs]
-    view = build_view_operator(batch["geometry"].flatten(0, 1).cpu(), batch["geometry"].shape[1], grid).entries(every)
-    features = torch.cat([tokens[key].reshape(n_nodes, -1) for key in feature_keys], 1)
-    return move_data_to_device(batch_from_entries(features.cpu(), every, graphs, every, view), images.device)

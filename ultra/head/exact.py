@@ -27,8 +27,8 @@ column only adds the same offset to every embedding; columns whose squared mean 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import scipy.linalg

@@ -7,7 +7,7 @@ image (geometric augmentation undone by the view operator, :mod:`ultra.graphs.co
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

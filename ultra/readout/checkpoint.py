@@ -13,18 +13,14 @@ import torch
 from torch import Tensor, nn
 
 from ..backbone.vit import FrozenViT
-from ..errors import UserError
+from ..errors import CheckpointError, HeaderError
 from ..files import atomic_path
 from ..head.projection import ProjectionHead
-from .checkpoint_header import HeaderError, check_header, check_token_keys
+from .checkpoint_header import check_header, check_token_keys
 from .segmenter import ClusterReadout, ProbeReadout, Segmenter
 
 FORMAT = "ultra-segmenter"
 VERSION = 1
-
-
-class CheckpointError(UserError):
-    """An inference checkpoint is unreadable, of another format, or does not fit the backbone."""
 
 
 def save_segmenter(segmenter: Segmenter, path: str | Path, extra: dict | None = None) -> Path:
@@ -33,7 +29,7 @@ def save_segmenter(segmenter: Segmenter, path: str | Path, extra: dict | None = 
 
     tensors, readouts = {}, {}
     for name, readout in segmenter.readouts.items():
-        entry = {"kind": readout.kind, "keys": [list(k) for k in readout.keys]}
+        entry = {"outputs": readout.outputs, "keys": [list(k) for k in readout.keys]}
         if isinstance(readout, ClusterReadout):
             tensors[f"{name}.centroids"] = readout.centroids
             if readout.head is not None:
@@ -108,7 +104,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", weights: str | Pa
     readouts = {}
     for name, entry in meta["readouts"].items():
         keys = [tuple(k) for k in entry["keys"]]
-        if entry["kind"] == "clusters":
+        if entry["outputs"] == "clusters":
             head = None
             if "head" in entry:
                 head = ProjectionHead(**entry["head"])

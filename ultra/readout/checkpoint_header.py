@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..backbone.vit import KINDS, UnknownModelError, resolve_model_name
-from ..errors import UserError
-from ..head.projection import HEAD_KINDS
+from ..backbone.vit import KINDS, resolve_model_name
+from ..errors import HeaderError, UnknownModelError
+from ..head.projection import ARCHITECTURES
 from .segmenter import MAX_CLUSTERS
 
 MODEL_KWARGS = {
@@ -28,10 +28,6 @@ MAX_DIM = 1 << 16
 MAX_RESIZE = 4096
 
 
-class HeaderError(UserError):
-    """Raised with the checkpoint's path and the field that is wrong (wrapped as a CheckpointError)."""
-
-
 def check_model_kwargs(kwargs, where: str) -> dict:
     """Raise :class:`HeaderError` unless every model keyword argument is allowed and within its bounds."""
     if not isinstance(kwargs, dict):
@@ -39,12 +35,12 @@ def check_model_kwargs(kwargs, where: str) -> dict:
     for key, value in kwargs.items():
         if key not in MODEL_KWARGS:
             raise HeaderError(f"{where}: model_kwargs '{key}' is not allowed in a checkpoint (allowed: {sorted(MODEL_KWARGS)})")
-        kind, *bounds = MODEL_KWARGS[key]
+        value_type, *bounds = MODEL_KWARGS[key]
         field = f"model_kwargs '{key}'"
-        if kind is bool:
+        if value_type is bool:
             if not isinstance(value, bool):
                 raise HeaderError(f"{where}: {field} must be true or false, got {value!r}")
-        elif kind is int:
+        elif value_type is int:
             _int_in(value, *bounds, field, where)
         elif not (key == "init_values" and value is None):
             low, high = bounds
@@ -69,6 +65,27 @@ def _shape(tensors: dict[str, Tensor], name: str, shape: tuple, where: str) -> N
         raise HeaderError(f"{where}: tensor '{name}' is {tuple(tensors[name].shape)}, {shape} expected")
 
 
+OLD_KEYS = {"kind": "outputs"}
+"""Keys of a readout entry written by ultra 0.1 before the rename, read as their new names."""
+OLD_HEAD_KEYS = {"kind": "architecture"}
+
+
+def upgrade_header(meta: dict) -> dict:
+    """Rename, in place, the keys older checkpoints wrote (a readout's ``kind``, its head's ``kind``)."""
+    for entry in (meta.get("readouts") or {}).values() if isinstance(meta.get("readouts"), dict) else ():
+        if isinstance(entry, dict):
+            _rename(entry, OLD_KEYS)
+            if isinstance(entry.get("head"), dict):
+                _rename(entry["head"], OLD_HEAD_KEYS)
+    return meta
+
+
+def _rename(entry: dict, names: dict[str, str]) -> None:
+    for old, new in names.items():
+        if old in entry and new not in entry:
+            entry[new] = entry.pop(old)
+
+
 def check_header(meta: dict, tensors: dict[str, Tensor], path: str | Path) -> None:
     """Raise :class:`HeaderError` (naming ``path`` and the field) unless the checkpoint is consistent.
 
@@ -76,16 +93,8 @@ def check_header(meta: dict, tensors: dict[str, Tensor], path: str | Path) -> No
     :func:`check_token_keys`.
     """
     where = str(path)
-    backbone = meta.get("backbone")
-    if not isinstance(backbone, dict) or not isinstance(backbone.get("model"), str) or not isinstance(backbone.get("weights"), dict):
-        raise HeaderError(f"{where}: backbone must name a model and its weights")
-    try:
-        resolve_model_name(backbone["model"])
-    except UnknownModelError as err:
-        raise HeaderError(f"{where}: backbone.model '{backbone['model']}' is not a timm model ({err})") from None
-    if not all(isinstance(backbone["weights"].get(k), str) for k in ("source", "location", "digest")):
-        raise HeaderError(f"{where}: backbone.weights must give its source, location and digest as strings")
-    check_model_kwargs(backbone.get("model_kwargs") or {}, where)
+    upgrade_header(meta)
+    _check_backbone(meta.get("backbone"), where)
     classes = meta.get("classes")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes) or len(classes) > 255:
         raise HeaderError(f"{where}: classes must be a list of 1 to 255 names")
@@ -101,57 +110,7 @@ def check_header(meta: dict, tensors: dict[str, Tensor], path: str | Path) -> No
                           f"{type(matchings).__name__}")
     expected = set()
     for name, entry in readouts.items():
-        field = f"readouts.{name}"
-        if not isinstance(entry, dict) or entry.get("kind") not in ("clusters", "classes"):
-            raise HeaderError(f"{where}: {field}.kind must be 'clusters' or 'classes'")
-        keys = entry.get("keys")
-        if (not isinstance(keys, list) or not keys or not all(isinstance(k, list) and len(k) == 2 and k[0] in KINDS
-                                                               and isinstance(k[1], int) for k in keys)):
-            raise HeaderError(f"{where}: {field}.keys must be a list of [token kind in {KINDS}, layer]")
-        if entry["kind"] == "classes":
-            weight = tensors.get(f"{name}.probe.weight")
-            if weight is None or weight.ndim != 2:
-                raise HeaderError(f"{where}: tensor '{name}.probe.weight' is missing or not a matrix")
-            if weight.shape[0] != len(classes):
-                raise HeaderError(f"{where}: {field} scores {weight.shape[0]} classes, the header lists {len(classes)}")
-            _shape(tensors, f"{name}.probe.bias", (len(classes),), where)
-            expected |= {f"{name}.probe.weight", f"{name}.probe.bias"}
-            continue
-        centroids = tensors.get(f"{name}.centroids")
-        if centroids is None or centroids.ndim != 2 or not 1 <= centroids.shape[0] <= MAX_CLUSTERS:
-            raise HeaderError(f"{where}: tensor '{name}.centroids' is missing or not a [clusters, dim] matrix of 1 to "
-                              f"{MAX_CLUSTERS} clusters")
-        expected.add(f"{name}.centroids")
-        token_map = entry.get("token_map")
-        if token_map is not None:
-            if not isinstance(token_map, dict) or set(token_map) != {"dim"}:
-                raise HeaderError(f"{where}: {field}.token_map must give its dim")
-            dim = _int_in(token_map["dim"], 1, MAX_DIM, f"{field}.token_map.dim", where)
-            for suffix, shape in {"weight": (dim, dim), "bias": (dim,)}.items():
-                _shape(tensors, f"{name}.token_map.{suffix}", shape, where)
-                expected.add(f"{name}.token_map.{suffix}")
-        head = entry.get("head")
-        if head is not None:
-            if not isinstance(head, dict) or head.get("kind") not in HEAD_KINDS or set(head) != {"in_dim", "out_dim", "kind", "hidden_dim"}:
-                raise HeaderError(f"{where}: {field}.head must give in_dim, out_dim, kind (one of {HEAD_KINDS}) and hidden_dim")
-            d_in, d_out, hidden = (_int_in(head[k], 1, MAX_DIM, f"{field}.head.{k}", where) for k in ("in_dim", "out_dim", "hidden_dim"))
-            shapes = ({"net.weight": (d_out, d_in)} if head["kind"] == "linear" else
-                      {"net.0.weight": (hidden, d_in), "net.0.bias": (hidden,), "net.2.weight": (d_out, hidden), "net.2.bias": (d_out,)})
-            for suffix, shape in shapes.items():
-                _shape(tensors, f"{name}.head.{suffix}", shape, where)
-                expected.add(f"{name}.head.{suffix}")
-            if centroids.shape[1] != d_out:
-                raise HeaderError(f"{where}: {name}.centroids are {centroids.shape[1]}-d, the head gives {d_out}-d embeddings")
-            if token_map is not None and token_map["dim"] != d_in:
-                raise HeaderError(f"{where}: {field}.token_map gives {token_map['dim']}-d tokens, the head takes {d_in}-d")
-        elif token_map is not None and centroids.shape[1] != token_map["dim"]:
-            raise HeaderError(f"{where}: {name}.centroids are {centroids.shape[1]}-d, the token map gives {token_map['dim']}-d tokens")
-        matching = matchings.get(name)
-        if matching is not None:
-            if (not isinstance(matching, list) or len(matching) != centroids.shape[0]
-                    or not all(isinstance(c, int) and -1 <= c < len(classes) for c in matching)):
-                raise HeaderError(f"{where}: cluster_to_class.{name} must give each of the {centroids.shape[0]} clusters "
-                                  f"a class in [0, {len(classes) - 1}] or -1")
+        expected |= _check_readout(name, entry, tensors, classes, matchings.get(name), where)
     unknown = set(tensors) - expected
     if unknown:
         raise HeaderError(f"{where}: tensors {sorted(unknown)[:3]} belong to no readout")
@@ -160,9 +119,89 @@ def check_header(meta: dict, tensors: dict[str, Tensor], path: str | Path) -> No
         raise HeaderError(f"{where}: tensor '{broken[0]}' holds NaN or infinite values (every pixel would get one class)")
 
 
+def _check_backbone(backbone, where: str) -> None:
+    if not isinstance(backbone, dict) or not isinstance(backbone.get("model"), str) or not isinstance(backbone.get("weights"), dict):
+        raise HeaderError(f"{where}: backbone must name a model and its weights")
+    try:
+        resolve_model_name(backbone["model"])
+    except UnknownModelError as err:
+        raise HeaderError(f"{where}: backbone.model '{backbone['model']}' is not a timm model ({err})") from None
+    if not all(isinstance(backbone["weights"].get(k), str) for k in ("source", "location", "digest")):
+        raise HeaderError(f"{where}: backbone.weights must give its source, location and digest as strings")
+    check_model_kwargs(backbone.get("model_kwargs") or {}, where)
+
+
+def _check_readout(name: str, entry, tensors: dict[str, Tensor], classes: list, matching, where: str) -> set[str]:
+    """Check one readout's entry and tensors; returns the names of its tensors."""
+    field = f"readouts.{name}"
+    if not isinstance(entry, dict) or entry.get("outputs") not in ("clusters", "classes"):
+        raise HeaderError(f"{where}: {field}.outputs must be 'clusters' or 'classes'")
+    keys = entry.get("keys")
+    if (not isinstance(keys, list) or not keys or not all(isinstance(k, list) and len(k) == 2 and k[0] in KINDS
+                                                           and isinstance(k[1], int) for k in keys)):
+        raise HeaderError(f"{where}: {field}.keys must be a list of [token kind in {KINDS}, layer]")
+    if entry["outputs"] == "classes":
+        weight = tensors.get(f"{name}.probe.weight")
+        if weight is None or weight.ndim != 2:
+            raise HeaderError(f"{where}: tensor '{name}.probe.weight' is missing or not a matrix")
+        if weight.shape[0] != len(classes):
+            raise HeaderError(f"{where}: {field} scores {weight.shape[0]} classes, the header lists {len(classes)}")
+        _shape(tensors, f"{name}.probe.bias", (len(classes),), where)
+        return {f"{name}.probe.weight", f"{name}.probe.bias"}
+    centroids = tensors.get(f"{name}.centroids")
+    if centroids is None or centroids.ndim != 2 or not 1 <= centroids.shape[0] <= MAX_CLUSTERS:
+        raise HeaderError(f"{where}: tensor '{name}.centroids' is missing or not a [clusters, dim] matrix of 1 to "
+                          f"{MAX_CLUSTERS} clusters")
+    expected = {f"{name}.centroids"}
+    token_dim = _check_token_map(name, entry.get("token_map"), tensors, expected, where)
+    head = entry.get("head")
+    if head is not None:
+        _check_head(name, head, tensors, centroids.shape[1], token_dim, expected, where)
+    elif token_dim is not None and centroids.shape[1] != token_dim:
+        raise HeaderError(f"{where}: {name}.centroids are {centroids.shape[1]}-d, the token map gives {token_dim}-d tokens")
+    if matching is not None:
+        if (not isinstance(matching, list) or len(matching) != centroids.shape[0]
+                or not all(isinstance(c, int) and -1 <= c < len(classes) for c in matching)):
+            raise HeaderError(f"{where}: cluster_to_class.{name} must give each of the {centroids.shape[0]} clusters "
+                              f"a class in [0, {len(classes) - 1}] or -1")
+    return expected
+
+
+def _check_token_map(name: str, token_map, tensors: dict[str, Tensor], expected: set, where: str) -> int | None:
+    """Check a readout's token map (if any); returns its dimension."""
+    if token_map is None:
+        return None
+    if not isinstance(token_map, dict) or set(token_map) != {"dim"}:
+        raise HeaderError(f"{where}: readouts.{name}.token_map must give its dim")
+    dim = _int_in(token_map["dim"], 1, MAX_DIM, f"readouts.{name}.token_map.dim", where)
+    for suffix, shape in {"weight": (dim, dim), "bias": (dim,)}.items():
+        _shape(tensors, f"{name}.token_map.{suffix}", shape, where)
+        expected.add(f"{name}.token_map.{suffix}")
+    return dim
+
+
+def _check_head(name: str, head, tensors: dict[str, Tensor], centroid_dim: int, token_dim: int | None, expected: set,
+                where: str) -> None:
+    field = f"readouts.{name}.head"
+    if (not isinstance(head, dict) or head.get("architecture") not in ARCHITECTURES
+            or set(head) != {"in_dim", "out_dim", "architecture", "hidden_dim"}):
+        raise HeaderError(f"{where}: {field} must give in_dim, out_dim, architecture (one of {ARCHITECTURES}) and "
+                          f"hidden_dim")
+    d_in, d_out, hidden = (_int_in(head[k], 1, MAX_DIM, f"{field}.{k}", where) for k in ("in_dim", "out_dim", "hidden_dim"))
+    shapes = ({"net.weight": (d_out, d_in)} if head["architecture"] == "linear" else
+              {"net.0.weight": (hidden, d_in), "net.0.bias": (hidden,), "net.2.weight": (d_out, hidden), "net.2.bias": (d_out,)})
+    for suffix, shape in shapes.items():
+        _shape(tensors, f"{name}.head.{suffix}", shape, where)
+        expected.add(f"{name}.head.{suffix}")
+    if centroid_dim != d_out:
+        raise HeaderError(f"{where}: {name}.centroids are {centroid_dim}-d, the head gives {d_out}-d embeddings")
+    if token_dim is not None and token_dim != d_in:
+        raise HeaderError(f"{where}: readouts.{name}.token_map gives {token_dim}-d tokens, the head takes {d_in}-d")
+
+
 def readout_input_dim(name: str, entry: dict, tensors: dict[str, Tensor]) -> int:
     """The token dimension a (header-checked) readout expects: its token map's, its head's, its probe's or its centroids'."""
-    if entry["kind"] == "classes":
+    if entry["outputs"] == "classes":
         return int(tensors[f"{name}.probe.weight"].shape[1])
     if entry.get("token_map") is not None:
         return int(entry["token_map"]["dim"])

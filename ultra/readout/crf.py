@@ -1,17 +1,17 @@
-"""Dense CRF refinement of per-pixel probabilities (pydensecrf, the ``crf`` extra), with STEGO's settings."""
+"""Dense CRF refinement of per-pixel scores (pydensecrf, the ``crf`` extra), with STEGO's settings."""
 from __future__ import annotations
 
 import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import CRFUnavailable
 
 POSITION_STD, POSITION_WEIGHT = 1, 3
 BILATERAL_XY_STD, BILATERAL_RGB_STD, BILATERAL_WEIGHT = 67, 3, 4
 ITERATIONS = 10
 SCORE_SCALE = 10.0
-"""Cosine scores (in [-1, 1]) are turned into probabilities by ``softmax(SCORE_SCALE * scores)`` before the CRF."""
-
-
-class CRFUnavailable(ImportError):
-    """The dense CRF needs the ``crf`` extra."""
+"""The default unary scale: cosine scores (in [-1, 1]) become probabilities by ``softmax(scale * scores)``."""
 
 
 def _densecrf():
@@ -43,3 +43,12 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, iterations: int = ITERATIONS
     crf.addPairwiseBilateral(sxy=BILATERAL_XY_STD, srgb=BILATERAL_RGB_STD, rgbim=np.ascontiguousarray(image), compat=BILATERAL_WEIGHT)
     q = np.array(crf.inference(iterations)).reshape(k, h, w)
     return q.argmax(0)
+
+
+def crf_labels(images: Tensor, scores: Tensor, scale: float = SCORE_SCALE) -> Tensor:
+    """Labels ``[B, H, W]`` of images ``[B, 3, H, W]`` (in [0, 1]) refined by the dense CRF from their pixel scores
+    ``[B, K, H, W]``, turned into probabilities by ``softmax(scale * scores)``."""
+    pictures = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).astype(np.uint8)
+    probs = torch.softmax(scores.float() * scale, 1).cpu().numpy()
+    labels = np.stack([dense_crf(picture, p) for picture, p in zip(pictures, probs)])
+    return torch.from_numpy(labels).to(scores.device)

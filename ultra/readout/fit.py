@@ -3,8 +3,8 @@ outputs and of raw tokens (the no-head baseline), and the optional supervised pr
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn

@@ -10,34 +10,38 @@ class ids (unmatched clusters as 255).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from ..backbone.vit import FrozenViT, check_resized_side, resize_to_patches, snap_to_patch
+from ..backbone.vit import FrozenViT, check_resized_side, resize_to_patches
 from ..data.cache import TokenKey
 from ..data.grids import upsample_scores
 from ..data.io import read_image
 from ..data.transforms import image_to_tensor
 from ..errors import ConfigError
-from ..evaluation.metrics import apply_matching
 from ..head.projection import ProjectionHead
-from .crf import SCORE_SCALE, dense_crf
+from .crf import crf_labels
 
 MAX_CLUSTERS = 255
 """The most clusters a readout may have: label maps are 8-bit PNGs, ids 0-254, and 255 marks unmatched pixels."""
+
+
+def apply_matching(predictions: Tensor, cluster_to_class: Tensor, unmatched: int = 255) -> Tensor:
+    """Cluster ids -> matched class ids (``unmatched`` for clusters matched to no class)."""
+    table = torch.where(cluster_to_class >= 0, cluster_to_class, unmatched).to(predictions.device)
+    return table[predictions]
 
 
 class ClusterReadout(nn.Module):
     """Cosine of the tokens to k-means centroids, ``[..., D] -> [..., K]``: the tokens optionally through an affine
     ``token_map`` first (centring or whitening, :func:`ultra.data.standardise.token_map`), then the ``head``."""
 
-    kind = "clusters"
+    outputs = "clusters"
 
     def __init__(self, keys: Sequence[TokenKey], centroids: Tensor, head: ProjectionHead | None = None,
                  token_map: nn.Linear | None = None):
@@ -59,7 +63,7 @@ class ClusterReadout(nn.Module):
 class ProbeReadout(nn.Module):
     """A linear classifier of tokens: ``[N, D] -> [N, classes]`` logits."""
 
-    kind = "classes"
+    outputs = "classes"
 
     def __init__(self, keys: Sequence[TokenKey], probe: nn.Linear):
         super().__init__()
@@ -97,15 +101,11 @@ class Segmenter(nn.Module):
         keys = {key for name in (readouts or self.readouts) for key in self.readouts[name].keys}
         return sorted({layer for _, layer in keys}), sorted({kind for kind, _ in keys})
 
-    @torch.no_grad()
     def tokens(self, images: Tensor, layers: Sequence[int] | None = None, kinds: Sequence[str] | None = None):
-        """The backbone's token grids of images in [0, 1], resized to a multiple of the patch if needed (by default the
-        layers and kinds every readout reads)."""
-        size = snap_to_patch(tuple(images.shape[-2:]), self.backbone.patch_size)
-        if size != tuple(images.shape[-2:]):
-            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+        """The backbone's token grids of images in [0, 1] (:meth:`~ultra.backbone.vit.FrozenViT.token_grids`), by
+        default of the layers and kinds every readout reads."""
         all_layers, all_kinds = self.token_keys()
-        return self.backbone(images.to(self.device), layers=layers or all_layers, kinds=kinds or all_kinds)
+        return self.backbone.token_grids(images, layers=layers or all_layers, kinds=kinds or all_kinds)
 
     @torch.no_grad()
     def grid_scores(self, images: Tensor, readouts: Sequence[str] | None = None) -> dict[str, Tensor]:
@@ -113,12 +113,7 @@ class Segmenter(nn.Module):
         patch if needed)."""
         chosen = {name: self.readouts[name] for name in (readouts or self.readouts)}
         feats = self.tokens(images, *self.token_keys(list(chosen)))
-        out = {}
-        for name, readout in chosen.items():
-            tokens = torch.cat([feats[key] for key in readout.keys], -1)
-            scores = readout(tokens.flatten(0, 2)).view(*tokens.shape[:3], -1)
-            out[name] = scores.permute(0, 3, 1, 2)
-        return out
+        return {name: readout_grid_scores(readout, feats) for name, readout in chosen.items()}
 
     @torch.no_grad()
     def pixel_scores(self, images: Tensor, size: tuple[int, int] | None = None, flip: bool = False,
@@ -134,7 +129,7 @@ class Segmenter(nn.Module):
 
     def to_labels(self, predictions: Tensor, readout: str) -> Tensor:
         """Cluster ids -> class ids when this readout's matching is known (unmatched clusters -> 255)."""
-        if self.readouts[readout].kind == "clusters" and readout in self.cluster_to_class:
+        if self.readouts[readout].outputs == "clusters" and readout in self.cluster_to_class:
             return apply_matching(predictions, self.cluster_to_class[readout])
         return predictions
 
@@ -147,12 +142,15 @@ class Segmenter(nn.Module):
         check_resized_side((height, width), self.resize, f"image {image}" if isinstance(image, (str, Path)) else "the image")
         small = resize_to_patches(tensor[None], self.resize, self.backbone.patch_size)
         scores = self.pixel_scores(small, size=(height, width), flip=flip, readouts=[readout])[readout][0]
-        if crf:
-            picture = (tensor.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-            labels = torch.from_numpy(dense_crf(picture, torch.softmax(scores * SCORE_SCALE, 0).cpu().numpy()))
-        else:
-            labels = scores.argmax(0).cpu()
+        labels = crf_labels(tensor[None], scores[None])[0].cpu() if crf else scores.argmax(0).cpu()
         return self.to_labels(labels, readout)
+
+
+def readout_grid_scores(readout: nn.Module, grids) -> Tensor:
+    """Scores ``[B, K, h, w]`` of a readout for token grids (a :class:`~ultra.backbone.vit.ViTFeatures` or a mapping
+    ``{(kind, layer): [B, h, w, D]}``): its keys' tokens concatenated, then the readout."""
+    tokens = torch.cat([grids[tuple(key)].float() for key in readout.keys], -1)
+    return readout(tokens).permute(0, 3, 1, 2)
 
 
 def as_image_tensor(image) -> Tensor:
@@ -168,5 +166,3 @@ def as_image_tensor(image) -> Tensor:
         return image.float() / 255 if image.dtype == torch.uint8 else image.float()
     raise TypeError(f"cannot segment a {type(image).__name__}: give a PIL image, a path or a [3, H, W] tensor")
 
-
-# --- the checkpoint ------------------------------------------------------------------------------

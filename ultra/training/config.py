@@ -1,0 +1,111 @@
+"""The training config: LightningCLI over the head's solver, the data module, the trainer and the readouts.
+
+``python train.py --config configs/demo.yaml [--data.num_workers 4]`` trains the head, fits the readouts,
+exports the inference checkpoint and evaluates. Everything is configured by YAML (``--print_config`` shows
+every option). The head's solver is chosen the LightningCLI way: ``model.class_path`` is
+``ultra.head.ExactHeadModule`` (the default: the linear head's exact optimum, one pass) or
+``ultra.head.SGDHeadModule`` (AdamW on node batches; the MLP head), e.g. ``--model SGDHeadModule --model.lr 0.003``.
+Outputs go to ``trainer.default_root_dir``: ``checkpoints/last.ckpt`` (written atomically every
+epoch), ``model.safetensors`` (the inference checkpoint), ``eval/`` (report and pictures) and the
+logs. Running the same command again after an interruption resumes from ``last.ckpt``; a run
+folder holding a run with other settings is refused (``--fresh`` discards it). With ``--seeds 0,1,2``, each seed
+runs in ``<default_root_dir>/seed-<s>`` (the feature cache and the graphs are shared) and
+``<default_root_dir>/seeds.json`` holds every figure's mean and standard deviation.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import warnings
+from collections.abc import Iterator
+
+from jsonargparse import DefaultHelpFormatter
+from pytorch_lightning.cli import LightningCLI
+
+from ..errors import UserError
+from ..head import exact_module, sgd_module  # noqa: F401  (the solvers, so that --model takes their short names)
+from ..head.datamodule import HeadDataModule
+from ..head.module import HeadModule
+from ..readout.fit import ReadoutConfig
+from .run_folder import RunCheckpoint
+
+SOLVERS = {"exact": "ultra.head.ExactHeadModule", "sgd": "ultra.head.SGDHeadModule"}
+"""The head's solvers by their short names (the old ``--model.solver`` values)."""
+RENAMED = {"--model.head": "--model.architecture"}
+"""Options of older configs, and their names now."""
+
+
+class TrainingCLI(LightningCLI):
+    """The training command's parser: the head's solver, the data module, the trainer, the readouts and the run options."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.set_defaults({"model": {"class_path": SOLVERS["exact"]}})
+        parser.link_arguments("data", "model.init_args.in_dim", compute_fn=lambda dm: dm.head_dim, apply_on="instantiate")
+        parser.link_arguments("data", "model.init_args.graph_weights", compute_fn=lambda dm: dm.graph_weights,
+                              apply_on="instantiate")
+        parser.add_class_arguments(ReadoutConfig, "readout")
+        parser.add_argument("--fresh", action="store_true",
+                            help="start over in a run folder that holds a checkpoint (by default a rerun resumes it, "
+                                 "and refuses if its settings differ)")
+        parser.add_argument("--seeds", type=str | None, default=None,
+                            help="comma-separated seeds (e.g. 0,1,2): one run per seed in <default_root_dir>/seed-<s>, "
+                                 "then seeds.json with the mean and standard deviation of every figure")
+
+    def __init__(self, *args, instantiate: bool = True, **kwargs):
+        self.parse_only = not instantiate
+        super().__init__(*args, **kwargs)
+
+    def instantiate_classes(self) -> None:
+        if not self.parse_only:
+            super().instantiate_classes()
+
+
+class HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option with its type and default (jsonargparse's), the description as written."""
+
+
+def upgrade_arguments(args: list[str]) -> list[str]:
+    """Older spellings of the command line in today's: ``--model.solver sgd`` -> ``--model <SGD solver>``,
+    ``--model.head mlp`` -> ``--model.architecture mlp`` (also with ``=``)."""
+    out = []
+    for arg in args:
+        name, eq, value = arg.partition("=")
+        if out and out[-1] == "--model.solver" and arg in SOLVERS:
+            out[-1:] = ["--model", SOLVERS[arg]]
+        elif eq and name == "--model.solver" and value in SOLVERS:
+            out += ["--model", SOLVERS[value]]
+        else:
+            out.append(RENAMED.get(name, name) + eq + value if eq else RENAMED.get(arg, arg))
+    return out
+
+
+@contextlib.contextmanager
+def user_errors_unwrapped() -> Iterator[None]:
+    """A user's mistake found while jsonargparse builds the classes (a data module's check, reached through an
+    argument link) is raised as itself, not inside jsonargparse's ValueError."""
+    try:
+        yield
+    except ValueError as err:
+        cause = err
+        while cause is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__
+        if cause is None or cause is err:
+            raise
+        raise cause from None
+
+
+def parse_training(args: list[str] | None = None, instantiate: bool = True) -> TrainingCLI:
+    """The training config of ``args``: with ``instantiate``, its trainer, head module and data module built
+    (``cli.trainer``, ``cli.model``, ``cli.datamodule``); without, only the parsed ``cli.config``."""
+    with warnings.catch_warnings(), user_errors_unwrapped():
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # passed on purpose: --seeds first
+        return TrainingCLI(
+            HeadModule, HeadDataModule, subclass_mode_model=True, run=False, instantiate=instantiate,
+            args=None if args is None else upgrade_arguments(list(args)), seed_everything_default=0,
+            auto_configure_optimizers=False,  # each solver makes its own optimizer (SGD) or none (exact)
+            parser_kwargs={"description": __doc__, "formatter_class": HelpFormatter,
+                           "usage": "ultra-train --config CONFIG [--seeds 0,1,2] [--fresh] [--SECTION.OPTION VALUE ...]"},
+            trainer_defaults={"callbacks": [RunCheckpoint()], "max_epochs": 10},
+            save_config_kwargs={"overwrite": True},
+        )
+
