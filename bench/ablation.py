@@ -15,6 +15,7 @@ evaluation-side and slow; ``train.py --readout.crf true`` measures them).
 
 Prints one table (mIoU mean ± std over seeds, in percent) and writes every figure to ``--output``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch.utils.data import DataLoader
@@ -59,8 +60,14 @@ OPTIONS = {  # name -> overrides of the shipped config
     "k32": ["--data.knn.k_any", "32"],
     "view0": ["--model.view_weight", "0"],
     "view1": ["--model.view_weight", "1"],
-    "graphs_feat9-11": ["--data.graphs", '[{"kind": "feat", "layer": 9}, {"kind": "feat", "layer": 10}, {"kind": "feat", "layer": 11}]'],
-    "graphs_feat_kq_vv11": ["--data.graphs", '[{"kind": "feat", "layer": 11}, {"kind": "kq", "layer": 11}, {"kind": "vv", "layer": 11}]'],
+    "graphs_feat9-11": [
+        "--data.graphs",
+        '[{"kind": "feat", "layer": 9}, {"kind": "feat", "layer": 10}, {"kind": "feat", "layer": 11}]',
+    ],
+    "graphs_feat_kq_vv11": [
+        "--data.graphs",
+        '[{"kind": "feat", "layer": 11}, {"kind": "kq", "layer": 11}, {"kind": "vv", "layer": 11}]',
+    ],
     "input_x9-11": ["--data.feature_layers", "[9, 10, 11]"],
     "extra_clusters5": ["--readout.extra_clusters", "5"],
     "graph_centred": ["--data.knn.space", "centred"],
@@ -75,8 +82,9 @@ forms again with another spectral form; readout levers read the default head's e
 def eval_tokens(data, dataset, keys, batch_size: int = 8) -> tuple[dict, torch.Tensor]:
     """Token grids of the protocol's images (:meth:`ultra.backbone.vit.FrozenViT.collect_grids`, as the evaluation
     computes them) and their labels."""
-    loader = DataLoader(dataset.with_transform(data.evaluation.transform()), batch_size=batch_size,
-                        collate_fn=lambda items: items)
+    loader = DataLoader(
+        dataset.with_transform(data.evaluation.transform()), batch_size=batch_size, collate_fn=lambda items: items
+    )
     labels = []
 
     def images():
@@ -89,22 +97,37 @@ def eval_tokens(data, dataset, keys, batch_size: int = 8) -> tuple[dict, torch.T
 
 
 def stats(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "values": values,
+    }
 
 
 def run_set(config: str, options: list[str], seeds: list[int], workdir: Path, extra: Sequence[str] = ()) -> dict:
     """Every option and lever of one data set (a training config, with ``extra`` overrides)."""
     name = Path(config).stem
     quiet = ["--trainer.enable_progress_bar", "false", "--trainer.logger", "false", *extra]
-    clis = {opt: parse_training(["--config", config, *OPTIONS[opt], *quiet,
-                            "--trainer.default_root_dir", str(workdir / name / opt)]) for opt in options if opt in OPTIONS}
+    clis = {
+        opt: parse_training(
+            ["--config", config, *OPTIONS[opt], *quiet, "--trainer.default_root_dir", str(workdir / name / opt)]
+        )
+        for opt in options
+        if opt in OPTIONS
+    }
     base = clis[options[0]].datamodule
     layer = base.feature_keys[-1][1]
     raw_keys = {("x", layer), ("n", layer)}
     train_keys = sorted(set().union(*(c.datamodule.cache_keys for c in clis.values())) | raw_keys)
     start = time.perf_counter()
-    cache = FeatureCache.open_or_build(base.train_dataset, base.backbone, train_keys, base.views.transform(), base.cache_config.folder(),
-                                       batch_size=base.cache_config.batch_size)
+    cache = FeatureCache.open_or_build(
+        base.train_dataset,
+        base.backbone,
+        train_keys,
+        base.views.transform(),
+        base.cache_config.folder(),
+        batch_size=base.cache_config.batch_size,
+    )
     eval_keys = sorted(set().union(*(set(c.datamodule.feature_keys) for c in clis.values())) | raw_keys)
     splits = {"val": base.val_dataset, "train": base.train_dataset}
     evaluation = {split: eval_tokens(base, dataset, eval_keys) for split, dataset in splits.items()}
@@ -117,21 +140,38 @@ def run_set(config: str, options: list[str], seeds: list[int], workdir: Path, ex
         module = token_map(cache, keys, space or "raw")
         per_split = {split: [] for split in splits}
         for seed in seeds:
-            readout = ClusterReadout(keys, fit_centroids(CachedRows(cache, keys, module), num_classes, seed), token_map=module)
+            readout = ClusterReadout(
+                keys, fit_centroids(CachedRows(cache, keys, module), num_classes, seed), token_map=module
+            )
             for split, (tokens, labels) in evaluation.items():
                 per_split[split].append(score_token_grids(readout, tokens, labels, num_classes))
-        results["raw"][variant] = {split: {f: stats([r[f] for r in rs]) for f in ("miou", "acc")} for split, rs in per_split.items()}
-        log.info("%s raw %s: %s", name, variant, {s: round(100 * v["miou"]["mean"], 1) for s, v in results["raw"][variant].items()})
+        results["raw"][variant] = {
+            split: {f: stats([r[f] for r in rs]) for f in ("miou", "acc")} for split, rs in per_split.items()
+        }
+        log.info(
+            "%s raw %s: %s",
+            name,
+            variant,
+            {s: round(100 * v["miou"]["mean"], 1) for s, v in results["raw"][variant].items()},
+        )
+
     def record(opt: str, fit_s: float, readout_for_seed) -> None:
         per_split = {split: [] for split in splits}
         for seed in seeds:
             readout = readout_for_seed(seed)
             for split, (tokens, labels) in evaluation.items():
                 per_split[split].append(score_token_grids(readout, tokens, labels, num_classes))
-        results["options"][opt] = {"fit_s": fit_s, **{split: {f: stats([r[f] for r in rs]) for f in ("miou", "acc")}
-                                                      for split, rs in per_split.items()}}
-        log.info("%s %s: %s (fit %.1f s)", name, opt,
-                 {s: round(100 * results["options"][opt][s]["miou"]["mean"], 1) for s in splits}, fit_s)
+        results["options"][opt] = {
+            "fit_s": fit_s,
+            **{split: {f: stats([r[f] for r in rs]) for f in ("miou", "acc")} for split, rs in per_split.items()},
+        }
+        log.info(
+            "%s %s: %s (fit %.1f s)",
+            name,
+            opt,
+            {s: round(100 * results["options"][opt][s]["miou"]["mean"], 1) for s in splits},
+            fit_s,
+        )
 
     def kmeans_readouts(head, k, keys):
         rows = CachedRows(cache, keys, head)
@@ -150,8 +190,12 @@ def run_set(config: str, options: list[str], seeds: list[int], workdir: Path, ex
     default = clis["default"].model  # the exact solver keeps the forms it solved
     forms, settings, head = default.forms, default.hparams, default.head.eval()
     chunk, keys = 1 << 16, base.feature_keys
-    rows = torch.cat([cache.rows(keys, torch.arange(s, min(s + chunk, cache.num_nodes))).float()
-                      for s in range(0, cache.num_nodes, chunk)])
+    rows = torch.cat(
+        [
+            cache.rows(keys, torch.arange(s, min(s + chunk, cache.num_nodes))).float()
+            for s in range(0, cache.num_nodes, chunk)
+        ]
+    )
     graph_input = GraphLeverInput(forms, rows, cache, head.net.weight.detach())
     with torch.no_grad():
         readout_input = ReadoutLeverInput(head, head(rows), (cache.num_views, *cache.grid), num_classes, keys)
@@ -160,7 +204,9 @@ def run_set(config: str, options: list[str], seeds: list[int], workdir: Path, ex
         if opt in GRAPH_LEVERS:
             lever_forms = copy.deepcopy(forms)
             lever_forms.spectral = GRAPH_LEVERS[opt](graph_input)
-            solution = lever_forms.solve(settings.out_dim, settings.view_weight, settings.ridge, settings.trivial_threshold)
+            solution = lever_forms.solve(
+                settings.out_dim, settings.view_weight, settings.ridge, settings.trivial_threshold
+            )
             lever_head = ProjectionHead(head.in_dim, head.out_dim).eval()
             lever_head.net.weight.data.copy_(solution.weight)
             record(opt, time.perf_counter() - start, kmeans_readouts(lever_head, num_classes, keys))
@@ -175,15 +221,25 @@ def format_table(results: dict) -> str:
     header = f"{'option':<30}" + "".join(f"{s + ' ' + split:>22}" for s in sets for split in ("val", "train"))
     lines = ["head + k-means, mIoU % (mean ± std over seeds)", header]
     for opt in results[sets[0]]["options"]:
-        lines.append(f"{opt:<30}" + "".join(f"{cell(results[s]['options'][opt][split]):>22}" for s in sets for split in ("val", "train")))
+        lines.append(
+            f"{opt:<30}"
+            + "".join(f"{cell(results[s]['options'][opt][split]):>22}" for s in sets for split in ("val", "train"))
+        )
     lines += ["", "raw tokens + k-means, mIoU %", header]
     for variant in RAW_VARIANTS:
-        lines.append(f"{variant:<30}" + "".join(f"{cell(results[s]['raw'][variant][split]):>22}" for s in sets for split in ("val", "train")))
+        lines.append(
+            f"{variant:<30}"
+            + "".join(f"{cell(results[s]['raw'][variant][split]):>22}" for s in sets for split in ("val", "train"))
+        )
     best = []
     for s in sets:
         for split in ("val", "train"):
             raw = max(r[split]["miou"]["mean"] for r in results[s]["raw"].values())
-            head = results[s]["options"]["default"][split]["miou"]["mean"] if "default" in results[s]["options"] else float("nan")
+            head = (
+                results[s]["options"]["default"][split]["miou"]["mean"]
+                if "default" in results[s]["options"]
+                else float("nan")
+            )
             best.append(f"{s} {split}: head {100 * head:.1f} vs best raw {100 * raw:.1f} ({100 * (head - raw):+.1f})")
     return "\n".join(lines + ["", "default vs the best raw variant: " + "; ".join(best)])
 
@@ -192,7 +248,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, of {list(SETS)} or training configs")
     parser.add_argument("--config_args", default="", help="overrides added to every set's config (one string)")
-    parser.add_argument("--options", default=",".join([*OPTIONS, *LEVERS]), help=f"comma-separated, of {[*OPTIONS, *LEVERS]}")
+    parser.add_argument(
+        "--options", default=",".join([*OPTIONS, *LEVERS]), help=f"comma-separated, of {[*OPTIONS, *LEVERS]}"
+    )
     parser.add_argument("--seeds", default="0,1,2", help="k-means seeds")
     parser.add_argument("--output", default="runs/ablation.json", help="JSON file of every figure")
     args = parser.parse_args(argv)
@@ -201,7 +259,9 @@ def main(argv: list[str] | None = None) -> dict:
         logging.getLogger(name).setLevel(logging.INFO)
     sets, options = args.sets.split(","), args.options.split(",")
     configs = {Path(s).stem: str(REPO / SETS[s]) if s in SETS else s for s in sets}
-    unknown = [s for s, c in configs.items() if not Path(c).is_file()] + [o for o in options if o not in OPTIONS and o not in LEVERS]
+    unknown = [s for s, c in configs.items() if not Path(c).is_file()] + [
+        o for o in options if o not in OPTIONS and o not in LEVERS
+    ]
     if unknown:
         parser.error(f"unknown sets or options: {unknown}")
     if "default" not in options:  # every table compares with it, and the levers start from its fit
@@ -209,8 +269,10 @@ def main(argv: list[str] | None = None) -> dict:
     seeds = [int(s) for s in args.seeds.split(",")]
     torch.set_float32_matmul_precision("high")
     with tempfile.TemporaryDirectory() as workdir:
-        results = {name: run_set(config, options, seeds, Path(workdir), shlex.split(args.config_args))
-                   for name, config in configs.items()}
+        results = {
+            name: run_set(config, options, seeds, Path(workdir), shlex.split(args.config_args))
+            for name, config in configs.items()
+        }
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=1))

@@ -15,6 +15,7 @@ to the bare cost are printed.
 
 Without ``--photo`` a 480x360 synthetic scene is used (CamVid's size).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,8 +64,16 @@ def segment_as_the_page_does(http: httpx.Client, fn_index: int, photo: Path) -> 
         uploaded = http.post("gradio_api/upload", files={"files": file}).json()[0]
     session = uuid.uuid4().hex
     photo_data = {"path": uploaded, "orig_name": photo.name, "meta": {"_type": "gradio.FileData"}}
-    http.post("gradio_api/queue/join", json={"data": [photo_data, "head", False, False], "fn_index": fn_index,
-                                             "session_hash": session, "event_data": None, "trigger_id": None})
+    http.post(
+        "gradio_api/queue/join",
+        json={
+            "data": [photo_data, "head", False, False],
+            "fn_index": fn_index,
+            "session_hash": session,
+            "event_data": None,
+            "trigger_id": None,
+        },
+    )
     with http.stream("GET", f"gradio_api/queue/data?session_hash={session}") as events:
         for line in events.iter_lines():
             message = json.loads(line[5:]) if line.startswith("data:") else {}
@@ -95,24 +104,34 @@ def main() -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        server = subprocess.Popen([str(Path(sys.executable).parent / "ultra-demo"), str(args.checkpoint), "--port", str(port)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "ultra-demo"), str(args.checkpoint), "--port", str(port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         try:
             url = next(line.split()[2] for line in server.stdout if line.startswith("ultra-demo: serving"))
             client = Client(url, verbose=False)
             with httpx.Client(base_url=url) as http:
                 fn_index = segment_event(http)
-                seconds = timed({
-                    "Segmenter.segment": lambda: segmenter.segment(photo),
-                    "through the page (browser requests)": lambda: segment_as_the_page_does(http, fn_index, photo),
-                    "through gradio_client": lambda: client.predict(handle_file(str(photo)), "head", False, False,
-                                                                    api_name="/segment"),
-                }, args.repeats)
+                seconds = timed(
+                    {
+                        "Segmenter.segment": lambda: segmenter.segment(photo),
+                        "through the page (browser requests)": lambda: segment_as_the_page_does(http, fn_index, photo),
+                        "through gradio_client": lambda: client.predict(
+                            handle_file(str(photo)), "head", False, False, api_name="/segment"
+                        ),
+                    },
+                    args.repeats,
+                )
         finally:
             server.terminate()
             server.wait(30)
-    print(f"photo {photo.name} ({width}x{height} px), checkpoint {args.checkpoint}, {torch.get_num_threads()} threads, "
-          f"median of {args.repeats}, the three alternating")
+    print(
+        f"photo {photo.name} ({width}x{height} px), checkpoint {args.checkpoint}, {torch.get_num_threads()} threads, "
+        f"median of {args.repeats}, the three alternating"
+    )
     bare = statistics.median(seconds["Segmenter.segment"])
     for name, values in seconds.items():
         median = statistics.median(values)

@@ -18,6 +18,7 @@ runs once per image) are evaluated by the protocol (shorter side 320, centre cro
 Prints mIoU mean ± std over seeds of the head and of the best no-head baseline (by mean mIoU over seeds, per variant
 and split) and the head's lead; writes every figure to ``--output``/evaluation_side.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,8 +68,9 @@ class UpsampledImages:
 
     def __getitem__(self, index: int) -> dict:
         item = dict(self.dataset[index])
-        item["image"] = F.interpolate(item["image"][None], size=(self.side, self.side), mode="bilinear",
-                                      antialias=True, align_corners=False)[0]
+        item["image"] = F.interpolate(
+            item["image"][None], size=(self.side, self.side), mode="bilinear", antialias=True, align_corners=False
+        )[0]
         return item
 
 
@@ -76,7 +78,9 @@ def evaluate_variant(segmenter: Segmenter, dataset, variant: str) -> dict[str, f
     """mIoU of every readout of ``segmenter`` under ``variant``."""
     flip, crf, scale, side = VARIANTS[variant]
     data = UpsampledImages(dataset, side) if side else dataset
-    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
     report = evaluate(segmenter, data, trainer, flip=flip, crf=crf, crf_scale=scale or SCORE_SCALE)
     suffix = "+crf" if crf else ""
     return {name.removesuffix(suffix): r["miou"] for name, r in report["readouts"].items() if name.endswith(suffix)}
@@ -84,8 +88,18 @@ def evaluate_variant(segmenter: Segmenter, dataset, variant: str) -> dict[str, f
 
 def run_set(name: str, variants: list[str], train_variants: list[str], seeds: list[int], output: Path) -> dict:
     root = output / name
-    args = ["--config", str(REPO / SETS[name]), "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar",
-            "false", "--readout.evaluate", "false", "--readout.probe", "false"]
+    args = [
+        "--config",
+        str(REPO / SETS[name]),
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--readout.evaluate",
+        "false",
+        "--readout.probe",
+        "false",
+    ]
     train(args + ["--seeds", ",".join(map(str, seeds))])
     data = parse_training(args).datamodule
     loaded = {s: ultra.load(root / f"seed-{s}" / "model.safetensors") for s in seeds}
@@ -103,11 +117,21 @@ def run_set(name: str, variants: list[str], train_variants: list[str], seeds: li
             raws = [r for r in per_seed[0] if r.startswith("raw")]
             best = max(raws, key=lambda r: statistics.fmean(p[r] for p in per_seed))
             results.setdefault(variant, {})[split] = {
-                "head": stats([p["head"] for p in per_seed]), "best_raw": best, "raw": stats([p[best] for p in per_seed]),
+                "head": stats([p["head"] for p in per_seed]),
+                "best_raw": best,
+                "raw": stats([p[best] for p in per_seed]),
                 "lead": stats([p["head"] - p[best] for p in per_seed]),
-                "every_readout": {r: stats([p[r] for p in per_seed]) for r in per_seed[0]}}
-            log.info("%s %s %s: head %.1f, %s %.1f", name, variant, split, 100 * results[variant][split]["head"]["mean"],
-                     best, 100 * results[variant][split]["raw"]["mean"])
+                "every_readout": {r: stats([p[r] for p in per_seed]) for r in per_seed[0]},
+            }
+            log.info(
+                "%s %s %s: head %.1f, %s %.1f",
+                name,
+                variant,
+                split,
+                100 * results[variant][split]["head"]["mean"],
+                best,
+                100 * results[variant][split]["raw"]["mean"],
+            )
     return results
 
 
@@ -121,7 +145,10 @@ def format_table(results: dict) -> str:
                 if split not in r:
                     continue
                 r = r[split]
-                lines.append(f"  {variant:<10} head {cell(r['head'])}   {r['best_raw']:<13} {cell(r['raw'])}   lead {cell(r['lead'])}")
+                lines.append(
+                    f"  {variant:<10} head {cell(r['head'])}   {r['best_raw']:<13} {cell(r['raw'])}   "
+                    f"lead {cell(r['lead'])}"
+                )
     return "\n".join(lines)
 
 

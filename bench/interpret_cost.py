@@ -6,6 +6,7 @@ prints both ratios (goal for all tokens: < 100 forwards on this CPU).
 
     python bench/interpret_cost.py [--size 448] [--stride 4] [--layer 11]
 """
+
 from __future__ import annotations
 
 import statistics
@@ -43,7 +44,10 @@ def main(size: int = 448, stride: int = 4, layer: int = 11, weights: str = "auto
     every, n_all = timed()
     print(f"{vit.model_name}, {side}x{side} px ({n_all} tokens), layer {layer}, {torch.get_num_threads()} threads")
     print(f"one forward                  : {one:8.3f} s")
-    print(f"maps of all {n_all:4d} tokens      : {every:8.1f} s = {every / one:7.0f} forwards ({every / one / n_all:.2f} per token)")
+    print(
+        f"maps of all {n_all:4d} tokens      : {every:8.1f} s = {every / one:7.0f} forwards "
+        f"({every / one / n_all:.2f} per token)"
+    )
     print(f"maps of {n_anchors:4d} anchors (stride {stride}): {anchors:8.1f} s = {anchors / one:7.0f} forwards")
     return {"forward_s": one, "all_ratio": every / one, "anchor_ratio": anchors / one}
 

@@ -9,6 +9,7 @@ raw tokens to the clicked token. Writes a sheet per image to ``--output``.
 
     python bench/interpret_voc.py [--root ../shared/realdata/voc-mini] [--size 224] [--output runs/interpret_voc]
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,14 @@ def _iou(mask: torch.Tensor, region: torch.Tensor) -> float:
     return float((mask & region).sum() / (mask | region).sum())
 
 
-def main(root: Path = Path("../shared/realdata/voc-mini"), size: int = 224, layer: int = 11, num_classes: int = 21,
-         output: Path = Path("runs/interpret_voc"), weights: str = "auto") -> dict:
+def main(
+    root: Path = Path("../shared/realdata/voc-mini"),
+    size: int = 224,
+    layer: int = 11,
+    num_classes: int = 21,
+    output: Path = Path("runs/interpret_voc"),
+    weights: str = "auto",
+) -> dict:
     from ultra.analysis.relevance import relevance_maps
     from ultra.analysis.segments import mask_from_map, prepare_image, segments_from_maps
     from ultra.backbone.vit import FrozenViT
@@ -57,7 +64,7 @@ def main(root: Path = Path("../shared/realdata/voc-mini"), size: int = 224, laye
         hw = tuple(label.shape)
         image = prepare_image(vit, image_to_tensor(picture), size)
         result = relevance_maps(vit, image, layer=layer)
-        tokens = vit(image[None])["x", layer][0]                            # [h, w, D]
+        tokens = vit(image[None])["x", layer][0]  # [h, w, D]
         grid = result.grid
         present = [int(c) for c in label.unique() if c != 255]
         k = max(2, len(present))
@@ -68,8 +75,15 @@ def main(root: Path = Path("../shared/realdata/voc-mini"), size: int = 224, laye
         raw_segments = upsample_scores(scores[None], hw)[0].argmax(0)
         seg["maps"].append(_score(segments, label, k, num_classes))
         seg["raw"].append(_score(raw_segments, label, k, num_classes))
-        panels, titles = [picture, overlay(picture, label.numpy()), overlay(picture, segments.numpy()),
-                          overlay(picture, raw_segments.numpy())], ["image", "ground truth", "segments from maps", "raw k-means"]
+        panels, titles = (
+            [
+                picture,
+                overlay(picture, label.numpy()),
+                overlay(picture, segments.numpy()),
+                overlay(picture, raw_segments.numpy()),
+            ],
+            ["image", "ground truth", "segments from maps", "raw k-means"],
+        )
         for cls in present:
             if cls == 0:  # background is not an object
                 continue
@@ -85,12 +99,20 @@ def main(root: Path = Path("../shared/realdata/voc-mini"), size: int = 224, laye
             panels += [overlay_mask(picture, mask.numpy()), overlay_mask(picture, raw_mask.numpy())]
             titles += [f"class {cls}: map IoU {sel['maps'][-1]:.2f}", f"raw cosine IoU {sel['raw'][-1]:.2f}"]
         save_sheet([panels], [titles], output / f"{data.samples[item['index']].name}.png")
-        print(f"{data.samples[item['index']].name}: K={k} maps {seg['maps'][-1]['miou_present']:.3f} raw "
-              f"{seg['raw'][-1]['miou_present']:.3f}", flush=True)
+        print(
+            f"{data.samples[item['index']].name}: K={k} maps {seg['maps'][-1]['miou_present']:.3f} raw "
+            f"{seg['raw'][-1]['miou_present']:.3f}",
+            flush=True,
+        )
     figures = {
-        "images": len(data), "size": size, "layer": layer, "regions": len(sel["maps"]),
-        "segmentation": {name: {key: float(np.mean([s[key] for s in v])) for key in ("miou", "miou_present")}
-                         for name, v in seg.items()},
+        "images": len(data),
+        "size": size,
+        "layer": layer,
+        "regions": len(sel["maps"]),
+        "segmentation": {
+            name: {key: float(np.mean([s[key] for s in v])) for key in ("miou", "miou_present")}
+            for name, v in seg.items()
+        },
         "selection_iou": {name: float(np.mean(v)) for name, v in sel.items()},
         "seconds": round(time.perf_counter() - start, 1),
     }

@@ -12,6 +12,7 @@ then clusters) were removed; their rows stay in the README with the commit that 
   class (self-training on segments). They read whole token grids ``[B, h, w, D] -> [B, h, w, C]``, since
   segments are per image.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -60,12 +61,17 @@ def grid_pairs(cache: FeatureCache, radius: int = 1) -> tuple[Tensor, Tensor]:
 
 
 def _cosines(tokens: Tensor, rows: Tensor, cols: Tensor, chunk: int = 1 << 20) -> Tensor:
-    return torch.cat([F.cosine_similarity(tokens[rows[s:s + chunk]], tokens[cols[s:s + chunk]], dim=-1)
-                      for s in range(0, len(rows), chunk)])
+    return torch.cat(
+        [
+            F.cosine_similarity(tokens[rows[s : s + chunk]], tokens[cols[s : s + chunk]], dim=-1)
+            for s in range(0, len(rows), chunk)
+        ]
+    )
 
 
 def grid_edges(ctx: GraphLeverInput, weight: float = 0.5, feature_scale: float = 0.1) -> Tensor:
-    """The kNN graph plus (relative ``weight``) intra-view 8-neighbour edges weighted by ``exp((cos - 1) / feature_scale)``."""
+    """The kNN graph plus (relative ``weight``) intra-view 8-neighbour edges weighted by ``exp((cos - 1) /
+    feature_scale)``."""
     rows, cols = grid_pairs(ctx.cache)
     weights = torch.exp((_cosines(ctx.tokens, rows, cols) - 1) / feature_scale)
     grid = SparseGraph.from_affinity(rows, cols, weights, ctx.tokens.shape[0])  # symmetrised, normalised
@@ -87,20 +93,29 @@ GRAPH_LEVERS = {
 
 # --- readout levers ---------------------------------------------------------------------------
 
+
 def superpixels(z: Tensor, segments: int = 16, position_weight: float = 1.0, iterations: int = 10) -> Tensor:
-    """Per-image k-means of ``[unit z, position_weight * (y, x)]`` from a regular grid of seeds: ``[B, h, w, m] -> [B, h, w]``."""
+    """Per-image k-means of ``[unit z, position_weight * (y, x)]`` from a regular grid of seeds: ``[B, h, w, m] ->
+    [B, h, w]``."""
     b, h, w, m = z.shape
     y, x = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
-    points = torch.cat([F.normalize(z.reshape(b, h * w, m), dim=-1),
-                        position_weight * torch.stack([y, x], -1).reshape(1, h * w, 2).expand(b, -1, -1)], -1)
-    side = round(segments ** 0.5)
+    points = torch.cat(
+        [
+            F.normalize(z.reshape(b, h * w, m), dim=-1),
+            position_weight * torch.stack([y, x], -1).reshape(1, h * w, 2).expand(b, -1, -1),
+        ],
+        -1,
+    )
+    side = round(segments**0.5)
     sy = torch.linspace(0, h - 1, side + 2)[1:-1].round().long()
     sx = torch.linspace(0, w - 1, side + 2)[1:-1].round().long()
     centres = points[:, (sy[:, None] * w + sx[None, :]).flatten()]
     for _ in range(iterations):
         members = F.one_hot(torch.cdist(points, centres).argmin(-1), centres.shape[1]).float()
         counts = members.sum(1)
-        centres = torch.where(counts[..., None] > 0, members.transpose(1, 2) @ points / counts.clamp_min(1)[..., None], centres)
+        centres = torch.where(
+            counts[..., None] > 0, members.transpose(1, 2) @ points / counts.clamp_min(1)[..., None], centres
+        )
     return torch.cdist(points, centres).argmin(-1).reshape(b, h, w)
 
 
@@ -123,7 +138,9 @@ def self_training(ctx: ReadoutLeverInput, seed: int, rounds: int = 2, segments: 
     labels = superpixels(views, segments).reshape(ctx.grid_shape[0], -1)
     segment = (labels + torch.arange(ctx.grid_shape[0])[:, None] * segments).flatten()
     unit = F.normalize(ctx.embedding, dim=-1)
-    centroids = F.normalize(kmeans(ctx.embedding, classes, restarts=3, sample_size=1 << 16, seed=seed).centroids, dim=-1)
+    centroids = F.normalize(
+        kmeans(ctx.embedding, classes, restarts=3, sample_size=1 << 16, seed=seed).centroids, dim=-1
+    )
     for _ in range(rounds):
         clusters = F.one_hot((unit @ centroids.T).argmax(1), classes).float()
         votes = torch.zeros(ctx.grid_shape[0] * segments, classes).index_add_(0, segment, clusters)

@@ -7,6 +7,7 @@ Prints images per second of each and their ratio (goal: >= 0.9).
 
     python bench/pipeline_overhead.py [--checkpoint runs/demo/model.safetensors] [--size 320] [--batch 8]
 """
+
 from __future__ import annotations
 
 import statistics
@@ -27,7 +28,9 @@ def _segmenter(checkpoint: Path | None, weights: str):
     backbone = FrozenViT("vit_small_patch14_dinov2", weights=weights)
     last = backbone.num_layers - 1
     head = ProjectionHead(backbone.embed_dim, 50)
-    return Segmenter(backbone, {"head": ClusterReadout([("x", last)], torch.randn(27, 50), head)}, [str(i) for i in range(27)])
+    return Segmenter(
+        backbone, {"head": ClusterReadout([("x", last)], torch.randn(27, 50), head)}, [str(i) for i in range(27)]
+    )
 
 
 def _rate(fn, images: torch.Tensor, repeats: int) -> float:
@@ -40,8 +43,14 @@ def _rate(fn, images: torch.Tensor, repeats: int) -> float:
     return images.shape[0] / statistics.median(times)
 
 
-def main(checkpoint: Path | None = None, weights: str = "auto", size: int = 320, batch: int = 8, repeats: int = 5,
-         threads: int | None = None) -> float:
+def main(
+    checkpoint: Path | None = None,
+    weights: str = "auto",
+    size: int = 320,
+    batch: int = 8,
+    repeats: int = 5,
+    threads: int | None = None,
+) -> float:
     """Print and return the ratio of segmentation-path to bare-backbone throughput."""
     if threads:
         torch.set_num_threads(threads)

@@ -41,6 +41,7 @@ node batch at N=...: Z ms``.
 
 The default run keeps every size's cache until it ends: about 9 GB of disk.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,10 +70,11 @@ CITYSCAPES_NODES, CITYSCAPES_IMAGES = 2_975 * VIEWS * 256, 2_975
 
 # --- synthetic caches --------------------------------------------------------------------------------
 def five_crop_geometry(height: int = 320, width: int = 427, fraction: float = 0.6) -> np.ndarray:
-    """``[5, 5]`` boxes ``(x0, y0, x1, y1, flip)`` of the five-crop views, normalised to the image (as FiveCropViews)."""
+    """``[5, 5]`` boxes ``(x0, y0, x1, y1, flip)`` of the five-crop views, normalised to the image (as
+    FiveCropViews)."""
     c = round(fraction * min(height, width))
     corners = [(0, 0), (0, width - c), (height - c, 0), (height - c, width - c), ((height - c) // 2, (width - c) // 2)]
-    return np.array([[l / width, t / height, (l + c) / width, (t + c) / height, 0.0] for t, l in corners], np.float32)
+    return np.array([[x / width, y / height, (x + c) / width, (y + c) / height, 0.0] for y, x in corners], np.float32)
 
 
 def write_synthetic_cache(folder: Path, num_images: int, seed: int = 0, chunk: int = 64) -> Path:
@@ -101,7 +103,7 @@ def write_synthetic_cache(folder: Path, num_images: int, seed: int = 0, chunk: i
         count = min(chunk, num_images - start)
         g = np.random.default_rng([seed, start])
         regions = g.integers(3, 6)
-        seeds = g.random((count, regions, 2))                                        # region centres per image
+        seeds = g.random((count, regions, 2))  # region centres per image
         classes = np.stack([g.choice(CLASSES, regions, replace=False, p=frequency) for _ in range(count)])
         dist = ((points[None, :, :, :, None, :] - seeds[:, None, None, None]) ** 2).sum(-1)  # [c, 5, 16, 16, regions]
         region = dist.argmin(-1)
@@ -115,9 +117,17 @@ def write_synthetic_cache(folder: Path, num_images: int, seed: int = 0, chunk: i
     tokens.flush()
     labels.flush()
     del tokens, labels
-    meta = {"backbone": "synthetic", "views": "five-crop 224 px", "dataset": f"synthetic-{num_images}-{seed}",
-            "num_classes": CLASSES, "tokens": [["x", LAYER]], "grid": list(GRID), "views_per_image": VIEWS,
-            "num_images": num_images, "dims": {f"x{LAYER}": DIM}}
+    meta = {
+        "backbone": "synthetic",
+        "views": "five-crop 224 px",
+        "dataset": f"synthetic-{num_images}-{seed}",
+        "num_classes": CLASSES,
+        "tokens": [["x", LAYER]],
+        "grid": list(GRID),
+        "views_per_image": VIEWS,
+        "num_images": num_images,
+        "dims": {f"x{LAYER}": DIM},
+    }
     (partial / "meta.json").write_text(json.dumps(meta, indent=1))
     os.replace(partial, folder)
     os.sync()  # written back now, not while the stages are timed
@@ -180,9 +190,13 @@ def _settings() -> dict:
 
     data = yaml.safe_load(CONFIG.read_text())
     config = data["data"]
-    return {"knn": asdict(KnnConfig(**config.get("knn", {}))), "batch_nodes": BatchConfig(**config.get("batches", {})).nodes,
-            "out_dim": data["model"]["out_dim"], "restarts": data["readout"]["restarts"],
-            "eval_crop": EvalConfig(**config.get("evaluation", {})).crop}
+    return {
+        "knn": asdict(KnnConfig(**config.get("knn", {}))),
+        "batch_nodes": BatchConfig(**config.get("batches", {})).nodes,
+        "out_dim": data["model"]["out_dim"],
+        "restarts": data["readout"]["restarts"],
+        "eval_crop": EvalConfig(**config.get("evaluation", {})).crop,
+    }
 
 
 def _operators(cache, settings, view: bool = True):
@@ -201,7 +215,17 @@ def _head(out_dim: int):
     return ProjectionHead(DIM, out_dim, "linear").eval()
 
 
-RUNS = {"graph": 1, "views": 7, "operators": 3, "batch": 7, "step": 5, "exact_pass": 1, "eigh": 3, "kmeans": 1, "eval": 3}
+RUNS = {
+    "graph": 1,
+    "views": 7,
+    "operators": 3,
+    "batch": 7,
+    "step": 5,
+    "exact_pass": 1,
+    "eigh": 3,
+    "kmeans": 1,
+    "eval": 3,
+}
 """Runs of each stage in its process, in each of the two sweeps: the same at every size, so that the fastest of them
 is as optimistic at every N (more runs of the small sizes alone would bias the ratios up)."""
 
@@ -221,8 +245,13 @@ def measure(fn, marked: bool = False) -> dict:
         start = time.perf_counter()
         marks = fn()
         end = time.perf_counter()
-    result = {"seconds": end - start, "private_mb": memory.private_mb, "mapped_mb": memory.mapped_mb, "runs": 1,
-              "faults": resource.getrusage(resource.RUSAGE_SELF).ru_majflt - faults}
+    result = {
+        "seconds": end - start,
+        "private_mb": memory.private_mb,
+        "mapped_mb": memory.mapped_mb,
+        "runs": 1,
+        "faults": resource.getrusage(resource.RUSAGE_SELF).ru_majflt - faults,
+    }
     if marked:
         result["segments"] = np.diff([start, *marks, end]).tolist()
     return result
@@ -303,6 +332,7 @@ def _graph_stage(cache, settings) -> dict:
     for stored in (cache.path / "graphs").glob("feat*"):  # measure the build, not a load of an earlier one
         stored.unlink()
     reference = reference_kernel_ms()
+
     def build() -> list[float]:
         with marks_after(ultra.graphs.knn, "_knn_edges", SEGMENT_VIEWS) as marks:
             _operators(cache, settings, view=False)
@@ -388,15 +418,19 @@ def _exact_stage(cache, settings) -> dict:
         return marks[:-1]
 
     exact_pass = repeat(accumulate, RUNS["exact_pass"], marked=True)
-    return {"exact_pass": exact_pass,
-            "eigh": repeat(lambda: forms[-1].solve(settings["out_dim"], view_weight=0.1), RUNS["eigh"])}
+    return {
+        "exact_pass": exact_pass,
+        "eigh": repeat(lambda: forms[-1].solve(settings["out_dim"], view_weight=0.1), RUNS["eigh"]),
+    }
 
 
 def _kmeans_stage(cache, settings) -> dict:
     from ultra.readout.fit import CachedRows, fit_centroids
 
     rows = CachedRows(cache, [("x", LAYER)], _head(settings["out_dim"]))
-    return {"kmeans": repeat(lambda: fit_centroids(rows, CLASSES, seed=0, restarts=settings["restarts"]), RUNS["kmeans"])}
+    return {
+        "kmeans": repeat(lambda: fit_centroids(rows, CLASSES, seed=0, restarts=settings["restarts"]), RUNS["kmeans"])
+    }
 
 
 EVAL_IMAGES = 8
@@ -411,8 +445,9 @@ def _eval_stage(cache, settings) -> dict:
     from ultra.readout.segmenter import ClusterReadout, Segmenter
 
     backbone = FrozenViT("vit_small_patch14_dinov2", weights="random")
-    readout = ClusterReadout([("x", LAYER)], F.normalize(torch.randn(CLASSES, settings["out_dim"]), dim=-1),
-                             _head(settings["out_dim"]))
+    readout = ClusterReadout(
+        [("x", LAYER)], F.normalize(torch.randn(CLASSES, settings["out_dim"]), dim=-1), _head(settings["out_dim"])
+    )
     segmenter = Segmenter(backbone, {"head": readout}, [str(i) for i in range(CLASSES)])
     size = settings["eval_crop"]
     images = torch.rand(EVAL_IMAGES, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -420,13 +455,21 @@ def _eval_stage(cache, settings) -> dict:
     @torch.no_grad()
     def segment() -> None:
         for i in range(0, EVAL_IMAGES, 4):
-            segmenter.pixel_scores(images[i:i + 4], (size, size))
+            segmenter.pixel_scores(images[i : i + 4], (size, size))
 
     return {"eval": repeat(segment, RUNS["eval"])}
 
 
-RUNNERS = {"graph": _graph_stage, "views": _views_stage, "operators": _operators_stage, "batch": _batch_stage,
-           "step": _step_stage, "exact": _exact_stage, "kmeans": _kmeans_stage, "eval": _eval_stage}
+RUNNERS = {
+    "graph": _graph_stage,
+    "views": _views_stage,
+    "operators": _operators_stage,
+    "batch": _batch_stage,
+    "step": _step_stage,
+    "exact": _exact_stage,
+    "kmeans": _kmeans_stage,
+    "eval": _eval_stage,
+}
 """One process each, in this order (each needs the operators its predecessors stored); ``exact`` measures two stages."""
 
 UNCACHED = ("eval",)
@@ -472,15 +515,18 @@ def draw_time_at(nodes: int, batch_nodes: int, repeats: int = 20) -> float:
     from ultra.head.batches import distinct_uniform
 
     counter = iter(range(1_000_000))
-    return repeat(lambda: distinct_uniform(nodes, batch_nodes, torch.Generator().manual_seed(next(counter))), repeats)["seconds"]
+    return repeat(lambda: distinct_uniform(nodes, batch_nodes, torch.Generator().manual_seed(next(counter))), repeats)[
+        "seconds"
+    ]
 
 
 # --- the driver ------------------------------------------------------------------------------------------
 def _child(runner: str, cache: Path) -> dict:
     """The results of ``runner`` on ``cache``, measured in a new process (its memory peaks are its own)."""
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    out = subprocess.run([sys.executable, __file__, "--stage", runner, "--cache", str(cache)], env=env,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--stage", runner, "--cache", str(cache)], env=env, capture_output=True, text=True
+    )
     if out.returncode:
         raise RuntimeError(f"stage {runner} on {cache} failed:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -492,12 +538,16 @@ def _record(row: dict, results: dict, sweep: int, started: float) -> None:
         if stage in row:
             result = combine([row[stage], result])
         row[stage] = result
-        print(f"[{_fmt_time(time.perf_counter() - started)}] sweep {sweep}, N={row['nodes']:,}: {stage} "
-              f"{_fmt_time(result['seconds'])} (runs: {result['runs']})", flush=True)
+        print(
+            f"[{_fmt_time(time.perf_counter() - started)}] sweep {sweep}, N={row['nodes']:,}: {stage} "
+            f"{_fmt_time(result['seconds'])} (runs: {result['runs']})",
+            flush=True,
+        )
 
 
 def _ratios(rows: list[dict], field: str, floor: float) -> dict[str, float]:
-    """The largest ratio, over consecutive sizes, of each stage's ``field`` (values below ``floor`` count as ``floor``)."""
+    """The largest ratio, over consecutive sizes, of each stage's ``field`` (values below ``floor`` count as
+    ``floor``)."""
     out = {}
     for stage in STAGES:
         values = [max(r[stage][field], floor) for r in rows]
@@ -519,8 +569,17 @@ def _fmt_mb(mb: float) -> str:
     return f"{mb / 1024:.1f} GB" if mb >= 1024 else f"{mb:.0f} MB"
 
 
-PARALLEL = {"graph": True, "views": False, "operators": False, "batch": True, "step": True, "exact_pass": True,
-            "eigh": True, "kmeans": True, "eval": True}
+PARALLEL = {
+    "graph": True,
+    "views": False,
+    "operators": False,
+    "batch": True,
+    "step": True,
+    "exact_pass": True,
+    "eigh": True,
+    "kmeans": True,
+    "eval": True,
+}
 """Whether a stage spreads over the cores (torch's threads, or the data loader's workers for node batches)."""
 
 
@@ -543,33 +602,49 @@ def projection(rows: list[dict]) -> list[str]:
     cores = os.cpu_count() or 1
     last = rows[-1]
     views_last = last["images"] * VIEWS
-    lines = ["", f"projection: each growing stage's time and private memory on the line through N={rows[-2]['nodes']:,} and "
-             f"N={last['nodes']:,} (the bounded stages {', '.join(BOUNDED)} at their N={last['nodes']:,} figures); the graph's candidate-image search (quadratic in images) apart, scaled by "
-             f"(views / {views_last:,})^2; '16 cores' divides the time of stages that use every core by 16/{cores} "
-             f"(an assumption, not a measurement; a GPU is faster still on graph, step, exact_pass, kmeans and eval)",
-             f"{'stage':<12}{'Cityscapes-27':>14}{'16 cores':>10}{'memory':>10}{'COCO-Stuff-27':>15}{'16 cores':>10}{'memory':>10}"]
+    lines = [
+        "",
+        f"projection: each growing stage's time and private memory on the line through N={rows[-2]['nodes']:,} and "
+        f"N={last['nodes']:,} (the bounded stages {', '.join(BOUNDED)} at their N={last['nodes']:,} figures); "
+        "the graph's candidate-image search (quadratic in images) apart, scaled by "
+        f"(views / {views_last:,})^2; '16 cores' divides the time of stages that use every core by 16/{cores} "
+        f"(an assumption, not a measurement; a GPU is faster still on graph, step, exact_pass, kmeans and eval)",
+        f"{'stage':<12}{'Cityscapes-27':>14}{'16 cores':>10}{'memory':>10}"
+        f"{'COCO-Stuff-27':>15}{'16 cores':>10}{'memory':>10}",
+    ]
     for stage in STAGES:
         cells = []
         for nodes, images in ((CITYSCAPES_NODES, CITYSCAPES_IMAGES), (COCO_NODES, COCO_IMAGES)):
             seconds = _at(rows, stage, "seconds", nodes)
             if stage == "graph":
                 search = [dict(r, graph={"seconds": r["graph"]["seconds"] - r["graph"]["candidates_s"]}) for r in rows]
-                seconds = _at(search, "graph", "seconds", nodes) + last["graph"]["candidates_s"] * (images * VIEWS / views_last) ** 2
+                seconds = (
+                    _at(search, "graph", "seconds", nodes)
+                    + last["graph"]["candidates_s"] * (images * VIEWS / views_last) ** 2
+                )
             fast = seconds / (16 / cores) if PARALLEL[stage] else seconds
             cells += [_fmt_time(seconds), _fmt_time(fast), _fmt_mb(_at(rows, stage, "private_mb", nodes))]
         lines.append(f"{stage:<12}{cells[0]:>14}{cells[1]:>10}{cells[2]:>10}{cells[3]:>15}{cells[4]:>10}{cells[5]:>10}")
     nnz, graph_bytes = last["operators"]["nnz_per_node"], last["operators"]["graph_bytes"] / last["nodes"]
     for name, nodes in (("Cityscapes-27", CITYSCAPES_NODES), ("COCO-Stuff-27", COCO_NODES)):
-        lines.append(f"disk {name} ({nodes:,} tokens): feature cache {nodes * DIM * 2 / 1e9:.1f} GB per token kind and "
-                     f"layer (D={DIM}, float16), graph {graph_bytes * nodes / 1e9:.1f} GB ({nnz:.1f} entries per node)")
+        lines.append(
+            f"disk {name} ({nodes:,} tokens): feature cache {nodes * DIM * 2 / 1e9:.1f} GB per token kind and "
+            f"layer (D={DIM}, float16), graph {graph_bytes * nodes / 1e9:.1f} GB ({nnz:.1f} entries per node)"
+        )
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, default=5, help="number of doublings of N measured (default 5: 0.26M..4.2M)")
-    parser.add_argument("--start-images", type=int, default=205, help="images of the smallest cache (x1,280 tokens each)")
-    parser.add_argument("--root", type=Path, default=None, help="where the synthetic caches go (default: a temporary folder)")
+    parser.add_argument(
+        "--sizes", type=int, default=5, help="number of doublings of N measured (default 5: 0.26M..4.2M)"
+    )
+    parser.add_argument(
+        "--start-images", type=int, default=205, help="images of the smallest cache (x1,280 tokens each)"
+    )
+    parser.add_argument(
+        "--root", type=Path, default=None, help="where the synthetic caches go (default: a temporary folder)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the synthetic caches")
     parser.add_argument("--stage", choices=RUNNERS, help=argparse.SUPPRESS)
     parser.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
@@ -579,15 +654,20 @@ def main() -> None:
         return
     root = Path(args.root or tempfile.mkdtemp(prefix="ultra-scale-"))
     settings = _settings()
-    print(f"settings of {CONFIG.name}: knn {settings['knn']}, batch_nodes {settings['batch_nodes']}, "
-          f"out_dim {settings['out_dim']}, k-means restarts {settings['restarts']}", flush=True)
+    print(
+        f"settings of {CONFIG.name}: knn {settings['knn']}, batch_nodes {settings['batch_nodes']}, "
+        f"out_dim {settings['out_dim']}, k-means restarts {settings['restarts']}",
+        flush=True,
+    )
     rows, folders, started = [], [], time.perf_counter()
     try:
         for i in range(args.sizes):  # sweep 1: every stage, sizes in increasing order
             images = args.start_images << i
             start = time.perf_counter()
             folders.append(write_synthetic_cache(root / f"images-{images}", images))
-            rows.append({"nodes": images * VIEWS * GRID[0] * GRID[1], "images": images, "write_s": time.perf_counter() - start})
+            rows.append(
+                {"nodes": images * VIEWS * GRID[0] * GRID[1], "images": images, "write_s": time.perf_counter() - start}
+            )
             for runner in RUNNERS:
                 _record(rows[-1], _child(runner, folders[-1]), 1, started)
         for row, folder in reversed(list(zip(rows, folders))):  # sweep 2: every stage again, sizes in reverse
@@ -600,23 +680,33 @@ def main() -> None:
             if args.root is None:
                 shutil.rmtree(root, ignore_errors=True)
     for row in rows:
-        print(f"\nN = {row['nodes']:,} tokens ({row['images']:,} images x {VIEWS} views; synthetic cache written in "
-              f"{row['write_s']:.0f} s)")
+        print(
+            f"\nN = {row['nodes']:,} tokens ({row['images']:,} images x {VIEWS} views; synthetic cache written in "
+            f"{row['write_s']:.0f} s)"
+        )
         print(f"  {'stage':<12}{'time':>10}{'private':>10}{'mapped':>10}{'runs':>6}{'disk reads':>12}")
         for stage in STAGES:
             r = row[stage]
-            print(f"  {stage:<12}{_fmt_time(r['seconds']):>10}{_fmt_mb(max(r['private_mb'], 0)):>10}"
-                  f"{_fmt_mb(max(r['mapped_mb'], 0)):>10}{r['runs']:>6}{r['faults']:>12,}")
+            print(
+                f"  {stage:<12}{_fmt_time(r['seconds']):>10}{_fmt_mb(max(r['private_mb'], 0)):>10}"
+                f"{_fmt_mb(max(r['mapped_mb'], 0)):>10}{r['runs']:>6}{r['faults']:>12,}"
+            )
         graph = row["graph"]
-        print(f"  node batch draw {row['batch']['draw_s'] * 1000:.1f} ms; graph {row['operators']['nnz_per_node']:.1f} "
-              f"entries per node, its candidate-image search {graph['candidates_s']:.2f} s, the reference kernel "
-              f"before each graph build {' / '.join(f'{ms:.1f}' for ms in graph['reference_ms'])} ms", flush=True)
+        print(
+            f"  node batch draw {row['batch']['draw_s'] * 1000:.1f} ms; graph {row['operators']['nnz_per_node']:.1f} "
+            f"entries per node, its candidate-image search {graph['candidates_s']:.2f} s, the reference kernel "
+            f"before each graph build {' / '.join(f'{ms:.1f}' for ms in graph['reference_ms'])} ms",
+            flush=True,
+        )
     if len(rows) < 2:
         print("scale: one size measured, no ratio")
         return
     time_ratio = _ratios(rows, "seconds", TIME_FLOOR_S)
     memory_ratio = _ratios(rows, "private_mb", MEMORY_FLOOR_MB)
-    print(f"\nlargest ratio per doubling of N (time floor {TIME_FLOOR_S * 1000:.0f} ms, memory floor {MEMORY_FLOOR_MB:.0f} MB):")
+    print(
+        f"\nlargest ratio per doubling of N (time floor {TIME_FLOOR_S * 1000:.0f} ms, "
+        f"memory floor {MEMORY_FLOOR_MB:.0f} MB):"
+    )
     for stage in STAGES:
         print(f"  {stage:<12} time {time_ratio[stage]:.2f}x   memory {memory_ratio[stage]:.2f}x")
     for line in projection(rows):
@@ -624,8 +714,10 @@ def main() -> None:
     draw = draw_time_at(COCO_NODES, settings["batch_nodes"])
     worst_time = max(time_ratio, key=time_ratio.get)
     worst_memory = max(memory_ratio, key=memory_ratio.get)
-    print(f"scale: max time ratio per doubling {time_ratio[worst_time]:.2f} ({worst_time}), max memory ratio "
-          f"{memory_ratio[worst_memory]:.2f} ({worst_memory}); node batch at N={COCO_NODES:,}: {draw * 1000:.1f} ms")
+    print(
+        f"scale: max time ratio per doubling {time_ratio[worst_time]:.2f} ({worst_time}), max memory ratio "
+        f"{memory_ratio[worst_memory]:.2f} ({worst_memory}); node batch at N={COCO_NODES:,}: {draw * 1000:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

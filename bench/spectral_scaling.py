@@ -7,6 +7,7 @@ then the dense ``torch.linalg.eigh`` reference while it fits. Prints growth fact
 
     python bench/spectral_scaling.py [--images 32] [--tokens 256] [--doublings 3]
 """
+
 from __future__ import annotations
 
 import json
@@ -37,6 +38,7 @@ def worker(images: int, tokens: int, method: str) -> dict:
     out = {"nodes": images * tokens, "nnz": graph.nnz, "graph_s": build}
     if method == "solver":
         config = dict(num_vectors=32, lr=0.02, batch_images=8)
+
         def timed(epochs: int) -> float:
             start = time.perf_counter()
             solve([graph], None, SolverConfig(epochs=epochs, **config), nodes_per_image=tokens)
@@ -68,13 +70,19 @@ def main(images: int = 32, tokens: int = 256, doublings: int = 3, eigh_limit_s: 
             row.update({k: v for k, v in _run(n_images, tokens, "eigh").items() if k in ("eigh_s",)})
             eigh_allowed = row["eigh_s"] * 8 < eigh_limit_s  # eigh is cubic: the next size costs ~8x
         rows.append(row)
-        print(f"N={row['nodes']:>7}  graph {row['graph_s']:6.2f} s  epoch {row['epoch_s']:6.3f} s  "
-              f"peak {row['peak_mb']:7.1f} MB  eigh {row.get('eigh_s', float('nan')):7.2f} s", flush=True)
+        print(
+            f"N={row['nodes']:>7}  graph {row['graph_s']:6.2f} s  epoch {row['epoch_s']:6.3f} s  "
+            f"peak {row['peak_mb']:7.1f} MB  eigh {row.get('eigh_s', float('nan')):7.2f} s",
+            flush=True,
+        )
     print("\ngrowth per doubling of N (goal <= 2.2x):")
     print(f"{'N':>7} {'graph':>7} {'epoch':>7} {'memory':>7} {'eigh':>7}")
     for prev, cur in zip(rows, rows[1:]):
         ratio = lambda key: cur[key] / prev[key] if key in cur and key in prev and prev[key] > 0 else float("nan")
-        print(f"{cur['nodes']:>7} {ratio('graph_s'):>6.2f}x {ratio('epoch_s'):>6.2f}x {ratio('peak_mb'):>6.2f}x {ratio('eigh_s'):>6.2f}x")
+        print(
+            f"{cur['nodes']:>7} {ratio('graph_s'):>6.2f}x {ratio('epoch_s'):>6.2f}x {ratio('peak_mb'):>6.2f}x "
+            f"{ratio('eigh_s'):>6.2f}x"
+        )
     crossover = [r["nodes"] for r in rows if "eigh_s" in r and r["eigh_s"] > r["epoch_s"] * 300]
     if crossover:
         print(f"\nexact eigh costs more than a 300-epoch solve from N = {crossover[0]} tokens")

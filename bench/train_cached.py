@@ -8,6 +8,7 @@ The cache is built first (not timed: it is paid once). Prints steps/s of each an
 
     python bench/train_cached.py [--images 32] [--steps 20]
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,8 +46,14 @@ def _time_steps(module, optimizer, batches, steps: int) -> float:
     return 1 / statistics.median(times[1:])  # the first step warms up
 
 
-def batch_from_images(backbone: FrozenViT, batch: dict, keys: Sequence[TokenKey], feature_keys: Sequence[TokenKey],
-                      specs: Sequence[GraphSpec], knn: KnnConfig) -> dict:
+def batch_from_images(
+    backbone: FrozenViT,
+    batch: dict,
+    keys: Sequence[TokenKey],
+    feature_keys: Sequence[TokenKey],
+    specs: Sequence[GraphSpec],
+    knn: KnnConfig,
+) -> dict:
     """A node batch of every token of a batch of images with views (training on the fly, no cache): the
     backbone's ``keys`` tokens, graphs built inside the batch, the views' correspondences."""
     images = batch["image"].flatten(0, 1)
@@ -57,8 +64,9 @@ def batch_from_images(backbone: FrozenViT, batch: dict, keys: Sequence[TokenKey]
     n_nodes = images.shape[0] * grid[0] * grid[1]
     knn = dataclasses.replace(knn, candidate_images=None)
     every = torch.arange(n_nodes)
-    graphs = [knn_graph(*(tokens[key] for key in spec.token_keys), knn, device=images.device).entries(every)
-              for spec in specs]
+    graphs = [
+        knn_graph(*(tokens[key] for key in spec.token_keys), knn, device=images.device).entries(every) for spec in specs
+    ]
     view = build_view_operator(batch["geometry"].flatten(0, 1).cpu(), batch["geometry"].shape[1], grid).entries(every)
     features = torch.cat([tokens[key].reshape(n_nodes, -1) for key in feature_keys], 1)
     return move_data_to_device(batch_from_entries(features.cpu(), every, graphs, every, view), images.device)
@@ -70,7 +78,9 @@ def on_the_fly_batches(data: HeadDataModule, images_per_batch: int):
     views = data.train_dataset.with_transform(RandomViews(data.views.size, data.views.resize, num_views=2))
     loader = DataLoader(views, batch_size=images_per_batch, shuffle=True, drop_last=True, collate_fn=collate_views)
     keys = sorted(set(data.feature_keys) | {key for g in data.graph_specs for key in g.token_keys})
-    return _cycle(loader, lambda b: batch_from_images(data.backbone, b, keys, data.feature_keys, data.graph_specs, data.knn))
+    return _cycle(
+        loader, lambda b: batch_from_images(data.backbone, b, keys, data.feature_keys, data.graph_specs, data.knn)
+    )
 
 
 def _cycle(loader, convert=None):
@@ -79,16 +89,24 @@ def _cycle(loader, convert=None):
             yield convert(batch) if convert else batch
 
 
-def main(images: int = 32, steps: int = 20, view_size: int = 224, weights: str = "auto", threads: int | None = None) -> float:
+def main(
+    images: int = 32, steps: int = 20, view_size: int = 224, weights: str = "auto", threads: int | None = None
+) -> float:
     """Print and return the speed-up of cached over on-the-fly training steps."""
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
     views_per_image, images_per_batch = 2, 8
     with tempfile.TemporaryDirectory() as cache_dir:
-        common = dict(train_dataset=SyntheticScenes(images, 320, 6), backbone="vit_small_patch14_dinov2", weights=weights,
-                      views=ViewConfig(size=view_size), cache=CacheConfig(dir=cache_dir), seed=0,
-                      knn=KnnConfig(candidate_images=16))  # the demo's graph
+        common = dict(
+            train_dataset=SyntheticScenes(images, 320, 6),
+            backbone="vit_small_patch14_dinov2",
+            weights=weights,
+            views=ViewConfig(size=view_size),
+            cache=CacheConfig(dir=cache_dir),
+            seed=0,
+            knn=KnnConfig(candidate_images=16),
+        )  # the demo's graph
         data = HeadDataModule(**common)
         nodes = images_per_batch * views_per_image * (view_size // data.backbone.patch_size) ** 2  # as on the fly
         data.batches = BatchConfig(nodes=nodes, steps_per_epoch=steps + 1)
@@ -98,11 +116,15 @@ def main(images: int = 32, steps: int = 20, view_size: int = 224, weights: str =
         build = time.perf_counter() - start
         module = SGDHeadModule(data.head_dim, 50, graph_weights=data.graph_weights)
         optimizer = module.configure_optimizers()
-        rate_cached = _time_steps(module, optimizer, _cycle(DataLoader(data.node_batches("random"), batch_size=None)), steps)
+        rate_cached = _time_steps(
+            module, optimizer, _cycle(DataLoader(data.node_batches("random"), batch_size=None)), steps
+        )
         rate_fly = _time_steps(module, optimizer, on_the_fly_batches(data, images_per_batch), steps)
     speedup = rate_cached / rate_fly
-    print(f"{images} synthetic images, views of {view_size} px, {nodes} nodes per step, "
-          f"{torch.get_num_threads()} threads; cache built once in {build:.1f} s")
+    print(
+        f"{images} synthetic images, views of {view_size} px, {nodes} nodes per step, "
+        f"{torch.get_num_threads()} threads; cache built once in {build:.1f} s"
+    )
     print(f"from the cache      : {rate_cached:8.2f} steps/s")
     print(f"backbone on the fly : {rate_fly:8.2f} steps/s")
     print(f"speed-up            : {speedup:8.1f}x  (goal >= 10x)")

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny random ViTs, an isolated cache, no network (helpers live in ``helpers.py``)."""
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,11 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     vit = FrozenViT("vit_tiny_patch16_224", weights="random", model_kwargs=TINY_VIT)
-    readouts = {"head": ClusterReadout([("x", 2)], torch.randn(3, 8), ProjectionHead(48, 8)),
-                "raw": ClusterReadout([("x", 2)], torch.randn(4, 48))}
-    segmenter = Segmenter(vit, readouts, ["sky", "road", "car"], resize=64,
-                          cluster_to_class={"head": torch.tensor([0, 1, 2])})
+    readouts = {
+        "head": ClusterReadout([("x", 2)], torch.randn(3, 8), ProjectionHead(48, 8)),
+        "raw": ClusterReadout([("x", 2)], torch.randn(4, 48)),
+    }
+    segmenter = Segmenter(
+        vit, readouts, ["sky", "road", "car"], resize=64, cluster_to_class={"head": torch.tensor([0, 1, 2])}
+    )
     return save_segmenter(segmenter, tmp_path_factory.mktemp("checkpoint") / "tiny.safetensors")

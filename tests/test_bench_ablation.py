@@ -1,4 +1,5 @@
 """The ablation benchmark and its levers run end to end on one synthetic set and one seed (so that they cannot rot)."""
+
 import importlib
 import sys
 
@@ -18,8 +19,20 @@ def test_the_ablation_scores_options_levers_and_baselines_on_one_set(tmp_path, c
     config = synthetic_config(tmp_path / "tiny.yaml", train_images=4, val_images=3)
     overrides = " ".join(f"'{a}'" for a in tiny_overrides(tmp_path, epochs=1))
     options = ["default", "view0", "grid_feature_edges", "second_graph", "self_training_segments"]
-    results = ablation.main(["--sets", str(config), "--options", ",".join(options), "--seeds", "0",
-                             "--config_args", overrides, "--output", str(tmp_path / "ablation.json")])
+    results = ablation.main(
+        [
+            "--sets",
+            str(config),
+            "--options",
+            ",".join(options),
+            "--seeds",
+            "0",
+            "--config_args",
+            overrides,
+            "--output",
+            str(tmp_path / "ablation.json"),
+        ]
+    )
     figures = results["tiny"]
     assert list(figures["options"]) == options and set(figures["raw"]) == set(ablation.RAW_VARIANTS)
     for row in [*figures["options"].values(), *figures["raw"].values()]:

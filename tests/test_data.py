@@ -27,6 +27,7 @@ RNG = np.random.default_rng(0)
 
 # --- COCO-Stuff ---------------------------------------------------------------------------------
 
+
 def test_fine_to_coarse_table_shape():
     table = fine_to_coarse()
     assert sorted(table) == list(range(182))
@@ -49,13 +50,15 @@ def test_real_cocostuff_labels_match_the_shipped_coarse_maps():
         assert item["image"].shape[1:] == reference.shape
 
 
-def _coco_fixture(root, names=("000000000001", "000000000002", "000000000003"), curated=("000000000001", "000000000003")):
+def _coco_fixture(
+    root, names=("000000000001", "000000000002", "000000000003"), curated=("000000000001", "000000000003")
+):
     fine = {}
     for i, name in enumerate(names):
         h, w = 30 + i, 40
         save_jpg(root / "images" / "val2017" / f"{name}.jpg", RNG.integers(0, 255, (h, w, 3), dtype=np.uint8))
         label = np.full((h, w), 255, np.uint8)
-        label[:10] = 0          # person
+        label[:10] = 0  # person
         label[10:20, :20] = 123  # grass
         label[10:20, 20:] = 156  # sky-other
         fine[name] = label
@@ -93,14 +96,27 @@ def test_cocostuff_json_annotations_render_like_the_pngs(tmp_path):
     def ann(i, mask, category, crowd=0):
         rle = mask_utils.encode(np.asfortranarray(mask))
         rle["counts"] = rle["counts"].decode()
-        return {"id": i, "image_id": 7, "category_id": category, "segmentation": rle, "area": int(mask.sum()),
-                "bbox": [0, 0, w, h], "iscrowd": crowd}
+        return {
+            "id": i,
+            "image_id": 7,
+            "category_id": category,
+            "segmentation": rle,
+            "area": int(mask.sum()),
+            "bbox": [0, 0, w, h],
+            "iscrowd": crowd,
+        }
 
     image = {"id": 7, "file_name": "000000000007.jpg", "height": h, "width": w}
-    stuff = {"images": [image], "annotations": [ann(1, grass, 124), ann(2, other, 183)],
-             "categories": [{"id": 124, "name": "grass"}, {"id": 183, "name": "other"}]}
-    things = {"images": [image], "annotations": [ann(3, dog, 18), ann(4, crowd, 18, crowd=1)],
-              "categories": [{"id": 18, "name": "dog"}]}
+    stuff = {
+        "images": [image],
+        "annotations": [ann(1, grass, 124), ann(2, other, 183)],
+        "categories": [{"id": 124, "name": "grass"}, {"id": 183, "name": "other"}],
+    }
+    things = {
+        "images": [image],
+        "annotations": [ann(3, dog, 18), ann(4, crowd, 18, crowd=1)],
+        "categories": [{"id": 18, "name": "dog"}],
+    }
     (tmp_path / "annotations").mkdir()
     (tmp_path / "annotations" / "stuff_val2017.json").write_text(json.dumps(stuff))
     (tmp_path / "annotations" / "instances_val2017.json").write_text(json.dumps(things))
@@ -148,11 +164,16 @@ def test_cocostuff_errors_for_bad_label_contents(tmp_path):
 
 # --- Cityscapes ---------------------------------------------------------------------------------
 
+
 def _city_fixture(root, label_ids):
     h, w = label_ids.shape
-    save_png(root / "leftImg8bit" / "val" / "aachen" / "aachen_000000_000019_leftImg8bit.png",
-             RNG.integers(0, 255, (h, w, 3), dtype=np.uint8))
-    save_png(root / "gtFine" / "val" / "aachen" / "aachen_000000_000019_gtFine_labelIds.png", label_ids.astype(np.uint8))
+    save_png(
+        root / "leftImg8bit" / "val" / "aachen" / "aachen_000000_000019_leftImg8bit.png",
+        RNG.integers(0, 255, (h, w, 3), dtype=np.uint8),
+    )
+    save_png(
+        root / "gtFine" / "val" / "aachen" / "aachen_000000_000019_gtFine_labelIds.png", label_ids.astype(np.uint8)
+    )
 
 
 def test_cityscapes_label_ids_map_to_27_classes(tmp_path):
@@ -179,8 +200,27 @@ def test_real_cityscapes_agrees_with_its_train_ids():
     root = realdata("cityscapes-mini")
     item = Cityscapes27(root, "val")[0]
     train_ids = read_label(next((root / "gtFine" / "val").glob("*/*_labelTrainIds.png")))
-    label_of_train_id = {0: 7, 1: 8, 2: 11, 3: 12, 4: 13, 5: 17, 6: 19, 7: 20, 8: 21, 9: 22, 10: 23, 11: 24,
-                         12: 25, 13: 26, 14: 27, 15: 28, 16: 31, 17: 32, 18: 33}
+    label_of_train_id = {
+        0: 7,
+        1: 8,
+        2: 11,
+        3: 12,
+        4: 13,
+        5: 17,
+        6: 19,
+        7: 20,
+        8: 21,
+        9: 22,
+        10: 23,
+        11: 24,
+        12: 25,
+        13: 26,
+        14: 27,
+        15: 28,
+        16: 31,
+        17: 32,
+        18: 33,
+    }
     label = item["label"].numpy()
     # the downscaled sample resampled labelIds and trainIds separately: compare by majority per class
     present = [t for t in label_of_train_id if (train_ids == t).any()]
@@ -192,6 +232,7 @@ def test_real_cityscapes_agrees_with_its_train_ids():
 
 
 # --- image folder -------------------------------------------------------------------------------
+
 
 def test_real_voc_folder():
     data = ImageFolder(realdata("voc-mini"), classes=21)
@@ -290,6 +331,7 @@ def test_fingerprint_follows_the_files_and_the_generator_settings(tmp_path):
 
 # --- synthetic ----------------------------------------------------------------------------------
 
+
 def test_synthetic_is_deterministic_and_exact(tmp_path):
     a, b = SyntheticScenes(4, 64, 6, seed=3), SyntheticScenes(4, 64, 6, seed=3)
     for i in range(4):
@@ -318,6 +360,7 @@ def test_synthetic_classes_have_their_own_appearance():
 
 # --- transforms ---------------------------------------------------------------------------------
 
+
 def _coordinate_image(h, w):
     yy, xx = np.mgrid[0:h, 0:w]
     image = np.stack([xx * 255 // (w - 1), yy * 255 // (h - 1), np.zeros_like(xx)], -1).astype(np.uint8)
@@ -328,7 +371,9 @@ def test_eval_transform_protocol():
     from torchvision import tv_tensors
 
     image, label = _coordinate_image(400, 600)
-    out = EvalTransform(320, 320)(tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)), tv_tensors.Mask(torch.from_numpy(label)))
+    out = EvalTransform(320, 320)(
+        tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)), tv_tensors.Mask(torch.from_numpy(label))
+    )
     assert out["image"].shape == (3, 320, 320) and out["label"].shape == (320, 320)
     assert out["image"].dtype == torch.float32 and 0 <= out["image"].min() and out["image"].max() <= 1
     assert set(out["label"].unique().tolist()) <= set(np.unique(label).tolist())  # nearest: no new ids
@@ -341,7 +386,8 @@ def test_view_geometry_describes_the_crops():
 
     image, label = _coordinate_image(200, 300)
     views = FiveCropViews(size=32, resize=None, crop_fraction=0.6, flip=True)(
-        tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)), tv_tensors.Mask(torch.from_numpy(label)))
+        tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)), tv_tensors.Mask(torch.from_numpy(label))
+    )
     assert views["image"].shape == (10, 3, 32, 32) and views["label"].shape == (10, 32, 32)
     for img, (x0, y0, x1, y1, flip) in zip(views["image"], views["geometry"].tolist()):
         left, right = img[0, :, 0].mean().item(), img[0, :, -1].mean().item()
@@ -350,9 +396,11 @@ def test_view_geometry_describes_the_crops():
         assert abs(left - x0) < 0.03 and abs(right - x1) < 0.03
         assert abs(img[1, 0].mean().item() - y0) < 0.03 and abs(img[1, -1].mean().item() - y1) < 0.03
     torch.manual_seed(0)
-    rand = RandomViews(size=32, num_views=3)(tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)), tv_tensors.Mask(torch.from_numpy(label)))
+    rand = RandomViews(size=32, num_views=3)(
+        tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)), tv_tensors.Mask(torch.from_numpy(label))
+    )
     assert rand["geometry"].shape == (3, 5)
-    for img, (x0, _, x1, _, flip) in zip(rand["image"], rand["geometry"].tolist()):
+    for img, (x0, _, _, _, flip) in zip(rand["image"], rand["geometry"].tolist()):
         left = img[0, :, -1 if flip else 0].mean().item()
         assert abs(left - x0) < 0.03
 
@@ -377,7 +425,10 @@ def test_an_unknown_package_name_is_an_attribute_error_naming_it_and_known_ones_
     import ultra.data
 
     with pytest.raises(AttributeError, match="module 'ultra.data' has no attribute 'CocoStuff28'"):
-        ultra.data.CocoStuff28
+        ultra.data.CocoStuff28  # noqa: B018
     with pytest.raises(AttributeError, match="module 'ultra' has no attribute 'Segmentr'"):
-        ultra.Segmentr
-    assert ultra.data.CocoStuff27.__module__ == "ultra.data.cocostuff" and ultra.load.__module__ == "ultra.readout.checkpoint"
+        ultra.Segmentr  # noqa: B018
+    assert (
+        ultra.data.CocoStuff27.__module__ == "ultra.data.cocostuff"
+        and ultra.load.__module__ == "ultra.readout.checkpoint"
+    )

@@ -1,4 +1,5 @@
 """The demo page through its API (gradio_client against the app served on a free port) and its tasks."""
+
 from __future__ import annotations
 
 import socket
@@ -72,7 +73,9 @@ def test_a_readout_without_matching_names_its_clusters(served, photo):
 
 def test_select_returns_a_mask_that_holds_the_clicked_pixel(served, photo):
     _, client = served
-    overlay, mask, relevance, status = client.predict(handle_file(str(photo)), "45,25", 2, True, 0.5, api_name="/select")
+    overlay, mask, relevance, status = client.predict(
+        handle_file(str(photo)), "45,25", 2, True, 0.5, api_name="/select"
+    )
     mask = read(mask)
     assert mask.shape == (50, 70) and mask[25, 45] == 255 and set(np.unique(mask)) <= {0, 255}
     assert read(overlay).shape == (50, 70, 3) and read(relevance).shape == (50, 70, 3)
@@ -92,11 +95,17 @@ def test_look_inside_shows_each_graph_and_the_clicked_token(served, photo):
     assert relevance is None and "click on the photo" in status
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"not an image at all", "cannot read photo bad.png"),
-    (None, "bad.png is 6000x5000 px (30 MP), more than the demo's 25 MP"),
-    ("wide", "is 1000x20 px: at a shorter side of 64 px its longer side would be 3200 px, more than the maximum 2048"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"not an image at all", "cannot read photo bad.png"),
+        (None, "bad.png is 6000x5000 px (30 MP), more than the demo's 25 MP"),
+        (
+            "wide",
+            "is 1000x20 px: at a shorter side of 64 px its longer side would be 3200 px, more than the maximum 2048",
+        ),
+    ],
+)
 def test_a_bad_upload_is_a_message_naming_it(served, tmp_path, content, message):
     _, client = served
     bad = tmp_path / "bad.png"
@@ -106,7 +115,11 @@ def test_a_bad_upload_is_a_message_naming_it(served, tmp_path, content, message)
         Image.new("RGB", (1000, 20)).save(bad)
     else:
         bad.write_bytes(content)
-    for api, args in (("/segment", ("head", False, False)), ("/select", ("5,5", 2, True, 0.5)), ("/look_inside", (1, "5,5"))):
+    for api, args in (
+        ("/segment", ("head", False, False)),
+        ("/select", ("5,5", 2, True, 0.5)),
+        ("/look_inside", (1, "5,5")),
+    ):
         result = client.predict(handle_file(str(bad)), *args, api_name=api)
         assert message in result[-1] and all(out in (None, "") for out in result[:-1]), api
         assert "/tmp" not in result[-1]  # the upload by its name, not the server's copy
@@ -114,6 +127,7 @@ def test_a_bad_upload_is_a_message_naming_it(served, tmp_path, content, message)
 
 def test_a_point_outside_the_photo_and_no_point_are_messages(served, photo):
     _, client = served
+
     def select(point):
         return client.predict(handle_file(str(photo)), point, 2, True, 0.5, api_name="/select")[-1]
 
@@ -134,10 +148,13 @@ def test_the_page_loads_nothing_from_elsewhere_and_serves_this_machine_only(serv
     assert '"analytics_enabled":false' in config.replace(" ", "")
 
 
-@pytest.mark.parametrize("checkpoint, expected", [
-    (None, "No checkpoint was given. Train one with `python train.py --config configs/camvid.yaml`"),
-    ("broken", "broken.safetensors was refused:"),
-])
+@pytest.mark.parametrize(
+    "checkpoint, expected",
+    [
+        (None, "No checkpoint was given. Train one with `python train.py --config configs/camvid.yaml`"),
+        ("broken", "broken.safetensors was refused:"),
+    ],
+)
 def test_without_a_usable_checkpoint_segment_says_how_to_train_and_select_works(tmp_path, photo, checkpoint, expected):
     args = NO_CHECKPOINT + ["--port", str(free_port())]
     if checkpoint:
@@ -246,8 +263,9 @@ def test_unmatched_clusters_are_black_and_named_so_in_the_legend(tiny_vit, photo
     from ultra.readout.segmenter import ClusterReadout, Segmenter
 
     readout = ClusterReadout([("x", 2)], torch.randn(3, 48))
-    segmenter = Segmenter(tiny_vit, {"head": readout}, ["a", "b"], resize=64,
-                          cluster_to_class={"head": torch.tensor([-1, -1, -1])})  # no cluster matched to a class
+    segmenter = Segmenter(
+        tiny_vit, {"head": readout}, ["a", "b"], resize=64, cluster_to_class={"head": torch.tensor([-1, -1, -1])}
+    )  # no cluster matched to a class
     result = segment_photo(segmenter, photo)
     assert (result.labels == 255).all() and (result.overlay < read(photo)).all()  # darkened towards black
     assert result.legend == [(255, "unmatched cluster", (0, 0, 0), 1.0)]

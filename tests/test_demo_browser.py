@@ -4,6 +4,7 @@ Without chromium and its driver this test fails (it is not skipped): ``sh tests/
 ``ULTRA_DEMO_CHECKPOINT`` and ``ULTRA_DEMO_PHOTO`` replace the tiny checkpoint and the generated photo, and
 ``ULTRA_DEMO_SCREENSHOT`` names a file to keep the screenshot in (the README's picture was taken so).
 """
+
 from __future__ import annotations
 
 import io
@@ -38,8 +39,10 @@ def browser_paths() -> tuple[str, str]:
     chromium = shutil.which("chromium") or (CHROMIUM if os.path.exists(CHROMIUM) else None)
     driver = shutil.which("chromedriver") or (CHROMEDRIVER if os.path.exists(CHROMEDRIVER) else None)
     if not chromium or not driver:
-        pytest.fail("the browser test needs chromium and chromedriver: sh tests/install_chromium.sh "
-                    "(apt-get install -y --no-install-recommends chromium chromium-driver)")
+        pytest.fail(
+            "the browser test needs chromium and chromedriver: sh tests/install_chromium.sh "
+            "(apt-get install -y --no-install-recommends chromium chromium-driver)"
+        )
     return chromium, driver
 
 
@@ -50,8 +53,12 @@ def server(tiny_checkpoint, tmp_path_factory):
     checkpoint = os.environ.get("ULTRA_DEMO_CHECKPOINT", str(tiny_checkpoint))
     log = tmp_path_factory.mktemp("demo-server") / "server.log"
     with open(log, "w") as out:
-        process = subprocess.Popen([str(Path(sys.executable).parent / "ultra-demo"), checkpoint, "--port", str(port)],
-                                   stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "ultra-demo"), checkpoint, "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     url = f"http://127.0.0.1:{port}/"
     try:
         for _ in range(WAIT_S * 4):
@@ -74,9 +81,17 @@ def browser(tmp_path_factory):
     os.environ["SE_AVOID_STATS"] = "true"  # selenium never looks for a download
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless=new", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1400,1800", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+    for flag in (
+        "--headless=new",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1800",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
         options.add_argument(flag)
     if os.geteuid() == 0:
         options.add_argument("--no-sandbox")  # chromium refuses to run as root inside its sandbox
@@ -106,7 +121,9 @@ def fetch(url: str) -> np.ndarray:
 
 def shown_image(driver, elem_id: str) -> np.ndarray:
     """Wait for the image of component ``elem_id`` and return its pixels."""
-    image = WebDriverWait(driver, WAIT_S).until(ready.visibility_of_element_located((By.CSS_SELECTOR, f"#{elem_id} img")))
+    image = WebDriverWait(driver, WAIT_S).until(
+        ready.visibility_of_element_located((By.CSS_SELECTOR, f"#{elem_id} img"))
+    )
     return fetch(image.get_attribute("src"))
 
 
@@ -116,13 +133,16 @@ def text_of(driver, elem_id: str, contains: str) -> str:
 
 
 def upload(driver, path: Path) -> None:
-    field = WebDriverWait(driver, WAIT_S).until(ready.presence_of_element_located((By.CSS_SELECTOR, "#photo input[type=file]")))
+    field = WebDriverWait(driver, WAIT_S).until(
+        ready.presence_of_element_located((By.CSS_SELECTOR, "#photo input[type=file]"))
+    )
     field.send_keys(str(path))
 
 
 def open_tab(driver, name: str) -> None:
-    tab = WebDriverWait(driver, WAIT_S).until(ready.element_to_be_clickable(
-        (By.XPATH, f"//button[@role='tab' and normalize-space()='{name}']")))
+    tab = WebDriverWait(driver, WAIT_S).until(
+        ready.element_to_be_clickable((By.XPATH, f"//button[@role='tab' and normalize-space()='{name}']"))
+    )
     tab.click()
 
 
@@ -145,7 +165,9 @@ def test_segment_and_select_in_a_real_browser(server, browser, photo, tmp_path):
         shot.quantize(64).save(os.environ["ULTRA_DEMO_SCREENSHOT"], optimize=True)
 
     open_tab(browser, "Select")
-    picture = WebDriverWait(browser, WAIT_S).until(ready.visibility_of_element_located((By.CSS_SELECTOR, "#select-photo img")))
+    picture = WebDriverWait(browser, WAIT_S).until(
+        ready.visibility_of_element_located((By.CSS_SELECTOR, "#select-photo img"))
+    )
     # a click at 60% across and 50% down the shown photo (inside the red square of the generated one)
     ActionChains(browser).move_to_element_with_offset(picture, int(0.1 * picture.size["width"]), 0).click().perform()
     status = text_of(browser, "select-status", "% of the photo")

@@ -1,4 +1,5 @@
 """The exact linear-head solver: one pass of quadratic forms, a dense eigh reference, the loss SGD converges to."""
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -61,7 +62,7 @@ def test_exact_head_spans_the_dense_generalised_eigenvectors_and_blocks_do_not_m
     cosines = scipy.linalg.subspace_angles(z, reference)
     assert np.max(cosines) < 1e-4, cosines
     assert np.allclose(solution.quotients.numpy(), values[::-1][:4], atol=1e-6)
-    assert np.allclose((z ** 2).mean(0), 1.0, atol=1e-6)  # unit RMS per output column
+    assert np.allclose((z**2).mean(0), 1.0, atol=1e-6)  # unit RMS per output column
     blocked = _solve(features, graph, None, blocks=7, ridge=0.0, trivial_threshold=1.0)
     assert torch.allclose(blocked.weight, solution.weight, atol=1e-4)
 

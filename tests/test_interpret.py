@@ -12,8 +12,9 @@ def _reference_map(vit: FrozenViT, image: torch.Tensor, layer: int, target: int,
     prefix = vit.num_prefix_tokens
     with torch.enable_grad(), _recording(vit, layer) as store:
         pixels = vit.normalize(image[None]).requires_grad_(True)
-        tokens = vit.model.forward_intermediates(pixels, indices=[layer], norm=False, stop_early=True,
-                                                 output_fmt="NLC", intermediates_only=True)[0][0]
+        tokens = vit.model.forward_intermediates(
+            pixels, indices=[layer], norm=False, stop_early=True, output_fmt="NLC", intermediates_only=True
+        )[0][0]
         token = tokens[target]
         f = token.norm() if score == "norm" else F.normalize(token, dim=0).sum()
         grads = torch.autograd.grad(f, [store["A"][b] for b in range(layer + 1)])

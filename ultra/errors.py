@@ -4,6 +4,7 @@ Every error a user can cause is a :class:`UserError` defined here, below every s
 raise it and any front end (a command, the demo page) can tell it from a bug. Anything else that escapes a
 command is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 

@@ -1,4 +1,5 @@
 """File-system helpers shared by every writer: the user cache and atomic writes."""
+
 from __future__ import annotations
 
 import contextlib
@@ -59,8 +60,10 @@ def disk_full_named(folder: str | Path, doing: str) -> Iterator[None]:
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        raise DiskFull(f"the disk of {folder} is full ({doing}): free some space and run the command again; "
-                       f"it resumes where it stopped") from None
+        raise DiskFull(
+            f"the disk of {folder} is full ({doing}): free some space and run the command again; "
+            f"it resumes where it stopped"
+        ) from None
 
 
 def reserve_space(path: str | Path) -> None:
@@ -117,8 +120,10 @@ def folder_lock(folder: str | Path, option: str) -> Iterator[None]:
     folder.mkdir(parents=True, exist_ok=True)
     lock = try_lock(folder / LOCK_NAME)
     if lock is None:
-        raise FolderInUse(f"{folder} is in use by another command (it holds {folder / LOCK_NAME}): wait for it to "
-                          f"finish, or choose another {option}")
+        raise FolderInUse(
+            f"{folder} is in use by another command (it holds {folder / LOCK_NAME}): wait for it to "
+            f"finish, or choose another {option}"
+        )
     try:
         yield
     finally:
@@ -174,7 +179,9 @@ def refuse_overwrite(paths: Iterable[Path], overwrite: bool) -> None:
     """Raise if any of ``paths`` exists and ``overwrite`` is not set."""
     existing = [p for p in paths if Path(p).exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{len(existing)} output file(s) exist already (e.g. {existing[0]}); pass --overwrite to replace them")
+        raise FileExistsError(
+            f"{len(existing)} output file(s) exist already (e.g. {existing[0]}); pass --overwrite to replace them"
+        )
 
 
 def refuse_collisions(outputs_of: Mapping[Path, Sequence[Path]], other_inputs: Iterable[Path] = ()) -> None:
@@ -186,10 +193,13 @@ def refuse_collisions(outputs_of: Mapping[Path, Sequence[Path]], other_inputs: I
         for out in outputs:
             key = Path(out).resolve()
             if key in inputs:
-                raise DataError(f"output {out} is the input {inputs[key]}; choose another output (inputs are never replaced)")
+                raise DataError(
+                    f"output {out} is the input {inputs[key]}; choose another output (inputs are never replaced)"
+                )
             if writer.setdefault(key, Path(image)) != Path(image):
-                raise DataError(f"{writer[key]} and {image} would both write {out}; rename one or write them to "
-                                f"separate folders")
+                raise DataError(
+                    f"{writer[key]} and {image} would both write {out}; rename one or write them to separate folders"
+                )
 
 
 def require_writable(folder: Path) -> None:

@@ -1,4 +1,5 @@
 """Pictures people look at: segment colours, overlays, eigenvector maps, sheets and confusion matrices."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -41,7 +42,9 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.55, num_colo
     return (image.astype(np.float32) * (1 - alpha) + colors * alpha).astype(np.uint8)
 
 
-def overlay_mask(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 60, 0), alpha: float = 0.5) -> np.ndarray:
+def overlay_mask(
+    image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 60, 0), alpha: float = 0.5
+) -> np.ndarray:
     """``image`` with the pixels of a boolean ``mask`` tinted by ``color``."""
     out = image.astype(np.float32).copy()
     out[mask] = out[mask] * (1 - alpha) + np.array(color, np.float32) * alpha
@@ -55,19 +58,21 @@ def mark_point(picture: np.ndarray, point: tuple[float, float], radius: int = 3)
     """A copy of ``picture`` with a small cyan square at pixel ``point = (x, y)`` (a click)."""
     marked = picture.copy()
     x, y = int(point[0]), int(point[1])
-    marked[max(0, y - radius):y + radius + 1, max(0, x - radius):x + radius + 1] = MARK_COLOUR
+    marked[max(0, y - radius) : y + radius + 1, max(0, x - radius) : x + radius + 1] = MARK_COLOUR
     return marked
 
 
-def selection_pictures(picture: np.ndarray, mask: np.ndarray, relevance: np.ndarray,
-                       point: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+def selection_pictures(
+    picture: np.ndarray, mask: np.ndarray, relevance: np.ndarray, point: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
     """The pictures of an object selected by a click: the mask over ``picture`` with the point marked, and the clicked
     token's ``relevance`` map (grid) as a heat picture at the picture's size."""
     return mark_point(overlay_mask(picture, mask), point), heatmap(relevance, picture.shape[1::-1])
 
 
 def eigen_rgb(vectors: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Three maps ``[h, w, 3]`` as an RGB picture, each channel stretched to [0, 255] (bilinear to ``size`` = (W, H))."""
+    """Three maps ``[h, w, 3]`` as an RGB picture, each channel stretched to [0, 255] (bilinear to ``size`` = (W,
+    H))."""
     v = np.asarray(vectors, dtype=np.float64)
     lo, hi = v.min(axis=(0, 1)), v.max(axis=(0, 1))
     rgb = ((v - lo) / np.where(hi > lo, hi - lo, 1) * 255).astype(np.uint8)
@@ -103,8 +108,13 @@ def save_label_map(labels: np.ndarray, path: str | Path) -> Path:
     return save_image(labels.astype(np.uint8 if high <= 255 else np.uint16), path)
 
 
-def save_sheet(panels: Sequence[Sequence[np.ndarray]], titles: Sequence[Sequence[str]], path: str | Path,
-               row_labels: Sequence[str] | None = None, panel_size: float = 2.2) -> Path:
+def save_sheet(
+    panels: Sequence[Sequence[np.ndarray]],
+    titles: Sequence[Sequence[str]],
+    path: str | Path,
+    row_labels: Sequence[str] | None = None,
+    panel_size: float = 2.2,
+) -> Path:
     """A grid of pictures with titles (rows x columns), saved as PNG atomically."""
     import matplotlib
 
@@ -121,8 +131,16 @@ def save_sheet(panels: Sequence[Sequence[np.ndarray]], titles: Sequence[Sequence
                 ax.imshow(panels[i][j])
                 ax.set_title(titles[i][j], fontsize=8)
         if row_labels:
-            axes[i][0].text(-0.08, 0.5, row_labels[i], transform=axes[i][0].transAxes, rotation=90,
-                            va="center", ha="right", fontsize=9)
+            axes[i][0].text(
+                -0.08,
+                0.5,
+                row_labels[i],
+                transform=axes[i][0].transAxes,
+                rotation=90,
+                va="center",
+                ha="right",
+                fontsize=9,
+            )
     fig.tight_layout()
     return _save_figure(fig, path)
 

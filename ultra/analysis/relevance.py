@@ -15,6 +15,7 @@ maps cost about as many backward passes as there are targets. A chunk holds
 ``chunk x heads x N^2`` gradient floats per block (about 1.2 GB for 4 targets of a 448 px
 DINOv2-S/14 image); lower ``chunk`` on small machines.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -82,8 +83,15 @@ def anchor_targets(grid: tuple[int, int], stride: int) -> Tensor:
     return (ys[:, None] * w + xs[None, :]).flatten()
 
 
-def relevance_maps(vit: FrozenViT, image: Tensor, layer: int = -1, targets: Tensor | None = None,
-                   stride: int | None = None, score: str = "norm", chunk: int = 4) -> RelevanceMaps:
+def relevance_maps(
+    vit: FrozenViT,
+    image: Tensor,
+    layer: int = -1,
+    targets: Tensor | None = None,
+    stride: int | None = None,
+    score: str = "norm",
+    chunk: int = 4,
+) -> RelevanceMaps:
     """Relevance maps of target patch tokens of one image (``[3, H, W]`` in [0, 1], sides multiples of the patch).
 
     ``targets``: patch indices (row-major); default all patches, or an anchor grid with ``stride``.
@@ -103,8 +111,9 @@ def relevance_maps(vit: FrozenViT, image: Tensor, layer: int = -1, targets: Tens
     device = vit.mean.device
     with torch.enable_grad(), _recording(vit, layer) as store:
         pixels = vit.normalize(image[None].to(device)).requires_grad_(True)
-        tokens = vit.model.forward_intermediates(pixels, indices=[layer], norm=False, stop_early=True,
-                                                 output_fmt="NLC", intermediates_only=True)[0][0]  # [hw, D]
+        tokens = vit.model.forward_intermediates(
+            pixels, indices=[layer], norm=False, stop_early=True, output_fmt="NLC", intermediates_only=True
+        )[0][0]  # [hw, D]
         maps = [_rollout(store, _scalar(tokens[part], score), prefix + part, layer) for part in targets.split(chunk)]
     maps = torch.cat(maps)[:, prefix:]
     rows = torch.arange(targets.numel())
@@ -118,8 +127,9 @@ def _rollout(store: dict, scalars: Tensor, rows: Tensor, layer: int) -> Tensor:
     """Rows ``rows`` of the rollout for the scalars of one chunk of targets: ``[T, N]``."""
     t = scalars.numel()
     attention = [store["A"][b] for b in range(layer + 1)]
-    grads = torch.autograd.grad(scalars, attention, grad_outputs=torch.eye(t, device=scalars.device),
-                                is_grads_batched=True, retain_graph=True)
+    grads = torch.autograd.grad(
+        scalars, attention, grad_outputs=torch.eye(t, device=scalars.device), is_grads_batched=True, retain_graph=True
+    )
     v = F.one_hot(rows, attention[0].shape[-1]).to(scalars.dtype)
     for b in range(layer, -1, -1):
         weighted = grads[b][:, 0].mul_(attention[b][0].detach()).clamp_(min=0).mean(1)  # [T, N, N]

@@ -10,6 +10,7 @@ a threshold (Otsu's on the map's values, or a fraction of its maximum) give a bi
 own pixels always belong to it (its map's entry is the largest, but bilinear upsampling can lower the
 pixels near its border below the threshold).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -44,8 +45,12 @@ def _unit_max(maps: Tensor) -> Tensor:
     return maps / maps.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
 
 
-def segments_from_maps(result: RelevanceMaps, size: tuple[int, int], num_segments: int | None = None,
-                       distance_threshold: float | None = None) -> tuple[Tensor, Tensor]:
+def segments_from_maps(
+    result: RelevanceMaps,
+    size: tuple[int, int],
+    num_segments: int | None = None,
+    distance_threshold: float | None = None,
+) -> tuple[Tensor, Tensor]:
     """Per-pixel segment ids ``[H, W]`` and the clusters' summed maps ``[C, h, w]`` of one image's maps."""
     maps = _unit_max(result.maps)
     ids = cluster_maps(maps, num_segments, distance_threshold)
@@ -68,7 +73,9 @@ def otsu_threshold(values: Tensor, bins: int = 256) -> float:
     total, total_mass = weight[-1], mass[-1]
     w0, w1 = weight, total - weight
     valid = (w0 > 0) & (w1 > 0)
-    between = torch.where(valid, (total_mass * w0 - total * mass) ** 2 / (w0 * w1).clamp_min(1e-12), torch.zeros_like(w0))
+    between = torch.where(
+        valid, (total_mass * w0 - total * mass) ** 2 / (w0 * w1).clamp_min(1e-12), torch.zeros_like(w0)
+    )
     return float(centers[int(between.argmax())])
 
 
@@ -121,9 +128,17 @@ def point_token(point: tuple[float, float], image_size: tuple[int, int], grid: t
     return int(y * grid[0] // height) * grid[1] + int(x * grid[1] // width)
 
 
-def select(vit: FrozenViT, image: Tensor, point: tuple[float, float], layer: int = -1, size: int = 448,
-           threshold: str | float = "otsu", score: str = "norm") -> tuple[Tensor, Tensor]:
-    """The object under ``point`` (pixel x, y of ``image``, ``[3, H, W]`` in [0, 1]): a boolean ``[H, W]`` mask and the map."""
+def select(
+    vit: FrozenViT,
+    image: Tensor,
+    point: tuple[float, float],
+    layer: int = -1,
+    size: int = 448,
+    threshold: str | float = "otsu",
+    score: str = "norm",
+) -> tuple[Tensor, Tensor]:
+    """The object under ``point`` (pixel x, y of ``image``, ``[3, H, W]`` in [0, 1]): a boolean ``[H, W]`` mask and
+    the map."""
     height, width = image.shape[-2:]
     resized = prepare_image(vit, image, size)
     grid = vit.check_images(resized[None])

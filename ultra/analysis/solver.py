@@ -4,6 +4,7 @@
 per node) for one image or a whole set (minibatches of images); :func:`exact_eigenvectors` is the
 dense reference it is tested against.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -33,18 +34,24 @@ class SolverConfig:
 
 @dataclass
 class SpectralResult:
-    vectors: Tensor          # [N, m], orthonormal, ordered by Ritz value
-    values: Tensor           # [m] Ritz values of the weighted operator
+    vectors: Tensor  # [N, m], orthonormal, ordered by Ritz value
+    values: Tensor  # [m] Ritz values of the weighted operator
     history: list[float] = field(default_factory=list)  # loss per epoch
 
     @property
     def objective(self) -> float:
-        """Sum of the Ritz values: what the spectral term maximises (the optimum is the sum of the top-m eigenvalues)."""
+        """Sum of the Ritz values: what the spectral term maximises (the optimum is the sum of the top-m
+        eigenvalues)."""
         return float(self.values.sum())
 
 
-def solve(graphs: Sequence[SparseGraph], weights: Sequence[float] | None = None, config: SolverConfig = SolverConfig(),
-          nodes_per_image: int | None = None, progress: bool = False) -> SpectralResult:
+def solve(
+    graphs: Sequence[SparseGraph],
+    weights: Sequence[float] | None = None,
+    config: SolverConfig = SolverConfig(),
+    nodes_per_image: int | None = None,
+    progress: bool = False,
+) -> SpectralResult:
     """Pseudo-eigenvectors of ``graphs`` (all over the same N nodes) by gradient descent on a free table.
 
     With ``config.batch_images``, nodes are grouped in images of ``nodes_per_image`` tokens; each
@@ -105,8 +112,10 @@ class ImageBatches:
     def epoch(self, generator: torch.Generator) -> list[Tensor]:
         order = torch.randperm(self.images, generator=generator)
         offsets = torch.arange(self.nodes_per_image)
-        return [(order[s:s + self.batch_images, None] * self.nodes_per_image + offsets).flatten().sort().values
-                for s in range(0, self.images, self.batch_images)]
+        return [
+            (order[s : s + self.batch_images, None] * self.nodes_per_image + offsets).flatten().sort().values
+            for s in range(0, self.images, self.batch_images)
+        ]
 
 
 def exact_eigenvectors(graphs: Sequence[SparseGraph], weights: Sequence[float] | None, m: int) -> tuple[Tensor, Tensor]:

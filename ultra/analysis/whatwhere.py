@@ -5,6 +5,7 @@ squares fit on a cubic polynomial of x, y) and by the ground-truth class of the 
 fit on one-hot classes, i.e. the between-class share of variance); and the Hungarian mIoU of
 k-means on the eigenvectors.
 """
+
 from __future__ import annotations
 
 import torch
@@ -47,10 +48,12 @@ def class_r2(vectors: Tensor, classes: Tensor, num_classes: int, ignore_index: i
     return r_squared(rows[keep], design)
 
 
-def kmeans_scores(vectors: Tensor, labels: Tensor, grid: tuple[int, int], num_classes: int, k: int,
-                  seed: int = 0) -> tuple[dict, Tensor]:
+def kmeans_scores(
+    vectors: Tensor, labels: Tensor, grid: tuple[int, int], num_classes: int, k: int, seed: int = 0
+) -> tuple[dict, Tensor]:
     """k-means (``k`` clusters) on the L2-normalised rows of ``vectors`` ``[images, h*w, m]``, scored
-    against pixel ``labels`` ``[images, H, W]`` with one Hungarian matching; returns scores and ``[images, h, w]`` clusters."""
+    against pixel ``labels`` ``[images, H, W]`` with one Hungarian matching; returns scores and ``[images, h, w]``
+    clusters."""
     rows = vectors.reshape(-1, vectors.shape[-1])
     centroids = kmeans(rows, k, restarts=5, seed=seed).centroids
     clusters = assign(rows, centroids)[0].reshape(vectors.shape[0], *grid)

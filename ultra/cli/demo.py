@@ -4,6 +4,7 @@ Without a checkpoint (or with one that fails validation) the Segment tab says ho
 Select and Look inside run on ``--backbone``. With one, the class names and the backbone come from
 its header. The page is never shared through a tunnel and sends no analytics.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -18,15 +19,28 @@ from . import DEFAULT_SIZE, check_device, console
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="ultra-demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", type=Path | None, nargs="?", default=None,
-                        help="inference checkpoint (model.safetensors); without one, Segment says how to train one")
+    parser.add_argument(
+        "checkpoint",
+        type=Path | None,
+        nargs="?",
+        default=None,
+        help="inference checkpoint (model.safetensors); without one, Segment says how to train one",
+    )
     parser.add_argument("--host", type=str, default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=7860, help="port to serve on")
-    parser.add_argument("--backbone", type=str, default="vit_small_patch14_dinov2",
-                        help="the frozen ViT of Select and Look inside without a checkpoint (timm name or alias)")
+    parser.add_argument(
+        "--backbone",
+        type=str,
+        default="vit_small_patch14_dinov2",
+        help="the frozen ViT of Select and Look inside without a checkpoint (timm name or alias)",
+    )
     parser.add_argument("--weights", type=str, default="auto", help="its weights: auto, hub, offline, random or a file")
-    parser.add_argument("--size", type=int, default=DEFAULT_SIZE,
-                        help="shorter side (pixels) of the photo fed to the backbone in Select and Look inside")
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=DEFAULT_SIZE,
+        help="shorter side (pixels) of the photo fed to the backbone in Select and Look inside",
+    )
     parser.add_argument("--device", type=str, default="cpu")
     return parser
 
@@ -49,8 +63,16 @@ def serve(args: list[str] | None = None, block: bool = True):
     atexit.register(folder.remove)
     app = build_app(models, folder)
     try:
-        _, url, _ = app.launch(server_name=cfg.host, server_port=cfg.port, share=False, prevent_thread_lock=True,
-                               quiet=True, theme=THEME, max_file_size="50mb", show_error=False)
+        _, url, _ = app.launch(
+            server_name=cfg.host,
+            server_port=cfg.port,
+            share=False,
+            prevent_thread_lock=True,
+            quiet=True,
+            theme=THEME,
+            max_file_size="50mb",
+            show_error=False,
+        )
     except OSError as err:
         raise ConfigError(f"cannot serve on {cfg.host}:{cfg.port}: {err}") from None
     print(f"ultra-demo: serving {url} (Ctrl+C stops)", flush=True)

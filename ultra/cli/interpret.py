@@ -1,10 +1,12 @@
 """``ultra-interpret IMAGE -o OUT``: relevance maps of an image's tokens, segments from them, and a picture sheet.
 
-Writes ``OUT/<name>_segments.png`` (segment ids; 16-bit beyond 256 segments) and ``OUT/<name>_sheet.png`` (the image, the
+Writes ``OUT/<name>_segments.png`` (segment ids; 16-bit beyond 256 segments) and ``OUT/<name>_sheet.png`` (the
+image, the
 segments, and the maps of a few tokens). Each map costs about one backward pass, so the maps are of
 an anchor grid of tokens, every ``--stride``-th in each direction (2 by default; 1 for every token,
 about stride^2 times slower); ``--segments K`` or ``--distance_threshold T`` sets the clustering.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,7 +31,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     parser.add_argument("--stride", type=int, default=2, help="anchor-grid stride (1: every token)")
     parser.add_argument("--segments", type=int | None, default=None, help="number of segments")
-    parser.add_argument("--distance_threshold", type=float | None, default=None, help="cosine distance cut (default 0.5)")
+    parser.add_argument(
+        "--distance_threshold", type=float | None, default=None, help="cosine distance cut (default 0.5)"
+    )
     add_backbone_arguments(parser)
     return parser
 
@@ -60,9 +64,11 @@ def run(args: list[str] | None = None) -> Path:
     save_label_map(segments.numpy(), outputs[0])
     shown = result.targets[torch.linspace(0, len(result.targets) - 1, 4).long()]
     panels = [picture, overlay(picture, segments.numpy())] + [
-        heatmap(result.maps[int((result.targets == t).nonzero()[0, 0])].numpy(), picture.shape[1::-1]) for t in shown]
+        heatmap(result.maps[int((result.targets == t).nonzero()[0, 0])].numpy(), picture.shape[1::-1]) for t in shown
+    ]
     titles = ["image", f"{int(segments.max()) + 1} segments"] + [
-        f"map of token ({int(t) // result.grid[1]}, {int(t) % result.grid[1]})" for t in shown]
+        f"map of token ({int(t) // result.grid[1]}, {int(t) % result.grid[1]})" for t in shown
+    ]
     save_sheet([panels], [titles], outputs[1])
     print(f"{len(result.targets)} maps at layer {result.layer}, {int(segments.max()) + 1} segments; sheet {outputs[1]}")
     return outputs[1]

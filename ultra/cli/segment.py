@@ -7,6 +7,7 @@ input image is never written over, whatever the flags. ``--skip_existing`` resum
 batch. An image that cannot be read or segmented is reported and skipped; the command then
 exits with status 2 after the others are done.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,7 +34,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("images", type=Path, help="an image file or a folder of images")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    parser.add_argument("--skip_existing", action="store_true", help="leave images whose outputs exist (resume a batch)")
+    parser.add_argument(
+        "--skip_existing", action="store_true", help="leave images whose outputs exist (resume a batch)"
+    )
     parser.add_argument("--readout", type=str, default="head", help="head (default), raw or probe")
     parser.add_argument("--crf", action="store_true", help="refine with a dense CRF (extra 'crf')")
     parser.add_argument("--flip", action="store_true", help="average with the mirrored image")
@@ -72,19 +75,24 @@ def _segment(cfg, images: list[Path]) -> list[Path]:
     for image in tqdm(images, desc="segment"):
         try:
             picture = read_image(image, orient=True)  # read once: segmented and overlaid
-            labels = segmenter.segment(torch.from_numpy(picture).permute(2, 0, 1), readout=cfg.readout, crf=cfg.crf,
-                                       flip=cfg.flip).numpy()
+            labels = segmenter.segment(
+                torch.from_numpy(picture).permute(2, 0, 1), readout=cfg.readout, crf=cfg.crf, flip=cfg.flip
+            ).numpy()
         except (DataError, ValueError) as err:
             log.error("skipped %s: %s", image, err)
             failed.append(image)
             continue
         label_path, overlay_path = outputs_for(image, cfg.output)
-        save_image(overlay(picture, labels, num_colors=max(len(segmenter.class_names), int(labels.max()) + 1)), overlay_path)
+        save_image(
+            overlay(picture, labels, num_colors=max(len(segmenter.class_names), int(labels.max()) + 1)), overlay_path
+        )
         save_label_map(labels, label_path)  # the label map last: where it exists, the overlay does too
         written.append(label_path)
     if failed:
-        raise DataError(f"{len(failed)} of {len(images)} images could not be segmented (first: {failed[0]}); "
-                        f"the other {len(written)} were written to {cfg.output}")
+        raise DataError(
+            f"{len(failed)} of {len(images)} images could not be segmented (first: {failed[0]}); "
+            f"the other {len(written)} were written to {cfg.output}"
+        )
     return written
 
 

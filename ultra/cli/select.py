@@ -3,6 +3,7 @@
 Writes the mask (0/255 PNG) to ``-o`` and, beside it, ``<name>_overlay.png`` (the mask over the
 image, the clicked point marked) and ``<name>_map.png`` (the token's relevance map).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,7 +36,11 @@ def run(args: list[str] | None = None) -> Path:
     check_size(cfg.size)
     point = parse_point(cfg.point)
     threshold = check_threshold(cfg.threshold)
-    outputs = [cfg.output, cfg.output.with_name(f"{cfg.output.stem}_overlay.png"), cfg.output.with_name(f"{cfg.output.stem}_map.png")]
+    outputs = [
+        cfg.output,
+        cfg.output.with_name(f"{cfg.output.stem}_overlay.png"),
+        cfg.output.with_name(f"{cfg.output.stem}_map.png"),
+    ]
     refuse_collisions({cfg.image: outputs})
     refuse_overwrite(outputs, cfg.overwrite)
     picture = read_image(cfg.image, orient=True)

@@ -7,6 +7,7 @@
 The parser is :mod:`ultra.training.config` (``--help`` lists every option); the run is
 :func:`ultra.training.pipeline.train`.
 """
+
 from __future__ import annotations
 
 from ..training.pipeline import train as run

@@ -1,4 +1,5 @@
 """The dataset base class: pairs of image and label files, label mapping through a lookup table, checks."""
+
 from __future__ import annotations
 
 import copy
@@ -50,13 +51,21 @@ class SegmentationDataset(Dataset):
 
     ignore_index = IGNORE
 
-    def __init__(self, samples: Sequence[Sample], classes: Sequence[str], lut: np.ndarray, valid_ids: str,
-                 transform: Transform | None = None):
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        classes: Sequence[str],
+        lut: np.ndarray,
+        valid_ids: str,
+        transform: Transform | None = None,
+    ):
         if not samples:
             raise DataError(f"{type(self).__name__}: no images found")
         repeated = sorted({name for name in classes if list(classes).count(name) > 1})
         if repeated:
-            raise DataError(f"{type(self).__name__}: the class names {repeated} appear more than once in the class list")
+            raise DataError(
+                f"{type(self).__name__}: the class names {repeated} appear more than once in the class list"
+            )
         self.samples = list(samples)
         self.classes = tuple(classes)
         self.lut = lut
@@ -95,15 +104,19 @@ class SegmentationDataset(Dataset):
         image), fast enough to run before a long build."""
         if require_labels and not self.has_labels:
             missing = next(s for s in self.samples if s.label is None)
-            raise DataError(f"{type(self).__name__}: image {missing.image} has no label map; the evaluation needs labels")
+            raise DataError(
+                f"{type(self).__name__}: image {missing.image} has no label map; the evaluation needs labels"
+            )
         if headers_only:
             for sample in self.samples:
                 size = image_size(sample.image)
                 if sample.label is not None and sample.label.suffix.lower() in IMAGE_SUFFIXES:
                     label_size = image_size(sample.label, "label map")
                     if label_size != size:
-                        raise DataError(f"label map {sample.label} is {label_size[0]}x{label_size[1]} px, its image "
-                                        f"{sample.image} {size[0]}x{size[1]}")
+                        raise DataError(
+                            f"label map {sample.label} is {label_size[0]}x{label_size[1]} px, its image "
+                            f"{sample.image} {size[0]}x{size[1]}"
+                        )
             return
         plain = self.with_transform(None)
         labelled = 0
@@ -111,8 +124,10 @@ class SegmentationDataset(Dataset):
             label = plain[index]["label"]
             labelled += int((np.asarray(label) != self.ignore_index).sum())
         if require_labels and labelled == 0:
-            raise DataError(f"{type(self).__name__}: none of the {len(self)} label maps has a labelled pixel (every pixel "
-                            f"is {self.ignore_index}, 'unlabelled'): there is nothing to evaluate")
+            raise DataError(
+                f"{type(self).__name__}: none of the {len(self)} label maps has a labelled pixel (every pixel "
+                f"is {self.ignore_index}, 'unlabelled'): there is nothing to evaluate"
+            )
 
     def with_transform(self, transform: Transform | None) -> SegmentationDataset:
         """A shallow copy of this data set with another transform."""

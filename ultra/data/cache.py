@@ -10,6 +10,7 @@ the same source that holds them all (so one cache built with more tokens serves 
 build writes into ``<name>.partial`` and resumes there after an interruption; the folder is
 renamed to ``<name>`` only when complete.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -54,7 +55,8 @@ class CacheConfig:
     """The feature cache.
 
     Args:
-        dir: where feature caches live (default: ``features/`` in the user cache, ``$ULTRA_CACHE_DIR`` or ``~/.cache/ultra``).
+        dir: where feature caches live (default: ``features/`` in the user cache, ``$ULTRA_CACHE_DIR`` or
+        ``~/.cache/ultra``).
         batch_size: images per backbone batch while caching.
     """
 
@@ -73,8 +75,8 @@ def _key_name(key: TokenKey) -> str:
 def collate_views(items: list[dict]) -> dict:
     """Batch items of a view transform: images ``[b, V, 3, s, s]``, labels, geometry, indices."""
     return {
-        "image": torch.stack([it["image"] for it in items]),      # [b, V, 3, s, s]
-        "label": torch.stack([it["label"] for it in items]),      # [b, V, s, s]
+        "image": torch.stack([it["image"] for it in items]),  # [b, V, 3, s, s]
+        "label": torch.stack([it["label"] for it in items]),  # [b, V, s, s]
         "geometry": torch.stack([it["geometry"] for it in items]),
         "index": torch.tensor([it["index"] for it in items]),
     }
@@ -96,7 +98,9 @@ def check_arrays(folder: Path, meta: dict) -> str | None:
         try:
             with open(path, "rb") as f:
                 version = np.lib.format.read_magic(f)
-                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                read_header = (
+                    np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                )
                 found_shape, _, found_dtype = read_header(f)
                 data_start = f.tell()
         except (OSError, ValueError) as err:
@@ -167,17 +171,30 @@ class FeatureCache:
 
     # --- building ------------------------------------------------------------------------------
     @classmethod
-    def open_or_build(cls, dataset: SegmentationDataset, backbone: FrozenViT, keys: Sequence[TokenKey], views,
-                      root: str | Path, batch_size: int = 8, num_workers: int = 0, device: str | torch.device = "cpu",
-                      progress: bool = True) -> FeatureCache:
+    def open_or_build(
+        cls,
+        dataset: SegmentationDataset,
+        backbone: FrozenViT,
+        keys: Sequence[TokenKey],
+        views,
+        root: str | Path,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        device: str | torch.device = "cpu",
+        progress: bool = True,
+    ) -> FeatureCache:
         """The cache of ``dataset`` seen through ``views`` (a view transform), built first if needed."""
         keys = sorted({(k, int(layer) % backbone.num_layers) for k, layer in keys})
         source = {
-            "backbone": backbone.describe(), "views": _describe(views),
-            "dataset": dataset.fingerprint(), "num_classes": dataset.num_classes,
+            "backbone": backbone.describe(),
+            "views": _describe(views),
+            "dataset": dataset.fingerprint(),
+            "num_classes": dataset.num_classes,
         }
         prefix = _digest(source, 16)
-        found = cls._find(Path(root), prefix, keys, repair=False)  # a complete cache is read without a lock (or a write)
+        found = cls._find(
+            Path(root), prefix, keys, repair=False
+        )  # a complete cache is read without a lock (or a write)
         if found is not None:
             return found
         Path(root).mkdir(parents=True, exist_ok=True)
@@ -190,14 +207,23 @@ class FeatureCache:
             # the same images, backbone and views: a partial build of an older version of them is replaced by this one
             lineage = _digest({**source, "dataset": [type(dataset).__name__, [s.name for s in dataset.samples]]}, 16)
             _remove_replaced_partials(Path(root), lineage, keep=final)
-            _build(final, {**source, "tokens": keys, "lineage": lineage}, dataset.with_transform(views), backbone, keys,
-                   batch_size, num_workers, device, progress)
+            _build(
+                final,
+                {**source, "tokens": keys, "lineage": lineage},
+                dataset.with_transform(views),
+                backbone,
+                keys,
+                batch_size,
+                num_workers,
+                device,
+                progress,
+            )
             return cls(final)
-
 
     @classmethod
     def _find(cls, root: Path, prefix: str, keys: list[TokenKey], repair: bool) -> FeatureCache | None:
-        """A complete cache of ``prefix`` holding ``keys``; with ``repair`` (under the build lock) a damaged one is removed."""
+        """A complete cache of ``prefix`` holding ``keys``; with ``repair`` (under the build lock) a damaged one is
+        removed."""
         for folder in sorted(root.glob(f"{prefix}-*")):
             if not folder.name.endswith((".partial", ".lock")) and (folder / "meta.json").is_file():
                 try:
@@ -244,37 +270,36 @@ def _describe(transform) -> dict:
     return {"class": type(transform).__name__, **{k: repr(v) for k, v in sorted(vars(transform).items())}}
 
 
-def _build(final: Path, spec: dict, dataset: SegmentationDataset, backbone: FrozenViT, keys: list[TokenKey],
-           batch_size: int, num_workers: int, device, progress: bool) -> None:
+def _build(
+    final: Path,
+    spec: dict,
+    dataset: SegmentationDataset,
+    backbone: FrozenViT,
+    keys: list[TokenKey],
+    batch_size: int,
+    num_workers: int,
+    device,
+    progress: bool,
+) -> None:
+    """Build the cache in ``<final>.partial`` (resuming an interrupted build of the same shape), then rename it."""
     partial = final.with_name(final.name + ".partial")
-    first = dataset[0]
-    if first["image"].ndim != 4:
-        raise ValueError("the cache needs a view transform (views x 3 x H x W images), e.g. FiveCropViews or CenterView")
-    views, size = first["image"].shape[0], tuple(first["image"].shape[-2:])
-    grid = (size[0] // backbone.patch_size, size[1] // backbone.patch_size)
-    backbone.check_images(first["image"][:1])
-    dims = {key: backbone.embed_dim for key in keys}
-    shape_meta = {**spec, "grid": list(grid), "views_per_image": views, "num_images": len(dataset),
-                  "dims": {_key_name(k): d for k, d in dims.items()}}
+    shape_meta = _shape_meta(spec, dataset, backbone, keys)
     remove_stale_parts(partial)  # under the build lock: a killed write of the progress record
     done = _resume_point(partial, shape_meta)
-    mode = "r+" if done else "w+"
     if not done:
         if partial.exists():
             shutil.rmtree(partial)
         partial.mkdir(parents=True)
         (partial / "build.json").write_text(json.dumps(shape_meta, sort_keys=True))
-    total_views = len(dataset) * views
-    with disk_full_named(partial, f"reserving the feature cache of {len(dataset)} images"):
-        arrays = {key: np.lib.format.open_memmap(partial / f"{_key_name(key)}.npy", mode=mode, dtype=np.float16,
-                                                 shape=(total_views, *grid, dims[key])) for key in keys}
-        labels = np.lib.format.open_memmap(partial / "labels.npy", mode=mode, dtype=np.uint8, shape=(total_views, *grid))
-        geometry = np.lib.format.open_memmap(partial / "geometry.npy", mode=mode, dtype=np.float32, shape=(total_views, 5))
-        for name in [f"{_key_name(key)}.npy" for key in keys] + ["labels.npy", "geometry.npy"]:
-            reserve_space(partial / name)
+    arrays = _open_arrays(partial, shape_meta, keys, len(dataset), "r+" if done else "w+")
+    views, grid = shape_meta["views_per_image"], tuple(shape_meta["grid"])
     backbone = backbone.to(device)
-    loader = DataLoader(Subset(dataset, range(done, len(dataset))), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=collate_views)
+    loader = DataLoader(
+        Subset(dataset, range(done, len(dataset))),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_views,
+    )
     bar = tqdm(total=len(dataset), initial=done, desc="feature cache", disable=not progress)
     for batch in loader:
         images = batch["image"].flatten(0, 1).to(device)
@@ -282,23 +307,55 @@ def _build(final: Path, spec: dict, dataset: SegmentationDataset, backbone: Froz
         stop = start + images.shape[0]
         feats = backbone(images, layers=sorted({layer for _, layer in keys}), kinds=sorted({k for k, _ in keys}))
         for key in keys:
-            arrays[key][start:stop] = feats[key].half().cpu().numpy()
-        labels[start:stop] = labels_to_grid(batch["label"].flatten(0, 1), grid, spec["num_classes"]).numpy()
-        geometry[start:stop] = batch["geometry"].flatten(0, 1).numpy()
-        for array in (*arrays.values(), labels, geometry):
+            arrays[_key_name(key)][start:stop] = feats[key].half().cpu().numpy()
+        arrays["labels"][start:stop] = labels_to_grid(batch["label"].flatten(0, 1), grid, spec["num_classes"]).numpy()
+        arrays["geometry"][start:stop] = batch["geometry"].flatten(0, 1).numpy()
+        for array in arrays.values():
             array.flush()
-        done = stop // views
         with atomic_path(partial / "progress.json") as tmp:
-            tmp.write_text(json.dumps({"done_images": done}))
+            tmp.write_text(json.dumps({"done_images": stop // views}))
         bar.update(len(batch["index"]))
     bar.close()
-    del arrays, labels, geometry
+    del arrays
     (partial / "progress.json").unlink()
     (partial / "build.json").unlink()
     with atomic_path(partial / "meta.json") as tmp:
         tmp.write_text(json.dumps(shape_meta, indent=1, sort_keys=True))
     os.replace(partial, final)
     log.info("feature cache written to %s", final)
+
+
+def _shape_meta(spec: dict, dataset: SegmentationDataset, backbone: FrozenViT, keys: list[TokenKey]) -> dict:
+    """The cache's manifest: its source ``spec`` and the shape of its arrays (from the first image's views)."""
+    first = dataset[0]
+    if first["image"].ndim != 4:
+        raise ValueError(
+            "the cache needs a view transform (views x 3 x H x W images), e.g. FiveCropViews or CenterView"
+        )
+    views, size = first["image"].shape[0], tuple(first["image"].shape[-2:])
+    backbone.check_images(first["image"][:1])
+    return {
+        **spec,
+        "grid": [size[0] // backbone.patch_size, size[1] // backbone.patch_size],
+        "views_per_image": views,
+        "num_images": len(dataset),
+        "dims": {_key_name(k): backbone.embed_dim for k in keys},
+    }
+
+
+def _open_arrays(partial: Path, shape_meta: dict, keys: list[TokenKey], num_images: int, mode: str) -> dict:
+    """The memory-mapped arrays of a build (token keys by name, ``labels``, ``geometry``), their space reserved."""
+    total_views, grid = num_images * shape_meta["views_per_image"], tuple(shape_meta["grid"])
+    shapes = {_key_name(k): (np.float16, (total_views, *grid, shape_meta["dims"][_key_name(k)])) for k in keys}
+    shapes |= {"labels": (np.uint8, (total_views, *grid)), "geometry": (np.float32, (total_views, 5))}
+    with disk_full_named(partial, f"reserving the feature cache of {num_images} images"):
+        arrays = {
+            name: np.lib.format.open_memmap(partial / f"{name}.npy", mode=mode, dtype=dtype, shape=shape)
+            for name, (dtype, shape) in shapes.items()
+        }
+        for name in arrays:
+            reserve_space(partial / f"{name}.npy")
+    return arrays
 
 
 def _resume_point(partial: Path, shape_meta: dict) -> int:

@@ -3,6 +3,7 @@
 Layout: ``ROOT/leftImg8bit/{split}/{city}/*_leftImg8bit.png`` and
 ``ROOT/gtFine/{split}/{city}/*_gtFine_labelIds.png``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,9 +13,33 @@ from .base import IGNORE, Sample, SegmentationDataset, Transform, label_lut
 from .io import require_dir
 
 CLASSES = (
-    "road", "sidewalk", "parking", "rail track", "building", "wall", "fence", "guard rail", "bridge",
-    "tunnel", "pole", "polegroup", "traffic light", "traffic sign", "vegetation", "terrain", "sky",
-    "person", "rider", "car", "truck", "bus", "caravan", "trailer", "train", "motorcycle", "bicycle",
+    "road",
+    "sidewalk",
+    "parking",
+    "rail track",
+    "building",
+    "wall",
+    "fence",
+    "guard rail",
+    "bridge",
+    "tunnel",
+    "pole",
+    "polegroup",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "caravan",
+    "trailer",
+    "train",
+    "motorcycle",
+    "bicycle",
 )
 FIRST_LABEL_ID = 7
 # labelIds 0-6 (unlabeled, ego vehicle, ... , ground) and 255 (license plate, id -1 stored as 255) are ignored

@@ -10,6 +10,7 @@ Layout (the one STEGO and its successors use)::
 or, instead of the PNGs, COCO-Stuff's JSON files ``ROOT/annotations/stuff_{split}.json`` and
 ``ROOT/annotations/instances_{split}.json``, rendered with pycocotools to the same label maps.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,11 +23,34 @@ from .io import read_image, require_dir
 
 COARSE_CLASSES = (
     # 12 "things" supercategories, ids 0-11
-    "electronic", "appliance", "food-things", "furniture-things", "indoor", "kitchen",
-    "accessory", "animal", "outdoor", "person", "sports", "vehicle",
+    "electronic",
+    "appliance",
+    "food-things",
+    "furniture-things",
+    "indoor",
+    "kitchen",
+    "accessory",
+    "animal",
+    "outdoor",
+    "person",
+    "sports",
+    "vehicle",
     # 15 "stuff" supercategories, ids 12-26
-    "ceiling", "floor", "food-stuff", "furniture-stuff", "rawmaterial", "textile", "wall",
-    "window", "building", "ground", "plant", "sky", "solid", "structural", "water",
+    "ceiling",
+    "floor",
+    "food-stuff",
+    "furniture-stuff",
+    "rawmaterial",
+    "textile",
+    "wall",
+    "window",
+    "building",
+    "ground",
+    "plant",
+    "sky",
+    "solid",
+    "structural",
+    "water",
 )
 
 # COCO category id (1-182) -> (name, coarse class); fine id in the PNGs = category id - 1.
@@ -46,29 +70,97 @@ _THINGS = {
     "indoor": ("indoor", range(84, 92)),
 }
 _STUFF = (  # category ids 92-182 in order, with their supercategory
-    ("banner", "textile"), ("blanket", "textile"), ("branch", "plant"), ("bridge", "building"),
-    ("building-other", "building"), ("bush", "plant"), ("cabinet", "furniture-stuff"), ("cage", "structural"),
-    ("cardboard", "rawmaterial"), ("carpet", "floor"), ("ceiling-other", "ceiling"), ("ceiling-tile", "ceiling"),
-    ("cloth", "textile"), ("clothes", "textile"), ("clouds", "sky"), ("counter", "furniture-stuff"),
-    ("cupboard", "furniture-stuff"), ("curtain", "textile"), ("desk-stuff", "furniture-stuff"), ("dirt", "ground"),
-    ("door-stuff", "furniture-stuff"), ("fence", "structural"), ("floor-marble", "floor"), ("floor-other", "floor"),
-    ("floor-stone", "floor"), ("floor-tile", "floor"), ("floor-wood", "floor"), ("flower", "plant"),
-    ("fog", "water"), ("food-other", "food-stuff"), ("fruit", "food-stuff"), ("furniture-other", "furniture-stuff"),
-    ("grass", "plant"), ("gravel", "ground"), ("ground-other", "ground"), ("hill", "solid"),
-    ("house", "building"), ("leaves", "plant"), ("light", "furniture-stuff"), ("mat", "textile"),
-    ("metal", "rawmaterial"), ("mirror-stuff", "furniture-stuff"), ("moss", "plant"), ("mountain", "solid"),
-    ("mud", "ground"), ("napkin", "textile"), ("net", "structural"), ("paper", "rawmaterial"),
-    ("pavement", "ground"), ("pillow", "textile"), ("plant-other", "plant"), ("plastic", "rawmaterial"),
-    ("platform", "ground"), ("playingfield", "ground"), ("railing", "structural"), ("railroad", "ground"),
-    ("river", "water"), ("road", "ground"), ("rock", "solid"), ("roof", "building"),
-    ("rug", "textile"), ("salad", "food-stuff"), ("sand", "ground"), ("sea", "water"),
-    ("shelf", "furniture-stuff"), ("sky-other", "sky"), ("skyscraper", "building"), ("snow", "ground"),
-    ("solid-other", "solid"), ("stairs", "furniture-stuff"), ("stone", "solid"), ("straw", "plant"),
-    ("structural-other", "structural"), ("table", "furniture-stuff"), ("tent", "building"), ("textile-other", "textile"),
-    ("towel", "textile"), ("tree", "plant"), ("vegetable", "food-stuff"), ("wall-brick", "wall"),
-    ("wall-concrete", "wall"), ("wall-other", "wall"), ("wall-panel", "wall"), ("wall-stone", "wall"),
-    ("wall-tile", "wall"), ("wall-wood", "wall"), ("water-other", "water"), ("waterdrops", "water"),
-    ("window-blind", "window"), ("window-other", "window"), ("wood", "solid"),
+    ("banner", "textile"),
+    ("blanket", "textile"),
+    ("branch", "plant"),
+    ("bridge", "building"),
+    ("building-other", "building"),
+    ("bush", "plant"),
+    ("cabinet", "furniture-stuff"),
+    ("cage", "structural"),
+    ("cardboard", "rawmaterial"),
+    ("carpet", "floor"),
+    ("ceiling-other", "ceiling"),
+    ("ceiling-tile", "ceiling"),
+    ("cloth", "textile"),
+    ("clothes", "textile"),
+    ("clouds", "sky"),
+    ("counter", "furniture-stuff"),
+    ("cupboard", "furniture-stuff"),
+    ("curtain", "textile"),
+    ("desk-stuff", "furniture-stuff"),
+    ("dirt", "ground"),
+    ("door-stuff", "furniture-stuff"),
+    ("fence", "structural"),
+    ("floor-marble", "floor"),
+    ("floor-other", "floor"),
+    ("floor-stone", "floor"),
+    ("floor-tile", "floor"),
+    ("floor-wood", "floor"),
+    ("flower", "plant"),
+    ("fog", "water"),
+    ("food-other", "food-stuff"),
+    ("fruit", "food-stuff"),
+    ("furniture-other", "furniture-stuff"),
+    ("grass", "plant"),
+    ("gravel", "ground"),
+    ("ground-other", "ground"),
+    ("hill", "solid"),
+    ("house", "building"),
+    ("leaves", "plant"),
+    ("light", "furniture-stuff"),
+    ("mat", "textile"),
+    ("metal", "rawmaterial"),
+    ("mirror-stuff", "furniture-stuff"),
+    ("moss", "plant"),
+    ("mountain", "solid"),
+    ("mud", "ground"),
+    ("napkin", "textile"),
+    ("net", "structural"),
+    ("paper", "rawmaterial"),
+    ("pavement", "ground"),
+    ("pillow", "textile"),
+    ("plant-other", "plant"),
+    ("plastic", "rawmaterial"),
+    ("platform", "ground"),
+    ("playingfield", "ground"),
+    ("railing", "structural"),
+    ("railroad", "ground"),
+    ("river", "water"),
+    ("road", "ground"),
+    ("rock", "solid"),
+    ("roof", "building"),
+    ("rug", "textile"),
+    ("salad", "food-stuff"),
+    ("sand", "ground"),
+    ("sea", "water"),
+    ("shelf", "furniture-stuff"),
+    ("sky-other", "sky"),
+    ("skyscraper", "building"),
+    ("snow", "ground"),
+    ("solid-other", "solid"),
+    ("stairs", "furniture-stuff"),
+    ("stone", "solid"),
+    ("straw", "plant"),
+    ("structural-other", "structural"),
+    ("table", "furniture-stuff"),
+    ("tent", "building"),
+    ("textile-other", "textile"),
+    ("towel", "textile"),
+    ("tree", "plant"),
+    ("vegetable", "food-stuff"),
+    ("wall-brick", "wall"),
+    ("wall-concrete", "wall"),
+    ("wall-other", "wall"),
+    ("wall-panel", "wall"),
+    ("wall-stone", "wall"),
+    ("wall-tile", "wall"),
+    ("wall-wood", "wall"),
+    ("water-other", "water"),
+    ("waterdrops", "water"),
+    ("window-blind", "window"),
+    ("window-other", "window"),
+    ("wood", "solid"),
 )
 STUFF_OTHER_ID = 183  # "other" in stuff_*.json: pixels of thing classes, drawn from instances_*.json instead
 
@@ -95,8 +187,14 @@ class CocoStuff27(SegmentationDataset):
     ``annotations="png"`` reads the label PNGs, ``"json"`` renders COCO-Stuff's JSON annotations.
     """
 
-    def __init__(self, root: str | Path, split: str = "val", curated: bool = True, annotations: str = "png",
-                 transform: Transform | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "val",
+        curated: bool = True,
+        annotations: str = "png",
+        transform: Transform | None = None,
+    ):
         root = require_dir(Path(root), "COCO-Stuff root")
         if split not in _SPLITS:
             raise DataError(f"COCO-Stuff split must be one of {sorted(_SPLITS)}, got '{split}'")
@@ -171,7 +269,8 @@ class _CocoJsonRenderer:
             info = coco.imgs[image_id]
             if (info["height"], info["width"]) != tuple(shape):
                 raise DataError(
-                    f"{where} JSON says image {image_id} is {info['width']}x{info['height']} px, the file is {shape[1]}x{shape[0]}"
+                    f"{where} JSON says image {image_id} is {info['width']}x{info['height']} px, "
+                    f"the file is {shape[1]}x{shape[0]}"
                 )
             for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image_id], iscrowd=crowd)):
                 if ann["category_id"] == STUFF_OTHER_ID:

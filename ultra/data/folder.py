@@ -5,6 +5,7 @@ without an ``images/`` subfolder is read as a flat folder of unlabelled images. 
 ``ROOT/classes.txt`` (one class name a line, in id order) and ``ROOT/splits/<split>.txt`` (one image
 stem a line), the layout of CamVid and of most small segmentation sets.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,8 +28,15 @@ class ImageFolder(SegmentationDataset):
     in ``root/splits/<split>.txt`` (every listed stem must have an image).
     """
 
-    def __init__(self, root: str | Path, classes: Sequence[str] | int | None = None, ignore_index: int = IGNORE,
-                 use_labels: bool = True, split: str | None = None, transform: Transform | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        classes: Sequence[str] | int | None = None,
+        ignore_index: int = IGNORE,
+        use_labels: bool = True,
+        split: str | None = None,
+        transform: Transform | None = None,
+    ):
         root = require_dir(Path(root), "image folder")
         image_dir = root / "images" if (root / "images").is_dir() else root
         images = list_images(image_dir)
@@ -41,8 +49,10 @@ class ImageFolder(SegmentationDataset):
         if classes is None and (root / "classes.txt").is_file():
             classes = _read_lines(root / "classes.txt", "class list")
         if labelled and classes is None:
-            raise DataError(f"{label_dir} holds labels: pass classes (their names or their number) to ImageFolder "
-                            f"or list them in {root / 'classes.txt'}")
+            raise DataError(
+                f"{label_dir} holds labels: pass classes (their names or their number) to ImageFolder "
+                f"or list them in {root / 'classes.txt'}"
+            )
         names = _class_names(classes)
         samples = []
         for image in images:
@@ -53,13 +63,17 @@ class ImageFolder(SegmentationDataset):
         if labelled and split is None:
             orphans = sorted({p.stem for p in label_dir.glob("*.png")} - {s.name for s in samples})
             if orphans:
-                log.warning("%s: %d label maps have no image and are not used: %s", label_dir, len(orphans), orphans[:5])
+                log.warning(
+                    "%s: %d label maps have no image and are not used: %s", label_dir, len(orphans), orphans[:5]
+                )
         if len(names) > IGNORE:
             raise DataError(f"at most {IGNORE} classes are supported, got {len(names)}")
         if not len(names) <= ignore_index < 65536:
             raise DataError(f"ignore_index {ignore_index} must be in [{len(names)}, 65535]")
         mapping = {i: i for i in range(len(names))} | {ignore_index: IGNORE}
-        super().__init__(samples, names, label_lut(mapping), f"class ids 0-{len(names) - 1} or {ignore_index}", transform)
+        super().__init__(
+            samples, names, label_lut(mapping), f"class ids 0-{len(names) - 1} or {ignore_index}", transform
+        )
 
 
 def _class_names(classes: Sequence[str] | int | None) -> tuple[str, ...]:

@@ -1,4 +1,5 @@
 """Moving between pixels and token grids: label maps to grids, grid predictions to pixels, grid positions."""
+
 from __future__ import annotations
 
 import torch
@@ -23,8 +24,9 @@ def labels_to_grid(labels: Tensor, grid: tuple[int, int], num_classes: int, igno
     values = torch.where(valid, flat.flatten(1), torch.full_like(flat.flatten(1), num_classes))
     if (values[valid] >= num_classes).any() or (values[valid] < 0).any():
         raise ValueError(f"labels hold values outside [0, {num_classes}) that are not {ignore_index}")
-    counts.view(flat.shape[0], -1).scatter_add_(1, cell.expand(flat.shape[0], -1) * (num_classes + 1) + values,
-                                               torch.ones_like(values))
+    counts.view(flat.shape[0], -1).scatter_add_(
+        1, cell.expand(flat.shape[0], -1) * (num_classes + 1) + values, torch.ones_like(values)
+    )
     majority = counts[..., :num_classes].argmax(-1)
     empty = counts[..., :num_classes].sum(-1) == 0
     return torch.where(empty, torch.full_like(majority, ignore_index), majority).reshape(*lead, h, w)

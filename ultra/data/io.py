@@ -1,4 +1,5 @@
 """Reading images and label maps from disk, with errors that name the file and the problem."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,5 +1,6 @@
 """Centring and PCA-whitening of cached tokens: the token spaces a graph can be searched in and a raw
 baseline can be clustered in."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -11,7 +12,6 @@ from ..errors import ConfigError
 from .cache import FeatureCache, TokenKey
 
 SPACES = ("raw", "centred", "whitened")
-
 
 
 @torch.no_grad()

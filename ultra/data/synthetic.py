@@ -5,6 +5,7 @@ an orientation and period, checks, dots or smooth noise), so classes are recogni
 images; every image jitters brightness, texture phase and layout. The first half of the classes
 are backgrounds (stuff), the second half shapes (things) drawn on top.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,11 +27,20 @@ class SyntheticScenes(SegmentationDataset):
     have the same classes (e.g. a training and a validation set with different ``seed``).
     """
 
-    def __init__(self, num_images: int = 32, size: int = 224, num_classes: int = 6, seed: int = 0,
-                 style_seed: int = 0, transform: Transform | None = None):
+    def __init__(
+        self,
+        num_images: int = 32,
+        size: int = 224,
+        num_classes: int = 6,
+        seed: int = 0,
+        style_seed: int = 0,
+        transform: Transform | None = None,
+    ):
         if num_images < 1 or size < 16 or num_classes < 2 or num_classes > 64:
-            raise DataError(f"synthetic set needs num_images >= 1, size >= 16, 2 <= num_classes <= 64 "
-                            f"(got {num_images}, {size}, {num_classes})")
+            raise DataError(
+                f"synthetic set needs num_images >= 1, size >= 16, 2 <= num_classes <= 64 "
+                f"(got {num_images}, {size}, {num_classes})"
+            )
         self.size, self.seed, self.style_seed = size, seed, style_seed
         self.styles = _class_styles(num_classes, style_seed)
         samples = [Sample(f"synthetic_{seed}_{i:05d}", Path(f"<synthetic:{seed}:{i}>")) for i in range(num_images)]
@@ -63,12 +73,14 @@ def _class_styles(num_classes: int, seed: int) -> list[dict]:
     for c in range(num_classes):
         base = _hsv_to_rgb(hues[c], rng.uniform(0.55, 0.9), rng.uniform(0.55, 0.95))
         second = _hsv_to_rgb((hues[c] + rng.uniform(0.08, 0.2)) % 1.0, rng.uniform(0.2, 0.6), rng.uniform(0.15, 0.5))
-        styles.append({
-            "colors": (base, second),
-            "pattern": _PATTERNS[c % len(_PATTERNS)],
-            "angle": rng.uniform(0, np.pi),
-            "period": rng.uniform(6, 18),
-        })
+        styles.append(
+            {
+                "colors": (base, second),
+                "pattern": _PATTERNS[c % len(_PATTERNS)],
+                "angle": rng.uniform(0, np.pi),
+                "period": rng.uniform(6, 18),
+            }
+        )
     return styles
 
 
@@ -141,8 +153,9 @@ def render_scene(styles: list[dict], size: int, rng: np.random.Generator) -> tup
     return (np.clip(image, 0, 1) * 255).astype(np.uint8), label
 
 
-def write_synthetic_folder(root: str | Path, num_images: int = 32, size: int = 224, num_classes: int = 6, seed: int = 0,
-                           style_seed: int = 0) -> Path:
+def write_synthetic_folder(
+    root: str | Path, num_images: int = 32, size: int = 224, num_classes: int = 6, seed: int = 0, style_seed: int = 0
+) -> Path:
     """Write a synthetic set as an :class:`~ultra.data.folder.ImageFolder` (``images/*.png``, ``labels/*.png``)."""
     from ..files import atomic_path
 

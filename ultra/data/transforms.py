@@ -5,6 +5,7 @@ Every transform maps ``(image uint8 [3, H, W], label [H, W])`` to a dict with ``
 view, the crop box in coordinates normalised to the source image, so that the geometric part of
 two views can be undone when they are compared.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -62,7 +63,8 @@ class _Views:
 
 
 class CenterView(_Views):
-    """One view: the centred square of the shorter side, resized to ``size`` (the evaluation crop, with its geometry)."""
+    """One view: the centred square of the shorter side, resized to ``size`` (the evaluation crop, with its
+    geometry)."""
 
     def __init__(self, size: int = 224):
         super().__init__(size, None)
@@ -87,7 +89,13 @@ class FiveCropViews(_Views):
 
     def boxes(self, height: int, width: int) -> list[tuple[int, int, int, int, bool]]:
         c = max(1, int(round(self.crop_fraction * min(height, width))))
-        corners = [(0, 0), (0, width - c), (height - c, 0), (height - c, width - c), ((height - c) // 2, (width - c) // 2)]
+        corners = [
+            (0, 0),
+            (0, width - c),
+            (height - c, 0),
+            (height - c, width - c),
+            ((height - c) // 2, (width - c) // 2),
+        ]
         flips = (False, True) if self.flip else (False,)
         return [(t, left, c, c, f) for f in flips for t, left in corners]
 
@@ -96,8 +104,14 @@ class RandomViews(_Views):
     """``num_views`` random resized crops (torchvision's sampling: area ``scale``, aspect 3/4-4/3), each flipped
     horizontally with probability 0.5 when ``flip``. Uses torch's global RNG (seeded per worker by Lightning)."""
 
-    def __init__(self, size: int = 224, resize: int | None = None, num_views: int = 2,
-                 scale: tuple[float, float] = (0.3, 1.0), flip: bool = True):
+    def __init__(
+        self,
+        size: int = 224,
+        resize: int | None = None,
+        num_views: int = 2,
+        scale: tuple[float, float] = (0.3, 1.0),
+        flip: bool = True,
+    ):
         super().__init__(size, resize)
         self.num_views, self.flip = num_views, flip
         self.sampler = v2.RandomResizedCrop(size, scale=scale)
@@ -113,7 +127,9 @@ class RandomViews(_Views):
 
 def image_to_tensor(image) -> Tensor:
     """A PIL image or ``uint8 [H, W, 3]`` array as float ``[3, H, W]`` in [0, 1]."""
-    return _TO_FLOAT(tv_tensors.Image(F.pil_to_tensor(image) if hasattr(image, "mode") else torch.as_tensor(image).permute(2, 0, 1)))
+    return _TO_FLOAT(
+        tv_tensors.Image(F.pil_to_tensor(image) if hasattr(image, "mode") else torch.as_tensor(image).permute(2, 0, 1))
+    )
 
 
 def check_eval_geometry(resize, crop, resize_name: str, crop_name: str) -> None:
@@ -123,8 +139,10 @@ def check_eval_geometry(resize, crop, resize_name: str, crop_name: str) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be a positive number of pixels, got {value!r}")
     if crop > resize:
-        raise ConfigError(f"{crop_name} ({crop}) exceeds {resize_name} ({resize}), the shorter side: the crop would be "
-                          f"padded and the padding scored as pixels of class 0; use a crop <= the resize")
+        raise ConfigError(
+            f"{crop_name} ({crop}) exceeds {resize_name} ({resize}), the shorter side: the crop would be "
+            f"padded and the padding scored as pixels of class 0; use a crop <= the resize"
+        )
 
 
 @dataclass(frozen=True)
@@ -172,8 +190,10 @@ class ViewConfig:
         if self.scheme not in VIEW_SCHEMES:
             raise ConfigError(f"data.views.scheme must be one of {VIEW_SCHEMES}, got '{self.scheme}'")
         if self.size < 1 or self.resize < 1 or not 0 < self.crop_fraction <= 1:
-            raise ConfigError(f"data.views: size and resize must be >= 1 and crop_fraction in (0, 1], got "
-                             f"{self.size}, {self.resize}, {self.crop_fraction}")
+            raise ConfigError(
+                f"data.views: size and resize must be >= 1 and crop_fraction in (0, 1], got "
+                f"{self.size}, {self.resize}, {self.crop_fraction}"
+            )
 
     @property
     def views_per_image(self) -> int:

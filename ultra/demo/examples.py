@@ -1,4 +1,5 @@
 """The example photos the demo offers: synthetic scenes drawn on first use (nothing outside the package)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """What a demo serves: the checkpoint's segmenter (or why there is none) and the backbone every tab uses."""
+
 from __future__ import annotations
 
 import logging
@@ -12,8 +13,10 @@ from ..readout.segmenter import Segmenter
 
 log = logging.getLogger(__name__)
 
-TRAIN_HINT = ("Train one with `python train.py --config configs/camvid.yaml` (it writes "
-              "`runs/camvid/model.safetensors`), then start `ultra-demo runs/camvid/model.safetensors`.")
+TRAIN_HINT = (
+    "Train one with `python train.py --config configs/camvid.yaml` (it writes "
+    "`runs/camvid/model.safetensors`), then start `ultra-demo runs/camvid/model.safetensors`."
+)
 
 
 @dataclass
@@ -27,8 +30,14 @@ class DemoModels:
     size: int = 448
 
     @classmethod
-    def open(cls, checkpoint: str | Path | None = None, backbone: str = "vit_small_patch14_dinov2",
-             weights: str = "auto", device: str = "cpu", size: int = 448) -> DemoModels:
+    def open(
+        cls,
+        checkpoint: str | Path | None = None,
+        backbone: str = "vit_small_patch14_dinov2",
+        weights: str = "auto",
+        device: str = "cpu",
+        size: int = 448,
+    ) -> DemoModels:
         """Load ``checkpoint`` with :func:`ultra.load` (the same validation); a refused checkpoint becomes the page's
         ``problem`` and the other tabs run on ``backbone`` with ``weights``."""
         segmenter, problem = None, f"No checkpoint was given. {TRAIN_HINT}"

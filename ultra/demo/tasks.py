@@ -8,6 +8,7 @@
 Every user mistake (an unreadable or huge photo, a point outside it, a missing extra) raises a
 :class:`~ultra.errors.UserError` whose message the page shows.
 """
+
 from __future__ import annotations
 
 import html
@@ -53,12 +54,15 @@ def read_photo(path: str | Path) -> np.ndarray:
         raise DataError("no photo: upload one or pick an example")
     width, height = image_size(path, "photo")
     if width * height > MAX_MEGAPIXELS * 1e6:
-        raise DataError(f"photo {Path(path).name} is {width}x{height} px ({width * height / 1e6:.0f} MP), more than the "
-                        f"demo's {MAX_MEGAPIXELS:.0f} MP: downscale it first")
+        raise DataError(
+            f"photo {Path(path).name} is {width}x{height} px ({width * height / 1e6:.0f} MP), more than the "
+            f"demo's {MAX_MEGAPIXELS:.0f} MP: downscale it first"
+        )
     return read_image(path, orient=True)
 
 
 # --- Segment --------------------------------------------------------------------------------------
+
 
 @dataclass
 class Segmentation:
@@ -79,8 +83,9 @@ def label_names(segmenter: Segmenter, readout: str) -> list[str]:
     return [f"cluster {k}" for k in range(module.num_outputs)]
 
 
-def segment_photo(segmenter: Segmenter, path: str | Path, readout: str = "head", crf: bool = False,
-                  flip: bool = False) -> Segmentation:
+def segment_photo(
+    segmenter: Segmenter, path: str | Path, readout: str = "head", crf: bool = False, flip: bool = False
+) -> Segmentation:
     """Segment the photo at ``path`` with one of ``segmenter``'s readouts (optionally flip-averaged and CRF-refined)."""
     if crf:
         require_crf("the CRF option")
@@ -91,9 +96,16 @@ def segment_photo(segmenter: Segmenter, path: str | Path, readout: str = "head",
     names = label_names(segmenter, readout)
     colours = palette(len(names))
     counts = np.bincount(labels.ravel(), minlength=len(names))
-    legend = [(int(i), names[i] if i < len(names) else "unmatched cluster",
-               tuple(int(c) for c in colours[i]) if i < len(names) else (0, 0, 0), float(counts[i] / labels.size))
-              for i in np.argsort(-counts, kind="stable") if counts[i]]
+    legend = [
+        (
+            int(i),
+            names[i] if i < len(names) else "unmatched cluster",
+            tuple(int(c) for c in colours[i]) if i < len(names) else (0, 0, 0),
+            float(counts[i] / labels.size),
+        )
+        for i in np.argsort(-counts, kind="stable")
+        if counts[i]
+    ]
     return Segmentation(labels, overlay(picture, labels, num_colors=len(names)), legend, seconds)
 
 
@@ -102,11 +114,13 @@ def legend_html(legend: Sequence[tuple[int, str, tuple[int, int, int], float]]) 
     rows = "".join(
         f'<li data-label="{i}"><span style="display:inline-block;width:1em;height:1em;margin-right:.4em;'
         f'vertical-align:middle;background:rgb{colour}"></span>{html.escape(name)} ({100 * share:.1f}%)</li>'
-        for i, name, colour, share in legend)
+        for i, name, colour, share in legend
+    )
     return f'<ul class="ultra-legend" style="list-style:none;padding-left:0">{rows}</ul>'
 
 
 # --- Select ---------------------------------------------------------------------------------------
+
 
 @dataclass
 class Selection:
@@ -118,8 +132,14 @@ class Selection:
     relevance: np.ndarray
 
 
-def select_object(vit: FrozenViT, path: str | Path, point: tuple[float, float], layer: int = -1, size: int = 448,
-                  threshold: str | float = "otsu") -> Selection:
+def select_object(
+    vit: FrozenViT,
+    path: str | Path,
+    point: tuple[float, float],
+    layer: int = -1,
+    size: int = 448,
+    threshold: str | float = "otsu",
+) -> Selection:
     """The object under ``point`` (pixel x, y) of the photo at ``path``: its token's relevance map, thresholded."""
     threshold = check_threshold(threshold)
     picture = read_photo(path)
@@ -129,6 +149,7 @@ def select_object(vit: FrozenViT, path: str | Path, point: tuple[float, float], 
 
 
 # --- Look inside ----------------------------------------------------------------------------------
+
 
 @dataclass
 class LayerView:
@@ -140,8 +161,14 @@ class LayerView:
     relevance: np.ndarray | None
 
 
-def look_inside(vit: FrozenViT, path: str | Path, layer: int = -1, point: tuple[float, float] | None = None,
-                size: int = 448, report: Report = _no_report) -> LayerView:
+def look_inside(
+    vit: FrozenViT,
+    path: str | Path,
+    layer: int = -1,
+    point: tuple[float, float] | None = None,
+    size: int = 448,
+    report: Report = _no_report,
+) -> LayerView:
     """The kq, vv and feat graphs of block ``layer`` on the photo at ``path``, by their exact leading eigenvectors
     (one photo's graph is small), and the relevance map of the token under ``point`` when given."""
     layer = vit.check_layers([layer])[0]
@@ -150,8 +177,10 @@ def look_inside(vit: FrozenViT, path: str | Path, layer: int = -1, point: tuple[
     image = prepare_image(vit, image_to_tensor(picture), size)
     grid = vit.check_images(image[None])
     if grid[0] * grid[1] < 5:
-        raise DataError(f"photo {Path(path).name} gives only {grid[0]}x{grid[1]} tokens at --size {size}: too few for "
-                        f"graphs; use a larger size")
+        raise DataError(
+            f"photo {Path(path).name} gives only {grid[0]}x{grid[1]} tokens at --size {size}: too few for "
+            f"graphs; use a larger size"
+        )
     token = None if point is None else point_token(point, (height, width), grid)  # a point outside: refused now
     report(0.0, f"backbone, block {layer}")
     specs = [GraphSpec(kind, layer) for kind in LOOK_GRAPHS]

@@ -5,6 +5,7 @@ the number of matched pixels (scipy's ``linear_sum_assignment``); pixels of clus
 unmatched (when there are more clusters than classes) count as wrong. The functional twins
 (:func:`hungarian_match`, :func:`scores_from_confusion`) work on a confusion matrix directly.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,7 +18,8 @@ from torchmetrics import Metric
 def hungarian_match(confusion: Tensor) -> Tensor:
     """For a ``[clusters, classes]`` confusion matrix, the class matched to each cluster (``-1``: unmatched).
 
-    Maximises the total number of matched pixels; each class gets at most one cluster and each cluster at most one class.
+    Maximises the total number of matched pixels; each class gets at most one cluster and each cluster at most one
+    class.
     """
     rows, cols = linear_sum_assignment(confusion.detach().cpu().double().numpy(), maximize=True)
     cluster_to_class = torch.full((confusion.shape[0],), -1, dtype=torch.long)
@@ -35,7 +37,6 @@ def matched_confusion(confusion: Tensor, cluster_to_class: Tensor) -> Tensor:
     matched = cluster_to_class >= 0
     out.index_add_(0, cluster_to_class[matched].to(confusion.device), confusion[matched])
     return out
-
 
 
 def scores_from_confusion(matched: Tensor, class_pixels: Tensor | None = None) -> dict[str, Tensor]:
@@ -73,15 +74,23 @@ class _ConfusionMetric(Metric):
     def __init__(self, num_predictions: int, num_classes: int, ignore_index: int = 255, **kwargs):
         super().__init__(**kwargs)
         if num_classes < 1 or num_predictions < 1:
-            raise ValueError(f"num_classes and the number of predictions must be positive, got {num_classes}, {num_predictions}")
+            raise ValueError(
+                f"num_classes and the number of predictions must be positive, got {num_classes}, {num_predictions}"
+            )
         self.num_predictions, self.num_classes, self.ignore_index = num_predictions, num_classes, ignore_index
-        self.add_state("confusion", default=torch.zeros(num_predictions, num_classes, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state(
+            "confusion", default=torch.zeros(num_predictions, num_classes, dtype=torch.long), dist_reduce_fx="sum"
+        )
 
     def update(self, preds: Tensor, target: Tensor) -> None:
-        """``preds``: ``[B, H, W]`` ids, or ``[B, C, H, W]`` scores (argmax over C); ``target``: ``[B, H, W]`` class ids."""
+        """``preds``: ``[B, H, W]`` ids, or ``[B, C, H, W]`` scores (argmax over C); ``target``: ``[B, H, W]`` class
+        ids."""
         if preds.is_floating_point():
             if preds.ndim != target.ndim + 1:
-                raise ValueError(f"float preds must be scores [B, C, H, W]; got {tuple(preds.shape)} for target {tuple(target.shape)}")
+                raise ValueError(
+                    f"float preds must be scores [B, C, H, W]; got {tuple(preds.shape)} "
+                    f"for target {tuple(target.shape)}"
+                )
             preds = preds.argmax(1)
         if preds.shape != target.shape:
             raise ValueError(f"preds {tuple(preds.shape)} and target {tuple(target.shape)} differ in shape")
@@ -123,7 +132,12 @@ class UnsupervisedSegmentationMetric(_ConfusionMetric):
         assignment[cluster_to_class[matched]] = torch.nonzero(matched).flatten()
         matched_pixels = matched_confusion(self.confusion, cluster_to_class.to(self.confusion.device))
         scores = scores_from_confusion(matched_pixels, class_pixels=self.confusion.sum(0))
-        return {**scores, "cluster_to_class": cluster_to_class, "assignment": assignment, "confusion": self.confusion.clone()}
+        return {
+            **scores,
+            "cluster_to_class": cluster_to_class,
+            "assignment": assignment,
+            "confusion": self.confusion.clone(),
+        }
 
 
 class SupervisedSegmentationMetric(_ConfusionMetric):
@@ -138,6 +152,7 @@ class SupervisedSegmentationMetric(_ConfusionMetric):
 
 def as_floats(result: dict[str, Tensor]) -> dict:
     """A metric result with tensors turned into Python numbers and lists (NaN -> None), for JSON."""
+
     def convert(value):
         if isinstance(value, Tensor):
             value = value.tolist()

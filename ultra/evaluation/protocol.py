@@ -6,6 +6,7 @@ again after a dense CRF. Confusion matrices are torchmetrics states, summed acro
 the loader gives every image to exactly one process, so any number of processes reports the
 same figures.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,13 @@ from .metrics import (
 )
 
 log = logging.getLogger(__name__)
-LABELS = {"head": "head + k-means", "raw": "raw tokens + k-means", "raw_centred": "centred tokens + k-means",
-          "raw_whitened": "whitened tokens + k-means", "probe": "linear probe (supervised)"}
+LABELS = {
+    "head": "head + k-means",
+    "raw": "raw tokens + k-means",
+    "raw_centred": "centred tokens + k-means",
+    "raw_whitened": "whitened tokens + k-means",
+    "probe": "linear probe (supervised)",
+}
 
 
 def best_baselines(readouts: Mapping[str, Mapping[str, float]]) -> dict[str, str]:
@@ -52,24 +58,45 @@ def best_baselines(readouts: Mapping[str, Mapping[str, float]]) -> dict[str, str
 
 def format_gaps(readouts: Mapping[str, Mapping], best: Mapping[str, str], value=lambda r: r) -> list[str]:
     """Lines "head vs the best no-head baseline (name): +x mIoU, +y acc" (``value`` reads a figure of a readout)."""
-    return [f"{head} vs the best no-head baseline ({raw}): "
-            + ", ".join(f"{100 * (value(readouts[head][f]) - value(readouts[raw][f])):+.1f} {label}"
-                        for f, label in (("miou", "mIoU"), ("acc", "acc"))) for head, raw in best.items()]
+    return [
+        f"{head} vs the best no-head baseline ({raw}): "
+        + ", ".join(
+            f"{100 * (value(readouts[head][f]) - value(readouts[raw][f])):+.1f} {label}"
+            for f, label in (("miou", "mIoU"), ("acc", "acc"))
+        )
+        for head, raw in best.items()
+    ]
 
 
 class EvaluationModule(pl.LightningModule):
     """Updates one metric per readout (and per readout + CRF) over the test loader."""
 
-    def __init__(self, segmenter: Segmenter, num_classes: int, flip: bool = False, crf: bool = False,
-                 crf_scale: float = SCORE_SCALE, examples: int = 6):
+    def __init__(
+        self,
+        segmenter: Segmenter,
+        num_classes: int,
+        flip: bool = False,
+        crf: bool = False,
+        crf_scale: float = SCORE_SCALE,
+        examples: int = 6,
+    ):
         super().__init__()
-        self.segmenter, self.flip, self.crf, self.crf_scale, self.num_examples = segmenter, flip, crf, crf_scale, examples
+        self.segmenter, self.flip, self.crf, self.crf_scale, self.num_examples = (
+            segmenter,
+            flip,
+            crf,
+            crf_scale,
+            examples,
+        )
         metrics = {}
         for name, readout in segmenter.readouts.items():
             variants = [name, f"{name}+crf"] if crf else [name]
             for variant in variants:
-                metrics[variant] = (UnsupervisedSegmentationMetric(num_classes, readout.num_outputs)
-                                    if readout.outputs == "clusters" else SupervisedSegmentationMetric(num_classes))
+                metrics[variant] = (
+                    UnsupervisedSegmentationMetric(num_classes, readout.num_outputs)
+                    if readout.outputs == "clusters"
+                    else SupervisedSegmentationMetric(num_classes)
+                )
         self.metrics = torch.nn.ModuleDict(metrics)
         self.examples: list[dict] = []
 
@@ -86,54 +113,87 @@ class EvaluationModule(pl.LightningModule):
                 self.metrics[f"{name}+crf"].update(refined, labels)
         if self.global_rank == 0 and len(self.examples) < self.num_examples:
             for i in range(min(images.shape[0], self.num_examples - len(self.examples))):
-                self.examples.append({"image": images[i].cpu(), "label": labels[i].cpu(),
-                                      **{k: v[i].cpu() for k, v in predictions.items()}})
+                self.examples.append(
+                    {
+                        "image": images[i].cpu(),
+                        "label": labels[i].cpu(),
+                        **{k: v[i].cpu() for k, v in predictions.items()},
+                    }
+                )
 
     def results(self) -> dict[str, dict]:
         return {name: metric.compute() for name, metric in self.metrics.items()}
 
 
 @torch.no_grad()
-def score_token_grids(readout: torch.nn.Module, grids: Mapping, labels: torch.Tensor, num_classes: int,
-                      chunk: int = 16) -> dict[str, float]:
+def score_token_grids(
+    readout: torch.nn.Module, grids: Mapping, labels: torch.Tensor, num_classes: int, chunk: int = 16
+) -> dict[str, float]:
     """The protocol's figures of one cluster readout on token grids computed once (``{(kind, layer): [B, h, w, D]}``,
     of the protocol's images) and their labels ``[B, H, W]``: the scores upsampled to the labels, the argmax,
     one confusion matrix, Hungarian matching; mIoU and pixel accuracy. Many readouts of the same images (a
     benchmark's options) are scored without running the backbone again."""
     metric = UnsupervisedSegmentationMetric(num_classes, readout.num_outputs)
     for start in range(0, labels.shape[0], chunk):
-        part = {key: grids[tuple(key)][start:start + chunk] for key in readout.keys}
+        part = {key: grids[tuple(key)][start : start + chunk] for key in readout.keys}
         scores = upsample_scores(readout_grid_scores(readout, part), tuple(labels.shape[-2:]))
-        metric.update(scores.argmax(1), labels[start:start + chunk].long())
+        metric.update(scores.argmax(1), labels[start : start + chunk].long())
     result = metric.compute()
     return {"miou": float(result["miou"]), "acc": float(result["acc"])}
 
 
-def evaluation_loader(dataset: SegmentationDataset, trainer: pl.Trainer, batch_size: int, num_workers: int) -> DataLoader:
+def evaluation_loader(
+    dataset: SegmentationDataset, trainer: pl.Trainer, batch_size: int, num_workers: int
+) -> DataLoader:
     """A loader that gives each image to exactly one process (no padding duplicates under DDP)."""
     sampler = None
     if trainer.world_size > 1:
-        sampler = UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      collate_fn=lambda items: {"image": torch.stack([i["image"] for i in items]),
-                                                "label": torch.stack([i["label"] for i in items]).long()})
+        sampler = UnrepeatedDistributedSampler(
+            dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+        )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=lambda items: {
+            "image": torch.stack([i["image"] for i in items]),
+            "label": torch.stack([i["label"] for i in items]).long(),
+        },
+    )
 
 
-def evaluate(segmenter: Segmenter, dataset: SegmentationDataset, trainer: pl.Trainer, output: str | Path | None = None,
-             flip: bool = False, crf: bool = False, batch_size: int = 4, num_workers: int = 0, settings: dict | None = None,
-             crf_scale: float = SCORE_SCALE) -> dict:
-    """Run the protocol on ``dataset`` (already transformed) and return the JSON-able report (also written to ``output``).
+def evaluate(
+    segmenter: Segmenter,
+    dataset: SegmentationDataset,
+    trainer: pl.Trainer,
+    output: str | Path | None = None,
+    flip: bool = False,
+    crf: bool = False,
+    batch_size: int = 4,
+    num_workers: int = 0,
+    settings: dict | None = None,
+    crf_scale: float = SCORE_SCALE,
+) -> dict:
+    """Run the protocol on ``dataset`` (already transformed) and return the JSON-able report (also written to
+    ``output``).
 
     ``crf_scale``: the CRF's unary scale (:func:`ultra.readout.crf.crf_labels`)."""
     module = EvaluationModule(segmenter, dataset.num_classes, flip=flip, crf=crf, crf_scale=crf_scale)
     trainer.test(module, dataloaders=evaluation_loader(dataset, trainer, batch_size, num_workers), verbose=False)
     results = module.results()
     if all(int(metric.confusion.sum()) == 0 for metric in module.metrics.values()):
-        raise DataError(f"the {len(dataset)} evaluated images hold no labelled pixel (every label is 'unlabelled', 255): "
-                        f"there is nothing to score")
+        raise DataError(
+            f"the {len(dataset)} evaluated images hold no labelled pixel (every label is 'unlabelled', 255): "
+            f"there is nothing to score"
+        )
     readouts = {k: as_floats(v) for k, v in results.items()}
-    report = {"settings": {**(settings or {}), "flip": flip, "crf": crf, "images": len(dataset)},
-              "classes": list(dataset.classes), "readouts": readouts, "best_baseline": best_baselines(readouts)}
+    report = {
+        "settings": {**(settings or {}), "flip": flip, "crf": crf, "images": len(dataset)},
+        "classes": list(dataset.classes),
+        "readouts": readouts,
+        "best_baseline": best_baselines(readouts),
+    }
     if trainer.is_global_zero:
         print(format_report(report))
         if output is not None:
@@ -155,12 +215,17 @@ def write_report(report: dict, results: dict, examples: list[dict], classes, out
     for name, r in results.items():
         if "cluster_to_class" in r:
             matched = matched_confusion(r["confusion"], r["cluster_to_class"].to(r["confusion"].device))
-            save_confusion(matched.T.cpu().numpy(), classes, output / f"confusion_{name}.png", title=f"{name}: true x matched")
+            save_confusion(
+                matched.T.cpu().numpy(), classes, output / f"confusion_{name}.png", title=f"{name}: true x matched"
+            )
     if examples:
         panels, titles = [], []
         for ex in examples:
             picture = (ex["image"].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-            row, row_titles = [picture, overlay(picture, ex["label"].numpy(), num_colors=len(classes))], ["image", "ground truth"]
+            row, row_titles = (
+                [picture, overlay(picture, ex["label"].numpy(), num_colors=len(classes))],
+                ["image", "ground truth"],
+            )
             for name, r in results.items():
                 prediction = ex[name]
                 if "cluster_to_class" in r:

@@ -1,4 +1,5 @@
 """Several seeds of one run: the ``--seeds`` argument, and every figure's mean and standard deviation over them."""
+
 from __future__ import annotations
 
 import statistics
@@ -43,8 +44,11 @@ def _parse_seeds(value: str) -> list[int]:
 
 
 def _stats(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "values": values}
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "values": values,
+    }
 
 
 def summarize(reports: Mapping[int, dict]) -> dict:
@@ -52,13 +56,22 @@ def summarize(reports: Mapping[int, dict]) -> dict:
     head is compared with the no-head baseline of the best mean mIoU."""
     seeds = list(reports)
     first = reports[seeds[0]]
-    readouts = {name: {f: _stats([reports[s]["readouts"][name][f] for s in seeds]) for f in FIGURES}
-                for name in first["readouts"]}
-    timings = {k: _stats([reports[s]["settings"]["timings"].get(k, 0.0) for s in seeds])
-               for k in first["settings"].get("timings", {})}
+    readouts = {
+        name: {f: _stats([reports[s]["readouts"][name][f] for s in seeds]) for f in FIGURES}
+        for name in first["readouts"]
+    }
+    timings = {
+        k: _stats([reports[s]["settings"]["timings"].get(k, 0.0) for s in seeds])
+        for k in first["settings"].get("timings", {})
+    }
     means = {name: {f: r[f]["mean"] for f in FIGURES} for name, r in readouts.items()}
-    return {"seeds": seeds, "readouts": readouts, "best_baseline": best_baselines(means), "timings": timings,
-            "settings": {k: v for k, v in first["settings"].items() if k not in ("seed", "timings")}}
+    return {
+        "seeds": seeds,
+        "readouts": readouts,
+        "best_baseline": best_baselines(means),
+        "timings": timings,
+        "settings": {k: v for k, v in first["settings"].items() if k not in ("seed", "timings")},
+    }
 
 
 def format_summary(summary: dict) -> str:

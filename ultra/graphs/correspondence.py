@@ -8,6 +8,7 @@ operator C (rows: tokens that have a partner), so that ``C @ z`` is, for each to
 of the same image point seen by the other views: the geometric part of the augmentation undone.
 Every function works on a batch of images at once (``geometry`` of shape ``[..., V, 5]``).
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,7 +16,8 @@ from torch import Tensor
 
 
 def _token_points(geometry: Tensor, grid: tuple[int, int]) -> Tensor:
-    """``[..., V, h*w, 2]`` source-image coordinates of every token centre of every view (``geometry`` ``[..., V, 5]``)."""
+    """``[..., V, h*w, 2]`` source-image coordinates of every token centre of every view (``geometry`` ``[..., V,
+    5]``)."""
     h, w = grid
     u = ((torch.arange(w) + 0.5) / w).repeat(h)
     v = ((torch.arange(h) + 0.5) / h).repeat_interleave(w)
@@ -70,7 +72,9 @@ def image_correspondences(geometry: Tensor, grid: tuple[int, int]) -> tuple[Tens
     return where // ((views - 1) * 4), cols, (weight / seen_by).flatten()[where]
 
 
-def view_correspondences(geometry: Tensor, grid: tuple[int, int], view_offset: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+def view_correspondences(
+    geometry: Tensor, grid: tuple[int, int], view_offset: int = 0
+) -> tuple[Tensor, Tensor, Tensor]:
     """The entries of C for the ``V`` views of one image (``geometry`` ``[V, 5]``), nodes numbered from
     ``view_offset * h*w``."""
     rows, cols, vals = image_correspondences(geometry[None], grid)

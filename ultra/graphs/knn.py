@@ -14,6 +14,7 @@ token. Similarities below ``threshold`` are dropped, and the edges are symmetris
 ``n x max(k, max_block // n)`` floats (``max_block`` = 2^24 by default, 64 MB in float32), never
 ``N x N``; memory of the result is O(N * (k_intra + k_inter)).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
@@ -103,13 +104,17 @@ class KnnConfig:
     def check_counts(self, tokens_per_view: int, prefix: str = "data.knn") -> None:
         """Refuse, before any work, neighbour counts that a view's tokens and its candidate images cannot supply."""
         if self.k_intra > tokens_per_view - 1:
-            raise ConfigError(f"{prefix}.k_intra={self.k_intra} exceeds the {tokens_per_view - 1} other tokens of a view")
+            raise ConfigError(
+                f"{prefix}.k_intra={self.k_intra} exceeds the {tokens_per_view - 1} other tokens of a view"
+            )
         if self.candidate_images is not None:
             searched = (self.candidate_images + 1) * tokens_per_view - 1
             if self.k_any > searched or self.k_inter > self.candidate_images * tokens_per_view:
-                raise ConfigError(f"{prefix}.k_any={self.k_any} / k_inter={self.k_inter} exceed the tokens searched: a "
-                                  f"view's {tokens_per_view} and those of its {self.candidate_images} candidate images; "
-                                  f"raise {prefix}.candidate_images or lower the counts")
+                raise ConfigError(
+                    f"{prefix}.k_any={self.k_any} / k_inter={self.k_inter} exceed the tokens searched: a "
+                    f"view's {tokens_per_view} and those of its {self.candidate_images} candidate images; "
+                    f"raise {prefix}.candidate_images or lower the counts"
+                )
 
 
 def token_kinds(specs: Sequence[GraphSpec]) -> set[str]:
@@ -117,12 +122,19 @@ def token_kinds(specs: Sequence[GraphSpec]) -> set[str]:
     return {kind for spec in specs for kind in GRAPH_KINDS[spec.kind]}
 
 
-def knn_graph(rows: Tensor, cols: Tensor | None = None, config: KnnConfig = KnnConfig(),
-              device: str | torch.device = "cpu", groups: Tensor | None = None, teleport: float = 0.0) -> SparseGraph:
+def knn_graph(
+    rows: Tensor,
+    cols: Tensor | None = None,
+    config: KnnConfig = KnnConfig(),
+    device: str | torch.device = "cpu",
+    groups: Tensor | None = None,
+    teleport: float = 0.0,
+) -> SparseGraph:
     """The kNN graph of ``B`` images' tokens: ``rows``/``cols`` are ``[B, n, D]`` (``cols`` defaults to ``rows``).
 
     ``groups`` (``[B]``, used with ``config.group_views``): the source image of each of the B views.
-    ``teleport``: the uniform term that keeps a free table's graph connected (:class:`~ultra.graphs.sparse.SparseGraph`).
+    ``teleport``: the uniform term that keeps a free table's graph connected
+    (:class:`~ultra.graphs.sparse.SparseGraph`).
 
     Similarity is the cosine of ``rows[i]`` with ``cols[j]``; node ``b*n + t`` is token t of image b.
     Tokens may be any dtype and stay where they are (e.g. float16 memory-mapped on the host): each
@@ -134,6 +146,39 @@ def knn_graph(rows: Tensor, cols: Tensor | None = None, config: KnnConfig = KnnC
     if cols.shape != rows.shape:
         raise ValueError(f"row tokens {tuple(rows.shape)} and column tokens {tuple(cols.shape)} differ")
     num_images, n, _ = rows.shape
+    k_inter, groups = _check_set(config, num_images, n, groups)
+    candidates = _candidate_images(rows, config, k_inter, groups)
+    total = num_images * n
+    # the directed graph W in chunks of whole views (about ROW_CHUNK rows), each filled view by view into buffers
+    # allocated once (at most k entries a row): small allocations kept across the loop would fragment the heap
+    width = config.k_intra + k_inter + config.k_any
+    views_per_chunk = max(1, graph_module.ROW_CHUNK // n)
+    pieces = []
+    for b, (src, dst, val) in enumerate(_knn_edges(rows, cols, config, k_inter, candidates, torch.device(device))):
+        if b % views_per_chunk == 0:
+            size = min(views_per_chunk, num_images - b) * n
+            counts, targets, weights = (
+                torch.zeros(size, dtype=torch.long),
+                torch.empty(size * width, dtype=index_dtype(total)),
+                torch.empty(size * width),
+            )
+            filled = 0
+        keep = val >= config.threshold
+        # an edge found by two searches (e.g. intra and any) is kept once; rows sorted by target
+        pair, first = torch.unique((src[keep] - b * n) * total + dst[keep], return_inverse=True)
+        targets[filled : filled + pair.numel()] = pair % total
+        weights[filled : filled + pair.numel()] = torch.zeros(pair.numel()).scatter_(0, first, val[keep])
+        local = (b % views_per_chunk) * n
+        counts[local : local + n] = torch.bincount(pair // total, minlength=n)
+        filled += pair.numel()
+        if local + n == size:
+            pieces.append((counts, targets[:filled], weights[:filled]))
+    return SparseGraph.from_row_chunks(pieces, total, views_per_chunk * n, teleport)
+
+
+def _check_set(config: KnnConfig, num_images: int, n: int, groups: Tensor | None) -> tuple[int, Tensor | None]:
+    """Refuse neighbour counts that ``num_images`` images of ``n`` tokens cannot supply; returns the inter-image count
+    (none for one image) and the views' source images when ``group_views`` is on."""
     if config.k_intra > n - 1:
         raise ConfigError(f"k_intra={config.k_intra} exceeds the {n - 1} other tokens of an image")
     k_inter = config.k_inter if num_images > 1 else 0
@@ -144,97 +189,106 @@ def knn_graph(rows: Tensor, cols: Tensor | None = None, config: KnnConfig = KnnC
     if config.group_views and (groups is None or groups.shape != (num_images,)):
         raise ConfigError(f"knn.group_views needs the source image of each of the {num_images} views")
     groups = groups if config.group_views else None
-    others = num_images - 1 if groups is None else num_images - int(torch.bincount(groups).max())
-    if groups is not None and others < 1:
+    if groups is not None and num_images - int(torch.bincount(groups).max()) < 1:
         raise ConfigError("knn.group_views: every view comes from the same image, there are no other images")
+    return k_inter, groups
+
+
+def _candidate_images(rows: Tensor, config: KnnConfig, k_inter: int, groups: Tensor | None) -> Tensor | None:
+    """The images each image searches for neighbours (its nearest by mean token), or None when it searches them all."""
+    num_images = rows.shape[0]
+    others = num_images - 1 if groups is None else num_images - int(torch.bincount(groups).max())
     count = others if config.candidate_images is None else min(config.candidate_images, others)
-    candidates = None
-    if (k_inter or config.k_any) and (count < num_images - 1 or groups is not None):
-        means = torch.stack([_unit(rows[b]).mean(0) for b in range(num_images)])
-        candidates = nearest_images(means, count, groups)
-    total = num_images * n
-    # the directed graph W in chunks of whole views (about ROW_CHUNK rows), each filled view by view into buffers
-    # allocated once (at most k entries a row): small allocations kept across the loop would fragment the heap
-    width = config.k_intra + k_inter + config.k_any
-    views_per_chunk = max(1, graph_module.ROW_CHUNK // n)
-    pieces = []
-    for b, (src, dst, val) in enumerate(_knn_edges(rows, cols, config, k_inter, candidates, torch.device(device))):
-        if b % views_per_chunk == 0:
-            size = min(views_per_chunk, num_images - b) * n
-            counts, targets, weights = torch.zeros(size, dtype=torch.long), torch.empty(size * width, dtype=index_dtype(total)), torch.empty(size * width)
-            filled = 0
-        keep = val >= config.threshold
-        # an edge found by two searches (e.g. intra and any) is kept once; rows sorted by target
-        pair, first = torch.unique((src[keep] - b * n) * total + dst[keep], return_inverse=True)
-        targets[filled:filled + pair.numel()] = pair % total
-        weights[filled:filled + pair.numel()] = torch.zeros(pair.numel()).scatter_(0, first, val[keep])
-        local = (b % views_per_chunk) * n
-        counts[local:local + n] = torch.bincount(pair // total, minlength=n)
-        filled += pair.numel()
-        if local + n == size:
-            pieces.append((counts, targets[:filled], weights[:filled]))
-    return SparseGraph.from_row_chunks(pieces, total, views_per_chunk * n, teleport)
+    if not (k_inter or config.k_any) or (count >= num_images - 1 and groups is None):
+        return None
+    means = torch.stack([_unit(rows[b]).mean(0) for b in range(num_images)])
+    return nearest_images(means, count, groups)
 
 
-def _knn_edges(rows: Tensor, cols: Tensor, config: KnnConfig, k_inter: int, candidates: Tensor | None,
-               device: torch.device) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+def _knn_edges(
+    rows: Tensor, cols: Tensor, config: KnnConfig, k_inter: int, candidates: Tensor | None, device: torch.device
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """Directed edges (source, target, cosine) of every search, one image at a time (on the CPU)."""
-    num_images, n, _ = rows.shape
-    if device.type == "cuda":  # one transfer of every token instead of one per search, when the GPU has room
-        free, _ = torch.cuda.mem_get_info(device)
-        needed = rows.numel() * rows.element_size() * (1 if cols is rows else 2)
-        if needed < 0.8 * free:
-            same = cols is rows
-            rows = rows.to(device)
-            cols = rows if same else cols.to(device)
-    all_cols = cols.reshape(num_images * n, -1)
-    width = max(k_inter, config.k_any + 1, min(config.max_block // n, num_images * n))
-    searches = bool(k_inter or config.k_any)
-    buffer = torch.empty(n, width, device=device) if searches else None
-    # the candidate views' tokens and their unit keys also go to buffers allocated once, not once per view
-    key_rows = width if candidates is None else (candidates.shape[1] + 1) * n
-    key_storage = torch.empty(key_rows * cols.shape[-1], device=device) if searches else None
-    view_storage = None if candidates is None else torch.empty(key_rows * cols.shape[-1], dtype=cols.dtype, device=cols.device)
-    for b in range(num_images):
-        offset = b * n
-        src, dst, val = [], [], []
-        queries = _unit(rows[b].to(device))
-        if config.k_intra:
-            sim = queries @ _unit(cols[b].to(device)).T
-            sim.fill_diagonal_(-float("inf"))
-            v, i = sim.topk(config.k_intra, dim=1)
-            src.append((torch.arange(n, device=device).repeat_interleave(config.k_intra) + offset).cpu())
-            dst.append((i.flatten() + offset).cpu())
-            val.append((v.flatten()).cpu())
-        if k_inter:
-            if candidates is None:
-                v, i = topk_blockwise(queries, all_cols, k_inter, config.max_block, exclude=(offset, offset + n),
-                                      buffer=buffer, key_storage=key_storage)
-            else:
-                images = candidates[b]
-                v, i = topk_blockwise(queries, _gather_views(cols, images, view_storage), k_inter, config.max_block,
-                                      buffer=buffer, key_storage=key_storage)
-                i = images.to(device).repeat_interleave(n)[i] * n + i % n
-            src.append((torch.arange(n, device=device).repeat_interleave(v.shape[1]) + offset).cpu())
-            dst.append((i.flatten()).cpu())
-            val.append((v.flatten()).cpu())
-        if config.k_any:
-            keys, key_nodes = all_cols, None
-            if candidates is not None:
-                images = torch.cat([torch.tensor([b]), candidates[b]])
-                keys = _gather_views(cols, images, view_storage)
-                key_nodes = (images[:, None] * n + torch.arange(n)).flatten().to(device)
-            v, i = topk_blockwise(queries, keys, config.k_any + 1, config.max_block, buffer=buffer, key_storage=key_storage)
-            i = i if key_nodes is None else key_nodes[i]
-            own = torch.arange(n, device=device)[:, None] + offset
-            not_self = i != own
-            # drop the token itself; keep the k_any best others of each row
-            v = v.masked_fill(~not_self, -float("inf"))
-            v, pick = v.topk(config.k_any, dim=1)
-            src.append((own.expand(-1, config.k_any).flatten()).cpu())
-            dst.append((i.gather(1, pick).flatten()).cpu())
-            val.append((v.flatten()).cpu())
-        yield torch.cat(src), torch.cat(dst), torch.cat(val)
+    search = _Search(rows, cols, config, k_inter, candidates, device)
+    for b in range(search.num_images):
+        queries = _unit(search.rows[b].to(device))
+        searches = [(config.k_intra, search.intra), (k_inter, search.inter), (config.k_any, search.anywhere)]
+        found = [find(b, queries) for wanted, find in searches if wanted]
+        yield tuple(torch.cat([edges[j].cpu() for edges in found]) for j in range(3))
+
+
+class _Search:
+    """The three neighbour searches of one image's tokens, sharing buffers allocated once for the whole set."""
+
+    def __init__(
+        self,
+        rows: Tensor,
+        cols: Tensor,
+        config: KnnConfig,
+        k_inter: int,
+        candidates: Tensor | None,
+        device: torch.device,
+    ):
+        self.num_images, self.n, _ = rows.shape
+        if device.type == "cuda":  # one transfer of every token instead of one per search, when the GPU has room
+            free, _ = torch.cuda.mem_get_info(device)
+            needed = rows.numel() * rows.element_size() * (1 if cols is rows else 2)
+            if needed < 0.8 * free:
+                same = cols is rows
+                rows = rows.to(device)
+                cols = rows if same else cols.to(device)
+        self.rows, self.cols, self.config, self.k_inter = rows, cols, config, k_inter
+        self.candidates, self.device = candidates, device
+        n = self.n
+        self.all_cols = cols.reshape(self.num_images * n, -1)
+        width = max(k_inter, config.k_any + 1, min(config.max_block // n, self.num_images * n))
+        searches = bool(k_inter or config.k_any)
+        self.buffer = torch.empty(n, width, device=device) if searches else None
+        # the candidate views' tokens and their unit keys also go to buffers allocated once, not once per view
+        key_rows = width if candidates is None else (candidates.shape[1] + 1) * n
+        self.key_storage = torch.empty(key_rows * cols.shape[-1], device=device) if searches else None
+        self.view_storage = (
+            None if candidates is None else torch.empty(key_rows * cols.shape[-1], dtype=cols.dtype, device=cols.device)
+        )
+
+    def _top(self, queries: Tensor, keys: Tensor, k: int, exclude: tuple[int, int] | None = None):
+        return topk_blockwise(
+            queries, keys, k, self.config.max_block, exclude=exclude, buffer=self.buffer, key_storage=self.key_storage
+        )
+
+    def intra(self, b: int, queries: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The ``k_intra`` nearest tokens of the image's own."""
+        n, k, offset = self.n, self.config.k_intra, b * self.n
+        sim = queries @ _unit(self.cols[b].to(self.device)).T
+        sim.fill_diagonal_(-float("inf"))
+        v, i = sim.topk(k, dim=1)
+        return torch.arange(n, device=self.device).repeat_interleave(k) + offset, i.flatten() + offset, v.flatten()
+
+    def inter(self, b: int, queries: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The ``k_inter`` nearest tokens of the other images (of the candidate images, when they are limited)."""
+        n, offset = self.n, b * self.n
+        if self.candidates is None:
+            v, i = self._top(queries, self.all_cols, self.k_inter, exclude=(offset, offset + n))
+        else:
+            images = self.candidates[b]
+            v, i = self._top(queries, _gather_views(self.cols, images, self.view_storage), self.k_inter)
+            i = images.to(self.device).repeat_interleave(n)[i] * n + i % n
+        return torch.arange(n, device=self.device).repeat_interleave(v.shape[1]) + offset, i.flatten(), v.flatten()
+
+    def anywhere(self, b: int, queries: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The ``k_any`` nearest tokens of the set (of the image and its candidate images, when they are limited)."""
+        n, k = self.n, self.config.k_any
+        keys, key_nodes = self.all_cols, None
+        if self.candidates is not None:
+            images = torch.cat([torch.tensor([b]), self.candidates[b]])
+            keys = _gather_views(self.cols, images, self.view_storage)
+            key_nodes = (images[:, None] * n + torch.arange(n)).flatten().to(self.device)
+        v, i = self._top(queries, keys, k + 1)
+        i = i if key_nodes is None else key_nodes[i]
+        own = torch.arange(n, device=self.device)[:, None] + b * n
+        # drop the token itself; keep the k_any best others of each row
+        v, pick = v.masked_fill(i == own, -float("inf")).topk(k, dim=1)
+        return own.expand(-1, k).flatten(), i.gather(1, pick).flatten(), v.flatten()
 
 
 def _unit(x: Tensor) -> Tensor:
@@ -256,10 +310,17 @@ def _gather_views(tokens: Tensor, views: Tensor, storage: Tensor) -> Tensor:
     return torch.index_select(tokens, 0, views.to(tokens.device), out=out).view(-1, dim)
 
 
-def topk_blockwise(queries: Tensor, keys: Tensor, k: int, max_block: int = 1 << 24,
-                   exclude: tuple[int, int] | None = None, buffer: Tensor | None = None,
-                   key_storage: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Top-``k`` cosines of each (unit) query with ``keys`` (``[Nk, D]``, normalised block by block), scanning keys in blocks.
+def topk_blockwise(
+    queries: Tensor,
+    keys: Tensor,
+    k: int,
+    max_block: int = 1 << 24,
+    exclude: tuple[int, int] | None = None,
+    buffer: Tensor | None = None,
+    key_storage: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Top-``k`` cosines of each (unit) query with ``keys`` (``[Nk, D]``, normalised block by block), scanning keys
+    in blocks.
 
     ``exclude`` is a ``[start, stop)`` range of keys left out. Holds at most ``len(queries) x block``
     scores, in ``buffer`` when given, and normalises each key block into ``key_storage`` (flat float32) when given:
@@ -272,8 +333,10 @@ def topk_blockwise(queries: Tensor, keys: Tensor, k: int, max_block: int = 1 << 
     best_v = torch.full((queries.shape[0], 0), -float("inf"), device=queries.device)
     best_i = torch.zeros((queries.shape[0], 0), dtype=torch.long, device=queries.device)
     for start in range(0, keys.shape[0], block):
-        chunk = _unit_into(keys[start:start + block].to(queries.device), key_storage)
-        sim = torch.matmul(queries, chunk.T, out=flat[: queries.shape[0] * chunk.shape[0]].view(queries.shape[0], chunk.shape[0]))
+        chunk = _unit_into(keys[start : start + block].to(queries.device), key_storage)
+        sim = torch.matmul(
+            queries, chunk.T, out=flat[: queries.shape[0] * chunk.shape[0]].view(queries.shape[0], chunk.shape[0])
+        )
         if exclude is not None:
             lo, hi = max(exclude[0] - start, 0), min(exclude[1] - start, sim.shape[1])
             if lo < hi:
@@ -290,17 +353,21 @@ def nearest_images(image_features: Tensor, count: int, groups: Tensor | None = N
     feats = _unit(image_features)
     out = []
     for start in range(0, feats.shape[0], 1024):
-        chunk = feats[start:start + 1024]
+        chunk = feats[start : start + 1024]
         sim = chunk @ feats.T
         sim[torch.arange(chunk.shape[0]), torch.arange(start, start + chunk.shape[0])] = -float("inf")
         if groups is not None:
-            sim.masked_fill_(groups[start:start + chunk.shape[0], None] == groups[None, :], -float("inf"))
+            sim.masked_fill_(groups[start : start + chunk.shape[0], None] == groups[None, :], -float("inf"))
         out.append(sim.topk(count, dim=1).indices)
     return torch.cat(out)
 
 
-def affinity_graphs(grids: Mapping[tuple[str, int], Tensor], specs: Sequence[GraphSpec],
-                    config: KnnConfig = KnnConfig(), teleport: float = 0.0) -> list[SparseGraph]:
+def affinity_graphs(
+    grids: Mapping[tuple[str, int], Tensor],
+    specs: Sequence[GraphSpec],
+    config: KnnConfig = KnnConfig(),
+    teleport: float = 0.0,
+) -> list[SparseGraph]:
     """One graph per spec from token grids ``grids[(token_kind, layer)] = [B, h, w, D]``.
 
     Layers whose grid is coarser than the finest one are lifted to it by an orthonormal pooling
@@ -312,7 +379,9 @@ def affinity_graphs(grids: Mapping[tuple[str, int], Tensor], specs: Sequence[Gra
     for spec in specs:
         for key in spec.token_keys:
             if key not in grids:
-                raise ConfigError(f"graph {spec.name} needs '{key[0]}' tokens of layer {spec.layer}, which were not computed")
+                raise ConfigError(
+                    f"graph {spec.name} needs '{key[0]}' tokens of layer {spec.layer}, which were not computed"
+                )
             sizes[spec] = tuple(grids[key].shape[1:3])
     finest = max(sizes.values(), key=lambda s: s[0] * s[1])
     if teleport and any(size != finest for size in sizes.values()):

@@ -10,6 +10,7 @@ loss a proper objective, maximised by the leading eigenvectors.
 term applied implicitly: it keeps a graph of several components from letting a free table reach
 the optimum with component indicators.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -37,7 +38,8 @@ class _SparseMatmul(torch.autograd.Function):
 
 
 def sparse_matmul(a: Tensor, x: Tensor, a_t: Tensor | None = None) -> Tensor:
-    """Differentiable (in ``x``) product of a sparse CSR matrix and a dense one; ``a_t`` defaults to ``a`` (symmetric)."""
+    """Differentiable (in ``x``) product of a sparse CSR matrix and a dense one; ``a_t`` defaults to ``a``
+    (symmetric)."""
     return _SparseMatmul.apply(a, a if a_t is None else a_t, x)
 
 
@@ -59,12 +61,15 @@ def indptr_from_counts(counts: Tensor) -> Tensor:
 
 def _row_ids(start: int, counts: Tensor, dtype: torch.dtype) -> Tensor:
     """The row of every entry of rows ``start, start + 1, ...`` holding ``counts`` entries each."""
-    return torch.repeat_interleave(torch.arange(start, start + counts.numel(), dtype=dtype, device=counts.device), counts)
+    return torch.repeat_interleave(
+        torch.arange(start, start + counts.numel(), dtype=dtype, device=counts.device), counts
+    )
 
 
 @dataclass
 class RowBlock:
-    """Rows of a sparse operator for a batch of ``nodes``: ``block`` is ``[len(nodes), len(neighbors)]`` (CSR, with its transpose)."""
+    """Rows of a sparse operator for a batch of ``nodes``: ``block`` is ``[len(nodes), len(neighbors)]`` (CSR, with
+    its transpose)."""
 
     nodes: Tensor
     neighbors: Tensor
@@ -76,9 +81,13 @@ class RowBlock:
         """From entries (local row, local column, value) of the ``len(nodes) x len(neighbors)`` block, sorted by
         row then column and without duplicates (as rows taken from a CSR matrix are): no sorting is needed."""
         shape = (nodes.numel(), neighbors.numel())
-        block = torch.sparse_csr_tensor(indptr_from_counts(torch.bincount(rows, minlength=shape[0])), cols, values, shape)
+        block = torch.sparse_csr_tensor(
+            indptr_from_counts(torch.bincount(rows, minlength=shape[0])), cols, values, shape
+        )
         order = torch.argsort(cols * shape[0] + rows)
-        block_t = torch.sparse_csr_tensor(indptr_from_counts(torch.bincount(cols, minlength=shape[1])), rows[order], values[order], shape[::-1])
+        block_t = torch.sparse_csr_tensor(
+            indptr_from_counts(torch.bincount(cols, minlength=shape[1])), rows[order], values[order], shape[::-1]
+        )
         return cls(nodes, neighbors, block, block_t)
 
     def propagate(self, x_neighbors: Tensor) -> Tensor:
@@ -89,7 +98,8 @@ class RowBlock:
 
 @dataclass
 class SparseRows:
-    """A sparse ``N x N`` operator in CSR form (``indptr``, ``indices``, ``values``) whose rows can be taken in batches."""
+    """A sparse ``N x N`` operator in CSR form (``indptr``, ``indices``, ``values``) whose rows can be taken in
+    batches."""
 
     indptr: Tensor
     indices: Tensor
@@ -97,7 +107,11 @@ class SparseRows:
 
     @classmethod
     def from_coo(cls, rows: Tensor, cols: Tensor, values: Tensor, num_nodes: int) -> SparseRows:
-        csr = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (num_nodes, num_nodes)).coalesce().to_sparse_csr()
+        csr = (
+            torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (num_nodes, num_nodes))
+            .coalesce()
+            .to_sparse_csr()
+        )
         return cls(csr.crow_indices(), csr.col_indices().to(index_dtype(num_nodes)), csr.values())
 
     @property
@@ -109,7 +123,9 @@ class SparseRows:
         return self.indices.numel()
 
     def csr(self) -> Tensor:
-        return torch.sparse_csr_tensor(self.indptr, self.indices.to(self.indptr.dtype), self.values, (self.num_nodes, self.num_nodes))
+        return torch.sparse_csr_tensor(
+            self.indptr, self.indices.to(self.indptr.dtype), self.values, (self.num_nodes, self.num_nodes)
+        )
 
     def entries(self, nodes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Entries (position in ``nodes``, column, value) of the rows of ``nodes``, sorted by row then column."""
@@ -157,26 +173,30 @@ class SparseGraph(SparseRows):
     teleport: float = 0.0
 
     @classmethod
-    def from_affinity(cls, rows: Tensor, cols: Tensor, weights: Tensor, num_nodes: int, teleport: float = 0.0) -> SparseGraph:
+    def from_affinity(
+        cls, rows: Tensor, cols: Tensor, weights: Tensor, num_nodes: int, teleport: float = 0.0
+    ) -> SparseGraph:
         """Symmetrise ``A = (W + W^T) / 2`` from directed weighted edges (repeated edges add up) and normalise it."""
         directed = SparseRows.from_coo(rows, cols, weights.float(), num_nodes)
         return cls.from_directed(directed.indptr, directed.indices, directed.values, teleport)
 
     @classmethod
-    def from_directed(cls, indptr: Tensor, indices: Tensor, values: Tensor, teleport: float = 0.0,
-                      chunk_rows: int = ROW_CHUNK) -> SparseGraph:
+    def from_directed(
+        cls, indptr: Tensor, indices: Tensor, values: Tensor, teleport: float = 0.0, chunk_rows: int = ROW_CHUNK
+    ) -> SparseGraph:
         """Symmetrise and normalise the directed graph ``W`` given in CSR form (rows sorted, no repeated entry)."""
         num_nodes = indptr.numel() - 1
         pieces = []
         for r0 in range(0, num_nodes, chunk_rows):
             r1 = min(r0 + chunk_rows, num_nodes)
             lo, hi = int(indptr[r0]), int(indptr[r1])
-            pieces.append((indptr[r0:r1 + 1].diff(), indices[lo:hi], values[lo:hi]))
+            pieces.append((indptr[r0 : r1 + 1].diff(), indices[lo:hi], values[lo:hi]))
         return cls.from_row_chunks(pieces, num_nodes, chunk_rows, teleport)
 
     @classmethod
-    def from_row_chunks(cls, pieces: list[tuple[Tensor, Tensor, Tensor]], num_nodes: int, chunk_rows: int,
-                        teleport: float = 0.0) -> SparseGraph:
+    def from_row_chunks(
+        cls, pieces: list[tuple[Tensor, Tensor, Tensor]], num_nodes: int, chunk_rows: int, teleport: float = 0.0
+    ) -> SparseGraph:
         """Symmetrise and normalise a directed graph ``W`` given as consecutive chunks of ``chunk_rows`` rows, each
         ``(entries per row, columns, values)`` with rows sorted by column; the list is emptied as it is used.
 
@@ -212,13 +232,15 @@ class SparseGraph(SparseRows):
             out_counts.append(torch.bincount(local, minlength=size))
             out_indices.append((key % num_nodes).to(index_dtype(num_nodes)))
             out_values.append(summed)
-            degree[r0:r0 + size] = torch.zeros(size).index_add_(0, local, summed)
+            degree[r0 : r0 + size] = torch.zeros(size).index_add_(0, local, summed)
         pieces.clear()
         inv_sqrt = (degree + teleport).clamp_min(1e-12).rsqrt()
         for p, counts in enumerate(out_counts):  # S = D^-1/2 A D^-1/2, chunk by chunk
             rows = _row_ids(p * chunk_rows, counts, torch.long)
             out_values[p] = out_values[p] * inv_sqrt[rows] * inv_sqrt[out_indices[p].long()]
-        return cls(indptr_from_counts(torch.cat(out_counts)), torch.cat(out_indices), torch.cat(out_values), degree, teleport)
+        return cls(
+            indptr_from_counts(torch.cat(out_counts)), torch.cat(out_indices), torch.cat(out_values), degree, teleport
+        )
 
     # --- operators -------------------------------------------------------------------------------
     def _teleport_vector(self) -> Tensor:
@@ -244,7 +266,9 @@ class SparseGraph(SparseRows):
         row = _row_ids(0, self.indptr.diff(), torch.long)
         sqrt_d = self.degree.clamp_min(1e-12).sqrt()
         values = self.values * sqrt_d[self.indices.long()] / sqrt_d[row]
-        return torch.sparse_csr_tensor(self.indptr, self.indices.to(self.indptr.dtype), values, (self.num_nodes, self.num_nodes))
+        return torch.sparse_csr_tensor(
+            self.indptr, self.indices.to(self.indptr.dtype), values, (self.num_nodes, self.num_nodes)
+        )
 
     def rows(self, nodes: Tensor) -> GraphRows:
         """The rows of ``nodes`` with their neighbours, for a stochastic estimate of ``(S x)[nodes]``."""
@@ -262,10 +286,18 @@ class SparseGraph(SparseRows):
     @classmethod
     def load(cls, path: str | Path) -> SparseGraph:
         tensors, metadata = cls._load(path)
-        return cls(tensors["indptr"], tensors["indices"], tensors["values"], tensors["degree"], float(metadata["teleport"]))
+        return cls(
+            tensors["indptr"], tensors["indices"], tensors["values"], tensors["degree"], float(metadata["teleport"])
+        )
 
     def to(self, device: torch.device | str) -> SparseGraph:
-        return SparseGraph(self.indptr.to(device), self.indices.to(device), self.values.to(device), self.degree.to(device), self.teleport)
+        return SparseGraph(
+            self.indptr.to(device),
+            self.indices.to(device),
+            self.values.to(device),
+            self.degree.to(device),
+            self.teleport,
+        )
 
 
 @dataclass
@@ -310,7 +342,8 @@ def pooling_matrix(fine: tuple[int, int], coarse: tuple[int, int], images: int =
 
 
 def lift_graph(graph: SparseGraph, pooling: Tensor) -> SparseGraph:
-    """``G^T S G``: a graph on a coarse grid as an operator on the fine grid (``pooling`` from :func:`pooling_matrix`)."""
+    """``G^T S G``: a graph on a coarse grid as an operator on the fine grid (``pooling`` from
+    :func:`pooling_matrix`)."""
     if graph.teleport:
         raise ValueError("lift the graph before adding a teleport term")
     s = graph.csr().to_sparse_coo()

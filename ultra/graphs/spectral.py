@@ -9,6 +9,7 @@ Its optimum is the top-m eigenspace of ``sum_l w_l S_l`` (Ky Fan). :func:`spectr
 it on a batch of node rows (all nodes: the exact loss; a sample: a stochastic estimate), so the
 same function serves a free table (:func:`ultra.analysis.solver.solve`) and a head's outputs.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -35,8 +36,13 @@ def normalized_weights(weights: Sequence[float] | None, count: int) -> list[floa
     return [w / sum(weights) for w in weights]
 
 
-def spectral_loss(x_nodes: Tensor, propagated: Sequence[Tensor], weights: Sequence[float] | None = None,
-                  ortho_weight: float = 1.0, eps: float = 1e-12) -> SpectralLoss:
+def spectral_loss(
+    x_nodes: Tensor,
+    propagated: Sequence[Tensor],
+    weights: Sequence[float] | None = None,
+    ortho_weight: float = 1.0,
+    eps: float = 1e-12,
+) -> SpectralLoss:
     """The spectral-consistency loss on a batch of node rows.
 
     ``x_nodes``: ``[b, m]`` embeddings of the batch's nodes; ``propagated[l]``: ``[b, m]`` rows of

@@ -5,6 +5,7 @@ The graphs of the spectral loss are built once over every cached token of the tr
 cached view geometry (:mod:`ultra.graphs.correspondence`); both are saved as safetensors files
 named by their settings, and memory-mapped by every process that trains on them.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,15 +40,16 @@ class TrainingOperators:
     view: SparseRows | None
 
 
-def build_view_operator(geometry: Tensor, views_per_image: int, grid: tuple[int, int],
-                        chunk_images: int = 128) -> SparseRows:
+def build_view_operator(
+    geometry: Tensor, views_per_image: int, grid: tuple[int, int], chunk_images: int = 128
+) -> SparseRows:
     """Correspondences between the views of each image, over all cached nodes, ``chunk_images`` images at a time
     (each chunk's entries come in CSR order, its rows contiguous nodes: the operator is their concatenation)."""
     tokens = grid[0] * grid[1]
     num_nodes = geometry.shape[0] * tokens
     counts, indices, values = [], [], []
     for first in range(0, geometry.shape[0], chunk_images * views_per_image):
-        chunk = geometry[first:first + chunk_images * views_per_image]
+        chunk = geometry[first : first + chunk_images * views_per_image]
         r, c, v = image_correspondences(chunk.reshape(-1, views_per_image, 5), grid)
         counts.append(torch.bincount(r, minlength=chunk.shape[0] * tokens))
         indices.append((c + first * tokens).to(index_dtype(num_nodes)))
@@ -55,13 +57,20 @@ def build_view_operator(geometry: Tensor, views_per_image: int, grid: tuple[int,
     return SparseRows(indptr_from_counts(torch.cat(counts)), torch.cat(indices), torch.cat(values))
 
 
-def load_or_build_operators(cache: FeatureCache, specs: Sequence[GraphSpec], knn: KnnConfig,
-                            view_consistency: bool, device: str | torch.device = "cpu") -> TrainingOperators:
+def load_or_build_operators(
+    cache: FeatureCache,
+    specs: Sequence[GraphSpec],
+    knn: KnnConfig,
+    view_consistency: bool,
+    device: str | torch.device = "cpu",
+) -> TrainingOperators:
     """The global operators of ``cache``, built once and stored in its ``graphs/`` folder (layers non-negative)."""
     folder = cache.path / "graphs"
     graphs = []
     for spec in specs:
-        name = hashlib.sha256(json.dumps([spec.kind, spec.layer, asdict(knn)], sort_keys=True).encode()).hexdigest()[:16]
+        name = hashlib.sha256(json.dumps([spec.kind, spec.layer, asdict(knn)], sort_keys=True).encode()).hexdigest()[
+            :16
+        ]
 
         def build(spec=spec) -> SparseGraph:
             missing = [key for key in spec.token_keys if key not in cache.keys]
@@ -73,13 +82,24 @@ def load_or_build_operators(cache: FeatureCache, specs: Sequence[GraphSpec], knn
             rows = search_tokens(cache, row_key, knn.space)
             return knn_graph(rows, columns, knn, device=device, groups=cache.view_image())
 
-        graphs.append(_stored(folder / f"{spec.kind}{spec.layer}-{name}.safetensors", SparseGraph.load, build,
-                              cache.num_nodes, f"the {spec.name} graph"))
+        graphs.append(
+            _stored(
+                folder / f"{spec.kind}{spec.layer}-{name}.safetensors",
+                SparseGraph.load,
+                build,
+                cache.num_nodes,
+                f"the {spec.name} graph",
+            )
+        )
     view = None
     if view_consistency:
-        view = _stored(folder / "views.safetensors", SparseRows.load,
-                       lambda: build_view_operator(cache.geometry, cache.views_per_image, cache.grid),
-                       cache.num_nodes, "the view operator")
+        view = _stored(
+            folder / "views.safetensors",
+            SparseRows.load,
+            lambda: build_view_operator(cache.geometry, cache.views_per_image, cache.grid),
+            cache.num_nodes,
+            "the view operator",
+        )
         if view.nnz == 0:
             log.warning("view consistency is on but no two views of an image overlap: the term is zero")
     return TrainingOperators(graphs, [s.weight for s in specs], view)
@@ -100,12 +120,14 @@ def search_tokens(cache: FeatureCache, key: TokenKey, space: str, chunk: int = 1
             for start in range(0, cache.num_nodes, chunk):
                 nodes = torch.arange(start, min(start + chunk, cache.num_nodes))
                 with torch.no_grad():
-                    out[start:start + len(nodes)] = affine(cache.rows([key], nodes)).numpy()
+                    out[start : start + len(nodes)] = affine(cache.rows([key], nodes)).numpy()
             out.flush()
             del out
     array = np.load(path, mmap_mode="c")  # copy-on-write, as the cache: a writable view, the file never written
     if array.shape != (cache.num_nodes, tokens.shape[-1]):
-        raise CacheError(f"{path} holds {array.shape} tokens, {(cache.num_nodes, tokens.shape[-1])} expected: delete it")
+        raise CacheError(
+            f"{path} holds {array.shape} tokens, {(cache.num_nodes, tokens.shape[-1])} expected: delete it"
+        )
     return torch.from_numpy(array).reshape(tokens.shape)
 
 
@@ -139,4 +161,3 @@ def _load_checked(load, path: Path, num_nodes: int, repair: bool):
             path.unlink()
         return None
     return operator
-

@@ -8,9 +8,15 @@
 - ``module``: :class:`HeadModule`, what the solvers share; one Lightning module per solver:
   ``exact_module`` (:class:`ExactHeadModule`, the default) and ``sgd_module`` (:class:`SGDHeadModule`).
 """
+
 from .._lazy import lazy_attributes
 
-_EXPORTS = {"HeadModule": "module", "ExactHeadModule": "exact_module", "SGDHeadModule": "sgd_module",
-            "HeadDataModule": "datamodule", "ProjectionHead": "projection"}
+_EXPORTS = {
+    "HeadModule": "module",
+    "ExactHeadModule": "exact_module",
+    "SGDHeadModule": "sgd_module",
+    "HeadDataModule": "datamodule",
+    "ProjectionHead": "projection",
+}
 __all__ = list(_EXPORTS)
 __getattr__ = lazy_attributes(__name__, _EXPORTS)

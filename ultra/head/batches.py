@@ -7,6 +7,7 @@ numbers batches ``epoch * steps + k`` and shares them between processes, so trai
 reproducible, resumable at epoch boundaries, and distributed without two processes drawing the
 same batch.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -39,10 +40,12 @@ class BatchConfig:
 Entries = tuple[Tensor, Tensor, Tensor]
 
 
-def batch_from_entries(features: Tensor, node_positions: Tensor, graphs: Sequence[Entries], columns: Tensor,
-                       view: Entries | None) -> dict:
+def batch_from_entries(
+    features: Tensor, node_positions: Tensor, graphs: Sequence[Entries], columns: Tensor, view: Entries | None
+) -> dict:
     """A training batch: tokens of the touched nodes (``columns``) and the rows of every operator as entries
     (position in the batch, global column, value), their columns renumbered as positions in ``columns``."""
+
     def local(entries: Entries) -> Entries:
         rows, cols, vals = entries
         return rows, torch.searchsorted(columns, cols), vals
@@ -56,7 +59,8 @@ def batch_from_entries(features: Tensor, node_positions: Tensor, graphs: Sequenc
 
 
 def distinct_uniform(n: int, count: int, generator: torch.Generator) -> Tensor:
-    """``count`` distinct integers drawn uniformly from ``[0, n)``, sorted, in O(count) time and memory whatever ``n``."""
+    """``count`` distinct integers drawn uniformly from ``[0, n)``, sorted, in O(count) time and memory whatever
+    ``n``."""
     if count >= n:
         return torch.arange(n)
     if 4 * count > n:
@@ -78,10 +82,20 @@ class NodeBatches(Dataset):
     batch numbers past the last block are empty batches (so every process gets as many as DDP needs).
     """
 
-    def __init__(self, cache: FeatureCache, feature_keys: Sequence[TokenKey], operators: TrainingOperators,
-                 batch_nodes: int, steps_per_epoch: int, seed: int = 0, order: str = "random"):
+    def __init__(
+        self,
+        cache: FeatureCache,
+        feature_keys: Sequence[TokenKey],
+        operators: TrainingOperators,
+        batch_nodes: int,
+        steps_per_epoch: int,
+        seed: int = 0,
+        order: str = "random",
+    ):
         if batch_nodes < 2 or steps_per_epoch < 1:
-            raise ConfigError(f"batch_nodes must be >= 2 and steps_per_epoch >= 1, got {batch_nodes}, {steps_per_epoch}")
+            raise ConfigError(
+                f"batch_nodes must be >= 2 and steps_per_epoch >= 1, got {batch_nodes}, {steps_per_epoch}"
+            )
         if order not in NODE_ORDERS:
             raise ConfigError(f"node order must be one of {NODE_ORDERS}, got '{order}'")
         self.cache, self.keys, self.operators = cache, list(feature_keys), operators

@@ -6,6 +6,7 @@ the order the head's solver asks for; the head module never sees images. It also
 rest of a training run reads from the same settings: the evaluation set, its geometry and the class
 names. The frozen backbone is built the first time it is needed.
 """
+
 from __future__ import annotations
 
 import os
@@ -84,7 +85,9 @@ class HeadDataModule(pl.LightningDataModule):
     def head_settings(init_args: dict, random_batches: bool) -> dict:
         """The arguments that determine the head: not the evaluation's (``val_dataset``, ``evaluation``), not
         speed's (``cache``, ``num_workers``), and the node batches and their seed only when they are random."""
-        drop = {"val_dataset", "evaluation", "cache", "num_workers"} | (set() if random_batches else {"batches", "seed"})
+        drop = {"val_dataset", "evaluation", "cache", "num_workers"} | (
+            set() if random_batches else {"batches", "seed"}
+        )
         return {k: v for k, v in init_args.items() if k not in drop}
 
     # --- the backbone and what it decides --------------------------------------------------------
@@ -94,8 +97,10 @@ class HeadDataModule(pl.LightningDataModule):
         vit = FrozenViT(**self.backbone_args)
         patch = vit.patch_size
         if self.views.size % patch:
-            raise ConfigError(f"data.views.size={self.views.size} is not a multiple of the patch size {patch} of "
-                              f"{self.backbone_args['model_name']}")
+            raise ConfigError(
+                f"data.views.size={self.views.size} is not a multiple of the patch size {patch} of "
+                f"{self.backbone_args['model_name']}"
+            )
         self.knn.check_counts((self.views.size // patch) ** 2)
         vit.check_layers(self.feature_layers)
         vit.check_layers([g.layer for g in self.graphs])
@@ -152,8 +157,14 @@ class HeadDataModule(pl.LightningDataModule):
         """The training set's feature cache (built if missing)."""
         if self.cache is None:
             self.cache = FeatureCache.open_or_build(
-                self.train_dataset, self.backbone, self.cache_keys, self.views.transform(), self.cache_config.folder(),
-                batch_size=self.cache_config.batch_size, num_workers=self.num_workers, device=self._device(),
+                self.train_dataset,
+                self.backbone,
+                self.cache_keys,
+                self.views.transform(),
+                self.cache_config.folder(),
+                batch_size=self.cache_config.batch_size,
+                num_workers=self.num_workers,
+                device=self._device(),
             )
         return self.cache
 
@@ -161,7 +172,9 @@ class HeadDataModule(pl.LightningDataModule):
         """The global operators of the cache (built on ``device`` if missing, memory-mapped once they exist)."""
         if self.operators is None:
             cache = self.open_cache()
-            self.operators = load_or_build_operators(cache, self.graph_specs, self.knn, cache.views_per_image > 1, device)
+            self.operators = load_or_build_operators(
+                cache, self.graph_specs, self.knn, cache.views_per_image > 1, device
+            )
         return self.operators
 
     def setup(self, stage: str) -> None:
@@ -172,12 +185,24 @@ class HeadDataModule(pl.LightningDataModule):
 
     def node_batches(self, order: str) -> NodeBatches:
         """The node batches of the cache in ``order`` (``random`` or ``sweep``)."""
-        return NodeBatches(self.open_cache(), self.feature_keys, self.open_operators(), self.batches.nodes,
-                           self.batches.steps_per_epoch, self.seed or 0, order=order)
+        return NodeBatches(
+            self.open_cache(),
+            self.feature_keys,
+            self.open_operators(),
+            self.batches.nodes,
+            self.batches.steps_per_epoch,
+            self.seed or 0,
+            order=order,
+        )
 
     def train_dataloader(self) -> DataLoader:
         """Node batches in the order the trained module's solver needs (``node_order``: sweep or random)."""
         batches = self.node_batches(self.trainer.lightning_module.node_order)
         sampler = NodeBatchSampler(batches, self.trainer.world_size, self.trainer.global_rank)
-        return DataLoader(batches, batch_size=None, sampler=sampler, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            batches,
+            batch_size=None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )

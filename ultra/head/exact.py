@@ -24,6 +24,7 @@ which tokens with a common mean can nearly reproduce (``z`` almost constant over
 column only adds the same offset to every embedding; columns whose squared mean is more than
 ``trivial_threshold`` of their mean square are dropped, and the next eigenvectors take their place.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,10 +45,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LinearHeadSolution:
-    weight: Tensor      # [m, D] float32: the head's matrix (nn.Linear layout), outputs of unit RMS over the set
-    quotients: Tensor   # [m] spectral quotient of each output column (weighted over graphs)
-    view: Tensor        # [m] view term of each column (0 without views)
-    dropped: int        # near-constant columns left out
+    weight: Tensor  # [m, D] float32: the head's matrix (nn.Linear layout), outputs of unit RMS over the set
+    quotients: Tensor  # [m] spectral quotient of each output column (weighted over graphs)
+    view: Tensor  # [m] view term of each column (0 without views)
+    dropped: int  # near-constant columns left out
 
 
 class QuadraticForms:
@@ -64,7 +65,9 @@ class QuadraticForms:
     def update(self, batch: dict) -> None:
         """Add a node batch; the batches must cover every node exactly once."""
         if len(batch["graphs"]) != len(self.graph_weights):
-            raise ValueError(f"the batch has {len(batch['graphs'])} graphs, the forms {len(self.graph_weights)} weights")
+            raise ValueError(
+                f"the batch has {len(batch['graphs'])} graphs, the forms {len(self.graph_weights)} weights"
+            )
         x = batch["features"].float()
         x_nodes, propagated, partners, has_partner = propagate_batch(batch, x)
         self.gram += (x_nodes.T @ x_nodes).double().cpu()
@@ -82,8 +85,9 @@ class QuadraticForms:
         for name in ("spectral", "gram", "view", "total", "counts"):
             setattr(self, name, sum_across(getattr(self, name)).double().cpu())
 
-    def solve(self, out_dim: int, view_weight: float = 0.0, ridge: float = 1e-4,
-              trivial_threshold: float = 0.9) -> LinearHeadSolution:
+    def solve(
+        self, out_dim: int, view_weight: float = 0.0, ridge: float = 1e-4, trivial_threshold: float = 0.9
+    ) -> LinearHeadSolution:
         """The matrix ``[out_dim, D]`` that minimises the loss (see the module docstring)."""
         dim = self.gram.shape[0]
         n, n_view = float(self.counts[0]), float(self.counts[1])
@@ -109,8 +113,17 @@ class QuadraticForms:
         vectors = vectors[:, keep] * np.sqrt(n / energy[keep])  # unit RMS per output column
         vectors *= np.sign(vectors[np.abs(vectors).argmax(0), np.arange(out_dim)])  # a fixed sign per column
         quad = lambda m: np.einsum("dc,de,ec->c", vectors, m, vectors) / n  # noqa: E731
-        solution = LinearHeadSolution(torch.from_numpy(vectors.T.copy()).float(), torch.from_numpy(quad(self.spectral.numpy())),
-                                      torch.from_numpy(quad(view)), int(keep[-1] + 1 - out_dim))
-        log.info("exact head: %d tokens, mean quotient %.4f, mean view term %.4f, %d near-constant direction(s) dropped",
-                 int(n), float(solution.quotients.mean()), float(solution.view.mean()), solution.dropped)
+        solution = LinearHeadSolution(
+            torch.from_numpy(vectors.T.copy()).float(),
+            torch.from_numpy(quad(self.spectral.numpy())),
+            torch.from_numpy(quad(view)),
+            int(keep[-1] + 1 - out_dim),
+        )
+        log.info(
+            "exact head: %d tokens, mean quotient %.4f, mean view term %.4f, %d near-constant direction(s) dropped",
+            int(n),
+            float(solution.quotients.mean()),
+            float(solution.view.mean()),
+            solution.dropped,
+        )
         return solution

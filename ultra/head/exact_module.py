@@ -5,6 +5,7 @@ node once (``node_order = "sweep"``), sums them across processes at the end of t
 the head's matrix to their solution: no learning rate, no steps, no seed. The summed forms stay on
 the module (``forms``) so that a benchmark can solve them again with other settings.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,10 +34,19 @@ class ExactHeadModule(HeadModule):
     solver = "exact"
     node_order = "sweep"
 
-    def __init__(self, in_dim: int, out_dim: int = 50, view_weight: float = 0.1, ridge: float = 1e-4,
-                 trivial_threshold: float = 0.9, graph_weights: list[float] | None = None):
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int = 50,
+        view_weight: float = 0.1,
+        ridge: float = 1e-4,
+        trivial_threshold: float = 0.9,
+        graph_weights: list[float] | None = None,
+    ):
         if not 1 <= out_dim < in_dim:
-            raise ConfigError(f"the exact solver needs 1 <= model.out_dim < the token dimension {in_dim}, got {out_dim}")
+            raise ConfigError(
+                f"the exact solver needs 1 <= model.out_dim < the token dimension {in_dim}, got {out_dim}"
+            )
         if ridge < 0:
             raise ConfigError(f"model.ridge must be >= 0, got {ridge}")
         super().__init__(in_dim, out_dim, view_weight, graph_weights)
@@ -63,12 +73,14 @@ class ExactHeadModule(HeadModule):
             raise RuntimeError("the exact solver saw no node batch")
         strategy = self.trainer.strategy
         self.forms.reduce(lambda t: strategy.reduce(t.to(strategy.root_device), reduce_op="sum"))
-        self.solution = self.forms.solve(self.hparams.out_dim, self.hparams.view_weight, self.hparams.ridge,
-                                         self.hparams.trivial_threshold)
+        self.solution = self.forms.solve(
+            self.hparams.out_dim, self.hparams.view_weight, self.hparams.ridge, self.hparams.trivial_threshold
+        )
         with torch.no_grad():
             self.head.net.weight.copy_(self.solution.weight)
-        self.log_dict({"train/quotient": self.solution.quotients.mean().float(),
-                       "train/view": self.solution.view.mean().float()})
+        self.log_dict(
+            {"train/quotient": self.solution.quotients.mean().float(), "train/view": self.solution.view.mean().float()}
+        )
 
     def configure_optimizers(self) -> None:
         """None: the solve has no optimizer (Lightning's warning about it is expected, see ``fit_head``)."""

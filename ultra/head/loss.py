@@ -5,6 +5,7 @@ term) is :func:`ultra.graphs.spectral.spectral_loss` on the batch's node rows an
 embedding of each token with the embedding of the same image point in the other views of its
 image (geometric augmentation undone by the view operator, :mod:`ultra.graphs.correspondence`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -29,7 +30,9 @@ def view_consistency_loss(z_nodes: Tensor, partners: Tensor, has_partner: Tensor
     return diff.square().sum(0).mean() * (z_nodes.shape[0] / has_partner.sum())
 
 
-def propagate_batch(batch: dict, x: Tensor, views: bool = True) -> tuple[Tensor, list[Tensor], Tensor | None, Tensor | None]:
+def propagate_batch(
+    batch: dict, x: Tensor, views: bool = True
+) -> tuple[Tensor, list[Tensor], Tensor | None, Tensor | None]:
     """For a node batch (see :mod:`ultra.graphs.store`) and ``x`` at its touched nodes: ``x`` at the batch's nodes,
     the rows of every graph times ``x``, and the view partners of the nodes with the mask of nodes that have one."""
     nodes = batch["nodes"]
@@ -48,9 +51,11 @@ def propagate_batch(batch: dict, x: Tensor, views: bool = True) -> tuple[Tensor,
     return x[nodes], propagated, partners, has_partner
 
 
-def head_loss(z: Tensor, batch: dict, graph_weights: Sequence[float], ortho_weight: float,
-              view_weight: float) -> dict[str, Tensor]:
-    """The full loss on a node batch (see :mod:`ultra.graphs.store`) given the head's outputs ``z`` for its touched nodes."""
+def head_loss(
+    z: Tensor, batch: dict, graph_weights: Sequence[float], ortho_weight: float, view_weight: float
+) -> dict[str, Tensor]:
+    """The full loss on a node batch (see :mod:`ultra.graphs.store`) given the head's outputs ``z`` for its touched
+    nodes."""
     z_nodes, propagated, partners, has_partner = propagate_batch(batch, z, views=bool(view_weight))
     spectral = spectral_loss(z_nodes, propagated, graph_weights, ortho_weight)
     parts = {"spectral": spectral.spectral, "ortho": spectral.ortho, "quotient": spectral.quotients.mean()}

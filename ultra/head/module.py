@@ -4,6 +4,7 @@ A solver is a Lightning module, one per module of this package (:class:`~ultra.h
 the default, and :class:`~ultra.head.sgd_module.SGDHeadModule`), chosen in a training config the LightningCLI way
 (``model: {class_path: ...}``). Each says which node batches it trains on (``node_order``).
 """
+
 from __future__ import annotations
 
 import pytorch_lightning as pl
@@ -27,8 +28,15 @@ class HeadModule(pl.LightningModule):
     node_order = "random"
     """The node batches this solver trains on (see :class:`~ultra.head.batches.NodeBatches`)."""
 
-    def __init__(self, in_dim: int, out_dim: int = 50, view_weight: float = 0.1,
-                 graph_weights: list[float] | None = None, architecture: str = "linear", hidden_dim: int = 512):
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int = 50,
+        view_weight: float = 0.1,
+        graph_weights: list[float] | None = None,
+        architecture: str = "linear",
+        hidden_dim: int = 512,
+    ):
         super().__init__()
         self.head = ProjectionHead(in_dim, out_dim, architecture, hidden_dim)
         self.graph_weights = list(graph_weights) if graph_weights else None

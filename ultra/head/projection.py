@@ -1,4 +1,5 @@
 """The external transformation matrix: a learned map g from frozen tokens to the spectral embedding."""
+
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -24,7 +25,12 @@ class ProjectionHead(nn.Module):
             self.net = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim))
 
     def config(self) -> dict:
-        return {"in_dim": self.in_dim, "out_dim": self.out_dim, "architecture": self.architecture, "hidden_dim": self.hidden_dim}
+        return {
+            "in_dim": self.in_dim,
+            "out_dim": self.out_dim,
+            "architecture": self.architecture,
+            "hidden_dim": self.hidden_dim,
+        }
 
     def forward(self, tokens: Tensor) -> Tensor:
         return self.net(tokens)

@@ -1,4 +1,5 @@
 """The SGD solver: AdamW on random node batches, for the MLP head (or to refine a linear one)."""
+
 from __future__ import annotations
 
 import torch
@@ -25,9 +26,18 @@ class SGDHeadModule(HeadModule):
     solver = "sgd"
     node_order = "random"
 
-    def __init__(self, in_dim: int, out_dim: int = 50, view_weight: float = 0.1, architecture: str = "linear",
-                 hidden_dim: int = 512, lr: float = 1e-3, weight_decay: float = 0.0, ortho_weight: float = 1.0,
-                 graph_weights: list[float] | None = None):
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int = 50,
+        view_weight: float = 0.1,
+        architecture: str = "linear",
+        hidden_dim: int = 512,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        ortho_weight: float = 1.0,
+        graph_weights: list[float] | None = None,
+    ):
         super().__init__(in_dim, out_dim, view_weight, graph_weights, architecture, hidden_dim)
         self.save_hyperparameters()
 
@@ -38,8 +48,13 @@ class SGDHeadModule(HeadModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         size = int(batch["nodes"].numel())
-        parts = head_loss(self.head(batch["features"]), batch, self.weights_for(batch), self.hparams.ortho_weight,
-                          self.hparams.view_weight)
+        parts = head_loss(
+            self.head(batch["features"]),
+            batch,
+            self.weights_for(batch),
+            self.hparams.ortho_weight,
+            self.hparams.view_weight,
+        )
         self.log("loss", parts["loss"], prog_bar=True, batch_size=size)
         self.log_dict({f"train/{k}": v for k, v in parts.items() if k != "loss"}, batch_size=size)
         return parts["loss"]

@@ -4,6 +4,7 @@
 weights: the header names them and records their digest); :func:`load` checks every header field
 and tensor shape (:mod:`ultra.readout.checkpoint_header`) before it builds anything.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,8 @@ VERSION = 1
 
 
 def save_segmenter(segmenter: Segmenter, path: str | Path, extra: dict | None = None) -> Path:
-    """Write ``segmenter`` (without the backbone's weights) as one safetensors file with its description in the header."""
+    """Write ``segmenter`` (without the backbone's weights) as one safetensors file with its description in the
+    header."""
     from safetensors.torch import save_file
 
     tensors, readouts = {}, {}
@@ -42,13 +44,22 @@ def save_segmenter(segmenter: Segmenter, path: str | Path, extra: dict | None = 
             tensors.update({f"{name}.probe.{k}": v for k, v in readout.probe.state_dict().items()})
         readouts[name] = entry
     meta = {
-        "format": FORMAT, "version": VERSION, "backbone": segmenter.backbone.describe(), "readouts": readouts,
-        "classes": list(segmenter.class_names), "resize": segmenter.resize,
-        "cluster_to_class": {k: v.tolist() for k, v in segmenter.cluster_to_class.items()}, **(extra or {}),
+        "format": FORMAT,
+        "version": VERSION,
+        "backbone": segmenter.backbone.describe(),
+        "readouts": readouts,
+        "classes": list(segmenter.class_names),
+        "resize": segmenter.resize,
+        "cluster_to_class": {k: v.tolist() for k, v in segmenter.cluster_to_class.items()},
+        **(extra or {}),
     }
     path = Path(path)
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata={"ultra": json.dumps(meta)})
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+            str(tmp),
+            metadata={"ultra": json.dumps(meta)},
+        )
     return path
 
 
@@ -64,15 +75,21 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as err:
-        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or another format): {err}") from err
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file (truncated or another format): {err}"
+        ) from err
     try:
         meta = json.loads(metadata["ultra"])
     except (KeyError, ValueError) as err:
-        raise CheckpointError(f"{path} is a safetensors file but not an ultra inference checkpoint (no 'ultra' header)") from err
+        raise CheckpointError(
+            f"{path} is a safetensors file but not an ultra inference checkpoint (no 'ultra' header)"
+        ) from err
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: its 'ultra' header is a JSON {type(meta).__name__}, not an object")
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise CheckpointError(f"{path}: format {meta.get('format')} v{meta.get('version')}, expected {FORMAT} v{VERSION}")
+        raise CheckpointError(
+            f"{path}: format {meta.get('format')} v{meta.get('version')}, expected {FORMAT} v{VERSION}"
+        )
     return meta, tensors
 
 
@@ -108,12 +125,16 @@ def load(path: str | Path, device: str | torch.device = "cpu", weights: str | Pa
             head = None
             if "head" in entry:
                 head = ProjectionHead(**entry["head"])
-                head.load_state_dict({k[len(name) + 6:]: v for k, v in tensors.items() if k.startswith(f"{name}.head.")})
+                head.load_state_dict(
+                    {k[len(name) + 6 :]: v for k, v in tensors.items() if k.startswith(f"{name}.head.")}
+                )
             token_map = None
             if "token_map" in entry:
                 dim = entry["token_map"]["dim"]
                 token_map = nn.Linear(dim, dim)
-                token_map.load_state_dict({"weight": tensors[f"{name}.token_map.weight"], "bias": tensors[f"{name}.token_map.bias"]})
+                token_map.load_state_dict(
+                    {"weight": tensors[f"{name}.token_map.weight"], "bias": tensors[f"{name}.token_map.bias"]}
+                )
             readouts[name] = ClusterReadout(keys, tensors[f"{name}.centroids"], head, token_map)
         else:
             weight = tensors[f"{name}.probe.weight"]
@@ -127,6 +148,8 @@ def load(path: str | Path, device: str | torch.device = "cpu", weights: str | Pa
 def _recorded_source(info: dict, path) -> str:
     if info["source"] == "file":
         if not Path(info["location"]).is_file():
-            raise CheckpointError(f"{path} was trained with the weights file {info['location']}, which is missing: pass weights=PATH")
+            raise CheckpointError(
+                f"{path} was trained with the weights file {info['location']}, which is missing: pass weights=PATH"
+            )
         return info["location"]
     return info["source"]

@@ -5,6 +5,7 @@ limited to architecture sizes (no file paths or pretrained configs reach ``timm.
 every size is bounded before memory is allocated, every tensor must be present with the shape its
 readout implies, and the class list, matching and resize must be consistent.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,9 +19,17 @@ from ..head.projection import ARCHITECTURES
 from .segmenter import MAX_CLUSTERS
 
 MODEL_KWARGS = {
-    "depth": (int, 1, 64), "embed_dim": (int, 1, 8192), "num_heads": (int, 1, 128), "patch_size": (int, 1, 64),
-    "img_size": (int, 1, 4096), "reg_tokens": (int, 0, 64), "mlp_ratio": (float, 0, 16), "init_values": (float, 0, 10),
-    "class_token": (bool,), "no_embed_class": (bool,), "qkv_bias": (bool,),
+    "depth": (int, 1, 64),
+    "embed_dim": (int, 1, 8192),
+    "num_heads": (int, 1, 128),
+    "patch_size": (int, 1, 64),
+    "img_size": (int, 1, 4096),
+    "reg_tokens": (int, 0, 64),
+    "mlp_ratio": (float, 0, 16),
+    "init_values": (float, 0, 10),
+    "class_token": (bool,),
+    "no_embed_class": (bool,),
+    "qkv_bias": (bool,),
 }
 """The model keyword arguments a checkpoint may carry (architecture sizes only): type and bounds of each, so that
 no file path reaches ``timm.create_model`` and no size allocates more than a large real ViT (ViT-g, ViT-22B)."""
@@ -34,7 +43,9 @@ def check_model_kwargs(kwargs, where: str) -> dict:
         raise HeaderError(f"{where}: model_kwargs must be a mapping, got {type(kwargs).__name__}")
     for key, value in kwargs.items():
         if key not in MODEL_KWARGS:
-            raise HeaderError(f"{where}: model_kwargs '{key}' is not allowed in a checkpoint (allowed: {sorted(MODEL_KWARGS)})")
+            raise HeaderError(
+                f"{where}: model_kwargs '{key}' is not allowed in a checkpoint (allowed: {sorted(MODEL_KWARGS)})"
+            )
         value_type, *bounds = MODEL_KWARGS[key]
         field = f"model_kwargs '{key}'"
         if value_type is bool:
@@ -47,8 +58,10 @@ def check_model_kwargs(kwargs, where: str) -> dict:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value <= high:
                 raise HeaderError(f"{where}: {field} must be a number in ({low}, {high}], got {value!r}")
     if "embed_dim" in kwargs and "num_heads" in kwargs and kwargs["embed_dim"] % kwargs["num_heads"]:
-        raise HeaderError(f"{where}: model_kwargs embed_dim {kwargs['embed_dim']} is not a multiple of num_heads "
-                          f"{kwargs['num_heads']}")
+        raise HeaderError(
+            f"{where}: model_kwargs embed_dim {kwargs['embed_dim']} is not a multiple of num_heads "
+            f"{kwargs['num_heads']}"
+        )
     return kwargs
 
 
@@ -96,7 +109,12 @@ def check_header(meta: dict, tensors: dict[str, Tensor], path: str | Path) -> No
     upgrade_header(meta)
     _check_backbone(meta.get("backbone"), where)
     classes = meta.get("classes")
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes) or len(classes) > 255:
+    if (
+        not isinstance(classes, list)
+        or not classes
+        or not all(isinstance(c, str) for c in classes)
+        or len(classes) > 255
+    ):
         raise HeaderError(f"{where}: classes must be a list of 1 to 255 names")
     if len(set(classes)) != len(classes):
         raise HeaderError(f"{where}: classes must be distinct names, got {classes}")
@@ -106,21 +124,30 @@ def check_header(meta: dict, tensors: dict[str, Tensor], path: str | Path) -> No
         raise HeaderError(f"{where}: readouts must be a non-empty mapping")
     matchings = meta.get("cluster_to_class", {})
     if not isinstance(matchings, dict):
-        raise HeaderError(f"{where}: cluster_to_class must be a mapping of readout names to class ids, got "
-                          f"{type(matchings).__name__}")
+        raise HeaderError(
+            f"{where}: cluster_to_class must be a mapping of readout names to class ids, got {type(matchings).__name__}"
+        )
     expected = set()
     for name, entry in readouts.items():
         expected |= _check_readout(name, entry, tensors, classes, matchings.get(name), where)
     unknown = set(tensors) - expected
     if unknown:
         raise HeaderError(f"{where}: tensors {sorted(unknown)[:3]} belong to no readout")
-    broken = sorted(name for name, tensor in tensors.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all())
+    broken = sorted(
+        name for name, tensor in tensors.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()
+    )
     if broken:
-        raise HeaderError(f"{where}: tensor '{broken[0]}' holds NaN or infinite values (every pixel would get one class)")
+        raise HeaderError(
+            f"{where}: tensor '{broken[0]}' holds NaN or infinite values (every pixel would get one class)"
+        )
 
 
 def _check_backbone(backbone, where: str) -> None:
-    if not isinstance(backbone, dict) or not isinstance(backbone.get("model"), str) or not isinstance(backbone.get("weights"), dict):
+    if (
+        not isinstance(backbone, dict)
+        or not isinstance(backbone.get("model"), str)
+        or not isinstance(backbone.get("weights"), dict)
+    ):
         raise HeaderError(f"{where}: backbone must name a model and its weights")
     try:
         resolve_model_name(backbone["model"])
@@ -137,8 +164,11 @@ def _check_readout(name: str, entry, tensors: dict[str, Tensor], classes: list, 
     if not isinstance(entry, dict) or entry.get("outputs") not in ("clusters", "classes"):
         raise HeaderError(f"{where}: {field}.outputs must be 'clusters' or 'classes'")
     keys = entry.get("keys")
-    if (not isinstance(keys, list) or not keys or not all(isinstance(k, list) and len(k) == 2 and k[0] in KINDS
-                                                           and isinstance(k[1], int) for k in keys)):
+    if (
+        not isinstance(keys, list)
+        or not keys
+        or not all(isinstance(k, list) and len(k) == 2 and k[0] in KINDS and isinstance(k[1], int) for k in keys)
+    ):
         raise HeaderError(f"{where}: {field}.keys must be a list of [token kind in {KINDS}, layer]")
     if entry["outputs"] == "classes":
         weight = tensors.get(f"{name}.probe.weight")
@@ -150,20 +180,29 @@ def _check_readout(name: str, entry, tensors: dict[str, Tensor], classes: list, 
         return {f"{name}.probe.weight", f"{name}.probe.bias"}
     centroids = tensors.get(f"{name}.centroids")
     if centroids is None or centroids.ndim != 2 or not 1 <= centroids.shape[0] <= MAX_CLUSTERS:
-        raise HeaderError(f"{where}: tensor '{name}.centroids' is missing or not a [clusters, dim] matrix of 1 to "
-                          f"{MAX_CLUSTERS} clusters")
+        raise HeaderError(
+            f"{where}: tensor '{name}.centroids' is missing or not a [clusters, dim] matrix of 1 to "
+            f"{MAX_CLUSTERS} clusters"
+        )
     expected = {f"{name}.centroids"}
     token_dim = _check_token_map(name, entry.get("token_map"), tensors, expected, where)
     head = entry.get("head")
     if head is not None:
         _check_head(name, head, tensors, centroids.shape[1], token_dim, expected, where)
     elif token_dim is not None and centroids.shape[1] != token_dim:
-        raise HeaderError(f"{where}: {name}.centroids are {centroids.shape[1]}-d, the token map gives {token_dim}-d tokens")
+        raise HeaderError(
+            f"{where}: {name}.centroids are {centroids.shape[1]}-d, the token map gives {token_dim}-d tokens"
+        )
     if matching is not None:
-        if (not isinstance(matching, list) or len(matching) != centroids.shape[0]
-                or not all(isinstance(c, int) and -1 <= c < len(classes) for c in matching)):
-            raise HeaderError(f"{where}: cluster_to_class.{name} must give each of the {centroids.shape[0]} clusters "
-                              f"a class in [0, {len(classes) - 1}] or -1")
+        if (
+            not isinstance(matching, list)
+            or len(matching) != centroids.shape[0]
+            or not all(isinstance(c, int) and -1 <= c < len(classes) for c in matching)
+        ):
+            raise HeaderError(
+                f"{where}: cluster_to_class.{name} must give each of the {centroids.shape[0]} clusters "
+                f"a class in [0, {len(classes) - 1}] or -1"
+            )
     return expected
 
 
@@ -180,16 +219,31 @@ def _check_token_map(name: str, token_map, tensors: dict[str, Tensor], expected:
     return dim
 
 
-def _check_head(name: str, head, tensors: dict[str, Tensor], centroid_dim: int, token_dim: int | None, expected: set,
-                where: str) -> None:
+def _check_head(
+    name: str, head, tensors: dict[str, Tensor], centroid_dim: int, token_dim: int | None, expected: set, where: str
+) -> None:
     field = f"readouts.{name}.head"
-    if (not isinstance(head, dict) or head.get("architecture") not in ARCHITECTURES
-            or set(head) != {"in_dim", "out_dim", "architecture", "hidden_dim"}):
-        raise HeaderError(f"{where}: {field} must give in_dim, out_dim, architecture (one of {ARCHITECTURES}) and "
-                          f"hidden_dim")
-    d_in, d_out, hidden = (_int_in(head[k], 1, MAX_DIM, f"{field}.{k}", where) for k in ("in_dim", "out_dim", "hidden_dim"))
-    shapes = ({"net.weight": (d_out, d_in)} if head["architecture"] == "linear" else
-              {"net.0.weight": (hidden, d_in), "net.0.bias": (hidden,), "net.2.weight": (d_out, hidden), "net.2.bias": (d_out,)})
+    if (
+        not isinstance(head, dict)
+        or head.get("architecture") not in ARCHITECTURES
+        or set(head) != {"in_dim", "out_dim", "architecture", "hidden_dim"}
+    ):
+        raise HeaderError(
+            f"{where}: {field} must give in_dim, out_dim, architecture (one of {ARCHITECTURES}) and hidden_dim"
+        )
+    d_in, d_out, hidden = (
+        _int_in(head[k], 1, MAX_DIM, f"{field}.{k}", where) for k in ("in_dim", "out_dim", "hidden_dim")
+    )
+    shapes = (
+        {"net.weight": (d_out, d_in)}
+        if head["architecture"] == "linear"
+        else {
+            "net.0.weight": (hidden, d_in),
+            "net.0.bias": (hidden,),
+            "net.2.weight": (d_out, hidden),
+            "net.2.bias": (d_out,),
+        }
+    )
     for suffix, shape in shapes.items():
         _shape(tensors, f"{name}.head.{suffix}", shape, where)
         expected.add(f"{name}.head.{suffix}")
@@ -200,7 +254,8 @@ def _check_head(name: str, head, tensors: dict[str, Tensor], centroid_dim: int, 
 
 
 def readout_input_dim(name: str, entry: dict, tensors: dict[str, Tensor]) -> int:
-    """The token dimension a (header-checked) readout expects: its token map's, its head's, its probe's or its centroids'."""
+    """The token dimension a (header-checked) readout expects: its token map's, its head's, its probe's or its
+    centroids'."""
     if entry["outputs"] == "classes":
         return int(tensors[f"{name}.probe.weight"].shape[1])
     if entry.get("token_map") is not None:
@@ -220,5 +275,7 @@ def check_token_keys(meta: dict, tensors: dict[str, Tensor], depth: int, embed_d
             raise HeaderError(f"{path}: readouts.{name}.keys name layers {layers}, {model} has {depth} blocks")
         dim, expected = readout_input_dim(name, entry, tensors), embed_dim * len(entry["keys"])
         if dim != expected:
-            raise HeaderError(f"{path}: readouts.{name} expects {dim}-d tokens, {model} gives {expected}-d "
-                              f"({len(entry['keys'])} x {embed_dim})")
+            raise HeaderError(
+                f"{path}: readouts.{name} expects {dim}-d tokens, {model} gives {expected}-d "
+                f"({len(entry['keys'])} x {embed_dim})"
+            )

@@ -1,4 +1,5 @@
 """Dense CRF refinement of per-pixel scores (pydensecrf, the ``crf`` extra), with STEGO's settings."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,11 +29,14 @@ def require_crf(option: str) -> None:
     try:
         _densecrf()
     except CRFUnavailable as err:
-        raise CRFUnavailable(f"{option} needs the dense CRF: pip install 'ultra-seg[crf]' (pydensecrf2), or leave {option} off") from err
+        raise CRFUnavailable(
+            f"{option} needs the dense CRF: pip install 'ultra-seg[crf]' (pydensecrf2), or leave {option} off"
+        ) from err
 
 
 def dense_crf(image: np.ndarray, probs: np.ndarray, iterations: int = ITERATIONS) -> np.ndarray:
-    """Labels ``[H, W]`` refined by a fully connected CRF from ``image`` (uint8 ``[H, W, 3]``) and ``probs`` ``[K, H, W]``."""
+    """Labels ``[H, W]`` refined by a fully connected CRF from ``image`` (uint8 ``[H, W, 3]``) and ``probs`` ``[K,
+    H, W]``."""
     dcrf, unary_from_softmax = _densecrf()
     k, h, w = probs.shape
     if image.shape[:2] != (h, w):
@@ -40,7 +44,9 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, iterations: int = ITERATIONS
     crf = dcrf.DenseCRF2D(w, h, k)
     crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs.astype(np.float32))))
     crf.addPairwiseGaussian(sxy=POSITION_STD, compat=POSITION_WEIGHT)
-    crf.addPairwiseBilateral(sxy=BILATERAL_XY_STD, srgb=BILATERAL_RGB_STD, rgbim=np.ascontiguousarray(image), compat=BILATERAL_WEIGHT)
+    crf.addPairwiseBilateral(
+        sxy=BILATERAL_XY_STD, srgb=BILATERAL_RGB_STD, rgbim=np.ascontiguousarray(image), compat=BILATERAL_WEIGHT
+    )
     q = np.array(crf.inference(iterations)).reshape(k, h, w)
     return q.argmax(0)
 

@@ -1,5 +1,6 @@
 """The readouts of a trained head, fitted over the cached training tokens: k-means centroids of the head's
 outputs and of raw tokens (the no-head baseline), and the optional supervised probe."""
+
 from __future__ import annotations
 
 import logging
@@ -52,22 +53,33 @@ class ReadoutConfig:
     def __post_init__(self):
         unknown = [space for space in self.raw_spaces if space not in SPACES]
         if unknown or len(set(self.raw_spaces)) != len(self.raw_spaces):
-            raise ConfigError(f"readout.raw_spaces must be distinct token spaces of {SPACES}, got {list(self.raw_spaces)}")
-        if self.extra_clusters < 0 or min(self.restarts, self.kmeans_sample, self.probe_steps, self.eval_batch_size) < 1:
-            raise ConfigError("readout: extra_clusters must be >= 0 and restarts, kmeans_sample, probe_steps, "
-                             f"eval_batch_size >= 1, got {self.extra_clusters}, {self.restarts}, {self.kmeans_sample}, "
-                             f"{self.probe_steps}, {self.eval_batch_size}")
+            raise ConfigError(
+                f"readout.raw_spaces must be distinct token spaces of {SPACES}, got {list(self.raw_spaces)}"
+            )
+        if (
+            self.extra_clusters < 0
+            or min(self.restarts, self.kmeans_sample, self.probe_steps, self.eval_batch_size) < 1
+        ):
+            raise ConfigError(
+                "readout: extra_clusters must be >= 0 and restarts, kmeans_sample, probe_steps, "
+                f"eval_batch_size >= 1, got {self.extra_clusters}, {self.restarts}, {self.kmeans_sample}, "
+                f"{self.probe_steps}, {self.eval_batch_size}"
+            )
 
     def check_clusters(self, num_classes: int, num_training_tokens: int) -> int:
         """The k-means clusters of a data set with ``num_classes`` classes, refused before any work when a label map
         cannot hold them or the k-means sample or the training set's tokens are fewer."""
         clusters = num_classes + self.extra_clusters
         if clusters > MAX_CLUSTERS:
-            raise ConfigError(f"{num_classes} classes + readout.extra_clusters {self.extra_clusters} = {clusters} "
-                              f"clusters; label maps hold at most {MAX_CLUSTERS} (8-bit ids, 255 = unmatched)")
+            raise ConfigError(
+                f"{num_classes} classes + readout.extra_clusters {self.extra_clusters} = {clusters} "
+                f"clusters; label maps hold at most {MAX_CLUSTERS} (8-bit ids, 255 = unmatched)"
+            )
         if min(self.kmeans_sample, num_training_tokens) < clusters:
-            raise ConfigError(f"{clusters} clusters, but readout.kmeans_sample={self.kmeans_sample} and the training set "
-                              f"gives {num_training_tokens} tokens: both must be at least the clusters")
+            raise ConfigError(
+                f"{clusters} clusters, but readout.kmeans_sample={self.kmeans_sample} and the training set "
+                f"gives {num_training_tokens} tokens: both must be at least the clusters"
+            )
         return clusters
 
 
@@ -101,8 +113,15 @@ def raw_readout_name(space: str) -> str:
     return "raw" if space == "raw" else f"raw_{space}"
 
 
-def fit_readouts(head: nn.Module, cache: FeatureCache, feature_keys: Sequence[TokenKey], class_names: Sequence[str],
-                 config: ReadoutConfig, seed: int, progress: bool = True) -> dict[str, nn.Module]:
+def fit_readouts(
+    head: nn.Module,
+    cache: FeatureCache,
+    feature_keys: Sequence[TokenKey],
+    class_names: Sequence[str],
+    config: ReadoutConfig,
+    seed: int,
+    progress: bool = True,
+) -> dict[str, nn.Module]:
     """k-means on the head's outputs (and on raw tokens), the optional probe, over the training cache."""
     k = len(class_names) + config.extra_clusters
     head = head.eval()
@@ -114,9 +133,13 @@ def fit_readouts(head: nn.Module, cache: FeatureCache, feature_keys: Sequence[To
     raw = [feature_keys[-1]]
     for space in config.raw_spaces:
         affine = token_map(cache, raw, space)
-        readouts[raw_readout_name(space)] = ClusterReadout(raw, centroids(CachedRows(cache, raw, affine)), token_map=affine)
+        readouts[raw_readout_name(space)] = ClusterReadout(
+            raw, centroids(CachedRows(cache, raw, affine)), token_map=affine
+        )
     if config.probe:
-        probe = train_probe(cache, feature_keys, len(class_names), steps=config.probe_steps, seed=seed, progress=progress)
+        probe = train_probe(
+            cache, feature_keys, len(class_names), steps=config.probe_steps, seed=seed, progress=progress
+        )
         if probe is not None:
             readouts["probe"] = ProbeReadout(feature_keys, probe)
     return readouts

@@ -8,6 +8,7 @@ sample held in memory (read once, shared by all restarts) and the winner gets on
 every row: the cost is one random read of the sample and one sequential read of the set,
 whatever the number of restarts.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ class RowSource(Protocol):
 @dataclass
 class KMeansResult:
     centroids: Tensor  # [K, D], unit norm
-    inertia: float     # sum over the evaluated rows of (1 - cosine to the nearest centroid)
+    inertia: float  # sum over the evaluated rows of (1 - cosine to the nearest centroid)
     restart: int
 
 
@@ -37,7 +38,7 @@ def assign(x: Tensor, centroids: Tensor, chunk: int = 1 << 16) -> tuple[Tensor, 
     """Nearest centroid (by cosine) of every row of ``x``, and that cosine."""
     labels, cosines = [], []
     for start in range(0, x.shape[0], chunk):
-        sim = F.normalize(x[start:start + chunk].float(), dim=-1) @ centroids.T
+        sim = F.normalize(x[start : start + chunk].float(), dim=-1) @ centroids.T
         c, lab = sim.max(1)
         labels.append(lab)
         cosines.append(c)
@@ -91,8 +92,16 @@ SAMPLE_SIZE = 1 << 16
 """Rows the restarts run on by default (then one pass over all of them)."""
 
 
-def kmeans(data: RowSource, k: int, *, restarts: int = 3, steps: int = 100, sample_size: int | None = SAMPLE_SIZE,
-           seed: int = 0, chunk: int = 1 << 16) -> KMeansResult:
+def kmeans(
+    data: RowSource,
+    k: int,
+    *,
+    restarts: int = 3,
+    steps: int = 100,
+    sample_size: int | None = SAMPLE_SIZE,
+    seed: int = 0,
+    chunk: int = 1 << 16,
+) -> KMeansResult:
     """Spherical k-means of the rows of ``data``; the restart with the lowest inertia (on the sample) wins.
 
     Each restart seeds with k-means++ and runs Lloyd iterations until the assignment is stable (at

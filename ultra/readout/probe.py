@@ -1,4 +1,5 @@
 """The supervised reference: a linear probe (multinomial logistic regression) on cached labelled tokens."""
+
 from __future__ import annotations
 
 import logging
@@ -13,8 +14,18 @@ from tqdm.auto import tqdm
 from ..data.cache import FeatureCache, TokenKey
 
 log = logging.getLogger(__name__)
-def train_probe(cache: FeatureCache, keys: Sequence[TokenKey], num_classes: int, steps: int = 100,
-                max_rows: int = 1 << 17, weight_decay: float = 1e-4, seed: int = 0, progress: bool = True) -> nn.Linear | None:
+
+
+def train_probe(
+    cache: FeatureCache,
+    keys: Sequence[TokenKey],
+    num_classes: int,
+    steps: int = 100,
+    max_rows: int = 1 << 17,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    progress: bool = True,
+) -> nn.Linear | None:
     """A linear classifier of tokens into classes (None if the cache has no labels).
 
     Multinomial logistic regression fitted by full-batch L-BFGS (``steps`` iterations) on up to
@@ -34,8 +45,9 @@ def train_probe(cache: FeatureCache, keys: Sequence[TokenKey], num_classes: int,
     probe = nn.Linear(x.shape[1], num_classes)
     nn.init.zeros_(probe.weight)
     nn.init.zeros_(probe.bias)
-    optimizer = torch.optim.LBFGS(probe.parameters(), lr=1.0, max_iter=steps, history_size=20,
-                                  line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(
+        probe.parameters(), lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe"
+    )
     bar = tqdm(desc="linear probe (L-BFGS)", total=steps, disable=not progress)
 
     def closure() -> Tensor:

@@ -8,6 +8,7 @@ Scores on the token grid are upsampled bilinearly to pixels and the argmax is th
 when the checkpoint knows the Hungarian matching of an evaluation, clusters are reported as
 class ids (unmatched clusters as 255).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -43,8 +44,13 @@ class ClusterReadout(nn.Module):
 
     outputs = "clusters"
 
-    def __init__(self, keys: Sequence[TokenKey], centroids: Tensor, head: ProjectionHead | None = None,
-                 token_map: nn.Linear | None = None):
+    def __init__(
+        self,
+        keys: Sequence[TokenKey],
+        centroids: Tensor,
+        head: ProjectionHead | None = None,
+        token_map: nn.Linear | None = None,
+    ):
         super().__init__()
         self.keys = [tuple(k) for k in keys]
         self.head, self.token_map = head, token_map
@@ -81,8 +87,14 @@ class ProbeReadout(nn.Module):
 class Segmenter(nn.Module):
     """Backbone + readouts. ``segment(image)`` gives a label map at the image's size."""
 
-    def __init__(self, backbone: FrozenViT, readouts: Mapping[str, nn.Module], class_names: Sequence[str],
-                 resize: int = 320, cluster_to_class: Mapping[str, Tensor] | None = None):
+    def __init__(
+        self,
+        backbone: FrozenViT,
+        readouts: Mapping[str, nn.Module],
+        class_names: Sequence[str],
+        resize: int = 320,
+        cluster_to_class: Mapping[str, Tensor] | None = None,
+    ):
         super().__init__()
         if not readouts:
             raise ValueError("a segmenter needs at least one readout")
@@ -116,8 +128,13 @@ class Segmenter(nn.Module):
         return {name: readout_grid_scores(readout, feats) for name, readout in chosen.items()}
 
     @torch.no_grad()
-    def pixel_scores(self, images: Tensor, size: tuple[int, int] | None = None, flip: bool = False,
-                     readouts: Sequence[str] | None = None) -> dict[str, Tensor]:
+    def pixel_scores(
+        self,
+        images: Tensor,
+        size: tuple[int, int] | None = None,
+        flip: bool = False,
+        readouts: Sequence[str] | None = None,
+    ) -> dict[str, Tensor]:
         """Scores of ``readouts`` (default all) upsampled to ``size`` (default: the images' size); ``flip`` averages
         with the mirrored image."""
         scores = self.grid_scores(images, readouts)
@@ -139,7 +156,9 @@ class Segmenter(nn.Module):
             raise ConfigError(f"no readout '{readout}' in this segmenter (has {list(self.readouts)})")
         tensor = as_image_tensor(image)
         height, width = tensor.shape[-2:]
-        check_resized_side((height, width), self.resize, f"image {image}" if isinstance(image, (str, Path)) else "the image")
+        check_resized_side(
+            (height, width), self.resize, f"image {image}" if isinstance(image, (str, Path)) else "the image"
+        )
         small = resize_to_patches(tensor[None], self.resize, self.backbone.patch_size)
         scores = self.pixel_scores(small, size=(height, width), flip=flip, readouts=[readout])[readout][0]
         labels = crf_labels(tensor[None], scores[None])[0].cpu() if crf else scores.argmax(0).cpu()
@@ -165,4 +184,3 @@ def as_image_tensor(image) -> Tensor:
             raise ValueError(f"an image tensor must be [3, H, W], got {tuple(image.shape)}")
         return image.float() / 255 if image.dtype == torch.uint8 else image.float()
     raise TypeError(f"cannot segment a {type(image).__name__}: give a PIL image, a path or a [3, H, W] tensor")
-

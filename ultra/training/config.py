@@ -12,6 +12,7 @@ folder holding a run with other settings is refused (``--fresh`` discards it). W
 runs in ``<default_root_dir>/seed-<s>`` (the feature cache and the graphs are shared) and
 ``<default_root_dir>/seeds.json`` holds every figure's mean and standard deviation.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,20 +37,31 @@ RENAMED = {"--model.head": "--model.architecture"}
 
 
 class TrainingCLI(LightningCLI):
-    """The training command's parser: the head's solver, the data module, the trainer, the readouts and the run options."""
+    """The training command's parser: the head's solver, the data module, the trainer, the readouts and the run
+    options."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({"model": {"class_path": SOLVERS["exact"]}})
-        parser.link_arguments("data", "model.init_args.in_dim", compute_fn=lambda dm: dm.head_dim, apply_on="instantiate")
-        parser.link_arguments("data", "model.init_args.graph_weights", compute_fn=lambda dm: dm.graph_weights,
-                              apply_on="instantiate")
+        parser.link_arguments(
+            "data", "model.init_args.in_dim", compute_fn=lambda dm: dm.head_dim, apply_on="instantiate"
+        )
+        parser.link_arguments(
+            "data", "model.init_args.graph_weights", compute_fn=lambda dm: dm.graph_weights, apply_on="instantiate"
+        )
         parser.add_class_arguments(ReadoutConfig, "readout")
-        parser.add_argument("--fresh", action="store_true",
-                            help="start over in a run folder that holds a checkpoint (by default a rerun resumes it, "
-                                 "and refuses if its settings differ)")
-        parser.add_argument("--seeds", type=str | None, default=None,
-                            help="comma-separated seeds (e.g. 0,1,2): one run per seed in <default_root_dir>/seed-<s>, "
-                                 "then seeds.json with the mean and standard deviation of every figure")
+        parser.add_argument(
+            "--fresh",
+            action="store_true",
+            help="start over in a run folder that holds a checkpoint (by default a rerun resumes it, "
+            "and refuses if its settings differ)",
+        )
+        parser.add_argument(
+            "--seeds",
+            type=str | None,
+            default=None,
+            help="comma-separated seeds (e.g. 0,1,2): one run per seed in <default_root_dir>/seed-<s>, "
+            "then seeds.json with the mean and standard deviation of every figure",
+        )
 
     def __init__(self, *args, instantiate: bool = True, **kwargs):
         self.parse_only = not instantiate
@@ -100,12 +112,19 @@ def parse_training(args: list[str] | None = None, instantiate: bool = True) -> T
     with warnings.catch_warnings(), user_errors_unwrapped():
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # passed on purpose: --seeds first
         return TrainingCLI(
-            HeadModule, HeadDataModule, subclass_mode_model=True, run=False, instantiate=instantiate,
-            args=None if args is None else upgrade_arguments(list(args)), seed_everything_default=0,
+            HeadModule,
+            HeadDataModule,
+            subclass_mode_model=True,
+            run=False,
+            instantiate=instantiate,
+            args=None if args is None else upgrade_arguments(list(args)),
+            seed_everything_default=0,
             auto_configure_optimizers=False,  # each solver makes its own optimizer (SGD) or none (exact)
-            parser_kwargs={"description": __doc__, "formatter_class": HelpFormatter,
-                           "usage": "ultra-train --config CONFIG [--seeds 0,1,2] [--fresh] [--SECTION.OPTION VALUE ...]"},
+            parser_kwargs={
+                "description": __doc__,
+                "formatter_class": HelpFormatter,
+                "usage": "ultra-train --config CONFIG [--seeds 0,1,2] [--fresh] [--SECTION.OPTION VALUE ...]",
+            },
             trainer_defaults={"callbacks": [RunCheckpoint()], "max_epochs": 10},
             save_config_kwargs={"overwrite": True},
         )
-

@@ -3,6 +3,7 @@
 :func:`train` is what ``train.py`` / ``ultra-train`` call with the command line; :func:`run_training` runs
 a parsed config (:func:`~ultra.training.config.parse_training`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -70,22 +71,44 @@ def _train(cli: TrainingCLI, config: ReadoutConfig, root: Path) -> dict | None:
     fit_head(trainer, module, data, ckpt_path)
     timings = {"fit_s": time.perf_counter() - start - sum(data.timings.values()), **data.timings}
     start = time.perf_counter()
-    readouts = fit_readouts(module.head, data.open_cache(), data.feature_keys, data.class_names, config, seed,
-                            progress=trainer.is_global_zero)
+    readouts = fit_readouts(
+        module.head,
+        data.open_cache(),
+        data.feature_keys,
+        data.class_names,
+        config,
+        seed,
+        progress=trainer.is_global_zero,
+    )
     segmenter = Segmenter(data.backbone, readouts, data.class_names, resize=data.evaluation.resize)
     segmenter.to(trainer.strategy.root_device)
     timings["readouts_s"] = time.perf_counter() - start
     export(segmenter, data, root, trainer.is_global_zero)  # saved before the evaluation, saved again with its matching
     if not (config.evaluate and data.val_dataset is not None):
         return None
-    report = evaluate(segmenter, data.val_dataset.with_transform(data.evaluation.transform()), trainer,
-                      output=root / "eval", flip=config.flip, crf=config.crf, batch_size=config.eval_batch_size,
-                      num_workers=data.num_workers,
-                      settings={"backbone": data.backbone.describe(), "eval_resize": data.evaluation.resize,
-                                "eval_crop": data.evaluation.crop, "seed": seed, "solver": module.solver,
-                                "timings": timings})
-    segmenter.cluster_to_class = {name: torch.tensor(r["cluster_to_class"]) for name, r in report["readouts"].items()
-                                  if "cluster_to_class" in r and "+" not in name}
+    report = evaluate(
+        segmenter,
+        data.val_dataset.with_transform(data.evaluation.transform()),
+        trainer,
+        output=root / "eval",
+        flip=config.flip,
+        crf=config.crf,
+        batch_size=config.eval_batch_size,
+        num_workers=data.num_workers,
+        settings={
+            "backbone": data.backbone.describe(),
+            "eval_resize": data.evaluation.resize,
+            "eval_crop": data.evaluation.crop,
+            "seed": seed,
+            "solver": module.solver,
+            "timings": timings,
+        },
+    )
+    segmenter.cluster_to_class = {
+        name: torch.tensor(r["cluster_to_class"])
+        for name, r in report["readouts"].items()
+        if "cluster_to_class" in r and "+" not in name
+    }
     export(segmenter, data, root, trainer.is_global_zero)
     return report
 
@@ -94,9 +117,16 @@ def export(segmenter: Segmenter, data: HeadDataModule, root: Path, is_main: bool
     """Write the inference checkpoint ``root/model.safetensors`` (on the main process)."""
     if is_main:
         device = segmenter.device
-        path = save_segmenter(segmenter.cpu(), root / "model.safetensors",
-                              extra={"training": {"feature_layers": [k[1] for k in data.feature_keys],
-                                                  "graphs": [g.name for g in data.graph_specs]}})
+        path = save_segmenter(
+            segmenter.cpu(),
+            root / "model.safetensors",
+            extra={
+                "training": {
+                    "feature_layers": [k[1] for k in data.feature_keys],
+                    "graphs": [g.name for g in data.graph_specs],
+                }
+            },
+        )
         segmenter.to(device)
         log.info("inference checkpoint written to %s", path)
 
@@ -119,8 +149,11 @@ def _run_seeds(args: list[str], seeds: list[int], root: Path) -> dict | None:
     reports = {}
     for seed in seeds:
         log.info("seed %d of %s", seed, seeds)
-        reports[seed] = run_training(parse_training(args + ["--seed_everything", str(seed),
-                                                            "--trainer.default_root_dir", str(root / f"seed-{seed}")]))
+        reports[seed] = run_training(
+            parse_training(
+                args + ["--seed_everything", str(seed), "--trainer.default_root_dir", str(root / f"seed-{seed}")]
+            )
+        )
     if any(r is None for r in reports.values()):
         return None
     summary = summarize(reports)

@@ -5,6 +5,7 @@ with the same settings resumes from ``checkpoints/last.ckpt``, one with other se
 unless ``--fresh`` discards the old run. Checkpoints are written atomically (a killed run never
 leaves a truncated one).
 """
+
 from __future__ import annotations
 
 import json
@@ -54,7 +55,10 @@ def head_settings(config, module: pl.LightningModule) -> dict:
     that sweeps the nodes once, are left out."""
     tree = config.as_dict()
     random_batches = module.node_order == "random"
-    model = {"class_path": tree["model"]["class_path"], **type(module).head_settings(tree["model"].get("init_args", {}))}
+    model = {
+        "class_path": tree["model"]["class_path"],
+        **type(module).head_settings(tree["model"].get("init_args", {})),
+    }
     settings = {"model": model, "data": HeadDataModule.head_settings(tree["data"], random_batches)}
     if random_batches:  # the node batches' seed
         settings["seed_everything"] = tree.get("seed_everything")
@@ -85,9 +89,11 @@ def resume_point(trainer: pl.Trainer, settings: dict, fresh: bool, epochs_matter
         if epochs_matter:
             done = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"]) + 1
             if trainer.max_epochs is not None and 0 <= trainer.max_epochs < done:
-                raise ConfigError(f"{trainer.default_root_dir} holds a run trained for {done} epochs, more than "
-                                  f"--trainer.max_epochs {trainer.max_epochs}: pass --fresh to train {trainer.max_epochs} "
-                                  f"epochs anew, or ask for at least {done}")
+                raise ConfigError(
+                    f"{trainer.default_root_dir} holds a run trained for {done} epochs, more than "
+                    f"--trainer.max_epochs {trainer.max_epochs}: pass --fresh to train {trainer.max_epochs} "
+                    f"epochs anew, or ask for at least {done}"
+                )
         log.info("resuming from %s", checkpoint)
         return str(checkpoint)
     if trainer.is_global_zero:
@@ -100,13 +106,19 @@ def check_same_settings(recorded: Path, settings: dict, root) -> None:
     try:
         stored = json.loads(recorded.read_text())
     except (OSError, ValueError):
-        raise ConfigError(f"{root} holds a checkpoint without a readable record of its settings ({recorded}): pass "
-                          f"--fresh to discard it, or choose another --trainer.default_root_dir") from None
+        raise ConfigError(
+            f"{root} holds a checkpoint without a readable record of its settings ({recorded}): pass "
+            f"--fresh to discard it, or choose another --trainer.default_root_dir"
+        ) from None
     differ = sorted(k for k in set(stored) | set(settings) if stored.get(k, "<unset>") != settings.get(k, "<unset>"))
     if differ:
-        shown = ", ".join(f"{k} ({stored.get(k, '<unset>')!r} there, {settings.get(k, '<unset>')!r} now)" for k in differ[:4])
-        raise ConfigError(f"{root} holds a run with other settings: {shown}{' and more' if len(differ) > 4 else ''}; "
-                          f"pass --fresh to discard it and start over, or choose another --trainer.default_root_dir")
+        shown = ", ".join(
+            f"{k} ({stored.get(k, '<unset>')!r} there, {settings.get(k, '<unset>')!r} now)" for k in differ[:4]
+        )
+        raise ConfigError(
+            f"{root} holds a run with other settings: {shown}{' and more' if len(differ) > 4 else ''}; "
+            f"pass --fresh to discard it and start over, or choose another --trainer.default_root_dir"
+        )
 
 
 def check_intact(checkpoint: Path) -> None:

@@ -1,0 +1,102 @@
+"""An inference checkpoint evaluated on a data set: the checks before any work, the report folder, the protocol.
+
+What ``ultra-eval`` runs once its command line is parsed: the data set's classes must be the
+checkpoint's, the report goes to ``eval-<data set class>-<fingerprint>`` beside the checkpoint unless
+told otherwise, an existing report is replaced only when asked, and a failed evaluation leaves no empty
+report folder behind.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytorch_lightning as pl
+import yaml
+
+from ..data.base import SegmentationDataset
+from ..data.transforms import EvalConfig
+from ..errors import ConfigError
+from ..files import refuse_overwrite, require_writable
+from ..readout.checkpoint import load
+from ..readout.segmenter import Segmenter
+from .protocol import evaluate
+
+
+def training_data_section(config: Path) -> dict:
+    """The ``data`` section of a training config (a LightningCLI YAML file)."""
+    try:
+        tree = yaml.safe_load(Path(config).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"--config {config} is not a readable YAML file: {err}") from None
+    data = tree.get("data") if isinstance(tree, dict) else None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {config} has no data section (a training config has one)")
+    return data.get("init_args", data)
+
+
+def default_report_folder(checkpoint: Path, dataset: SegmentationDataset) -> Path:
+    """``eval-<data set class>-<fingerprint>`` beside the checkpoint: two data sets never share a folder."""
+    return Path(checkpoint).parent / f"eval-{type(dataset).__name__}-{dataset.fingerprint()[:8]}"
+
+
+def check_same_classes(segmenter: Segmenter, dataset: SegmentationDataset) -> None:
+    """Refuse a data set whose class list is not the checkpoint's (the probe and the matching would score the wrong
+    classes), naming the first difference."""
+    ours, theirs = list(dataset.classes), list(segmenter.class_names)
+    if ours == theirs:
+        return
+    differ = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), min(len(theirs), len(ours)))
+    name = lambda classes: repr(classes[differ]) if differ < len(classes) else "none"  # noqa: E731
+    raise ConfigError(
+        f"the data set's classes are not the checkpoint's: {len(ours)} vs {len(theirs)} classes, first difference "
+        f"at id {differ} ({name(ours)} here, {name(theirs)} in the checkpoint); the probe and the matching would "
+        f"score the wrong classes"
+    )
+
+
+def evaluate_checkpoint(
+    checkpoint: Path,
+    dataset: SegmentationDataset,
+    geometry: EvalConfig,
+    output: Path,
+    trainer: pl.Trainer,
+    overwrite: bool = False,
+    described: dict | None = None,
+    **protocol,
+) -> dict:
+    """Evaluate the checkpoint on ``dataset`` (untransformed; ``geometry`` is applied) into the report folder
+    ``output``; ``protocol`` goes to :func:`~ultra.evaluation.protocol.evaluate` (flip, crf, batch_size, ...)."""
+    refuse_overwrite([output / "eval.json"], overwrite)
+    created = not output.exists()
+    require_writable(output)
+    try:
+        segmenter = load(checkpoint)
+        check_same_classes(segmenter, dataset)
+        settings = {
+            "checkpoint": str(checkpoint),
+            "dataset": described or {},
+            "eval_resize": geometry.resize,
+            "eval_crop": geometry.crop,
+        }
+        return evaluate(
+            segmenter,
+            dataset.with_transform(geometry.transform()),
+            trainer,
+            output=output,
+            settings=settings,
+            **protocol,
+        )
+    except BaseException:
+        if created and output.is_dir() and not any(output.iterdir()):
+            output.rmdir()  # a failed evaluation leaves no empty report folder behind
+        raise
+
+
+def describe_dataset(dataset: SegmentationDataset, init_args: dict) -> dict:
+    """What was evaluated, for the report: the data set's class, its arguments and its fingerprint."""
+    return {
+        "class_path": f"{type(dataset).__module__}.{type(dataset).__name__}",
+        "init_args": json.loads(json.dumps(init_args, default=str)),
+        "fingerprint": dataset.fingerprint(),
+    }
