@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random ViTs, an isolated cache, no network (helpers live in ``helpers.py``)."""
+"""Shared fixtures: tiny random ViTs, an isolated cache, no network, one tiny training run (helpers live in
+``helpers.py``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY_VIT
+from helpers import TINY_VIT, synthetic_config, tiny_overrides
+
+from ultra.cli import train as train_cli
+from ultra.head.projection import ProjectionHead
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +39,6 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     """An inference checkpoint on the tiny random ViT: a head readout matched to three named classes, and a raw
     readout without a matching (four clusters)."""
     from ultra.backbone.vit import FrozenViT
-    from ultra.head.projection import ProjectionHead
     from ultra.readout.checkpoint import save_segmenter
     from ultra.readout.segmenter import ClusterReadout, Segmenter
 
@@ -49,3 +52,20 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
         vit, readouts, ["sky", "road", "car"], resize=64, cluster_to_class={"head": torch.tensor([0, 1, 2])}
     )
     return save_segmenter(segmenter, tmp_path_factory.mktemp("checkpoint") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """One tiny training run (synthetic scenes, the tiny ViT) shared by the tests that read its outputs: its folder,
+    config and evaluation report."""
+    root = tmp_path_factory.mktemp("train")
+    config = synthetic_config(root / "tiny.yaml")
+    report = train_cli.run(["--config", str(config), *tiny_overrides(root)])
+    return root, config, report
+
+
+@pytest.fixture(scope="session")
+def checkpoint(trained):
+    """The shared run's inference checkpoint and config."""
+    root, config, _ = trained
+    return root / "run" / "model.safetensors", config

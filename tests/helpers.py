@@ -15,6 +15,9 @@ import yaml
 from PIL import Image
 from torch import Tensor
 
+from ultra.errors import CRFUnavailable
+from ultra.readout import crf
+
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = Path(os.environ.get("ULTRA_REALDATA", REPO.parent / "shared" / "realdata"))
 
@@ -177,3 +180,44 @@ def planted_partition(sizes: Sequence[int], p_in: float, p_out: float, seed: int
     upper = torch.triu(torch.rand(n, n, generator=generator) < prob, diagonal=1)
     r, c = upper.nonzero(as_tuple=True)
     return SparseGraph.from_affinity(r, c, torch.full((r.numel(),), 2.0), n), labels
+
+
+def without_crf(monkeypatch):
+    def missing():
+        raise CRFUnavailable("no pydensecrf")
+
+    monkeypatch.setattr(crf, "_densecrf", missing)
+
+
+def clustered_tokens(images=12, tokens=48, dim=24, clusters=4, seed=0, spread=2.0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(clusters, dim, generator=g) * spread
+    labels = torch.randint(0, clusters, (images, tokens), generator=g)
+    return centers[labels] + torch.randn(images, tokens, dim, generator=g), labels
+
+
+def truncate(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def photo_folder(root, classes: list[str], label=None, images: int = 3):
+    """An image folder of random photos, with label PNGs of ``label`` (default: classes by quarter) and
+    ``classes.txt``."""
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(images):
+        Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(root / "images" / f"p{i}.png")
+        ids = (
+            np.full((80, 96), label, np.uint8)
+            if label is not None
+            else np.repeat(np.arange(4, dtype=np.uint8), 24)[None].repeat(80, 0)
+        )
+        Image.fromarray(ids).save(root / "labels" / f"p{i}.png")
+    (root / "classes.txt").write_text("".join(f"{name}\n" for name in classes))
+    return root
+
+
+def folder_dataset(root) -> str:
+    return f'{{"class_path": "ultra.data.ImageFolder", "init_args": {{"root": "{root}"}}}}'

@@ -1,3 +1,5 @@
+"""The frozen ViT: its grids against a plain forward, requested tensors only, weights from files, clear errors."""
+
 import pytest
 import torch
 import torch.nn.functional as F

@@ -1,12 +1,27 @@
 """The package's shape: each stage imports only the stages before it (DESIGN.md's layout), commands stay a parser
 and a call, functions stay short."""
+
 import ast
 from pathlib import Path
 
 import ultra
 
-STAGES = ["errors", "_lazy", "files", "pictures", "backbone", "data", "graphs", "head", "readout", "evaluation",
-          "training", "analysis", "demo", "cli"]
+STAGES = [
+    "errors",
+    "_lazy",
+    "files",
+    "pictures",
+    "backbone",
+    "data",
+    "graphs",
+    "head",
+    "readout",
+    "evaluation",
+    "training",
+    "analysis",
+    "demo",
+    "cli",
+]
 """Modules and packages of ``ultra`` in data-flow order; the first four are the bottom every stage may use."""
 BOTTOM = {"errors", "_lazy", "files", "pictures"}
 ROOT = Path(ultra.__file__).parent
@@ -29,21 +44,29 @@ def _imports(source: str, path: Path) -> set[str]:
 
 def _backward_imports(source: str, path: Path) -> list[str]:
     own = path.relative_to(ROOT).parts[0].removesuffix(".py")
-    later = [m for m in _imports(source, path) if (stage := m.split(".")[1]) != own and stage not in BOTTOM
-             and STAGES.index(stage) > STAGES.index(own)]
+    later = [
+        m
+        for m in _imports(source, path)
+        if (stage := m.split(".")[1]) != own and stage not in BOTTOM and STAGES.index(stage) > STAGES.index(own)
+    ]
     return [f"{path.relative_to(ROOT)} imports {m}" for m in sorted(later)]
 
 
 def test_every_stage_imports_only_the_stages_before_it():
-    wrong = [line for path in ROOT.rglob("*.py") if path.name != "__init__.py" or path.parent != ROOT
-             for line in _backward_imports(path.read_text(), path)]
+    wrong = [
+        line
+        for path in ROOT.rglob("*.py")
+        if path.name != "__init__.py" or path.parent != ROOT
+        for line in _backward_imports(path.read_text(), path)
+    ]
     assert not wrong, wrong
 
 
 def test_the_layering_check_sees_a_stage_reaching_up():
     head = ROOT / "head" / "module.py"
     assert _backward_imports("from ..evaluation.metrics import as_floats\n", head) == [
-        "head/module.py imports ultra.evaluation.metrics"]
+        "head/module.py imports ultra.evaluation.metrics"
+    ]
     assert _backward_imports("from ..readout import segmenter\n", ROOT / "demo" / "app.py") == []
 
 
@@ -53,7 +76,10 @@ def test_command_modules_are_a_parser_and_a_call():
 
 
 def test_no_function_of_the_package_is_over_60_lines():
-    long = [f"{path.relative_to(ROOT)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
-            for path in ROOT.rglob("*.py") for node in ast.walk(ast.parse(path.read_text()))
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60]
+    long = [
+        f"{path.relative_to(ROOT)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path in ROOT.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60
+    ]
     assert not long, long

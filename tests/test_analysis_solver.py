@@ -1,31 +1,14 @@
+"""The free-table spectral solver against eigh: planted partitions, weighted graphs, minibatches, teleport."""
+
 import pytest
 import torch
-from helpers import planted_partition, subspace_cosines
+from helpers import clustered_tokens, planted_partition, subspace_cosines
 
 from ultra.analysis.solver import SolverConfig, exact_eigenvectors, solve
 from ultra.evaluation.metrics import UnsupervisedSegmentationMetric
 from ultra.graphs.knn import KnnConfig, knn_graph
-from ultra.graphs.spectral import spectral_loss, weighted_matmul
+from ultra.graphs.spectral import weighted_matmul
 from ultra.readout.kmeans import assign, kmeans
-
-
-def _clustered_tokens(images=12, tokens=48, dim=24, clusters=4, seed=0, spread=2.0):
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(clusters, dim, generator=g) * spread
-    labels = torch.randint(0, clusters, (images, tokens), generator=g)
-    return centers[labels] + torch.randn(images, tokens, dim, generator=g), labels
-
-
-def test_loss_on_exact_eigenvectors_is_the_optimum():
-    graph, _ = planted_partition([30, 40, 50], 0.4, 0.03)
-    vectors, values = exact_eigenvectors([graph], None, 3)
-    loss = spectral_loss(vectors, [graph.matmul(vectors)])
-    assert torch.allclose(loss.quotients[0], values, atol=1e-5)
-    assert loss.ortho < 1e-10
-    assert torch.isclose(loss.spectral, (1 - values).mean(), atol=1e-5)
-    # any other orthonormal basis of a different subspace scores worse
-    other, _ = torch.linalg.qr(torch.randn(120, 3))
-    assert spectral_loss(other, [graph.matmul(other)]).spectral > loss.spectral
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -59,7 +42,7 @@ def test_solver_over_several_weighted_graphs_matches_the_weighted_operator():
 
 
 def test_dataset_level_minibatches_share_one_table():
-    tokens, labels = _clustered_tokens()
+    tokens, labels = clustered_tokens()
     graph = knn_graph(tokens, config=KnnConfig(k_intra=6, k_inter=6, k_any=0, candidate_images=None), teleport=0.5)
     vectors, values = exact_eigenvectors([graph], None, 4)
     result = solve([graph], None, SolverConfig(num_vectors=4, epochs=250, lr=0.02, batch_images=3), nodes_per_image=48)
@@ -98,32 +81,3 @@ def test_solver_errors():
     other, _ = planted_partition([6, 6], 0.9, 0.1)
     with pytest.raises(ValueError, match="graphs must share their nodes"):
         solve([graph, other], None, SolverConfig(num_vectors=2))
-
-
-def test_kmeans_recovers_separated_clusters_and_a_sample_agrees():
-    tokens, labels = _clustered_tokens(images=20, tokens=50, clusters=5, spread=3.0)
-    x = tokens.reshape(-1, tokens.shape[-1])
-    inertias = {}
-    for sample_size in (None, 256):
-        result = kmeans(x, 5, restarts=4, steps=200, sample_size=sample_size, seed=1)
-        predicted, cosine = assign(x, result.centroids)
-        metric = UnsupervisedSegmentationMetric(5)
-        metric.update(predicted.view(1, 1, -1), labels.view(1, 1, -1))
-        assert metric.compute()["acc"] > 0.99, sample_size
-        assert torch.allclose(result.centroids.norm(dim=1), torch.ones(5), atol=1e-5)
-        inertias[sample_size] = result.inertia
-    # the sampled fit reports its inertia over all rows (of the centroids before its final pass)
-    assert inertias[256] == pytest.approx(inertias[None], rel=0.02)
-
-
-def test_kmeans_keeps_the_best_restart_and_is_deterministic():
-    x = torch.randn(300, 8)
-    a = kmeans(x, 6, restarts=5, seed=3)
-    b = kmeans(x, 6, restarts=5, seed=3)
-    assert torch.equal(a.centroids, b.centroids)
-    first = kmeans(x, 6, restarts=1, seed=3)  # the same computation as restart 0 of `a`
-    assert a.inertia <= first.inertia
-    if a.restart != 0:
-        assert a.inertia < first.inertia
-    with pytest.raises(ValueError, match="k=400 with 300 rows"):
-        kmeans(x, 400)

@@ -1,3 +1,5 @@
+"""Hungarian-matched metrics: hand-worked cases, brute force on small cases, accumulation over batches."""
+
 import itertools
 import math
 

@@ -1,11 +1,19 @@
+"""Affinity graphs: the kNN build against a dense reference, the stored graphs, view correspondences, token spaces."""
+
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import planted_partition
 
+from ultra.analysis.solver import exact_eigenvectors
+from ultra.data import FiveCropViews, SyntheticScenes
+from ultra.data.cache import FeatureCache
 from ultra.errors import ConfigError
+from ultra.graphs.correspondence import _token_points, view_correspondences
 from ultra.graphs.knn import (
     GraphSpec,
     KnnConfig,
@@ -15,6 +23,82 @@ from ultra.graphs.knn import (
     topk_blockwise,
 )
 from ultra.graphs.sparse import SparseGraph, lift_graph, pooling_matrix
+from ultra.graphs.spectral import spectral_loss
+from ultra.graphs.store import (
+    build_view_operator,
+    load_or_build_operators,
+)
+
+
+def test_view_operator_built_in_chunks_of_images_equals_the_per_image_correspondences():
+    g = torch.Generator().manual_seed(0)
+    corner = torch.rand(5, 3, 2, generator=g) * 0.4
+    geometry = torch.cat([corner, corner + 0.6, (torch.rand(5, 3, 1, generator=g) > 0.5).float()], -1).reshape(15, 5)
+    parts = [view_correspondences(geometry[i * 3 : (i + 1) * 3], (4, 4), view_offset=i * 3) for i in range(5)]
+    rows, cols, vals = (torch.cat(p) for p in zip(*parts))
+    expected = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (240, 240)).to_dense()
+    for chunk in (1, 2, 5):
+        operator = build_view_operator(geometry, 3, (4, 4), chunk_images=chunk)
+        assert torch.allclose(operator.csr().to_dense(), expected)
+        rows = torch.repeat_interleave(torch.arange(240), operator.indptr.diff())
+        assert (torch.diff(rows * 240 + operator.indices.long()) > 0).all()  # CSR order: by row, then column, once
+
+
+def test_view_correspondences_undo_crops_and_flips():
+    geometry = torch.tensor([[0.0, 0.0, 0.6, 0.6, 0.0], [0.2, 0.2, 0.8, 0.8, 1.0], [0.4, 0.4, 1.0, 1.0, 0.0]])
+    rows, cols, vals = view_correspondences(geometry, (6, 6))
+    c = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (108, 108)).to_dense()
+    points = _token_points(geometry, (6, 6)).reshape(-1, 2)
+    f = points[:, 0] + 2 * points[:, 1]  # any linear function of the image position
+    has = c.sum(1) > 0
+    assert torch.allclose(c.sum(1)[has], torch.ones(int(has.sum())))
+    # away from crop borders (where bilinear weights are clamped) C reproduces the function exactly
+    interior = has.clone()
+    for view in range(3):
+        x0, y0, x1, y1, _ = geometry[view]
+        p = points[view * 36 : (view + 1) * 36]
+        near_edge = torch.zeros(36, dtype=torch.bool)
+        for other in range(3):
+            if other != view:
+                a0, b0, a1, b1, _ = geometry[other]
+                margin = 0.5 * (a1 - a0) / 6
+                inside = (p[:, 0] >= a0) & (p[:, 0] <= a1) & (p[:, 1] >= b0) & (p[:, 1] <= b1)
+                near = (
+                    (p[:, 0] < a0 + margin)
+                    | (p[:, 0] > a1 - margin)
+                    | (p[:, 1] < b0 + margin)
+                    | (p[:, 1] > b1 - margin)
+                )
+                near_edge |= inside & near
+        interior[view * 36 : (view + 1) * 36] &= ~near_edge
+    assert interior.sum() > 20
+    assert torch.allclose((c @ f)[interior], f[interior], atol=1e-5)
+    assert interior[36:72].sum() > 5  # the flipped view is among the exactly reproduced points
+
+
+def test_graphs_searched_in_a_centred_or_whitened_token_space(tmp_path, tiny_vit):
+    from ultra.graphs.store import search_tokens
+
+    data = SyntheticScenes(3, 96, 4, seed=0)
+    cache = FeatureCache.open_or_build(data, tiny_vit, [("x", 2)], FiveCropViews(64, 96), tmp_path, progress=False)
+    raw = cache.tensor(("x", 2)).reshape(-1, 48).double()
+    assert torch.equal(search_tokens(cache, ("x", 2), "raw"), cache.tensor(("x", 2)))
+    centred = search_tokens(cache, ("x", 2), "centred").reshape(-1, 48).double()
+    assert torch.allclose(centred, raw - raw.mean(0), atol=2e-2)
+    whitened = search_tokens(cache, ("x", 2), "whitened").reshape(-1, 48).double()
+    covariance = (whitened - whitened.mean(0)).T @ (whitened - whitened.mean(0)) / len(whitened)
+    assert whitened.mean(0).abs().max() < 1e-2 and torch.allclose(
+        covariance, torch.eye(48, dtype=torch.float64), atol=5e-2
+    )
+    assert (cache.path / "graphs" / "whitened-x2.npy").is_file()  # written once, beside the graphs
+    # the space is part of the graph's settings: another space, another graph
+    spec = [GraphSpec("feat", 2)]
+    plain = load_or_build_operators(cache, spec, KnnConfig(k_any=5, candidate_images=None), False).graphs[0]
+    white = load_or_build_operators(
+        cache, spec, KnnConfig(k_any=5, candidate_images=None, space="whitened"), False
+    ).graphs[0]
+    expected = knn_graph(search_tokens(cache, ("x", 2), "whitened"), config=KnnConfig(k_any=5, candidate_images=None))
+    assert torch.equal(white.indices, expected.indices) and not torch.equal(white.indices, plain.indices)
 
 
 def _dense_reference(rows, cols, k_intra, k_inter, threshold, candidates=None, k_any=0):
@@ -287,3 +371,28 @@ def test_graph_built_in_row_chunks_equals_the_graph_built_in_one(monkeypatch):
     chunked = knn_graph(tokens, config=config)
     assert torch.equal(chunked.indptr, whole.indptr) and torch.equal(chunked.indices, whole.indices)
     assert torch.allclose(chunked.values, whole.values) and torch.allclose(chunked.degree, whole.degree)
+
+
+def test_loss_on_exact_eigenvectors_is_the_optimum():
+    graph, _ = planted_partition([30, 40, 50], 0.4, 0.03)
+    vectors, values = exact_eigenvectors([graph], None, 3)
+    loss = spectral_loss(vectors, [graph.matmul(vectors)])
+    assert torch.allclose(loss.quotients[0], values, atol=1e-5)
+    assert loss.ortho < 1e-10
+    assert torch.isclose(loss.spectral, (1 - values).mean(), atol=1e-5)
+    # any other orthonormal basis of a different subspace scores worse
+    other, _ = torch.linalg.qr(torch.randn(120, 3))
+    assert spectral_loss(other, [graph.matmul(other)]).spectral > loss.spectral
+
+
+def test_a_stale_whitened_token_file_is_named(tmp_path, tiny_vit):
+    from ultra.errors import CacheError
+    from ultra.graphs.store import search_tokens
+
+    cache = FeatureCache.open_or_build(
+        SyntheticScenes(2, 96, 4), tiny_vit, [("x", 2)], FiveCropViews(64, 96), tmp_path, progress=False
+    )
+    (cache.path / "graphs").mkdir(exist_ok=True)
+    np.save(cache.path / "graphs" / "whitened-x2.npy", np.zeros((3, 48), np.float16))  # a stale file of another size
+    with pytest.raises(CacheError, match=r"whitened-x2.npy holds \(3, 48\) tokens, .* expected: delete it"):
+        search_tokens(cache, ("x", 2), "whitened")

@@ -1,3 +1,5 @@
+"""ULTra relevance maps: batched maps equal the plain reference, later blocks do not count, errors are named."""
+
 import pytest
 import torch
 import torch.nn.functional as F

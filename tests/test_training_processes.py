@@ -123,9 +123,6 @@ def test_ddp_on_two_cpu_processes_trains_and_evaluates_like_one(tmp_path):
         assert reports[2][name]["miou"] == pytest.approx(reports[1][name]["miou"])
 
 
-# --- the protocol configs on fixtures in the real formats ---------------------------------------
-
-
 def _cocostuff_fixture(root):
     rng = np.random.default_rng(0)
     for split, names in (

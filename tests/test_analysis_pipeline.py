@@ -1,3 +1,5 @@
+"""The what / where analysis of a folder: its figures detect what they should, its pictures and JSON, its refusals."""
+
 import json
 
 import numpy as np

@@ -1,0 +1,96 @@
+"""``ultra-eval``: it reproduces the training report, guards its reports and refuses what it cannot evaluate."""
+
+import json
+
+import pytest
+
+from ultra.cli import evaluate as eval_cli
+from ultra.errors import ConfigError
+
+
+def test_eval_command_reproduces_the_training_report(trained):
+    root, config, report = trained
+    again = eval_cli.run(
+        [
+            "--checkpoint",
+            str(root / "run" / "model.safetensors"),
+            "--config",
+            str(config),
+            "--resize",
+            "64",
+            "--crop",
+            "64",
+            "--output",
+            str(root / "eval2"),
+        ]
+    )
+    for name in ("head", "raw", "raw_centred", "raw_whitened", "probe"):
+        assert again["readouts"][name]["miou"] == pytest.approx(report["readouts"][name]["miou"])
+    assert again["best_baseline"] == report["best_baseline"]
+    assert (root / "eval2" / "eval.json").is_file()
+
+
+def test_eval_reports_are_guarded_named_by_data_set_and_say_what_was_evaluated(trained, tmp_path):
+    root, config, _ = trained
+    args = ["--checkpoint", str(root / "run" / "model.safetensors"), "--resize", "64", "--crop", "64"]
+    sets = [
+        {
+            "class_path": "ultra.data.SyntheticScenes",
+            "init_args": {"num_images": 2, "size": 96, "num_classes": 4, "seed": s},
+        }
+        for s in (5, 6)
+    ]
+    reports = [eval_cli.run(args + ["--dataset", json.dumps(d)]) for d in sets]
+    folders = sorted((root / "run").glob("eval-SyntheticScenes-*"))
+    assert len(folders) == 2  # one folder per data set
+    assert reports[0]["settings"]["dataset"]["init_args"]["seed"] == 5
+    assert (
+        json.loads((folders[0] / "eval.json").read_text())["settings"]["dataset"]["class_path"]
+        == "ultra.data.synthetic.SyntheticScenes"
+    )
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        eval_cli.run(args + ["--dataset", json.dumps(sets[0])])
+    again = eval_cli.run(args + ["--dataset", json.dumps(sets[0]), "--overwrite"])
+    assert again["readouts"] == reports[0]["readouts"]
+    # the data set's class by its short name, its arguments as options: the same images, the same report
+    by_name = eval_cli.run(
+        args
+        + [
+            "--dataset",
+            "SyntheticScenes",
+            "--dataset.num_images",
+            "2",
+            "--dataset.size",
+            "96",
+            "--dataset.num_classes",
+            "4",
+            "--dataset.seed",
+            "5",
+            "--overwrite",
+        ]
+    )
+    assert by_name["readouts"] == reports[0]["readouts"]
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    with pytest.raises(PermissionError, match="cannot write to the output folder .*file/x"):
+        eval_cli.run(args + ["--dataset", json.dumps(sets[0]), "--output", str(not_a_folder / "x")])
+
+
+def test_eval_command_refuses_what_it_cannot_evaluate(trained, tmp_path):
+    root, _, _ = trained
+    args = ["--checkpoint", str(root / "run" / "model.safetensors"), "--output", str(tmp_path / "e")]
+    with pytest.raises(ConfigError, match="give --dataset, or a --config whose data section has a val_dataset"):
+        eval_cli.run(args)
+    (tmp_path / "broken.yaml").write_text("data: [unclosed")
+    with pytest.raises(ConfigError, match="broken.yaml is not a readable YAML file"):
+        eval_cli.run(args + ["--config", str(tmp_path / "broken.yaml")])
+    (tmp_path / "nodata.yaml").write_text("model: {out_dim: 8}\n")
+    with pytest.raises(ConfigError, match="nodata.yaml has no data section"):
+        eval_cli.run(args + ["--config", str(tmp_path / "nodata.yaml")])
+    three = {"class_path": "ultra.data.SyntheticScenes", "init_args": {"num_images": 2, "size": 96, "num_classes": 3}}
+    with pytest.raises(
+        ConfigError,
+        match=r"the data set's classes are not the checkpoint's: 3 vs 4 classes, first "
+        r"difference at id 1 \('thing_1' here, 'stuff_1' in the checkpoint\)",
+    ):
+        eval_cli.run(args + ["--dataset", json.dumps(three)])

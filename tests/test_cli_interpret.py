@@ -1,0 +1,83 @@
+"""``ultra-select`` and ``ultra-interpret`` on a tiny random ViT: their pictures, and never over their image."""
+
+import numpy as np
+import pytest
+from helpers import TINY_VIT
+from PIL import Image
+
+from ultra.cli import interpret as interpret_cli
+from ultra.cli import select as select_cli
+from ultra.errors import DataError
+
+
+@pytest.fixture
+def photo(tmp_path):
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+TINY_ARGS = ["--backbone", "vit_tiny_patch16_224", "--weights", "random", "--size", "48", "--layer", "2"]
+
+
+@pytest.fixture(autouse=True)
+def _tiny_vit_in_commands(monkeypatch):
+    from ultra.backbone.vit import FrozenViT
+
+    def tiny(name, weights, layers, kinds):
+        return FrozenViT(name, weights, layers, kinds, model_kwargs=TINY_VIT)
+
+    monkeypatch.setattr(select_cli, "FrozenViT", tiny)
+    monkeypatch.setattr(interpret_cli, "FrozenViT", tiny)
+
+
+def test_select_command_writes_mask_and_pictures(photo, tmp_path, capsys):
+    out = select_cli.run([str(photo), "--point", "30,20", "-o", str(tmp_path / "m.png"), *TINY_ARGS])
+    mask = np.array(Image.open(out))
+    assert mask.shape == (50, 70) and set(np.unique(mask)) <= {0, 255}
+    assert (tmp_path / "m_overlay.png").is_file() and (tmp_path / "m_map.png").is_file()
+    assert "mask of" in capsys.readouterr().out
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        select_cli.run([str(photo), "--point", "30,20", "-o", str(tmp_path / "m.png"), *TINY_ARGS])
+    with pytest.raises(ValueError, match="--point must be X,Y"):
+        select_cli.run([str(photo), "--point", "30", "-o", str(tmp_path / "n.png"), *TINY_ARGS])
+    with pytest.raises(SystemExit) as exit_info:
+        select_cli.main([str(photo), "--point", "500,20", "-o", str(tmp_path / "k.png"), *TINY_ARGS])
+    assert exit_info.value.code == 2 and "outside the 70x50 image" in capsys.readouterr().err
+
+
+def test_interpret_command_writes_segments_and_sheet(photo, tmp_path):
+    sheet = interpret_cli.run([str(photo), "-o", str(tmp_path / "out"), "--segments", "3", *TINY_ARGS])
+    segments = np.array(Image.open(tmp_path / "out" / "photo_segments.png"))
+    assert segments.shape == (50, 70) and segments.max() <= 2
+    assert Image.open(sheet).size[0] > 600
+
+
+def test_interpret_writes_more_than_256_segment_ids_without_wrapping(photo, tmp_path):
+    """Segment ids above 255 go to a 16-bit PNG (in 8 bits, id 256 would read back as 0)."""
+    interpret_cli.run(
+        [
+            str(photo),
+            "-o",
+            str(tmp_path / "out"),
+            "--segments",
+            "289",
+            "--stride",
+            "1",
+            *TINY_ARGS[:-3],
+            "272",
+            "--layer",
+            "2",
+        ]
+    )
+    segments = np.array(Image.open(tmp_path / "out" / "photo_segments.png"))
+    assert segments.dtype == np.uint16 and segments.max() > 255 and len(np.unique(segments)) > 256
+
+
+def test_select_never_writes_over_its_image(photo, tmp_path):
+    before = photo.read_bytes()
+    with pytest.raises(DataError, match=r"output .*photo.png is the input .*photo.png"):
+        select_cli.run(
+            [str(photo), "--point", "30,20", "-o", str(photo.with_suffix(".png")), "--overwrite", *TINY_ARGS]
+        )
+    assert photo.read_bytes() == before

@@ -1,0 +1,76 @@
+"""Settings refused on their config classes, naming the option (milliseconds; each command has one test that such a
+refusal comes before any work)."""
+
+import pytest
+
+from ultra.data.transforms import EvalConfig, ViewConfig
+from ultra.errors import ConfigError
+from ultra.graphs.knn import GraphSpec, KnnConfig
+from ultra.head.exact_module import ExactHeadModule
+from ultra.head.projection import ProjectionHead
+from ultra.readout.fit import ReadoutConfig
+from ultra.training.config import SOLVERS, upgrade_arguments
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: ViewConfig(scheme="six"), "data.views.scheme must be one of"),
+        (lambda: ViewConfig(crop_fraction=0), r"data.views: .*crop_fraction in \(0, 1\], got 224, 320, 0"),
+        (
+            lambda: EvalConfig(resize=64, crop=320),
+            r"data.evaluation.crop \(320\) exceeds data.evaluation.resize \(64\)",
+        ),
+        (lambda: EvalConfig(resize=0), r"data.evaluation.resize must be a positive number of pixels, got 0"),
+        (lambda: KnnConfig(space="pca"), "knn.space must be one of .*got 'pca'"),
+        (lambda: KnnConfig(k_any=0), r"k_intra, k_inter and k_any must be >= 0 and not all 0"),
+        (lambda: KnnConfig(candidate_images=0), "candidate_images must be >= 1 or None"),
+        (lambda: KnnConfig(k_intra=16).check_counts(16), r"data.knn.k_intra=16 exceeds the 15 other tokens of a view"),
+        (
+            lambda: KnnConfig(k_any=60, candidate_images=1).check_counts(16),
+            r"data.knn.k_any=60 / k_inter=0 exceed the tokens searched: a view's 16 and those of its 1 "
+            r"candidate images",
+        ),
+        (lambda: GraphSpec("vq", 3), "graph kind must be one of"),
+        (lambda: GraphSpec("kq", 3, weight=0), "graph weight must be positive"),
+        (
+            lambda: ReadoutConfig(raw_spaces=("raw", "pca")),
+            r"readout.raw_spaces must be distinct token spaces of \('raw', 'centred', 'whitened'\)",
+        ),
+        (lambda: ReadoutConfig(extra_clusters=-30), "extra_clusters must be >= 0"),
+        (
+            lambda: ReadoutConfig(extra_clusters=252).check_clusters(4, 10_000),
+            r"4 classes \+ readout.extra_clusters 252 = 256 clusters; label maps hold at most 255",
+        ),
+        (
+            lambda: ReadoutConfig(kmeans_sample=3).check_clusters(4, 480),
+            r"4 clusters, but readout.kmeans_sample=3 and the training set gives 480 tokens",
+        ),
+        (
+            lambda: ReadoutConfig(extra_clusters=250).check_clusters(4, 96),
+            r"254 clusters, but readout.kmeans_sample=65536 and the training set gives 96 tokens",
+        ),
+        (lambda: ExactHeadModule(48, out_dim=48), r"1 <= model.out_dim < the token dimension 48, got 48"),
+        (lambda: ExactHeadModule(64, ridge=-1), "model.ridge must be >= 0"),
+        (lambda: ProjectionHead(48, 8, "conv"), "head architecture must be one of"),
+    ],
+)
+def test_a_bad_setting_is_refused_naming_the_option(make, message):
+    with pytest.raises(ConfigError, match=message):
+        make()
+
+
+def test_older_command_lines_are_read_in_today_s_spelling():
+    assert upgrade_arguments(["--model.solver", "sgd", "--model.lr", "0.1"]) == [
+        "--model",
+        SOLVERS["sgd"],
+        "--model.lr",
+        "0.1",
+    ]
+    assert upgrade_arguments(["--model.solver=exact"]) == ["--model", SOLVERS["exact"]]
+    assert upgrade_arguments(["--model.head", "mlp", "--model.head=linear"]) == [
+        "--model.architecture",
+        "mlp",
+        "--model.architecture=linear",
+    ]
+    assert upgrade_arguments(["--data.graphs", "[]"]) == ["--data.graphs", "[]"]  # anything else unchanged
