@@ -53,7 +53,7 @@ SETS = {"camvid": "configs/camvid.yaml", "cocostuff_dev": "configs/cocostuff_dev
 OPTIONS = {  # name -> overrides of the shipped config
     "default": [],
     "group_views": ["--data.knn.group_views", "true"],
-    "norm": ["--data.tokens", "n", "--data.graphs", '[{"kind": "norm", "layer": 11}]'],
+    "norm": ["--data.tokens", "n", "--data.graphs", '[{"kind": "nn", "layer": 11}]'],
     "m32": ["--model.out_dim", "32"],
     "m100": ["--model.out_dim", "100"],
     "k8": ["--data.knn.k_any", "8"],
@@ -62,11 +62,11 @@ OPTIONS = {  # name -> overrides of the shipped config
     "view1": ["--model.view_weight", "1"],
     "graphs_feat9-11": [
         "--data.graphs",
-        '[{"kind": "feat", "layer": 9}, {"kind": "feat", "layer": 10}, {"kind": "feat", "layer": 11}]',
+        '[{"kind": "xx", "layer": 9}, {"kind": "xx", "layer": 10}, {"kind": "xx", "layer": 11}]',
     ],
     "graphs_feat_kq_vv11": [
         "--data.graphs",
-        '[{"kind": "feat", "layer": 11}, {"kind": "kq", "layer": 11}, {"kind": "vv", "layer": 11}]',
+        '[{"kind": "xx", "layer": 11}, {"kind": "kq", "layer": 11}, {"kind": "vv", "layer": 11}]',
     ],
     "input_x9-11": ["--data.feature_layers", "[9, 10, 11]"],
     "extra_clusters5": ["--readout.extra_clusters", "5"],

@@ -8,7 +8,7 @@ per-image offset, a common mean and noise, so kNN search and k-means do the work
 tokens. Each stage then runs in its own process (so its peak memory is its own), with the settings
 of ``configs/cocostuff27.yaml`` (graph, batch size, restarts):
 
-- ``graph``: the global kNN graph, built and stored (``load_or_build_operators``);
+- ``graph``: the global kNN graph, built and stored (``load_or_build_graphs``);
 - ``views``: the view-correspondence operator, built and stored;
 - ``operators``: opening both for training, the memory each training process holds;
 - ``batch``: one random node batch (draw + operator rows + token gather; the draw is timed apart);
@@ -201,9 +201,9 @@ def _settings() -> dict:
 
 def _operators(cache, settings, view: bool = True):
     from ultra.graphs.knn import GraphSpec, KnnConfig
-    from ultra.graphs.store import load_or_build_operators
+    from ultra.graphs.store import load_or_build_graphs
 
-    return load_or_build_operators(cache, [GraphSpec("feat", LAYER)], KnnConfig(**settings["knn"]), view)
+    return load_or_build_graphs(cache, [GraphSpec("xx", LAYER)], KnnConfig(**settings["knn"]), view)
 
 
 def _head(out_dim: int):
@@ -329,7 +329,7 @@ def reference_kernel_ms(repeats: int = 30) -> float:
 def _graph_stage(cache, settings) -> dict:
     import ultra.graphs.knn
 
-    for stored in (cache.path / "graphs").glob("feat*"):  # measure the build, not a load of an earlier one
+    for stored in (cache.path / "graphs").glob("xx*"):  # measure the build, not a load of an earlier one
         stored.unlink()
     reference = reference_kernel_ms()
 
@@ -362,7 +362,7 @@ def _operators_stage(cache, settings) -> dict:
     result = repeat(lambda: _operators(cache, settings), RUNS["operators"])
     operators = _operators(cache, settings)
     result["nnz_per_node"] = operators.graphs[0].nnz / cache.num_nodes
-    result["graph_bytes"] = sum(p.stat().st_size for p in (cache.path / "graphs").glob("feat*.safetensors"))
+    result["graph_bytes"] = sum(p.stat().st_size for p in (cache.path / "graphs").glob("xx*.safetensors"))
     return {"operators": result}
 
 

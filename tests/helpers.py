@@ -147,7 +147,7 @@ def synthetic_config(path: Path, train_images: int = 6, val_images: int = 5, mod
                 "init_args": {"num_images": val_images, "size": 96, "num_classes": 4, "seed": 1},
             },
             "feature_layers": [-1],
-            "graphs": [{"kind": "feat", "layer": -1}, {"kind": "kq", "layer": 1, "weight": 0.5}],
+            "graphs": [{"kind": "xx", "layer": -1}, {"kind": "kq", "layer": 1, "weight": 0.5}],
             "knn": {"k_any": 6},
             **data,
         },

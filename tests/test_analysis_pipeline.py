@@ -112,8 +112,8 @@ def test_analysis_without_labels_and_through_the_console_entry(tmp_path, capsys)
             "3",
         ]
     )
-    assert "feat   dataset" in capsys.readouterr().out
-    stats = json.loads((tmp_path / "out" / "analysis.json").read_text())["feat"]["dataset"]
+    assert "xx     dataset" in capsys.readouterr().out
+    stats = json.loads((tmp_path / "out" / "analysis.json").read_text())["xx"]["dataset"]
     assert set(stats) == {"position_r2"}
 
 

@@ -26,7 +26,7 @@ from ultra.graphs.sparse import SparseGraph, lift_graph, pooling_matrix
 from ultra.graphs.spectral import spectral_loss
 from ultra.graphs.store import (
     build_view_operator,
-    load_or_build_operators,
+    load_or_build_graphs,
 )
 
 
@@ -92,9 +92,9 @@ def test_graphs_searched_in_a_centred_or_whitened_token_space(tmp_path, tiny_vit
     )
     assert (cache.path / "graphs" / "whitened-x2.npy").is_file()  # written once, beside the graphs
     # the space is part of the graph's settings: another space, another graph
-    spec = [GraphSpec("feat", 2)]
-    plain = load_or_build_operators(cache, spec, KnnConfig(k_any=5, candidate_images=None), False).graphs[0]
-    white = load_or_build_operators(
+    spec = [GraphSpec("xx", 2)]
+    plain = load_or_build_graphs(cache, spec, KnnConfig(k_any=5, candidate_images=None), False).graphs[0]
+    white = load_or_build_graphs(
         cache, spec, KnnConfig(k_any=5, candidate_images=None, space="whitened"), False
     ).graphs[0]
     expected = knn_graph(search_tokens(cache, ("x", 2), "whitened"), config=KnnConfig(k_any=5, candidate_images=None))
@@ -314,8 +314,8 @@ def test_affinity_graphs_from_grids_with_two_grid_sizes():
         grids, [GraphSpec("kq", 0), GraphSpec("vv", 1)], KnnConfig(k_intra=3, k_inter=2, k_any=0, candidate_images=None)
     )
     assert [gr.num_nodes for gr in graphs] == [32, 32]
-    with pytest.raises(ConfigError, match="graph feat1 needs 'x' tokens of layer 1"):
-        affinity_graphs(grids, [GraphSpec("feat", 1)])
+    with pytest.raises(ConfigError, match="graph xx1 needs 'x' tokens of layer 1"):
+        affinity_graphs(grids, [GraphSpec("xx", 1)])
     with pytest.raises(ValueError, match="teleport is not supported"):
         affinity_graphs(
             grids,

@@ -11,7 +11,7 @@ from ultra.errors import ConfigError
 from ultra.graphs.knn import KnnConfig, knn_graph
 from ultra.graphs.spectral import spectral_loss
 from ultra.graphs.store import (
-    TrainingOperators,
+    TrainingGraphs,
 )
 from ultra.head.batches import NodeBatches, NodeBatchSampler, batch_from_entries
 from ultra.head.loss import head_loss, view_consistency_loss
@@ -81,7 +81,7 @@ def test_node_batches_are_deterministic_and_shared_between_processes(tmp_path, t
     cache = FeatureCache.open_or_build(data, tiny_vit, [("x", 2)], FiveCropViews(64, 96), tmp_path, progress=False)
     graph = knn_graph(cache.tensor(("x", 2)), config=KnnConfig(k_intra=0, k_inter=0, k_any=5, candidate_images=None))
     batches = NodeBatches(
-        cache, [("x", 2)], TrainingOperators([graph], [1.0], None), batch_nodes=50, steps_per_epoch=6, seed=3
+        cache, [("x", 2)], TrainingGraphs([graph], [1.0], None), batch_nodes=50, steps_per_epoch=6, seed=3
     )
     a, b = batches[7], batches[7]
     assert torch.equal(a["features"], b["features"]) and torch.equal(a["nodes"], b["nodes"])
@@ -91,7 +91,7 @@ def test_node_batches_are_deterministic_and_shared_between_processes(tmp_path, t
         sampler.set_epoch(2)
     assert sorted(list(first) + list(second)) == list(range(12, 18)) and not set(first) & set(second)
     assert len(first) == 3
-    odd = NodeBatches(cache, [("x", 2)], TrainingOperators([graph], [1.0], None), batch_nodes=50, steps_per_epoch=5)
+    odd = NodeBatches(cache, [("x", 2)], TrainingGraphs([graph], [1.0], None), batch_nodes=50, steps_per_epoch=5)
     shares = [list(NodeBatchSampler(odd, 2, rank)) for rank in (0, 1)]
     assert [len(s) for s in shares] == [3, 3] and len(set(shares[0]) | set(shares[1])) == 6  # equal and distinct
 
@@ -100,14 +100,14 @@ def test_node_draws_are_distinct_uniform_and_cheap_at_any_size():
     class Nodes:  # only the size of the cache matters for drawing node ids
         num_nodes = 63_500_000
 
-    batches = NodeBatches(Nodes(), [], TrainingOperators([], [], None), batch_nodes=8192, steps_per_epoch=10, seed=1)
+    batches = NodeBatches(Nodes(), [], TrainingGraphs([], [], None), batch_nodes=8192, steps_per_epoch=10, seed=1)
     nodes = batches.nodes(4)
     assert nodes.numel() == 8192 and torch.equal(nodes, torch.unique(nodes))  # distinct, sorted
     assert 0 <= int(nodes.min()) and int(nodes.max()) < Nodes.num_nodes
     assert torch.equal(nodes, batches.nodes(4)) and not torch.equal(nodes, batches.nodes(5))
     assert abs(nodes.double().mean().item() / Nodes.num_nodes - 0.5) < 0.02  # no bias towards small ids
     sweep = NodeBatches(
-        Nodes(), [], TrainingOperators([], [], None), batch_nodes=10_000_000, steps_per_epoch=1, order="sweep"
+        Nodes(), [], TrainingGraphs([], [], None), batch_nodes=10_000_000, steps_per_epoch=1, order="sweep"
     )
     assert len(sweep) == 7 and sweep.nodes(6).numel() == 3_500_000 and sweep.nodes(7).numel() == 0
     assert int(sweep.nodes(6)[0]) == 60_000_000

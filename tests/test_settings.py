@@ -74,3 +74,8 @@ def test_older_command_lines_are_read_in_today_s_spelling():
         "--model.architecture=linear",
     ]
     assert upgrade_arguments(["--data.graphs", "[]"]) == ["--data.graphs", "[]"]  # anything else unchanged
+
+
+def test_graph_kinds_are_named_by_their_token_kinds_and_the_older_names_still_read():
+    assert GraphSpec("feat", 3) == GraphSpec("xx", 3) and GraphSpec("norm", 3).kind == "nn"
+    assert GraphSpec("feat", 3).name == "xx3" and GraphSpec("kq", 3).token_keys == (("q", 3), ("k", 3))

@@ -84,7 +84,7 @@ def test_damaged_caches_graphs_and_checkpoints_are_rebuilt_or_refused(tmp_path, 
     tokens = next(cache.glob("x*.npy"))
     original = np.load(tokens).copy()
     truncate(tokens)
-    graph = next((cache / "graphs").glob("feat*.safetensors"))
+    graph = next((cache / "graphs").glob("xx*.safetensors"))
     truncate(graph)
     with caplog.at_level("WARNING", logger="ultra"):
         again = train_cli.run(args + ["--fresh"])
@@ -108,7 +108,7 @@ def test_temporary_files_of_killed_writes_are_cleared_by_the_next_run(tmp_path):
     config = synthetic_config(tmp_path / "c.yaml")
     args = ["--config", str(config), *tiny_overrides(tmp_path, epochs=1), "--readout.probe", "false"]
     train_cli.run(args)
-    graph = next((tmp_path / "cache").rglob("feat2-*.safetensors"))
+    graph = next((tmp_path / "cache").rglob("xx2-*.safetensors"))
     stale = [
         tmp_path / "run" / ".model.safetensors.x1.part",
         tmp_path / "run" / "checkpoints" / ".last.ckpt.x2.part",

@@ -1,4 +1,4 @@
-"""The "what / where" analysis of a frozen ViT: spectral clustering over all layers' kq, vv and feat graphs.
+"""The "what / where" analysis of a frozen ViT: spectral clustering over all layers' kq, vv and xx graphs.
 
 For a folder of images, for each graph kind, the gradient-descent solver finds the leading
 pseudo-eigenvectors of the layer-averaged graph of each image alone and of the whole folder at

@@ -2,7 +2,7 @@
 
 - :func:`segment_photo`: a checkpoint's label map, its overlay and legend (``Segmenter.segment``).
 - :func:`select_object`: the object under a clicked pixel (:func:`ultra.analysis.segments.select`).
-- :func:`look_inside`: the first eigenvectors of one layer's kq, vv and feat graphs of the photo,
+- :func:`look_inside`: the first eigenvectors of one layer's kq, vv and xx graphs of the photo,
   and the relevance map of a clicked token.
 
 Every user mistake (an unreadable or huge photo, a point outside it, a missing extra) raises a
@@ -37,7 +37,7 @@ Report = Callable[[float, str], None]
 
 MAX_MEGAPIXELS = 25.0
 """The largest photo the demo takes, in millions of pixels (a 6000x4000 photo is 24)."""
-LOOK_GRAPHS = ("kq", "vv", "feat")
+LOOK_GRAPHS = ("kq", "vv", "xx")
 """The graphs of the "Look inside" tab: where (key-query), what (value-value) and the block outputs."""
 LOOK_KNN = KnnConfig(k_intra=16, k_inter=0, k_any=0, candidate_images=None)
 """The graphs of one photo alone: each token's 16 nearest tokens in it (as ``ultra-analyze``'s image level)."""
@@ -169,7 +169,7 @@ def look_inside(
     size: int = 448,
     report: Report = _no_report,
 ) -> LayerView:
-    """The kq, vv and feat graphs of block ``layer`` on the photo at ``path``, by their exact leading eigenvectors
+    """The kq, vv and xx graphs of block ``layer`` on the photo at ``path``, by their exact leading eigenvectors
     (one photo's graph is small), and the relevance map of the token under ``point`` when given."""
     layer = vit.check_layers([layer])[0]
     picture = read_photo(path)

@@ -1,8 +1,9 @@
 """Per-layer affinity graphs from a frozen ViT's token grids: cosine kNN inside each image and across images.
 
-Kinds: ``kq`` (similarity of the queries of i with the keys of j: "where" attention would look),
-``vv`` (values with values: "what"), ``feat`` (block outputs with block outputs), ``norm`` (block
-outputs after the final LayerNorm).
+Graph kinds are named by the token kinds they compare (:data:`~ultra.backbone.vit.KINDS`): ``kq`` (the
+queries of i with the keys of j: "where" attention would look), ``vv`` (values with values: "what"),
+``xx`` (block outputs with block outputs) and ``nn`` (block outputs through the final LayerNorm). The
+older names ``feat`` and ``norm`` are read as ``xx`` and ``nn``.
 
 For a set of B images with n tokens each (N = B*n nodes), every token keeps its ``k_intra`` most
 similar tokens of its own image (itself excluded), its ``k_inter`` most similar tokens of the
@@ -29,19 +30,23 @@ from ..errors import ConfigError
 from . import sparse as graph_module
 from .sparse import SparseGraph, index_dtype, lift_graph, pooling_matrix
 
-GRAPH_KINDS = {"kq": ("q", "k"), "vv": ("v", "v"), "feat": ("x", "x"), "norm": ("n", "n")}
+GRAPH_KINDS = {"kq": ("q", "k"), "vv": ("v", "v"), "xx": ("x", "x"), "nn": ("n", "n")}
 """Graph kind -> (token kind of the rows, token kind of the columns)."""
+OLD_GRAPH_KINDS = {"feat": "xx", "norm": "nn"}
+"""The graph kinds' names before they were named by their token kinds (configs may still use them)."""
 
 
 @dataclass(frozen=True)
 class GraphSpec:
-    """One graph of the spectral loss: its kind, the backbone layer it comes from and its weight."""
+    """One graph of the spectral loss: its kind (the token kinds it compares, e.g. ``kq``), the backbone layer it comes
+    from and its weight."""
 
     kind: str
     layer: int
     weight: float = 1.0
 
     def __post_init__(self):
+        object.__setattr__(self, "kind", OLD_GRAPH_KINDS.get(self.kind, self.kind))
         if self.kind not in GRAPH_KINDS:
             raise ConfigError(f"graph kind must be one of {sorted(GRAPH_KINDS)}, got '{self.kind}'")
         if self.weight <= 0:

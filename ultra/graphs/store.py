@@ -1,4 +1,4 @@
-"""The operators of head training over all cached tokens, built once and stored beside the cache.
+"""The training graphs over all cached tokens, built once and stored beside the cache.
 
 The graphs of the spectral loss are built once over every cached token of the training set
 (blockwise, sparse; see :mod:`ultra.graphs.knn`), the view-correspondence operator from the
@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class TrainingOperators:
-    """The graphs of the loss (with their weights) and the optional view-correspondence operator."""
+class TrainingGraphs:
+    """The graphs of the loss (with their weights) and the optional view-correspondence operator: what head training
+    reads."""
 
     graphs: list[SparseGraph]
     weights: list[float]
@@ -57,14 +58,14 @@ def build_view_operator(
     return SparseRows(indptr_from_counts(torch.cat(counts)), torch.cat(indices), torch.cat(values))
 
 
-def load_or_build_operators(
+def load_or_build_graphs(
     cache: FeatureCache,
     specs: Sequence[GraphSpec],
     knn: KnnConfig,
     view_consistency: bool,
     device: str | torch.device = "cpu",
-) -> TrainingOperators:
-    """The global operators of ``cache``, built once and stored in its ``graphs/`` folder (layers non-negative)."""
+) -> TrainingGraphs:
+    """The training graphs of ``cache``, built once and stored in its ``graphs/`` folder (layers non-negative)."""
     folder = cache.path / "graphs"
     graphs = []
     for spec in specs:
@@ -102,7 +103,7 @@ def load_or_build_operators(
         )
         if view.nnz == 0:
             log.warning("view consistency is on but no two views of an image overlap: the term is zero")
-    return TrainingOperators(graphs, [s.weight for s in specs], view)
+    return TrainingGraphs(graphs, [s.weight for s in specs], view)
 
 
 def search_tokens(cache: FeatureCache, key: TokenKey, space: str, chunk: int = 1 << 16) -> Tensor:

@@ -1,4 +1,4 @@
-"""Minibatches of nodes drawn from the global operators: what the head trains on.
+"""Minibatches of nodes drawn from the training graphs: what the head trains on.
 
 A training batch is a uniform sample of nodes with the rows of every operator (graphs and the
 view-correspondence operator) and the tokens of every node those rows touch, so the head sees
@@ -19,7 +19,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from ..data.cache import FeatureCache, TokenKey
 from ..errors import ConfigError
-from ..graphs.store import TrainingOperators
+from ..graphs.store import TrainingGraphs
 
 NODE_ORDERS = ("random", "sweep")
 
@@ -86,7 +86,7 @@ class NodeBatches(Dataset):
         self,
         cache: FeatureCache,
         feature_keys: Sequence[TokenKey],
-        operators: TrainingOperators,
+        graphs: TrainingGraphs,
         batch_nodes: int,
         steps_per_epoch: int,
         seed: int = 0,
@@ -98,7 +98,7 @@ class NodeBatches(Dataset):
             )
         if order not in NODE_ORDERS:
             raise ConfigError(f"node order must be one of {NODE_ORDERS}, got '{order}'")
-        self.cache, self.keys, self.operators = cache, list(feature_keys), operators
+        self.cache, self.keys, self.training_graphs = cache, list(feature_keys), graphs
         self.batch_nodes, self.seed, self.order = min(batch_nodes, cache.num_nodes), seed, order
         self.steps = -(-cache.num_nodes // self.batch_nodes) if order == "sweep" else steps_per_epoch
 
@@ -113,8 +113,8 @@ class NodeBatches(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         nodes = self.nodes(index)
-        graphs = [g.entries(nodes) for g in self.operators.graphs]
-        view = self.operators.view.entries(nodes) if self.operators.view is not None else None
+        graphs = [g.entries(nodes) for g in self.training_graphs.graphs]
+        view = self.training_graphs.view.entries(nodes) if self.training_graphs.view is not None else None
         touched = [nodes] + [cols for _, cols, _ in graphs] + ([view[1]] if view is not None else [])
         columns = torch.unique(torch.cat(touched))
         features = self.cache.rows(self.keys, columns)

@@ -23,7 +23,7 @@ from ..data.cache import CacheConfig, FeatureCache, TokenKey
 from ..data.transforms import EvalConfig, ViewConfig
 from ..errors import ConfigError
 from ..graphs.knn import GraphSpec, KnnConfig
-from ..graphs.store import TrainingOperators, load_or_build_operators
+from ..graphs.store import TrainingGraphs, load_or_build_graphs
 from .batches import BatchConfig, NodeBatches, NodeBatchSampler
 
 FEATURE_TOKENS = ("x", "n")
@@ -60,7 +60,7 @@ class HeadDataModule(pl.LightningDataModule):
         model_kwargs: dict | None = None,
         feature_layers: list[int] = (-1,),
         tokens: str = "x",
-        graphs: list[GraphSpec] = (GraphSpec("feat", -1),),
+        graphs: list[GraphSpec] = (GraphSpec("xx", -1),),
         knn: KnnConfig = KnnConfig(),
         views: ViewConfig = ViewConfig(),
         evaluation: EvalConfig = EvalConfig(),
@@ -78,7 +78,7 @@ class HeadDataModule(pl.LightningDataModule):
         self.knn, self.views, self.evaluation, self.batches, self.cache_config = knn, views, evaluation, batches, cache
         self.num_workers, self.seed = num_workers, seed
         self.cache: FeatureCache | None = None
-        self.operators: TrainingOperators | None = None
+        self.training_graphs: TrainingGraphs | None = None
         self.timings: dict[str, float] = {}  # seconds of the cache and graph stages of this process (built or loaded)
 
     @staticmethod
@@ -145,12 +145,12 @@ class HeadDataModule(pl.LightningDataModule):
 
     # --- Lightning hooks -------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        """Build the cache and the operators (one process per node); :meth:`setup` then opens them."""
+        """Build the cache and the training graphs (one process per node); :meth:`setup` then opens them."""
         start = time.perf_counter()
         self.open_cache()
         self.timings["cache_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        self.open_operators(self._device())
+        self.open_graphs(self._device())
         self.timings["graphs_s"] = time.perf_counter() - start
 
     def open_cache(self) -> FeatureCache:
@@ -168,27 +168,27 @@ class HeadDataModule(pl.LightningDataModule):
             )
         return self.cache
 
-    def open_operators(self, device: str | torch.device = "cpu") -> TrainingOperators:
-        """The global operators of the cache (built on ``device`` if missing, memory-mapped once they exist)."""
-        if self.operators is None:
+    def open_graphs(self, device: str | torch.device = "cpu") -> TrainingGraphs:
+        """The training graphs of the cache (built on ``device`` if missing, memory-mapped once they exist)."""
+        if self.training_graphs is None:
             cache = self.open_cache()
-            self.operators = load_or_build_operators(
+            self.training_graphs = load_or_build_graphs(
                 cache, self.graph_specs, self.knn, cache.views_per_image > 1, device
             )
-        return self.operators
+        return self.training_graphs
 
     def setup(self, stage: str) -> None:
         if self.seed is None:  # the seed given to seed_everything (LightningCLI's seed_everything option)
             self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         if stage == "fit":
-            self.open_operators()
+            self.open_graphs()
 
     def node_batches(self, order: str) -> NodeBatches:
         """The node batches of the cache in ``order`` (``random`` or ``sweep``)."""
         return NodeBatches(
             self.open_cache(),
             self.feature_keys,
-            self.open_operators(),
+            self.open_graphs(),
             self.batches.nodes,
             self.batches.steps_per_epoch,
             self.seed or 0,
