@@ -252,3 +252,22 @@ def test_a_checkpoint_for_other_backbone_weights_is_refused(tmp_path):
     (tmp_path / "a.safetensors").unlink()
     with pytest.raises(CheckpointError, match="weights file .*a.safetensors, which is missing"):
         ultra.load(tmp_path / "m.safetensors")
+
+
+def test_a_checkpoint_written_before_the_renames_loads_and_segments_alike(trained, tmp_path):
+    """ultra 0.1 wrote a readout's outputs and a head's architecture as ``kind``: they are read under today's names."""
+    root, _, _ = trained
+    source = root / "run" / "model.safetensors"
+
+    def old_keys(meta):
+        for entry in meta["readouts"].values():
+            entry["kind"] = entry.pop("outputs")
+            if "head" in entry:
+                entry["head"]["kind"] = entry["head"].pop("architecture")
+
+    old = ultra.load(_crafted(tmp_path / "old.safetensors", source, edit_meta=old_keys))
+    new = ultra.load(source)
+    image = torch.rand(3, 64, 80)
+    for readout in new.readouts:
+        assert torch.equal(old.segment(image, readout=readout), new.segment(image, readout=readout))
+    assert old.readouts["head"].head.architecture == "linear"
