@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 import warnings
 from collections.abc import Iterator
 
@@ -117,7 +118,7 @@ def parse_training(args: list[str] | None = None, instantiate: bool = True) -> T
             subclass_mode_model=True,
             run=False,
             instantiate=instantiate,
-            args=None if args is None else upgrade_arguments(list(args)),
+            args=upgrade_arguments(sys.argv[1:] if args is None else list(args)),
             seed_everything_default=0,
             auto_configure_optimizers=False,  # each solver makes its own optimizer (SGD) or none (exact)
             parser_kwargs={
