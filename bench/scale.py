@@ -45,7 +45,6 @@ The default run keeps every size's cache until it ends: about 9 GB of disk.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import resource
@@ -55,6 +54,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -199,11 +199,11 @@ def _settings() -> dict:
     }
 
 
-def _operators(cache, settings, view: bool = True):
+def _operators(cache, settings, view: bool = True, on_view=None):
     from ultra.graphs.knn import GraphSpec, KnnConfig
     from ultra.graphs.store import load_or_build_graphs
 
-    return load_or_build_graphs(cache, [GraphSpec("xx", LAYER)], KnnConfig(**settings["knn"]), view)
+    return load_or_build_graphs(cache, [GraphSpec("xx", LAYER)], KnnConfig(**settings["knn"]), view, on_view=on_view)
 
 
 def _head(out_dim: int):
@@ -280,35 +280,17 @@ def repeat(fn, runs: int, marked: bool = False) -> dict:
     return combine([measure(fn, marked) for _ in range(runs)])
 
 
-@contextlib.contextmanager
-def marks_after(module, name: str, every: int = 1):
-    """A list that receives a ``time.perf_counter()`` mark after every ``every`` calls of the function ``name`` of
-    ``module`` (for a generator function: after every ``every`` items it yields), while the context lasts. The
-    build loops look the function up at each use, so wrapping it marks their progress without changing their work."""
-    import inspect
+def marks_every(every: int = 1) -> tuple[list[float], Callable[[int], None]]:
+    """A list of ``time.perf_counter()`` marks and the progress callback that appends one every ``every`` calls (the
+    graph builds' ``on_view`` / ``on_chunk`` hooks)."""
+    marks, done = [], [0]
 
-    original, marks, done = getattr(module, name), [], [0]
-
-    def count() -> None:
+    def count(_index: int) -> None:
         done[0] += 1
         if done[0] % every == 0:
             marks.append(time.perf_counter())
 
-    def items(*args, **kwargs):
-        for item in original(*args, **kwargs):
-            yield item
-            count()
-
-    def call(*args, **kwargs):
-        result = original(*args, **kwargs)
-        count()
-        return result
-
-    setattr(module, name, items if inspect.isgeneratorfunction(original) else call)
-    try:
-        yield marks
-    finally:
-        setattr(module, name, original)
+    return marks, count
 
 
 def reference_kernel_ms(repeats: int = 30) -> float:
@@ -327,15 +309,13 @@ def reference_kernel_ms(repeats: int = 30) -> float:
 
 
 def _graph_stage(cache, settings) -> dict:
-    import ultra.graphs.knn
-
     for stored in (cache.path / "graphs").glob("xx*"):  # measure the build, not a load of an earlier one
         stored.unlink()
     reference = reference_kernel_ms()
 
     def build() -> list[float]:
-        with marks_after(ultra.graphs.knn, "_knn_edges", SEGMENT_VIEWS) as marks:
-            _operators(cache, settings, view=False)
+        marks, on_view = marks_every(SEGMENT_VIEWS)
+        _operators(cache, settings, view=False, on_view=on_view)
         return marks
 
     result = measure(build, marked=True)
@@ -346,13 +326,13 @@ def _graph_stage(cache, settings) -> dict:
 
 def _views_stage(cache, settings) -> dict:
     """The view operator, built chunk by chunk of images (timed in those segments) and stored."""
-    import ultra.graphs.store
+    from ultra.graphs.store import build_view_operator
 
     path = cache.path / "graphs" / "views.safetensors"
 
     def build() -> list[float]:
-        with marks_after(ultra.graphs.store, "image_correspondences") as marks:
-            ultra.graphs.store.build_view_operator(cache.geometry, cache.views_per_image, cache.grid).save(path)
+        marks, on_chunk = marks_every()
+        build_view_operator(cache.geometry, cache.views_per_image, cache.grid, on_chunk=on_chunk).save(path)
         return marks
 
     return {"views": repeat(build, RUNS["views"], marked=True)}

@@ -18,7 +18,7 @@ token. Similarities below ``threshold`` are dropped, and the edges are symmetris
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -134,12 +134,14 @@ def knn_graph(
     device: str | torch.device = "cpu",
     groups: Tensor | None = None,
     teleport: float = 0.0,
+    on_view: Callable[[int], None] | None = None,
 ) -> SparseGraph:
     """The kNN graph of ``B`` images' tokens: ``rows``/``cols`` are ``[B, n, D]`` (``cols`` defaults to ``rows``).
 
     ``groups`` (``[B]``, used with ``config.group_views``): the source image of each of the B views.
     ``teleport``: the uniform term that keeps a free table's graph connected
-    (:class:`~ultra.graphs.sparse.SparseGraph`).
+    (:class:`~ultra.graphs.sparse.SparseGraph`). ``on_view(b)`` is called once view ``b``'s edges are in
+    (progress bars, benchmarks).
 
     Similarity is the cosine of ``rows[i]`` with ``cols[j]``; node ``b*n + t`` is token t of image b.
     Tokens may be any dtype and stay where they are (e.g. float16 memory-mapped on the host): each
@@ -178,6 +180,8 @@ def knn_graph(
         filled += pair.numel()
         if local + n == size:
             pieces.append((counts, targets[:filled], weights[:filled]))
+        if on_view is not None:
+            on_view(b)
     return SparseGraph.from_row_chunks(pieces, total, views_per_chunk * n, teleport)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ..data.cache import FeatureCache, TokenKey
 from ..data.standardise import token_map
@@ -42,10 +43,15 @@ class TrainingGraphs:
 
 
 def build_view_operator(
-    geometry: Tensor, views_per_image: int, grid: tuple[int, int], chunk_images: int = 128
+    geometry: Tensor,
+    views_per_image: int,
+    grid: tuple[int, int],
+    chunk_images: int = 128,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> SparseRows:
     """Correspondences between the views of each image, over all cached nodes, ``chunk_images`` images at a time
-    (each chunk's entries come in CSR order, its rows contiguous nodes: the operator is their concatenation)."""
+    (each chunk's entries come in CSR order, its rows contiguous nodes: the operator is their concatenation).
+    ``on_chunk(first)`` is called once the chunk starting at view ``first`` is done."""
     tokens = grid[0] * grid[1]
     num_nodes = geometry.shape[0] * tokens
     counts, indices, values = [], [], []
@@ -55,6 +61,8 @@ def build_view_operator(
         counts.append(torch.bincount(r, minlength=chunk.shape[0] * tokens))
         indices.append((c + first * tokens).to(index_dtype(num_nodes)))
         values.append(v)
+        if on_chunk is not None:
+            on_chunk(first)
     return SparseRows(indptr_from_counts(torch.cat(counts)), torch.cat(indices), torch.cat(values))
 
 
@@ -64,8 +72,10 @@ def load_or_build_graphs(
     knn: KnnConfig,
     view_consistency: bool,
     device: str | torch.device = "cpu",
+    on_view: Callable[[int], None] | None = None,
 ) -> TrainingGraphs:
-    """The training graphs of ``cache``, built once and stored in its ``graphs/`` folder (layers non-negative)."""
+    """The training graphs of ``cache``, built once and stored in its ``graphs/`` folder (layers non-negative);
+    ``on_view`` goes to :func:`~ultra.graphs.knn.knn_graph` when a graph is built."""
     folder = cache.path / "graphs"
     graphs = []
     for spec in specs:
@@ -81,7 +91,14 @@ def load_or_build_graphs(
             row_key, col_key = spec.token_keys
             columns = None if col_key == row_key else search_tokens(cache, col_key, knn.space)
             rows = search_tokens(cache, row_key, knn.space)
-            return knn_graph(rows, columns, knn, device=device, groups=cache.view_image())
+            with tqdm(total=rows.shape[0], desc=f"{spec.name} graph", unit="view") as bar:
+
+                def progress(view: int) -> None:
+                    bar.update()
+                    if on_view is not None:
+                        on_view(view)
+
+                return knn_graph(rows, columns, knn, device=device, groups=cache.view_image(), on_view=progress)
 
         graphs.append(
             _stored(
