@@ -42,8 +42,9 @@ from ultra.data.cache import FeatureCache  # noqa: E402
 from ultra.data.standardise import token_map  # noqa: E402
 from ultra.evaluation.protocol import score_token_grids  # noqa: E402
 from ultra.head.projection import ProjectionHead  # noqa: E402
-from ultra.readout.fit import CachedRows, fit_centroids  # noqa: E402
-from ultra.readout.segmenter import ClusterReadout  # noqa: E402
+from ultra.readout.fit import CachedRows, fit_centroids, oracle_head  # noqa: E402
+from ultra.readout.probe import train_probe  # noqa: E402
+from ultra.readout.segmenter import ClusterReadout, ProbeReadout  # noqa: E402
 from ultra.training.config import parse_training  # noqa: E402
 from ultra.training.pipeline import fit_head  # noqa: E402
 
@@ -96,6 +97,12 @@ def eval_tokens(data, dataset, keys, batch_size: int = 8) -> tuple[dict, torch.T
     return grids, torch.cat(labels)
 
 
+def oracle_readout(cache, keys, probe, seed: int) -> ClusterReadout:
+    """k-means (K = classes) on the probe's logits: the oracle head, as ``train.py`` fits it."""
+    head = oracle_head(probe)
+    return ClusterReadout(keys, fit_centroids(CachedRows(cache, keys, head), probe.out_features, seed), head)
+
+
 def stats(values: list[float]) -> dict:
     return {
         "mean": statistics.fmean(values),
@@ -133,45 +140,41 @@ def run_set(config: str, options: list[str], seeds: list[int], workdir: Path, ex
     evaluation = {split: eval_tokens(base, dataset, eval_keys) for split, dataset in splits.items()}
     log.info("%s: caches and evaluation tokens in %.0f s", name, time.perf_counter() - start)
     num_classes = len(base.class_names)
-    results = {"options": {}, "raw": {}}
-    for variant in RAW_VARIANTS:
-        kind, _, space = variant.partition("_")
-        keys = [(kind, layer)]
-        module = token_map(cache, keys, space or "raw")
-        per_split = {split: [] for split in splits}
-        for seed in seeds:
-            readout = ClusterReadout(
-                keys, fit_centroids(CachedRows(cache, keys, module), num_classes, seed), token_map=module
-            )
-            for split, (tokens, labels) in evaluation.items():
-                per_split[split].append(score_token_grids(readout, tokens, labels, num_classes))
-        results["raw"][variant] = {
-            split: {f: stats([r[f] for r in rs]) for f in ("miou", "acc")} for split, rs in per_split.items()
-        }
-        log.info(
-            "%s raw %s: %s",
-            name,
-            variant,
-            {s: round(100 * v["miou"]["mean"], 1) for s, v in results["raw"][variant].items()},
-        )
+    results = {"options": {}, "raw": {}, "reference": {}}
 
-    def record(opt: str, fit_s: float, readout_for_seed) -> None:
+    def scored(readout_for_seed) -> dict:
+        """Every split's mIoU and accuracy, mean and std over the seeds, of ``readout_for_seed(seed)``."""
         per_split = {split: [] for split in splits}
         for seed in seeds:
             readout = readout_for_seed(seed)
             for split, (tokens, labels) in evaluation.items():
                 per_split[split].append(score_token_grids(readout, tokens, labels, num_classes))
-        results["options"][opt] = {
-            "fit_s": fit_s,
-            **{split: {f: stats([r[f] for r in rs]) for f in ("miou", "acc")} for split, rs in per_split.items()},
-        }
-        log.info(
-            "%s %s: %s (fit %.1f s)",
-            name,
-            opt,
-            {s: round(100 * results["options"][opt][s]["miou"]["mean"], 1) for s in splits},
-            fit_s,
+        return {split: {f: stats([r[f] for r in rs]) for f in ("miou", "acc")} for split, rs in per_split.items()}
+
+    def logged(group: str, row: str) -> None:
+        figures = {s: round(100 * v["miou"]["mean"], 1) for s, v in results[group][row].items() if s in splits}
+        log.info("%s %s %s: %s", name, group, row, figures)
+
+    for variant in RAW_VARIANTS:
+        kind, _, space = variant.partition("_")
+        keys = [(kind, layer)]
+        module = token_map(cache, keys, space or "raw")
+        results["raw"][variant] = scored(
+            lambda seed, keys=keys, module=module: ClusterReadout(
+                keys, fit_centroids(CachedRows(cache, keys, module), num_classes, seed), token_map=module
+            )
         )
+        logged("raw", variant)
+    probes = {seed: train_probe(cache, base.feature_keys, num_classes, seed=seed, progress=False) for seed in seeds}
+    results["reference"]["probe"] = scored(lambda seed: ProbeReadout(base.feature_keys, probes[seed]))
+    results["reference"]["oracle"] = scored(lambda seed: oracle_readout(cache, base.feature_keys, probes[seed], seed))
+    for row in results["reference"]:
+        logged("reference", row)
+
+    def record(opt: str, fit_s: float, readout_for_seed) -> None:
+        results["options"][opt] = {"fit_s": fit_s, **scored(readout_for_seed)}
+        log.info("%s %s: fit %.1f s", name, opt, fit_s)
+        logged("options", opt)
 
     def kmeans_readouts(head, k, keys):
         rows = CachedRows(cache, keys, head)
@@ -216,32 +219,35 @@ def run_set(config: str, options: list[str], seeds: list[int], workdir: Path, ex
 
 
 def format_table(results: dict) -> str:
-    sets = list(results)
+    """The head's options, the raw baselines and the references (with labels), then the default head beside the best
+    raw variant and the oracle head: how much of the gap between them it closes."""
+    sets, splits = list(results), ("val", "train")
     cell = lambda r: f"{100 * r['miou']['mean']:5.1f} ± {100 * r['miou']['std']:3.1f}"  # noqa: E731
-    header = f"{'option':<30}" + "".join(f"{s + ' ' + split:>22}" for s in sets for split in ("val", "train"))
-    lines = ["head + k-means, mIoU % (mean ± std over seeds)", header]
-    for opt in results[sets[0]]["options"]:
-        lines.append(
-            f"{opt:<30}"
-            + "".join(f"{cell(results[s]['options'][opt][split]):>22}" for s in sets for split in ("val", "train"))
-        )
-    lines += ["", "raw tokens + k-means, mIoU %", header]
-    for variant in RAW_VARIANTS:
-        lines.append(
-            f"{variant:<30}"
-            + "".join(f"{cell(results[s]['raw'][variant][split]):>22}" for s in sets for split in ("val", "train"))
-        )
-    best = []
-    for s in sets:
-        for split in ("val", "train"):
-            raw = max(r[split]["miou"]["mean"] for r in results[s]["raw"].values())
-            head = (
-                results[s]["options"]["default"][split]["miou"]["mean"]
-                if "default" in results[s]["options"]
-                else float("nan")
+    header = f"{'option':<30}" + "".join(f"{s + ' ' + split:>22}" for s in sets for split in splits)
+    lines = []
+    for group, title in (
+        ("options", "head + k-means, mIoU % (mean ± std over seeds)"),
+        ("raw", "raw tokens + k-means, mIoU %"),
+        ("reference", "with labels: oracle = k-means on the probe's logits (the best linear map + k-means), probe"),
+    ):
+        lines += ["", title, header] if lines else [title, header]
+        for row in results[sets[0]][group]:
+            lines.append(
+                f"{row:<30}" + "".join(f"{cell(results[s][group][row][split]):>22}" for s in sets for split in splits)
             )
-            best.append(f"{s} {split}: head {100 * head:.1f} vs best raw {100 * raw:.1f} ({100 * (head - raw):+.1f})")
-    return "\n".join(lines + ["", "default vs the best raw variant: " + "; ".join(best)])
+    summary = []
+    for s in sets:
+        for split in splits:
+            mean = lambda group, row: results[s][group][row][split]["miou"]["mean"]  # noqa: E731
+            raw = max(mean("raw", variant) for variant in results[s]["raw"])
+            head = mean("options", "default") if "default" in results[s]["options"] else float("nan")
+            oracle = mean("reference", "oracle")
+            closed = (head - raw) / (oracle - raw) if oracle > raw else float("nan")
+            summary.append(
+                f"{s} {split}: head {100 * head:.1f}, best raw {100 * raw:.1f}, oracle {100 * oracle:.1f} "
+                f"({100 * closed:.0f}% of the gap closed)"
+            )
+    return "\n".join(lines + ["", "default head, best raw variant, oracle head: " + "; ".join(summary)])
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -35,7 +35,8 @@ def test_the_ablation_scores_options_levers_and_baselines_on_one_set(tmp_path, c
     )
     figures = results["tiny"]
     assert list(figures["options"]) == options and set(figures["raw"]) == set(ablation.RAW_VARIANTS)
-    for row in [*figures["options"].values(), *figures["raw"].values()]:
+    assert set(figures["reference"]) == {"probe", "oracle"}
+    for row in [*figures["options"].values(), *figures["raw"].values(), *figures["reference"].values()]:
         for split in ("val", "train"):
             assert 0 < row[split]["miou"]["mean"] <= 1 and row[split]["miou"]["values"] == [row[split]["miou"]["mean"]]
     default = figures["options"]["default"]["train"]["miou"]["mean"]
@@ -43,4 +44,4 @@ def test_the_ablation_scores_options_levers_and_baselines_on_one_set(tmp_path, c
     assert figures["options"]["second_graph"]["train"]["miou"]["mean"] != default
     assert (tmp_path / "ablation.json").is_file()
     table = capsys.readouterr().out
-    assert all(option in table for option in options) and "default vs the best raw variant" in table
+    assert all(option in table for option in options) and "oracle" in table and "of the gap closed" in table

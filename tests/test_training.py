@@ -18,7 +18,7 @@ from ultra.readout.checkpoint import read_checkpoint
 def test_training_writes_checkpoints_report_and_an_inference_checkpoint(trained):
     root, _, report = trained
     assert (root / "run" / "checkpoints" / "last.ckpt").is_file()
-    assert set(report["readouts"]) == {"head", "raw", "raw_centred", "raw_whitened", "probe"}
+    assert set(report["readouts"]) == {"head", "raw", "raw_centred", "raw_whitened", "probe", "oracle"}
     raws = ("raw", "raw_centred", "raw_whitened")
     assert report["best_baseline"] == {"head": max(raws, key=lambda n: report["readouts"][n]["miou"])}
     for name, r in report["readouts"].items():  # every val pixel counted once; the figures follow from the confusion
@@ -45,6 +45,25 @@ def test_training_writes_checkpoints_report_and_an_inference_checkpoint(trained)
     assert meta["cluster_to_class"]["head"] == report["readouts"]["head"]["cluster_to_class"]
     assert tensors["head.centroids"].shape == (4, 8)
     assert "raw.token_map.weight" not in tensors and tensors["raw_whitened.token_map.weight"].shape == (48, 48)
+
+
+def test_the_oracle_head_clusters_the_probe_s_logits(trained, tiny_vit, capsys):
+    """The ceiling of a linear map read out by k-means: the probe's own logits, as a head, with K = classes."""
+    root, _, report = trained
+    segmenter = ultra.load(root / "run" / "model.safetensors")
+    oracle, probe = segmenter.readouts["oracle"], segmenter.readouts["probe"]
+    assert oracle.head.architecture == "affine" and oracle.num_outputs == 4
+    tokens = torch.randn(7, 48)
+    assert torch.allclose(oracle.head(tokens), probe(tokens), atol=1e-5)
+    assert report["readouts"]["oracle"]["cluster_to_class"] == segmenter.cluster_to_class["oracle"].tolist()
+    from ultra.evaluation.protocol import format_report
+
+    head, raw, ceiling = (report["readouts"][n]["miou"] for n in ("head", report["best_baseline"]["head"], "oracle"))
+    line = format_report(report).splitlines()[-1]
+    if ceiling > raw:
+        assert f"{100 * (head - raw) / (ceiling - raw):.0f}% of the gap to the oracle head" in line
+    else:
+        assert "oracle" not in line
 
 
 def test_whitened_baseline_readout_clusters_the_whitened_tokens(trained, tiny_vit):

@@ -41,6 +41,7 @@ LABELS = {
     "raw_centred": "centred tokens + k-means",
     "raw_whitened": "whitened tokens + k-means",
     "probe": "linear probe (supervised)",
+    "oracle": "probe logits + k-means (oracle)",
 }
 
 
@@ -57,15 +58,31 @@ def best_baselines(readouts: Mapping[str, Mapping[str, float]]) -> dict[str, str
 
 
 def format_gaps(readouts: Mapping[str, Mapping], best: Mapping[str, str], value=lambda r: r) -> list[str]:
-    """Lines "head vs the best no-head baseline (name): +x mIoU, +y acc" (``value`` reads a figure of a readout)."""
-    return [
-        f"{head} vs the best no-head baseline ({raw}): "
-        + ", ".join(
+    """Lines "head vs the best no-head baseline (name): +x mIoU, +y acc", and with the oracle head (k-means on the
+    probe's logits, the same CRF setting) the share of the gap from that baseline to it the head closes (``value``
+    reads a figure of a readout)."""
+    lines = []
+    for head, raw in best.items():
+        miou = {name: value(readouts[name]["miou"]) for name in (head, raw)}
+        line = f"{head} vs the best no-head baseline ({raw}): " + ", ".join(
             f"{100 * (value(readouts[head][f]) - value(readouts[raw][f])):+.1f} {label}"
             for f, label in (("miou", "mIoU"), ("acc", "acc"))
         )
-        for head, raw in best.items()
-    ]
+        suffix = head.partition("+")[2]
+        oracle = f"oracle+{suffix}" if suffix else "oracle"
+        if oracle in readouts and value(readouts[oracle]["miou"]) > miou[raw]:
+            ceiling = value(readouts[oracle]["miou"])
+            closed = (miou[head] - miou[raw]) / (ceiling - miou[raw])
+            line += f"; {100 * closed:.0f}% of the gap to the oracle head ({100 * ceiling:.1f} mIoU)"
+        lines.append(line)
+    return lines
+
+
+def readout_metric(readout: torch.nn.Module, num_classes: int):
+    """A readout's metric: Hungarian-matched for clusters, plain for class scores (the probe)."""
+    if readout.outputs == "clusters":
+        return UnsupervisedSegmentationMetric(num_classes, readout.num_outputs)
+    return SupervisedSegmentationMetric(num_classes)
 
 
 class EvaluationModule(pl.LightningModule):
@@ -92,11 +109,7 @@ class EvaluationModule(pl.LightningModule):
         for name, readout in segmenter.readouts.items():
             variants = [name, f"{name}+crf"] if crf else [name]
             for variant in variants:
-                metrics[variant] = (
-                    UnsupervisedSegmentationMetric(num_classes, readout.num_outputs)
-                    if readout.outputs == "clusters"
-                    else SupervisedSegmentationMetric(num_classes)
-                )
+                metrics[variant] = readout_metric(readout, num_classes)
         self.metrics = torch.nn.ModuleDict(metrics)
         self.examples: list[dict] = []
 
@@ -129,11 +142,11 @@ class EvaluationModule(pl.LightningModule):
 def score_token_grids(
     readout: torch.nn.Module, grids: Mapping, labels: torch.Tensor, num_classes: int, chunk: int = 16
 ) -> dict[str, float]:
-    """The protocol's figures of one cluster readout on token grids computed once (``{(kind, layer): [B, h, w, D]}``,
+    """The protocol's figures of one readout on token grids computed once (``{(kind, layer): [B, h, w, D]}``,
     of the protocol's images) and their labels ``[B, H, W]``: the scores upsampled to the labels, the argmax,
-    one confusion matrix, Hungarian matching; mIoU and pixel accuracy. Many readouts of the same images (a
-    benchmark's options) are scored without running the backbone again."""
-    metric = UnsupervisedSegmentationMetric(num_classes, readout.num_outputs)
+    one confusion matrix, Hungarian matching for clusters; mIoU and pixel accuracy. Many readouts of the same images
+    (a benchmark's options) are scored without running the backbone again."""
+    metric = readout_metric(readout, num_classes)
     for start in range(0, labels.shape[0], chunk):
         part = {key: grids[tuple(key)][start : start + chunk] for key in readout.keys}
         scores = upsample_scores(readout_grid_scores(readout, part), tuple(labels.shape[-2:]))

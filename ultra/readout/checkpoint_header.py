@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..backbone.vit import KINDS, resolve_model_name
 from ..errors import HeaderError, UnknownModelError
-from ..head.projection import ARCHITECTURES
+from ..head.projection import ARCHITECTURES, head_tensor_shapes
 from .segmenter import MAX_CLUSTERS
 
 MODEL_KWARGS = {
@@ -234,16 +234,7 @@ def _check_head(
     d_in, d_out, hidden = (
         _int_in(head[k], 1, MAX_DIM, f"{field}.{k}", where) for k in ("in_dim", "out_dim", "hidden_dim")
     )
-    shapes = (
-        {"net.weight": (d_out, d_in)}
-        if head["architecture"] == "linear"
-        else {
-            "net.0.weight": (hidden, d_in),
-            "net.0.bias": (hidden,),
-            "net.2.weight": (d_out, hidden),
-            "net.2.bias": (d_out,),
-        }
-    )
+    shapes = head_tensor_shapes(head["architecture"], d_in, d_out, hidden)
     for suffix, shape in shapes.items():
         _shape(tensors, f"{name}.head.{suffix}", shape, where)
         expected.add(f"{name}.head.{suffix}")

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from ..data.cache import FeatureCache, TokenKey
 from ..data.standardise import SPACES, token_map
 from ..errors import ConfigError
+from ..head.projection import ProjectionHead
 from .kmeans import SAMPLE_SIZE, kmeans
 from .probe import train_probe
 from .segmenter import MAX_CLUSTERS, ClusterReadout, ProbeReadout
@@ -31,7 +32,8 @@ class ReadoutConfig:
         raw_spaces: the no-head baselines: k-means on the last feature layer's tokens in each of these token
             spaces (``raw``, ``centred``, ``whitened``; :mod:`ultra.data.standardise`), read out as ``raw``,
             ``raw_centred`` and ``raw_whitened``; the report compares the head with the best of them. Empty: none.
-        probe: also fit the supervised linear probe (the reference that uses labels).
+        probe: also fit the supervised linear probe and the oracle head, k-means on its logits (the references that
+            use labels).
         probe_steps: L-BFGS iterations of the probe.
         evaluate: evaluate on the validation set after training.
         flip: average the scores of each image and its mirror image at evaluation.
@@ -122,7 +124,8 @@ def fit_readouts(
     seed: int,
     progress: bool = True,
 ) -> dict[str, nn.Module]:
-    """k-means on the head's outputs (and on raw tokens), the optional probe, over the training cache."""
+    """k-means on the head's outputs (and on raw tokens), and with ``config.probe`` the supervised probe and the oracle
+    head (k-means on the probe's logits), over the training cache."""
     k = len(class_names) + config.extra_clusters
     head = head.eval()
 
@@ -142,4 +145,16 @@ def fit_readouts(
         )
         if probe is not None:
             readouts["probe"] = ProbeReadout(feature_keys, probe)
+            oracle = oracle_head(probe)
+            rows = CachedRows(cache, feature_keys, oracle)
+            centroids = fit_centroids(rows, len(class_names), seed, config.restarts, config.kmeans_sample)
+            readouts["oracle"] = ClusterReadout(feature_keys, centroids, oracle)
     return readouts
+
+
+def oracle_head(probe: nn.Linear) -> ProjectionHead:
+    """The probe's logits as a head: k-means on them (K = classes) is the best a linear map read out by k-means can
+    do when the map knows the classes, the ceiling every head is measured against (it uses labels, as the probe)."""
+    head = ProjectionHead(probe.in_features, probe.out_features, "affine")
+    head.net.load_state_dict(probe.state_dict())
+    return head.eval()
