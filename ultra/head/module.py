@@ -21,6 +21,8 @@ class HeadModule(pl.LightningModule):
         out_dim: embedding dimension m (about 50; well above the number of classes).
         view_weight: alpha of the view term.
         graph_weights: weights of the graphs (linked from the data module).
+        architecture: the head's architecture (:class:`~ultra.head.projection.ProjectionHead`).
+        hidden_dim: hidden width of an ``mlp`` head.
     """
 
     solver = ""
