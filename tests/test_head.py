@@ -129,5 +129,7 @@ def test_the_data_module_checks_what_depends_on_its_backbone_when_it_builds_it()
     assert "backbone" not in vars(lazy)  # nothing built yet: a --seeds run reads its settings without weights
     with pytest.raises(ConfigError, match="data.views.size=70 is not a multiple of the patch size 16"):
         _ = lazy.backbone
+    ordered = HeadDataModule(**tiny, feature_layers=[2, -3, 2])  # the head's input in the config's order, repeats too
+    assert ordered.feature_keys == [("x", 2), ("x", 0), ("x", 2)] and ordered.head_dim == 3 * 48
     with pytest.raises(ConfigError, match="layer 7 is out of range"):
         _ = HeadDataModule(**tiny, feature_layers=[7]).backbone

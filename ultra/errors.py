@@ -7,6 +7,9 @@ command is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class UserError(ValueError):
     """Base of the errors caused by what the user gave: a setting, an argument, a file or an image."""
@@ -67,3 +70,18 @@ class FolderInUse(UserError):
 USER_ERRORS = (UserError, FileExistsError, FileNotFoundError, PermissionError)
 """What a front end reports as a message: bad settings, arguments, files and images, missing weights or extras,
 outputs that exist, inputs that do not, folders that cannot be written. Every other exception is a bug."""
+
+
+@contextlib.contextmanager
+def user_errors_unwrapped() -> Iterator[None]:
+    """A user's mistake raised while a parser builds classes from settings (jsonargparse wraps it in its own
+    ValueError, possibly through an argument link) is raised as itself, so a command reports it in one line."""
+    try:
+        yield
+    except ValueError as err:
+        cause = err
+        while cause is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__
+        if cause is None or cause is err:
+            raise
+        raise cause from None

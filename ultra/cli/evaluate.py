@@ -26,7 +26,7 @@ from jsonargparse import ArgumentParser
 from ..data import cityscapes, cocostuff, folder, synthetic  # noqa: F401  (their classes are --dataset choices)
 from ..data.base import SegmentationDataset
 from ..data.transforms import EvalConfig, check_eval_geometry
-from ..errors import ConfigError, UserError
+from ..errors import ConfigError, user_errors_unwrapped
 from ..evaluation.checkpoint_report import (
     default_report_folder,
     describe_dataset,
@@ -90,12 +90,8 @@ def run(args: list[str] | None = None) -> dict:
         cfg = parser.parse_args([*args, "--dataset", json.dumps(data["val_dataset"])])
     if cfg.crf:
         require_crf("--crf")
-    try:
+    with user_errors_unwrapped():  # the data set's own error, not jsonargparse's wrapper
         dataset: SegmentationDataset = parser.instantiate(cfg).dataset
-    except ValueError as err:  # jsonargparse wraps the data set's own error: the user's mistake is that one
-        if isinstance(err.__cause__, UserError):
-            raise err.__cause__ from None
-        raise
     configured = EvalConfig(**data.get("evaluation", {}))
     resize = configured.resize if cfg.resize is None else cfg.resize
     crop = configured.crop if cfg.crop is None else cfg.crop

@@ -108,8 +108,8 @@ class HeadDataModule(pl.LightningDataModule):
 
     @cached_property
     def feature_keys(self) -> list[TokenKey]:
-        """The token keys the head reads, layers counted from the start."""
-        return [(self.tokens, layer) for layer in self.backbone.check_layers(self.feature_layers)]
+        """The token keys the head reads, in the config's order, layers counted from the start."""
+        return [(self.tokens, self.backbone.check_layers([layer])[0]) for layer in self.feature_layers]
 
     @cached_property
     def graph_specs(self) -> list[GraphSpec]:

@@ -16,15 +16,13 @@ runs in ``<default_root_dir>/seed-<s>`` (the feature cache and the graphs are sh
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import warnings
-from collections.abc import Iterator
 
 from jsonargparse import DefaultHelpFormatter
 from pytorch_lightning.cli import LightningCLI
 
-from ..errors import UserError
+from ..errors import user_errors_unwrapped
 from ..head import exact_module, sgd_module  # noqa: F401  (the solvers, so that --model takes their short names)
 from ..head.datamodule import HeadDataModule
 from ..head.module import HeadModule
@@ -90,21 +88,6 @@ def upgrade_arguments(args: list[str]) -> list[str]:
         else:
             out.append(RENAMED.get(name, name) + eq + value if eq else RENAMED.get(arg, arg))
     return out
-
-
-@contextlib.contextmanager
-def user_errors_unwrapped() -> Iterator[None]:
-    """A user's mistake found while jsonargparse builds the classes (a data module's check, reached through an
-    argument link) is raised as itself, not inside jsonargparse's ValueError."""
-    try:
-        yield
-    except ValueError as err:
-        cause = err
-        while cause is not None and not isinstance(cause, UserError):
-            cause = cause.__cause__
-        if cause is None or cause is err:
-            raise
-        raise cause from None
 
 
 def parse_training(args: list[str] | None = None, instantiate: bool = True) -> TrainingCLI:
