@@ -141,3 +141,17 @@ def test_a_validation_set_without_a_labelled_pixel_is_refused_before_training(tm
     with pytest.raises(DataError, match="none of the 3 label maps has a labelled pixel"):
         train_cli.run(["--config", str(config), *tiny_overrides(tmp_path)])
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_self_trained_head_is_exported_as_an_ordinary_affine_head(tmp_path, tiny_vit):
+    config = synthetic_config(tmp_path / "tiny.yaml")
+    args = ["--config", str(config), *tiny_overrides(tmp_path, epochs=1), "--readout.probe", "false"]
+    report = train_cli.run([*args, "--self_training.rounds", "2"])
+    history = report["settings"]["self_training"]["history"]
+    assert report["settings"]["self_training"]["rounds"] == 2 and [r["round"] for r in history] == [1, 2]
+    segmenter = ultra.load(tmp_path / "run" / "model.safetensors")
+    head = segmenter.readouts["head"].head
+    assert head.architecture == "affine" and (head.in_dim, head.out_dim) == (48, 4)
+    image = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    labels = segmenter.segment(Image.fromarray(image))
+    assert labels.shape == (40, 50) and set(labels.unique().tolist()) <= {0, 1, 2, 3, 255}

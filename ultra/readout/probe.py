@@ -1,4 +1,5 @@
-"""The supervised reference: a linear probe (multinomial logistic regression) on cached labelled tokens."""
+"""Multinomial logistic regression of tokens, fitted by full-batch L-BFGS: the supervised linear probe (on labels)
+and the classifier of the head's self-training (on its own pseudo-labels, :mod:`ultra.readout.self_training`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,43 @@ from ..data.cache import FeatureCache, TokenKey
 log = logging.getLogger(__name__)
 
 
+def fit_softmax_regression(
+    x: Tensor,
+    y: Tensor,
+    num_classes: int,
+    steps: int = 100,
+    weight_decay: float = 1e-4,
+    description: str = "linear classifier (L-BFGS)",
+    progress: bool = True,
+) -> nn.Linear:
+    """A linear classifier ``x -> y`` (``[N, D]`` rows, ``[N]`` classes): cross-entropy plus ``weight_decay`` times
+    the squared weights, from zero by ``steps`` L-BFGS iterations on standardised rows (the scaling folded into the
+    returned layer). A convex fit: the same rows give the same layer."""
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    x = (x - mean) / std
+    layer = nn.Linear(x.shape[1], num_classes)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    optimizer = torch.optim.LBFGS(
+        layer.parameters(), lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe"
+    )
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(layer(x), y) + weight_decay * layer.weight.square().sum()
+        loss.backward()
+        return loss
+
+    with tqdm(desc=description, total=steps, disable=not progress) as bar:
+        optimizer.step(closure)
+        bar.update(steps)
+    with torch.no_grad():
+        log.info("%s: %d rows, training loss %.4f", description, x.shape[0], float(F.cross_entropy(layer(x), y)))
+        layer.weight.div_(std)  # fold the standardisation in: W (x - mean) / std + b
+        layer.bias.sub_(layer.weight @ mean)
+    return layer
+
+
 def train_probe(
     cache: FeatureCache,
     keys: Sequence[TokenKey],
@@ -26,12 +64,8 @@ def train_probe(
     seed: int = 0,
     progress: bool = True,
 ) -> nn.Linear | None:
-    """A linear classifier of tokens into classes (None if the cache has no labels).
-
-    Multinomial logistic regression fitted by full-batch L-BFGS (``steps`` iterations) on up to
-    ``max_rows`` labelled tokens drawn once with ``seed``, on standardised tokens (the scaling is
-    folded into the returned layer): a convex fit, so the result hardly depends on the seed.
-    """
+    """The supervised linear probe: :func:`fit_softmax_regression` on up to ``max_rows`` labelled tokens drawn once
+    with ``seed`` (None if the cache has no labels)."""
     labelled = torch.from_numpy(np.flatnonzero(cache.labels.reshape(-1) != 255))
     if labelled.numel() == 0:
         log.warning("no labelled tokens in the training cache: no linear probe")
@@ -40,28 +74,4 @@ def train_probe(
         generator = torch.Generator().manual_seed(seed)
         labelled = labelled[torch.randperm(labelled.numel(), generator=generator)[:max_rows]].sort().values
     x, y = cache.rows(keys, labelled), cache.node_labels(labelled)
-    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
-    x = (x - mean) / std
-    probe = nn.Linear(x.shape[1], num_classes)
-    nn.init.zeros_(probe.weight)
-    nn.init.zeros_(probe.bias)
-    optimizer = torch.optim.LBFGS(
-        probe.parameters(), lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe"
-    )
-    bar = tqdm(desc="linear probe (L-BFGS)", total=steps, disable=not progress)
-
-    def closure() -> Tensor:
-        optimizer.zero_grad()
-        loss = F.cross_entropy(probe(x), y) + weight_decay * probe.weight.square().sum()
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    bar.update(steps)
-    bar.close()
-    with torch.no_grad():
-        log.info("linear probe: %d tokens, training loss %.4f", labelled.numel(), float(F.cross_entropy(probe(x), y)))
-    with torch.no_grad():  # fold the standardisation in: W (x - mean) / std + b
-        probe.weight.div_(std)
-        probe.bias.sub_(probe.weight @ mean)
-    return probe
+    return fit_softmax_regression(x, y, num_classes, steps, weight_decay, "linear probe (L-BFGS)", progress)

@@ -1,4 +1,5 @@
-"""The training config: LightningCLI over the head's solver, the data module, the trainer and the readouts.
+"""The training config: LightningCLI over the head's solver, the data module, the trainer, the head's self-training
+and the readouts.
 
 ``python train.py --config configs/demo.yaml [--data.num_workers 4]`` trains the head, fits the readouts,
 exports the inference checkpoint and evaluates. Everything is configured by YAML (``--print_config`` shows
@@ -27,6 +28,7 @@ from ..head import exact_module, sgd_module  # noqa: F401  (the solvers, so that
 from ..head.datamodule import HeadDataModule
 from ..head.module import HeadModule
 from ..readout.fit import ReadoutConfig
+from ..readout.self_training import SelfTrainingConfig
 from .run_folder import RunCheckpoint
 
 SOLVERS = {"exact": "ultra.head.ExactHeadModule", "sgd": "ultra.head.SGDHeadModule"}
@@ -36,8 +38,8 @@ RENAMED = {"--model.head": "--model.architecture"}
 
 
 class TrainingCLI(LightningCLI):
-    """The training command's parser: the head's solver, the data module, the trainer, the readouts and the run
-    options."""
+    """The training command's parser: the head's solver, the data module, the trainer, the self-training, the
+    readouts and the run options."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({"model": {"class_path": SOLVERS["exact"]}})
@@ -47,6 +49,7 @@ class TrainingCLI(LightningCLI):
         parser.link_arguments(
             "data", "model.init_args.graph_weights", compute_fn=lambda dm: dm.graph_weights, apply_on="instantiate"
         )
+        parser.add_class_arguments(SelfTrainingConfig, "self_training")
         parser.add_class_arguments(ReadoutConfig, "readout")
         parser.add_argument(
             "--fresh",

@@ -12,6 +12,7 @@ import logging
 import sys
 import time
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -26,6 +27,7 @@ from ..readout.checkpoint import save_segmenter
 from ..readout.crf import require_crf
 from ..readout.fit import ReadoutConfig, fit_readouts
 from ..readout.segmenter import Segmenter
+from ..readout.self_training import SelfTrainingConfig, self_train, token_sample
 from .config import TrainingCLI, parse_training
 from .run_folder import AtomicCheckpointIO, head_settings, resume_point
 
@@ -45,6 +47,7 @@ def run_training(cli: TrainingCLI) -> dict | None:
     trainer, data = cli.trainer, cli.datamodule
     trainer.strategy.checkpoint_io = AtomicCheckpointIO()
     config = ReadoutConfig(**cli.config.readout)
+    SelfTrainingConfig(**cli.config.self_training)  # refused now, not after the fit
     if config.crf:  # fail before training, not after it
         require_crf("--readout.crf")
     config.check_clusters(len(data.class_names), data.num_training_tokens)
@@ -70,19 +73,7 @@ def _train(cli: TrainingCLI, config: ReadoutConfig, root: Path) -> dict | None:
     start = time.perf_counter()
     fit_head(trainer, module, data, ckpt_path)
     timings = {"fit_s": time.perf_counter() - start - sum(data.timings.values()), **data.timings}
-    start = time.perf_counter()
-    readouts = fit_readouts(
-        module.head,
-        data.open_cache(),
-        data.feature_keys,
-        data.class_names,
-        config,
-        seed,
-        progress=trainer.is_global_zero,
-    )
-    segmenter = Segmenter(data.backbone, readouts, data.class_names, resize=data.evaluation.resize)
-    segmenter.to(trainer.strategy.root_device)
-    timings["readouts_s"] = time.perf_counter() - start
+    segmenter, self_training = fitted_segmenter(cli, config, seed, timings)
     export(segmenter, data, root, trainer.is_global_zero)  # saved before the evaluation, saved again with its matching
     if not (config.evaluate and data.val_dataset is not None):
         return None
@@ -101,6 +92,7 @@ def _train(cli: TrainingCLI, config: ReadoutConfig, root: Path) -> dict | None:
             "eval_crop": data.evaluation.crop,
             "seed": seed,
             "solver": module.solver,
+            "self_training": self_training,
             "timings": timings,
         },
     )
@@ -111,6 +103,28 @@ def _train(cli: TrainingCLI, config: ReadoutConfig, root: Path) -> dict | None:
     }
     export(segmenter, data, root, trainer.is_global_zero)
     return report
+
+
+def fitted_segmenter(cli: TrainingCLI, config: ReadoutConfig, seed: int, timings: dict) -> tuple[Segmenter, dict]:
+    """The fitted head's self-training (with ``self_training.rounds``) and readouts over the training cache, with the
+    backbone: the segmenter, and the self-training's settings and rounds."""
+    trainer, module, data = cli.trainer, cli.model, cli.datamodule
+    start = time.perf_counter()
+    cache, clusters = data.open_cache(), len(data.class_names) + config.extra_clusters
+    self_training = SelfTrainingConfig(**cli.config.self_training)
+    head, rounds = module.head.eval(), []
+    if self_training.rounds:
+        tokens = token_sample(cache, data.feature_keys, self_training.sample, seed)
+        head, rounds = self_train(head, tokens, clusters, self_training, seed, config.restarts, trainer.is_global_zero)
+        timings["self_training_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+    readouts = fit_readouts(
+        head, cache, data.feature_keys, data.class_names, config, seed, progress=trainer.is_global_zero
+    )
+    segmenter = Segmenter(data.backbone, readouts, data.class_names, resize=data.evaluation.resize)
+    segmenter.to(trainer.strategy.root_device)
+    timings["readouts_s"] = time.perf_counter() - start
+    return segmenter, {**self_training.settings(), "history": [asdict(r) for r in rounds]}
 
 
 def export(segmenter: Segmenter, data: HeadDataModule, root: Path, is_main: bool) -> None:

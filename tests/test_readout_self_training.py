@@ -1,0 +1,72 @@
+"""Self-training of the head on its own pseudo-labels: balanced labels, the rounds, reproducibility."""
+
+import pytest
+import torch
+from helpers import clustered_tokens
+
+from ultra.errors import ConfigError
+from ultra.head.projection import ProjectionHead
+from ultra.readout.self_training import SelfTrainingConfig, label_change, self_train, sinkhorn_labels
+
+
+def test_balanced_labels_keep_a_dominated_cluster_alive():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(900, 3, generator=g) * 0.1
+    scores[:, 0] += 0.5  # every row is nearest to cluster 0
+    assert torch.bincount(scores.argmax(1), minlength=3).tolist() == [900, 0, 0]
+    sizes = torch.tensor([0.5, 0.3, 0.2])
+    counts = torch.bincount(sinkhorn_labels(scores, sizes, temperature=0.01), minlength=3)
+    assert torch.allclose(counts / 900.0, sizes, atol=0.03)
+
+
+def test_balanced_labels_leave_a_clear_assignment_alone():
+    truth = torch.arange(3).repeat_interleave(torch.tensor([500, 300, 200]))
+    scores = torch.nn.functional.one_hot(truth, 3).float() * 0.8 + 0.1
+    labels = sinkhorn_labels(scores, torch.tensor([0.5, 0.3, 0.2]), temperature=0.05)
+    assert torch.equal(labels, truth)
+
+
+def test_label_change_matches_the_clusters_of_two_rounds():
+    previous = torch.tensor([0, 0, 1, 1, 2, 2, 2, 2])
+    assert label_change(previous, (previous + 1) % 3, 3) == 0.0  # the same partition, renamed
+    moved = torch.tensor([1, 1, 2, 2, 0, 0, 0, 1])
+    assert label_change(previous, moved, 3) == pytest.approx(1 / 8)
+
+
+def _tokens_and_head(seed=0):
+    tokens, truth = clustered_tokens(images=20, tokens=50, dim=24, clusters=4, seed=seed, spread=1.0)
+    head = ProjectionHead(24, 8)
+    torch.nn.init.normal_(head.net.weight, generator=torch.Generator().manual_seed(seed))
+    return tokens.reshape(-1, 24), truth.reshape(-1), head
+
+
+def test_self_training_gives_an_affine_head_over_the_clusters_reproducibly():
+    tokens, _, head = _tokens_and_head()
+    config = SelfTrainingConfig(rounds=2)
+    first, history = self_train(head, tokens, 4, config, seed=3, progress=False)
+    again, _ = self_train(head, tokens, 4, config, seed=3, progress=False)
+    assert first.architecture == "affine" and (first.in_dim, first.out_dim) == (24, 4)
+    assert torch.equal(first.net.weight, again.net.weight) and torch.equal(first.net.bias, again.net.bias)
+    assert [r.round for r in history] == [1, 2] and history[0].change == 1.0
+    assert sum(history[-1].sizes) == pytest.approx(1.0) and min(history[-1].sizes) > 0.05
+
+
+def test_self_training_stops_when_the_pseudo_labels_stop_changing():
+    tokens, _, head = _tokens_and_head()
+    _, history = self_train(head, tokens, 4, SelfTrainingConfig(rounds=8, stop_change=0.01), progress=False)
+    assert 2 <= len(history) < 8 and history[-1].change < 0.01
+    assert all(r.change >= 0.01 for r in history[:-1])
+
+
+def test_no_rounds_keep_the_solved_head():
+    tokens, _, head = _tokens_and_head()
+    assert self_train(head, tokens, 4, SelfTrainingConfig(rounds=0)) == (head, [])
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"rounds": -1}, {"balance": "equal"}, {"temperature": 0.0}, {"weight_decay": -1.0}, {"stop_change": 1.0}],
+)
+def test_self_training_settings_are_checked(settings):
+    with pytest.raises(ConfigError, match="self_training"):
+        SelfTrainingConfig(**settings)
