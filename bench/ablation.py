@@ -45,6 +45,7 @@ from ultra.head.projection import ProjectionHead  # noqa: E402
 from ultra.readout.fit import CachedRows, fit_centroids, oracle_head  # noqa: E402
 from ultra.readout.probe import train_probe  # noqa: E402
 from ultra.readout.segmenter import ClusterReadout, ProbeReadout  # noqa: E402
+from ultra.readout.self_training import SelfTrainingConfig, self_train, token_sample  # noqa: E402
 from ultra.training.config import parse_training  # noqa: E402
 from ultra.training.pipeline import fit_head  # noqa: E402
 
@@ -73,7 +74,17 @@ OPTIONS = {  # name -> overrides of the shipped config
     "extra_clusters5": ["--readout.extra_clusters", "5"],
     "graph_centred": ["--data.knn.space", "centred"],
     "graph_whitened": ["--data.knn.space", "whitened"],
+    "self_train2": ["--self_training.rounds", "2", "--self_training.balance", "none"],
+    "self_train2_first": ["--self_training.rounds", "2"],
 }
+
+
+def after_fit(option: str) -> bool:
+    """Whether an option changes only what follows the fit (the self-training): it reuses the default's fit."""
+    overrides = OPTIONS.get(option, [])
+    return bool(overrides) and all(not o.startswith("--") or o.startswith("--self_training.") for o in overrides)
+
+
 RAW_VARIANTS = ("x", "x_centred", "x_whitened", "n")
 LEVERS = [*GRAPH_LEVERS, *READOUT_LEVERS]
 """Options without overrides, measured on the default fit (``bench/levers.py``): graph levers solve the default's
@@ -176,17 +187,29 @@ def run_set(config: str, options: list[str], seeds: list[int], workdir: Path, ex
         log.info("%s %s: fit %.1f s", name, opt, fit_s)
         logged("options", opt)
 
-    def kmeans_readouts(head, k, keys):
-        rows = CachedRows(cache, keys, head)
-        return lambda seed: ClusterReadout(keys, fit_centroids(rows, k, seed), head)
+    def kmeans_readouts(head, k, keys, self_training=SelfTrainingConfig()):
+        """Per seed: the head's self-training (as ``train.py`` runs it, if any), then k-means on its outputs."""
+
+        def readout(seed):
+            tokens = token_sample(cache, keys, self_training.sample, seed) if self_training.rounds else None
+            trained, _ = self_train(head, tokens, k, self_training, seed, progress=False)
+            return ClusterReadout(keys, fit_centroids(CachedRows(cache, keys, trained), k, seed), trained)
+
+        return readout
 
     for opt in clis:
         cli = clis[opt]
         module, data = cli.model, cli.datamodule
         start = time.perf_counter()
-        fit_head(cli.trainer, module, data)
+        if after_fit(opt):  # the default's fitted head, then this option's self-training
+            module = clis["default"].model
+        else:
+            fit_head(cli.trainer, module, data)
         k = num_classes + cli.config.readout.extra_clusters
-        record(opt, time.perf_counter() - start, kmeans_readouts(module.head.eval(), k, data.feature_keys))
+        self_training = SelfTrainingConfig(**cli.config.self_training)
+        record(
+            opt, time.perf_counter() - start, kmeans_readouts(module.head.eval(), k, data.feature_keys, self_training)
+        )
     levers = [opt for opt in options if opt in GRAPH_LEVERS or opt in READOUT_LEVERS]
     if not levers:
         return results
@@ -270,8 +293,8 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     if unknown:
         parser.error(f"unknown sets or options: {unknown}")
-    if "default" not in options:  # every table compares with it, and the levers start from its fit
-        options.insert(0, "default")
+    # first: every table compares with it, and the levers and the self-training options start from its fit
+    options = ["default", *(o for o in options if o != "default")]
     seeds = [int(s) for s in args.seeds.split(",")]
     torch.set_float32_matmul_precision("high")
     with tempfile.TemporaryDirectory() as workdir:
