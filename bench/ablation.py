@@ -74,8 +74,11 @@ OPTIONS = {  # name -> overrides of the shipped config
     "extra_clusters5": ["--readout.extra_clusters", "5"],
     "graph_centred": ["--data.knn.space", "centred"],
     "graph_whitened": ["--data.knn.space", "whitened"],
-    "self_train2": ["--self_training.rounds", "2", "--self_training.balance", "none"],
-    "self_train2_first": ["--self_training.rounds", "2"],
+    **{
+        f"self_train{rounds}": ["--self_training.rounds", str(rounds), "--self_training.balance", "none"]
+        for rounds in (1, 2, 3)
+    },
+    "self_train2_first": ["--self_training.rounds", "2", "--self_training.balance", "first"],
 }
 
 
