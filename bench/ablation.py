@@ -8,7 +8,9 @@ matrix, Hungarian matching) on the val split and on the training images' own lab
 by the head or the clusters). The raw-token baselines (block outputs, final-LayerNorm tokens,
 centred, PCA-whitened) are scored the same way in the same run. The backbone runs once per image:
 training tokens come from one feature cache holding every option's tokens, evaluation tokens are
-computed once per split and shared by all options. No CRF and no flip averaging here (they are
+computed once per split, shared by all options and kept for the next run (``<cache root>/ablation/``; the
+same figures, without the backbone's quarter of an hour on CamVid). Options that change only the
+self-training reuse the default's fit. No CRF and no flip averaging here (they are
 evaluation-side and slow; ``train.py --readout.crf true`` measures them).
 
     python bench/ablation.py [--sets camvid,cocostuff_dev] [--options default,norm,...] [--seeds 0,1,2]
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import logging
 import shlex
@@ -41,6 +44,7 @@ from levers import GRAPH_LEVERS, READOUT_LEVERS, GraphLeverInput, ReadoutLeverIn
 from ultra.data.cache import FeatureCache  # noqa: E402
 from ultra.data.standardise import token_map  # noqa: E402
 from ultra.evaluation.protocol import score_token_grids  # noqa: E402
+from ultra.files import atomic_path, cache_root  # noqa: E402
 from ultra.head.projection import ProjectionHead  # noqa: E402
 from ultra.readout.fit import CachedRows, fit_centroids, oracle_head  # noqa: E402
 from ultra.readout.probe import train_probe  # noqa: E402
@@ -96,7 +100,14 @@ forms again with another spectral form; readout levers read the default head's e
 
 def eval_tokens(data, dataset, keys, batch_size: int = 8) -> tuple[dict, torch.Tensor]:
     """Token grids of the protocol's images (:meth:`ultra.backbone.vit.FrozenViT.collect_grids`, as the evaluation
-    computes them) and their labels."""
+    computes them) and their labels, kept (float32, as computed) under ``<cache root>/ablation/`` and read back by
+    the next run of the same images, backbone, keys and protocol."""
+    identity = [dataset.fingerprint(), data.backbone.describe(), sorted(keys), data.evaluation.resize]
+    digest = hashlib.sha256(json.dumps([*identity, data.evaluation.crop], default=str).encode()).hexdigest()[:16]
+    path = cache_root() / "ablation" / f"eval-tokens-{digest}.pt"
+    if path.is_file():
+        saved = torch.load(path, weights_only=True)
+        return {tuple(json.loads(k)): v for k, v in saved["grids"].items()}, saved["labels"]
     loader = DataLoader(
         dataset.with_transform(data.evaluation.transform()), batch_size=batch_size, collate_fn=lambda items: items
     )
@@ -108,6 +119,8 @@ def eval_tokens(data, dataset, keys, batch_size: int = 8) -> tuple[dict, torch.T
             yield torch.stack([it["image"] for it in items])
 
     grids = data.backbone.eval().collect_grids(images(), keys)
+    with atomic_path(path) as tmp:
+        torch.save({"grids": {json.dumps(list(k)): v for k, v in grids.items()}, "labels": torch.cat(labels)}, tmp)
     return grids, torch.cat(labels)
 
 

@@ -5,6 +5,8 @@ import sys
 
 from helpers import REPO, synthetic_config, tiny_overrides
 
+from ultra.backbone.vit import FrozenViT
+
 
 def _ablation():
     sys.path.insert(0, str(REPO / "bench"))  # the ablation imports its levers from its own folder
@@ -45,3 +47,21 @@ def test_the_ablation_scores_options_levers_and_baselines_on_one_set(tmp_path, c
     assert (tmp_path / "ablation.json").is_file()
     table = capsys.readouterr().out
     assert all(option in table for option in options) and "oracle" in table and "of the gap closed" in table
+
+
+def test_a_second_ablation_run_reads_the_evaluation_tokens_back_and_prints_the_same_figures(tmp_path, monkeypatch):
+    ablation = _ablation()
+    config = synthetic_config(tmp_path / "tiny.yaml", train_images=4, val_images=3)
+    args = ["--sets", str(config), "--options", "default", "--seeds", "0"]
+    args += ["--config_args", " ".join(f"'{a}'" for a in tiny_overrides(tmp_path, epochs=1))]
+    first = ablation.main([*args, "--output", str(tmp_path / "first.json")])["tiny"]
+    stored = sorted((ablation.cache_root() / "ablation").glob("eval-tokens-*.pt"))
+    assert len(stored) == 2  # the val and the training images
+
+    def no_backbone(*args, **kwargs):
+        raise AssertionError("the evaluation tokens were computed again")
+
+    monkeypatch.setattr(FrozenViT, "collect_grids", no_backbone)
+    second = ablation.main([*args, "--output", str(tmp_path / "second.json")])["tiny"]
+    figures = lambda run: {s: run["options"]["default"][s] for s in ("val", "train")}  # noqa: E731
+    assert figures(second) == figures(first) and second["raw"] == first["raw"]
