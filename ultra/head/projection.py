@@ -39,6 +39,13 @@ class ProjectionHead(nn.Module):
         else:
             self.net = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim))
 
+    @classmethod
+    def from_linear(cls, layer: nn.Linear) -> ProjectionHead:
+        """A linear layer (e.g. a classifier's logits) as an affine head, in eval mode."""
+        head = cls(layer.in_features, layer.out_features, "affine")
+        head.net.load_state_dict(layer.state_dict())
+        return head.eval()
+
     def config(self) -> dict:
         return {
             "in_dim": self.in_dim,

@@ -155,6 +155,4 @@ def fit_readouts(
 def oracle_head(probe: nn.Linear) -> ProjectionHead:
     """The probe's logits as a head: k-means on them (K = classes) is the best a linear map read out by k-means can
     do when the map knows the classes, the ceiling every head is measured against (it uses labels, as the probe)."""
-    head = ProjectionHead(probe.in_features, probe.out_features, "affine")
-    head.net.load_state_dict(probe.state_dict())
-    return head.eval()
+    return ProjectionHead.from_linear(probe)

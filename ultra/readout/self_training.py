@@ -91,13 +91,6 @@ def label_change(previous: Tensor, current: Tensor, k: int) -> float:
     return 1.0 - float(counts.numpy()[rows, cols].sum()) / previous.numel()
 
 
-def affine_head(layer: nn.Linear) -> ProjectionHead:
-    """A linear layer as an affine head."""
-    head = ProjectionHead(layer.in_features, layer.out_features, "affine")
-    head.net.load_state_dict(layer.state_dict())
-    return head.eval()
-
-
 @dataclass
 class SelfTrainingRound:
     round: int
@@ -149,5 +142,5 @@ def self_train(
         layer = fit_softmax_regression(
             tokens, labels, clusters, config.steps, config.weight_decay, f"self-training round {index}", progress
         )
-        head, previous = affine_head(layer), labels
+        head, previous = ProjectionHead.from_linear(layer), labels
     return head, history
