@@ -83,6 +83,7 @@ OPTIONS = {  # name -> overrides of the shipped config
         for rounds in (1, 2, 3)
     },
     "self_train2_first": ["--self_training.rounds", "2", "--self_training.balance", "first"],
+    "self_train2_embedding": ["--self_training.rounds", "2", "--self_training.features", "embedding"],
 }
 
 

@@ -65,8 +65,34 @@ def test_no_rounds_keep_the_solved_head():
 
 @pytest.mark.parametrize(
     "settings",
-    [{"rounds": -1}, {"balance": "equal"}, {"temperature": 0.0}, {"weight_decay": -1.0}, {"stop_change": 1.0}],
+    [
+        {"rounds": -1},
+        {"features": "logits"},
+        {"balance": "equal"},
+        {"temperature": 0.0},
+        {"weight_decay": -1.0},
+        {"stop_change": 1.0},
+    ],
 )
 def test_self_training_settings_are_checked(settings):
     with pytest.raises(ConfigError, match="self_training"):
         SelfTrainingConfig(**settings)
+
+
+def test_a_classifier_on_the_embedding_is_exported_composed_with_the_solved_head():
+    tokens, _, head = _tokens_and_head()
+    trained, _ = self_train(head, tokens, 4, SelfTrainingConfig(rounds=2, features="embedding"), progress=False)
+    assert trained.architecture == "affine" and (trained.in_dim, trained.out_dim) == (24, 4)
+    basis = torch.linalg.qr(head.net.weight.detach().T).Q  # the solved head's row space (8 of 24 dimensions)
+    weight = trained.net.weight.detach()
+    assert torch.allclose(weight @ basis @ basis.T, weight, atol=1e-4)  # it reads the tokens only through the head
+    on_tokens, _ = self_train(head, tokens, 4, SelfTrainingConfig(rounds=2), progress=False)
+    other = on_tokens.net.weight.detach()
+    assert not torch.allclose(other @ basis @ basis.T, other, atol=1e-2)
+
+
+def test_an_mlp_head_cannot_be_composed_with_the_classifier():
+    tokens, _, _ = _tokens_and_head()
+    mlp = ProjectionHead(24, 8, "mlp", hidden_dim=16)
+    with pytest.raises(ConfigError, match="embedding"):
+        self_train(mlp, tokens, 4, SelfTrainingConfig(rounds=1, features="embedding"), progress=False)

@@ -1,11 +1,12 @@
 """Self-training of the head's linear map on its own pseudo-labels, after the solve (DeepCluster-style, no labels).
 
-Each round: k-means (K = clusters) on the current head's outputs over the training tokens; pseudo-labels =
-each token's cluster, balanced so that no cluster vanishes (Sinkhorn-Knopp towards the first round's cluster sizes,
-as SeLa/SwAV balance towards equal sizes); a multinomial logistic regression of the tokens into the pseudo-labels
-(:func:`~ultra.readout.probe.fit_softmax_regression`); its logits are the next head, an ordinary affine
-:class:`~ultra.head.projection.ProjectionHead` (tokens -> K). The rounds stop early when the pseudo-labels stop
-changing. Everything runs on one sample of the training tokens drawn with the seed, so a run is reproducible.
+Each round: k-means (K = clusters) on the current head's outputs over the training tokens; pseudo-labels = each
+token's cluster, balanced so that no cluster vanishes (Sinkhorn-Knopp towards the first round's cluster sizes, as
+SeLa/SwAV balance towards equal sizes); a multinomial logistic regression of the tokens (or of the solved head's
+embedding) into the pseudo-labels (:func:`~ultra.readout.probe.fit_softmax_regression`); its logits are the next
+head, an ordinary affine :class:`~ultra.head.projection.ProjectionHead` (tokens -> K). The rounds stop early when the
+pseudo-labels stop changing. Everything runs on one sample of the training tokens drawn with the seed, so a run is
+reproducible.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .probe import fit_softmax_regression
 log = logging.getLogger(__name__)
 
 BALANCES = ("none", "first", "uniform")
+FEATURES = ("tokens", "embedding")
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,8 @@ class SelfTrainingConfig:
 
     Args:
         rounds: at most this many rounds (0: the solved head is kept as it is).
+        features: what the classifier reads: the ``tokens`` themselves, or the solved head's ``embedding`` (the
+            exported head is then the classifier composed with it, still one affine map of the tokens).
         balance: pseudo-labels balanced towards the first round's cluster sizes (``first``), equal sizes
             (``uniform``), or the plain nearest centroid (``none``: big clusters can swallow small ones).
         temperature: the Sinkhorn-Knopp temperature on the cosines (smaller: closer to the nearest centroid).
@@ -47,6 +51,7 @@ class SelfTrainingConfig:
     """
 
     rounds: int = 0
+    features: str = "tokens"
     balance: str = "first"
     temperature: float = 0.05
     weight_decay: float = 1e-4
@@ -55,6 +60,8 @@ class SelfTrainingConfig:
     stop_change: float = 0.0
 
     def __post_init__(self):
+        if self.features not in FEATURES:
+            raise ConfigError(f"self_training.features must be one of {FEATURES}, got '{self.features}'")
         if self.balance not in BALANCES:
             raise ConfigError(f"self_training.balance must be one of {BALANCES}, got '{self.balance}'")
         if self.rounds < 0 or min(self.steps, self.sample) < 1:
@@ -98,6 +105,24 @@ class SelfTrainingRound:
     sizes: list[float]  # the pseudo-labels' cluster sizes (fractions)
 
 
+def _outputs(head: nn.Module, tokens: Tensor) -> Tensor:
+    with torch.no_grad():
+        return head.eval()(tokens)
+
+
+def _composed(classifier: nn.Linear, head: nn.Module) -> nn.Linear:
+    """``classifier(head(x))`` as one linear layer on the tokens (the head must be linear or affine)."""
+    inner = getattr(head, "net", None)
+    if not isinstance(inner, nn.Linear):
+        raise ConfigError("self_training.features 'embedding' needs a linear or affine head, not an MLP")
+    layer = nn.Linear(inner.in_features, classifier.out_features)
+    with torch.no_grad():
+        layer.weight.copy_(classifier.weight @ inner.weight)
+        bias = classifier.bias + (classifier.weight @ inner.bias if inner.bias is not None else 0)
+        layer.bias.copy_(bias)
+    return layer
+
+
 def token_sample(cache: FeatureCache, keys: Sequence[TokenKey], size: int, seed: int) -> Tensor:
     """``size`` training tokens (all of them if fewer) drawn with ``seed``, in cache order."""
     generator = torch.Generator().manual_seed(seed)
@@ -120,17 +145,17 @@ def self_train(
     n = tokens.shape[0]
     if n < clusters:
         raise ConfigError(f"self-training needs at least {clusters} training tokens, got {n}")
+    solved = head.eval()
+    inputs = tokens if config.features == "tokens" else _outputs(solved, tokens)
     sizes, previous, history = None, None, []
     for index in range(1, config.rounds + 1):
-        with torch.no_grad():
-            outputs = F.normalize(head.eval()(tokens), dim=-1)
+        outputs = F.normalize(_outputs(head, tokens), dim=-1)
         centroids = kmeans(outputs, clusters, restarts=restarts, sample_size=None, seed=seed).centroids
         scores = outputs @ centroids.T
-        nearest = scores.argmax(1)
         if sizes is None:
-            sizes = torch.bincount(nearest, minlength=clusters).double() / nearest.numel()
+            sizes = torch.bincount(scores.argmax(1), minlength=clusters).double() / n
         if config.balance == "none":
-            labels = nearest
+            labels = scores.argmax(1)
         else:
             target = sizes if config.balance == "first" else torch.full((clusters,), 1.0 / clusters)
             labels = sinkhorn_labels(scores, target, config.temperature)
@@ -140,7 +165,8 @@ def self_train(
         if change < config.stop_change:
             break
         layer = fit_softmax_regression(
-            tokens, labels, clusters, config.steps, config.weight_decay, f"self-training round {index}", progress
+            inputs, labels, clusters, config.steps, config.weight_decay, f"self-training round {index}", progress
         )
-        head, previous = ProjectionHead.from_linear(layer), labels
+        head = ProjectionHead.from_linear(layer if config.features == "tokens" else _composed(layer, solved))
+        previous = labels
     return head, history
