@@ -46,10 +46,10 @@ from ultra.data.standardise import token_map  # noqa: E402
 from ultra.evaluation.protocol import score_token_grids  # noqa: E402
 from ultra.files import atomic_path, cache_root  # noqa: E402
 from ultra.head.projection import ProjectionHead  # noqa: E402
-from ultra.readout.fit import CachedRows, fit_centroids, oracle_head  # noqa: E402
+from ultra.readout.fit import CachedRows, fit_centroids, oracle_readout  # noqa: E402
 from ultra.readout.probe import train_probe  # noqa: E402
 from ultra.readout.segmenter import ClusterReadout, ProbeReadout  # noqa: E402
-from ultra.readout.self_training import SelfTrainingConfig, self_train, token_sample  # noqa: E402
+from ultra.readout.self_training import SelfTrainingConfig, self_trained_head  # noqa: E402
 from ultra.training.config import parse_training  # noqa: E402
 from ultra.training.pipeline import fit_head  # noqa: E402
 
@@ -123,12 +123,6 @@ def eval_tokens(data, dataset, keys, batch_size: int = 8) -> tuple[dict, torch.T
     with atomic_path(path) as tmp:
         torch.save({"grids": {json.dumps(list(k)): v for k, v in grids.items()}, "labels": torch.cat(labels)}, tmp)
     return grids, torch.cat(labels)
-
-
-def oracle_readout(cache, keys, probe, seed: int) -> ClusterReadout:
-    """k-means (K = classes) on the probe's logits: the oracle head, as ``train.py`` fits it."""
-    head = oracle_head(probe)
-    return ClusterReadout(keys, fit_centroids(CachedRows(cache, keys, head), probe.out_features, seed), head)
 
 
 def stats(values: list[float]) -> dict:
@@ -208,8 +202,7 @@ def run_set(config: str, options: list[str], seeds: list[int], workdir: Path, ex
         """Per seed: the head's self-training (as ``train.py`` runs it, if any), then k-means on its outputs."""
 
         def readout(seed):
-            tokens = token_sample(cache, keys, self_training.sample, seed) if self_training.rounds else None
-            trained, _ = self_train(head, tokens, k, self_training, seed, progress=False)
+            trained, _ = self_trained_head(head, cache, keys, k, self_training, seed, progress=False)
             return ClusterReadout(keys, fit_centroids(CachedRows(cache, keys, trained), k, seed), trained)
 
         return readout

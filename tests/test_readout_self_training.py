@@ -96,3 +96,15 @@ def test_an_mlp_head_cannot_be_composed_with_the_classifier():
     mlp = ProjectionHead(24, 8, "mlp", hidden_dim=16)
     with pytest.raises(ConfigError, match="embedding"):
         self_train(mlp, tokens, 4, SelfTrainingConfig(rounds=1, features="embedding"), progress=False)
+
+
+def test_a_sample_smaller_than_the_clusters_is_refused_before_any_work():
+    with pytest.raises(ConfigError, match=r"self_training.sample=3 is smaller than the 4 clusters"):
+        SelfTrainingConfig(rounds=1, sample=3).check_clusters(4)
+    SelfTrainingConfig(rounds=0, sample=3).check_clusters(4)  # no rounds: the sample is never drawn
+
+
+def test_fewer_tokens_than_clusters_are_named():
+    tokens, _, head = _tokens_and_head()
+    with pytest.raises(ConfigError, match="at least 4 training tokens, got 3"):
+        self_train(head, tokens[:3], 4, SelfTrainingConfig(rounds=1), progress=False)

@@ -145,14 +145,21 @@ def fit_readouts(
         )
         if probe is not None:
             readouts["probe"] = ProbeReadout(feature_keys, probe)
-            oracle = oracle_head(probe)
-            rows = CachedRows(cache, feature_keys, oracle)
-            centroids = fit_centroids(rows, len(class_names), seed, config.restarts, config.kmeans_sample)
-            readouts["oracle"] = ClusterReadout(feature_keys, centroids, oracle)
+            readouts["oracle"] = oracle_readout(cache, feature_keys, probe, seed, config.restarts, config.kmeans_sample)
     return readouts
 
 
-def oracle_head(probe: nn.Linear) -> ProjectionHead:
-    """The probe's logits as a head: k-means on them (K = classes) is the best a linear map read out by k-means can
-    do when the map knows the classes, the ceiling every head is measured against (it uses labels, as the probe)."""
-    return ProjectionHead.from_linear(probe)
+def oracle_readout(
+    cache: FeatureCache,
+    keys: Sequence[TokenKey],
+    probe: nn.Linear,
+    seed: int,
+    restarts: int = 3,
+    sample_size: int = SAMPLE_SIZE,
+) -> ClusterReadout:
+    """The oracle head: the probe's logits as a head, read out by k-means (K = classes). The best a linear map read
+    out by k-means can do when the map knows the classes, the ceiling every head is measured against (it uses labels,
+    as the probe)."""
+    head = ProjectionHead.from_linear(probe)
+    rows = CachedRows(cache, keys, head)
+    return ClusterReadout(keys, fit_centroids(rows, probe.out_features, seed, restarts, sample_size), head)

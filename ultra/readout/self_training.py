@@ -75,6 +75,11 @@ class SelfTrainingConfig:
                 f"{self.temperature}, {self.weight_decay}, {self.stop_change}"
             )
 
+    def check_clusters(self, clusters: int) -> None:
+        """Refused before any work: rounds over a sample with fewer tokens than clusters."""
+        if self.rounds and self.sample < clusters:
+            raise ConfigError(f"self_training.sample={self.sample} is smaller than the {clusters} clusters it labels")
+
     def settings(self) -> dict:
         return asdict(self)
 
@@ -127,6 +132,24 @@ def token_sample(cache: FeatureCache, keys: Sequence[TokenKey], size: int, seed:
     """``size`` training tokens (all of them if fewer) drawn with ``seed``, in cache order."""
     generator = torch.Generator().manual_seed(seed)
     return cache.rows(keys, torch.randperm(cache.num_nodes, generator=generator)[:size].sort().values)
+
+
+def self_trained_head(
+    head: nn.Module,
+    cache: FeatureCache,
+    keys: Sequence[TokenKey],
+    clusters: int,
+    config: SelfTrainingConfig,
+    seed: int = 0,
+    restarts: int = 3,
+    progress: bool = True,
+) -> tuple[nn.Module, list[SelfTrainingRound]]:
+    """:func:`self_train` on ``config.sample`` training tokens of ``cache`` drawn with ``seed`` (read only if there
+    are rounds)."""
+    if config.rounds == 0:
+        return head, []
+    tokens = token_sample(cache, keys, config.sample, seed)
+    return self_train(head, tokens, clusters, config, seed, restarts, progress)
 
 
 def self_train(

@@ -27,7 +27,7 @@ from ..readout.checkpoint import save_segmenter
 from ..readout.crf import require_crf
 from ..readout.fit import ReadoutConfig, fit_readouts
 from ..readout.segmenter import Segmenter
-from ..readout.self_training import SelfTrainingConfig, self_train, token_sample
+from ..readout.self_training import SelfTrainingConfig, self_trained_head
 from .config import TrainingCLI, parse_training
 from .run_folder import AtomicCheckpointIO, head_settings, resume_point
 
@@ -47,20 +47,21 @@ def run_training(cli: TrainingCLI) -> dict | None:
     trainer, data = cli.trainer, cli.datamodule
     trainer.strategy.checkpoint_io = AtomicCheckpointIO()
     config = ReadoutConfig(**cli.config.readout)
-    SelfTrainingConfig(**cli.config.self_training)  # refused now, not after the fit
+    self_training = SelfTrainingConfig(**cli.config.self_training)
     if config.crf:  # fail before training, not after it
         require_crf("--readout.crf")
     config.check_clusters(len(data.class_names), data.num_training_tokens)
+    self_training.check_clusters(len(data.class_names) + config.extra_clusters)
     root = Path(trainer.default_root_dir)
     require_writable(root)
     if config.evaluate and data.val_dataset is not None:  # a bad validation set fails now, not after training
         data.val_dataset.check(require_labels=True)
     # one run per folder: the other processes of a multi-process run are covered by the first one's lock
     with folder_lock(root, "--trainer.default_root_dir") if trainer.is_global_zero else contextlib.nullcontext():
-        return _train(cli, config, root)
+        return _train(cli, config, self_training, root)
 
 
-def _train(cli: TrainingCLI, config: ReadoutConfig, root: Path) -> dict | None:
+def _train(cli: TrainingCLI, config: ReadoutConfig, self_training: SelfTrainingConfig, root: Path) -> dict | None:
     """The run itself (its folder checked and locked): fit, readouts, export, evaluation."""
     trainer, module, data = cli.trainer, cli.model, cli.datamodule
     if trainer.is_global_zero:  # what a killed write of this folder left
@@ -73,7 +74,7 @@ def _train(cli: TrainingCLI, config: ReadoutConfig, root: Path) -> dict | None:
     start = time.perf_counter()
     fit_head(trainer, module, data, ckpt_path)
     timings = {"fit_s": time.perf_counter() - start - sum(data.timings.values()), **data.timings}
-    segmenter, self_training = fitted_segmenter(cli, config, seed, timings)
+    segmenter, rounds = fitted_segmenter(cli, config, self_training, seed, timings)
     export(segmenter, data, root, trainer.is_global_zero)  # saved before the evaluation, saved again with its matching
     if not (config.evaluate and data.val_dataset is not None):
         return None
@@ -92,7 +93,7 @@ def _train(cli: TrainingCLI, config: ReadoutConfig, root: Path) -> dict | None:
             "eval_crop": data.evaluation.crop,
             "seed": seed,
             "solver": module.solver,
-            "self_training": self_training,
+            "self_training": {**self_training.settings(), "history": rounds},
             "timings": timings,
         },
     )
@@ -105,17 +106,25 @@ def _train(cli: TrainingCLI, config: ReadoutConfig, root: Path) -> dict | None:
     return report
 
 
-def fitted_segmenter(cli: TrainingCLI, config: ReadoutConfig, seed: int, timings: dict) -> tuple[Segmenter, dict]:
+def fitted_segmenter(
+    cli: TrainingCLI, config: ReadoutConfig, self_training: SelfTrainingConfig, seed: int, timings: dict
+) -> tuple[Segmenter, list[dict]]:
     """The fitted head's self-training (with ``self_training.rounds``) and readouts over the training cache, with the
-    backbone: the segmenter, and the self-training's settings and rounds."""
+    backbone: the segmenter, and the self-training's rounds."""
     trainer, module, data = cli.trainer, cli.model, cli.datamodule
     start = time.perf_counter()
     cache, clusters = data.open_cache(), len(data.class_names) + config.extra_clusters
-    self_training = SelfTrainingConfig(**cli.config.self_training)
-    head, rounds = module.head.eval(), []
-    if self_training.rounds:
-        tokens = token_sample(cache, data.feature_keys, self_training.sample, seed)
-        head, rounds = self_train(head, tokens, clusters, self_training, seed, config.restarts, trainer.is_global_zero)
+    head, rounds = self_trained_head(
+        module.head.eval(),
+        cache,
+        data.feature_keys,
+        clusters,
+        self_training,
+        seed,
+        config.restarts,
+        trainer.is_global_zero,
+    )
+    if rounds:
         timings["self_training_s"] = time.perf_counter() - start
         start = time.perf_counter()
     readouts = fit_readouts(
@@ -124,7 +133,7 @@ def fitted_segmenter(cli: TrainingCLI, config: ReadoutConfig, seed: int, timings
     segmenter = Segmenter(data.backbone, readouts, data.class_names, resize=data.evaluation.resize)
     segmenter.to(trainer.strategy.root_device)
     timings["readouts_s"] = time.perf_counter() - start
-    return segmenter, {**self_training.settings(), "history": [asdict(r) for r in rounds]}
+    return segmenter, [asdict(r) for r in rounds]
 
 
 def export(segmenter: Segmenter, data: HeadDataModule, root: Path, is_main: bool) -> None:
