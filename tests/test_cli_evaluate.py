@@ -3,9 +3,10 @@
 import json
 
 import pytest
+from helpers import realdata
 
 from ultra.cli import evaluate as eval_cli
-from ultra.errors import ConfigError
+from ultra.errors import ConfigError, DataError
 
 
 def test_eval_command_reproduces_the_training_report(trained):
@@ -94,3 +95,22 @@ def test_eval_command_refuses_what_it_cannot_evaluate(trained, tmp_path):
         r"difference at id 1 \('thing_1' here, 'stuff_1' in the checkpoint\)",
     ):
         eval_cli.run(args + ["--dataset", json.dumps(three)])
+
+
+def test_eval_refuses_cocostuff_labels_in_the_coarse_layout_before_any_work(trained, tmp_path):
+    """Coarse ids (0-26) read as fine ids would be merged again and scored against the wrong classes, exit 0."""
+    root, _, _ = trained
+    real = realdata("cocostuff-mini/cocostuff")
+    coarse_root = tmp_path / "coco"
+    coarse_root.mkdir()
+    for part, target in (("images", "images"), ("curated", "curated"), ("coarse27", "annotations")):
+        (coarse_root / target).symlink_to(real / part)
+    args = ["--checkpoint", str(root / "run" / "model.safetensors"), "--output", str(tmp_path / "e")]
+    with pytest.raises(DataError, match="label_layout='coarse'"):
+        eval_cli.run(args + ["--dataset", "CocoStuff27", "--dataset.root", str(coarse_root)])
+    assert not (tmp_path / "e").exists()
+    # said to be coarse, the set gets as far as the checkpoint (whose classes are not COCO's)
+    with pytest.raises(ConfigError, match="classes are not the checkpoint's"):
+        eval_cli.run(
+            args + ["--dataset", "CocoStuff27", "--dataset.root", str(coarse_root), "--dataset.label_layout", "coarse"]
+        )

@@ -157,6 +157,40 @@ def test_cocostuff_errors_for_bad_label_contents(tmp_path):
         CocoStuff27(tmp_path)[1]
 
 
+def test_cocostuff_labels_in_the_coarse_layout_are_refused_as_fine_and_read_when_said(tmp_path):
+    fine = _coco_fixture(tmp_path)
+    CocoStuff27(tmp_path).check()  # fine ids reaching the stuff classes pass
+    table = np.vectorize(lambda v: 255 if v == 255 else fine_to_coarse()[int(v)])
+    for name, label in fine.items():
+        save_png(tmp_path / "annotations" / "val2017" / f"{name}.png", table(label).astype(np.uint8))
+    as_fine = CocoStuff27(tmp_path)
+    with pytest.raises(DataError, match=r"annotations/val2017: no pixel .* stuff id .*label_layout='coarse'"):
+        as_fine.check()
+    coarse = CocoStuff27(tmp_path, label_layout="coarse")
+    coarse.check()
+    for item in coarse:
+        assert np.array_equal(item["label"].numpy(), table(fine[item["name"]]))
+    assert coarse.fingerprint() != as_fine.fingerprint()  # another content, another cache
+    save_png(tmp_path / "annotations" / "val2017" / "000000000001.png", np.full((30, 40), 27, np.uint8))
+    with pytest.raises(DataError, match=r"000000000001.png: values \[27\] .*coarse ids 0-26 or 255"):
+        coarse[0]
+    with pytest.raises(DataError, match="label_layout must be one of"):
+        CocoStuff27(tmp_path, label_layout="coarse27")
+    with pytest.raises(DataError, match="JSON annotations hold fine ids"):
+        CocoStuff27(tmp_path, annotations="json", label_layout="coarse")
+
+
+def test_real_cocostuff_coarse_maps_are_refused_as_fine_and_match_when_read_as_coarse(tmp_path):
+    real = realdata("cocostuff-mini/cocostuff")
+    for part, target in (("images", "images"), ("curated", "curated"), ("coarse27", "annotations")):
+        (tmp_path / target).symlink_to(real / part)
+    with pytest.raises(DataError, match="look like the 27 coarse ids"):
+        CocoStuff27(tmp_path).check()
+    fine, coarse = CocoStuff27(real), CocoStuff27(tmp_path, label_layout="coarse")
+    for a, b in zip(fine, coarse):
+        assert np.array_equal(a["label"].numpy(), b["label"].numpy())
+
+
 def _city_fixture(root, label_ids):
     h, w = label_ids.shape
     save_png(

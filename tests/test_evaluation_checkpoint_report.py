@@ -30,7 +30,7 @@ def test_images_without_a_labelled_pixel_are_refused_and_leave_no_report_folder(
     model, _ = checkpoint
     folder = photo_folder(tmp_path / "photos", ["stuff_0", "stuff_1", "thing_2", "thing_3"], label=255)
     output = tmp_path / "eval"
-    with pytest.raises(DataError, match="the 3 evaluated images hold no labelled pixel"):
+    with pytest.raises(DataError, match="none of the 3 label maps has a labelled pixel"):
         eval_cli.run(
             [
                 "--checkpoint",

@@ -118,16 +118,23 @@ class SegmentationDataset(Dataset):
                             f"{sample.image} {size[0]}x{size[1]}"
                         )
             return
-        plain = self.with_transform(None)
-        labelled = 0
-        for index in range(len(plain)):
-            label = plain[index]["label"]
-            labelled += int((np.asarray(label) != self.ignore_index).sum())
+        labelled, raw_ids = 0, set()
+        for index in range(len(self)):
+            image, raw = self.load(index)
+            if raw is None:
+                continue
+            labelled += int((self.label_of(index, image, raw) != self.ignore_index).sum())
+            raw_ids.update(np.unique(raw).tolist())
         if require_labels and labelled == 0:
             raise DataError(
                 f"{type(self).__name__}: none of the {len(self)} label maps has a labelled pixel (every pixel "
                 f"is {self.ignore_index}, 'unlabelled'): there is nothing to evaluate"
             )
+        self.check_label_layout(raw_ids)
+
+    def check_label_layout(self, raw_ids: set[int]) -> None:
+        """Refuse label files whose ids, taken over the whole set, say they are in another layout than the one the
+        lookup table reads (each id alone being valid); :meth:`check` calls it with every raw id of the set."""
 
     def with_transform(self, transform: Transform | None) -> SegmentationDataset:
         """A shallow copy of this data set with another transform."""
@@ -154,18 +161,23 @@ class SegmentationDataset(Dataset):
             )
         return mapped
 
+    def label_of(self, index: int, image: np.ndarray, raw: np.ndarray) -> np.ndarray:
+        """The class ids of sample ``index``'s raw label ids, checked against its image's size."""
+        sample = self.samples[index]
+        if raw.shape != image.shape[:2]:
+            raise DataError(
+                f"label map {sample.label or sample.name} is {raw.shape[1]}x{raw.shape[0]} px but its image "
+                f"{sample.image} is {image.shape[1]}x{image.shape[0]} px"
+            )
+        return self.map_label(raw, sample.label or sample.name)
+
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
         image, raw = self.load(index)
         if raw is None:
             label = np.full(image.shape[:2], self.ignore_index, dtype=np.int64)
         else:
-            if raw.shape != image.shape[:2]:
-                raise DataError(
-                    f"label map {sample.label or sample.name} is {raw.shape[1]}x{raw.shape[0]} px but its image "
-                    f"{sample.image} is {image.shape[1]}x{image.shape[0]} px"
-                )
-            label = self.map_label(raw, sample.label or sample.name)
+            label = self.label_of(index, image, raw)
         item = {
             "image": tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)),
             "label": tv_tensors.Mask(torch.from_numpy(label)),

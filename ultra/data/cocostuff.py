@@ -9,6 +9,9 @@ Layout (the one STEGO and its successors use)::
 
 or, instead of the PNGs, COCO-Stuff's JSON files ``ROOT/annotations/stuff_{split}.json`` and
 ``ROOT/annotations/instances_{split}.json``, rendered with pycocotools to the same label maps.
+PNGs already merged into the 27 coarse ids (0-26, the other common preprocessed layout) are read with
+``label_layout="coarse"``; read as fine ids they would be merged a second time, so :meth:`CocoStuff27.check`
+refuses a set whose ids never reach the stuff classes (every COCO-Stuff image has stuff pixels, fine ids 91-181).
 """
 
 from __future__ import annotations
@@ -162,6 +165,7 @@ _STUFF = (  # category ids 92-182 in order, with their supercategory
     ("window-other", "window"),
     ("wood", "solid"),
 )
+FIRST_STUFF_ID = 91  # fine ids 91-181 are the stuff classes
 STUFF_OTHER_ID = 183  # "other" in stuff_*.json: pixels of thing classes, drawn from instances_*.json instead
 
 
@@ -172,10 +176,11 @@ def fine_to_coarse() -> dict[int, int]:
         for cat_id in ids:
             table[cat_id - 1] = COARSE_CLASSES.index(coarse_name)
     for offset, (_, coarse_name) in enumerate(_STUFF):
-        table[91 + offset] = COARSE_CLASSES.index(coarse_name)
+        table[FIRST_STUFF_ID + offset] = COARSE_CLASSES.index(coarse_name)
     return table
 
 
+LABEL_LAYOUTS = ("fine", "coarse")
 CURATED_LISTS = {"train2017": "Coco164kFull_Stuff_Coarse.txt", "val2017": "Coco164kFull_Stuff_Coarse_7.txt"}
 _SPLITS = {"train": "train2017", "val": "val2017", "train2017": "train2017", "val2017": "val2017"}
 
@@ -184,7 +189,8 @@ class CocoStuff27(SegmentationDataset):
     """COCO-Stuff-27 (``split`` ``train``/``val`` or ``train2017``/``val2017``).
 
     ``curated=True`` restricts the split to the curated image list of the protocol;
-    ``annotations="png"`` reads the label PNGs, ``"json"`` renders COCO-Stuff's JSON annotations.
+    ``annotations="png"`` reads the label PNGs, ``"json"`` renders COCO-Stuff's JSON annotations;
+    ``label_layout`` says what the PNGs hold: ``"fine"`` ids 0-181 or ``"coarse"`` ids 0-26 (255 unlabelled in both).
     """
 
     def __init__(
@@ -193,6 +199,7 @@ class CocoStuff27(SegmentationDataset):
         split: str = "val",
         curated: bool = True,
         annotations: str = "png",
+        label_layout: str = "fine",
         transform: Transform | None = None,
     ):
         root = require_dir(Path(root), "COCO-Stuff root")
@@ -200,6 +207,11 @@ class CocoStuff27(SegmentationDataset):
             raise DataError(f"COCO-Stuff split must be one of {sorted(_SPLITS)}, got '{split}'")
         if annotations not in ("png", "json"):
             raise DataError(f"annotations must be 'png' or 'json', got '{annotations}'")
+        if label_layout not in LABEL_LAYOUTS:
+            raise DataError(f"label_layout must be one of {list(LABEL_LAYOUTS)}, got '{label_layout}'")
+        if annotations == "json" and label_layout != "fine":
+            raise DataError("label_layout 'coarse' describes label PNGs; the JSON annotations hold fine ids")
+        self.label_layout = label_layout
         split = _SPLITS[split]
         image_dir = require_dir(root / "images" / split, "COCO-Stuff image folder")
         if curated:
@@ -218,8 +230,25 @@ class CocoStuff27(SegmentationDataset):
                 raise DataError(f"image {s.image} listed for COCO-Stuff {split} does not exist")
             if s.label is not None and not s.label.is_file():
                 raise DataError(f"label map {s.label} of image {s.image} does not exist")
-        mapping = {**fine_to_coarse(), IGNORE: IGNORE}
-        super().__init__(samples, COARSE_CLASSES, label_lut(mapping), "fine ids 0-181 or 255", transform)
+        mapping = fine_to_coarse() if label_layout == "fine" else {i: i for i in range(len(COARSE_CLASSES))}
+        valid = "fine ids 0-181 or 255" if label_layout == "fine" else "coarse ids 0-26 or 255"
+        super().__init__(samples, COARSE_CLASSES, label_lut({**mapping, IGNORE: IGNORE}), valid, transform)
+
+    def settings(self) -> dict:
+        # the default layout adds nothing, so that the fingerprints (and caches) of fine-id sets stay as they were
+        return {} if self.label_layout == "fine" else {"label_layout": self.label_layout}
+
+    def check_label_layout(self, raw_ids: set[int]) -> None:
+        labelled = raw_ids - {IGNORE}
+        if self.label_layout == "fine" and labelled and max(labelled) < FIRST_STUFF_ID:
+            where = self.samples[0].label.parent if self.samples[0].label else "the JSON annotations"
+            raise DataError(
+                f"COCO-Stuff label maps in {where}: no pixel of any of the {len(self)} images holds a stuff id "
+                f"(fine ids {FIRST_STUFF_ID}-181; the highest id is {max(labelled)}), yet every COCO-Stuff image "
+                f"has stuff pixels: these look like the 27 coarse ids (0-26). Read them with "
+                f"label_layout='coarse' (--dataset.label_layout coarse); read as fine ids they would be merged "
+                f"again into the wrong classes"
+            )
 
     @property
     def has_labels(self) -> bool:

@@ -1,9 +1,9 @@
 """An inference checkpoint evaluated on a data set: the checks before any work, the report folder, the protocol.
 
-What ``ultra-eval`` runs once its command line is parsed: the data set's classes must be the
-checkpoint's, the report goes to ``eval-<data set class>-<fingerprint>`` beside the checkpoint unless
-told otherwise, an existing report is replaced only when asked, and a failed evaluation leaves no empty
-report folder behind.
+What ``ultra-eval`` runs once its command line is parsed: every label of the data set is read and
+checked first, the data set's classes must be the checkpoint's, the report goes to
+``eval-<data set class>-<fingerprint>`` beside the checkpoint unless told otherwise, an existing report
+is replaced only when asked, and a failed evaluation leaves no empty report folder behind.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ def evaluate_checkpoint(
     created = not output.exists()
     require_writable(output)
     try:
+        dataset.check(require_labels=True)  # every label read once: a bad file or a wrong layout, before any work
         segmenter = load(checkpoint)
         check_same_classes(segmenter, dataset)
         settings = {
