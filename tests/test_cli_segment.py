@@ -1,6 +1,8 @@
 """``ultra-segment``: pictures and label maps, never over its inputs, bad images named, the CRF and the device
 checked."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from ultra.cli import evaluate as eval_cli
 from ultra.cli import segment as segment_cli
 from ultra.data import SyntheticScenes
 from ultra.errors import ConfigError, CRFUnavailable, DataError
+from ultra.files import file_digest
 
 
 def test_segment_command_writes_pictures_and_refuses_to_overwrite(trained, tmp_path):
@@ -149,3 +152,43 @@ def test_segment_refuses_a_device_it_cannot_use(tmp_path, checkpoint, device, me
 
     with pytest.raises(ConfigError, match=message):
         segment_cli.run([str(model), str(tmp_path), "-o", str(tmp_path / "out"), "--device", device])
+
+
+def test_a_folder_of_segmentations_is_one_experiment(tiny_checkpoint, trained, tmp_path):
+    """ultra-segment.json records what made the folder; a resume or a second batch with other settings is refused."""
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    for i, name in enumerate("abc"):
+        Image.fromarray(SyntheticScenes(3, 64, 4, seed=9)[i]["image"].permute(1, 2, 0).numpy()).save(
+            photos / f"{name}.png"
+        )
+    (photos / "c.png").rename(tmp_path / "c.png")  # c comes in a second batch
+    base = [str(tiny_checkpoint), str(photos), "-o", str(out)]
+    segment_cli.run(base)
+    record = json.loads((out / "ultra-segment.json").read_text())
+    assert record == {"checkpoint_sha256": file_digest(tiny_checkpoint), "readout": "head", "crf": False, "flip": False}
+    (out / "b.png").unlink()  # killed before b's label map
+    for other, differ in ((["--flip"], "flip False there, True now"), (["--readout", "raw"], "readout 'head'")):
+        with pytest.raises(ConfigError, match=f"other settings \\({differ}"):
+            segment_cli.run([*base, "--skip_existing", *other])
+    another = str(trained[0] / "run" / "model.safetensors")
+    with pytest.raises(ConfigError, match="other settings \\(checkpoint_sha256"):
+        segment_cli.run([another, *base[1:], "--skip_existing"])
+    assert not (out / "b.png").exists()  # nothing written by a refused resume
+    assert [p.name for p in segment_cli.run([*base, "--skip_existing"])] == ["b.png"]
+    second = [str(tiny_checkpoint), str(tmp_path / "c.png"), "-o", str(out), "--readout", "raw"]
+    with pytest.raises(ConfigError, match="or pass --overwrite"):  # a second batch with another readout
+        segment_cli.run(second)
+    with pytest.raises(ConfigError, match=r"would leave 2 image\(s\) of the earlier settings .*a.png"):
+        segment_cli.run([*second, "--overwrite"])
+    (tmp_path / "c.png").rename(photos / "c.png")
+    segment_cli.run([*base, "--readout", "raw", "--overwrite"])  # every image again: the folder is raw's now
+    assert json.loads((out / "ultra-segment.json").read_text())["readout"] == "raw"
+    with pytest.raises(ConfigError, match="no readout 'probe'"):
+        segment_cli.run([*base, "--readout", "probe", "--overwrite"])
+    (out / "ultra-segment.json").unlink()  # outputs of unknown origin
+    with pytest.raises(ConfigError, match="no ultra-segment.json saying what made them"):
+        segment_cli.run([*base, "--skip_existing", "--readout", "raw"])
+    (out / "ultra-segment.json").write_text('{"readout": ')
+    with pytest.raises(DataError, match="ultra-segment.json is damaged"):
+        segment_cli.run([*base, "--skip_existing"])

@@ -4,8 +4,9 @@ For every image ``NAME.ext`` it writes ``OUT/NAME.png`` (single-channel labels: 
 checkpoint knows its matching, else cluster ids; 255 for clusters matched to no class) and
 ``OUT/NAME_overlay.png``. Existing files are never replaced unless ``--overwrite`` is given, and an
 input image is never written over, whatever the flags. ``--skip_existing`` resumes an interrupted
-batch. An image that cannot be read or segmented is reported and skipped; the command then
-exits with status 2 after the others are done.
+batch. ``OUT/ultra-segment.json`` records what made the folder (the checkpoint's SHA-256, readout, CRF,
+flip): a resume or a second batch with other settings is refused. An image that cannot be read or
+segmented is reported and skipped; the command then exits with status 2 after the others are done.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..files import folder_lock, refuse_collisions, refuse_overwrite
 from ..pictures import overlay, save_image, save_label_map
 from ..readout.checkpoint import load
 from ..readout.crf import require_crf
+from ..readout.output_folder import claim_output_folder, label_settings, outputs_for
 from . import check_device, console
 
 log = logging.getLogger(__name__)
@@ -44,10 +46,6 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def outputs_for(image: Path, output: Path) -> tuple[Path, Path]:
-    return output / f"{image.stem}.png", output / f"{image.stem}_overlay.png"
-
-
 def run(args: list[str] | None = None) -> list[Path]:
     """Segment the images; returns the label files written."""
     parser = build_parser()
@@ -66,11 +64,14 @@ def run(args: list[str] | None = None) -> list[Path]:
 def _segment(cfg, images: list[Path]) -> list[Path]:
     """Segment ``images`` into the (locked) output folder. With ``--skip_existing`` an image counts as done only when
     both its outputs exist; an incomplete pair (a batch killed between them) is written again."""
-    if cfg.skip_existing:
-        images = [image for image in images if not all(p.exists() for p in outputs_for(image, cfg.output))]
-    else:
+    if not cfg.skip_existing:
         refuse_overwrite([path for image in images for path in outputs_for(image, cfg.output)], cfg.overwrite)
     segmenter = load(cfg.checkpoint, device=cfg.device)
+    segmenter.require_readout(cfg.readout)
+    settings = label_settings(cfg.checkpoint, cfg.readout, cfg.crf, cfg.flip)
+    claim_output_folder(cfg.output, settings, images, cfg.skip_existing, cfg.overwrite)
+    if cfg.skip_existing:
+        images = [image for image in images if not all(p.exists() for p in outputs_for(image, cfg.output))]
     written, failed = [], []
     for image in tqdm(images, desc="segment"):
         try:

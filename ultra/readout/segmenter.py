@@ -150,10 +150,14 @@ class Segmenter(nn.Module):
             return apply_matching(predictions, self.cluster_to_class[readout])
         return predictions
 
-    def segment(self, image, readout: str = "head", crf: bool = False, flip: bool = False) -> Tensor:
-        """Label map ``[H, W]`` of one image (PIL image, file path, or tensor ``[3, H, W]`` in [0, 1] or uint8)."""
+    def require_readout(self, readout: str) -> None:
+        """Refuse a readout this segmenter does not have, naming those it has."""
         if readout not in self.readouts:
             raise ConfigError(f"no readout '{readout}' in this segmenter (has {list(self.readouts)})")
+
+    def segment(self, image, readout: str = "head", crf: bool = False, flip: bool = False) -> Tensor:
+        """Label map ``[H, W]`` of one image (PIL image, file path, or tensor ``[3, H, W]`` in [0, 1] or uint8)."""
+        self.require_readout(readout)
         tensor = as_image_tensor(image)
         height, width = tensor.shape[-2:]
         check_resized_side(
