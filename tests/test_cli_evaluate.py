@@ -6,7 +6,8 @@ import pytest
 from helpers import realdata
 
 from ultra.cli import evaluate as eval_cli
-from ultra.errors import ConfigError, DataError
+from ultra.errors import ConfigError, DataError, FolderInUse
+from ultra.files import LOCK_NAME
 
 
 def test_eval_command_reproduces_the_training_report(trained):
@@ -114,3 +115,24 @@ def test_eval_refuses_cocostuff_labels_in_the_coarse_layout_before_any_work(trai
         eval_cli.run(
             args + ["--dataset", "CocoStuff27", "--dataset.root", str(coarse_root), "--dataset.label_layout", "coarse"]
         )
+
+
+def test_an_evaluation_folder_is_locked_and_holds_one_report(trained, tmp_path):
+    from filelock import FileLock
+
+    root, _, _ = trained
+    out = tmp_path / "e"
+    scenes = {"class_path": "ultra.data.SyntheticScenes", "init_args": {"num_images": 2, "size": 96, "num_classes": 4}}
+    args = ["--checkpoint", str(root / "run" / "model.safetensors"), "--dataset", json.dumps(scenes)]
+    args += ["--resize", "64", "--crop", "64", "--output", str(out)]
+    out.mkdir()
+    with FileLock(out / LOCK_NAME):  # another evaluation into the same folder
+        with pytest.raises(FolderInUse, match=r"e is in use by another command .* choose another --output"):
+            eval_cli.run(args)
+    assert not (out / "eval.json").exists()
+    eval_cli.run(args)
+    pictures = sorted(p.name for p in out.glob("*.png"))
+    assert "confusion_head.png" in pictures and "examples.png" in pictures
+    (out / "confusion_gone.png").write_bytes(b"a readout of an earlier report")
+    eval_cli.run([*args, "--overwrite"])
+    assert sorted(p.name for p in out.glob("*.png")) == pictures  # the earlier report's files are gone

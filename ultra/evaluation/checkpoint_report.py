@@ -8,7 +8,9 @@ is replaced only when asked, and a failed evaluation leaves no empty report fold
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -17,7 +19,7 @@ import yaml
 from ..data.base import SegmentationDataset
 from ..data.transforms import EvalConfig
 from ..errors import ConfigError
-from ..files import refuse_overwrite, require_writable
+from ..files import LOCK_NAME, folder_lock, refuse_overwrite, require_writable
 from ..readout.checkpoint import load
 from ..readout.segmenter import Segmenter
 from .protocol import evaluate
@@ -67,30 +69,31 @@ def evaluate_checkpoint(
 ) -> dict:
     """Evaluate the checkpoint on ``dataset`` (untransformed; ``geometry`` is applied) into the report folder
     ``output``; ``protocol`` goes to :func:`~ultra.evaluation.protocol.evaluate` (flip, crf, batch_size, ...)."""
-    refuse_overwrite([output / "eval.json"], overwrite)
     created = not output.exists()
     require_writable(output)
-    try:
-        dataset.check(require_labels=True)  # every label read once: a bad file or a wrong layout, before any work
-        segmenter = load(checkpoint)
-        check_same_classes(segmenter, dataset)
-        settings = {
-            "checkpoint": str(checkpoint),
-            "dataset": described or {},
-            "eval_resize": geometry.resize,
-            "eval_crop": geometry.crop,
-        }
-        return evaluate(
-            segmenter,
-            dataset.with_transform(geometry.transform()),
-            trainer,
-            output=output,
-            settings=settings,
-            **protocol,
-        )
+    try:  # one evaluation per folder: the other processes of a multi-process run are covered by the first one's lock
+        with folder_lock(output, "--output") if trainer.is_global_zero else contextlib.nullcontext():
+            refuse_overwrite([output / "eval.json"], overwrite)
+            dataset.check(require_labels=True)  # every label read once: a bad file or a wrong layout, before any work
+            segmenter = load(checkpoint)
+            check_same_classes(segmenter, dataset)
+            settings = {
+                "checkpoint": str(checkpoint),
+                "dataset": described or {},
+                "eval_resize": geometry.resize,
+                "eval_crop": geometry.crop,
+            }
+            return evaluate(
+                segmenter,
+                dataset.with_transform(geometry.transform()),
+                trainer,
+                output=output,
+                settings=settings,
+                **protocol,
+            )
     except BaseException:
-        if created and output.is_dir() and not any(output.iterdir()):
-            output.rmdir()  # a failed evaluation leaves no empty report folder behind
+        if created and output.is_dir() and {p.name for p in output.iterdir()} <= {LOCK_NAME}:
+            shutil.rmtree(output)  # a failed evaluation leaves no empty report folder behind
         raise
 
 

@@ -223,8 +223,18 @@ def format_report(report: dict) -> str:
     return "\n".join(lines + format_gaps(report["readouts"], report.get("best_baseline", {})))
 
 
+REPORT_FILES = ("eval.json", "examples.png", "confusion_*.png")
+"""What a report folder holds: :func:`write_report` removes an earlier report's files before writing its own."""
+
+
 def write_report(report: dict, results: dict, examples: list[dict], classes, output: Path) -> None:
+    """The report into ``output``: a confusion picture per matched readout, the example sheet, ``eval.json`` last.
+    A report folder holds one report: the files of an earlier one (e.g. the confusion of a readout this report does
+    not have) are removed first."""
     output.mkdir(parents=True, exist_ok=True)
+    for pattern in REPORT_FILES:
+        for path in output.glob(pattern):
+            path.unlink()
     for name, r in results.items():
         if "cluster_to_class" in r:
             matched = matched_confusion(r["confusion"], r["cluster_to_class"].to(r["confusion"].device))
