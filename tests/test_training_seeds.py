@@ -7,7 +7,8 @@ import pytest
 from helpers import synthetic_config, tiny_overrides
 
 from ultra.cli import train as train_cli
-from ultra.evaluation.seeds import format_summary, split_seeds_argument
+from ultra.errors import ConfigError
+from ultra.evaluation.seeds import format_summary, split_seeds_argument, summarize
 from ultra.training.config import SOLVERS
 
 
@@ -20,6 +21,8 @@ def test_seeds_argument_is_parsed_and_checked():
         (["--seeds", "1,1"], "distinct"),
         (["--seeds"], "needs a comma-separated list"),
         (["--seeds", "1", "--seed_everything", "2"], "exclude each other"),
+        (["--seeds", "0,-1"], r"must lie in 0 .. 2\*\*32 - 1 .*-1 does not"),
+        (["--seeds", "4294967296"], "4294967296 does not"),
     ):
         with pytest.raises(ValueError, match=message):
             split_seeds_argument(bad)
@@ -61,3 +64,25 @@ def test_seeds_run_once_each_and_report_mean_and_std(tmp_path):
     assert summary["best_baseline"] == {"head": best}
     gain = summary["readouts"]["head"]["miou"]["mean"] - summary["readouts"][best]["miou"]["mean"]
     assert f"head vs the best no-head baseline ({best}): {100 * gain:+.1f} mIoU" in format_summary(summary)
+
+
+def test_one_seed_has_no_standard_deviation():
+    figures = {"miou": 0.25, "acc": 0.5, "miou_present": 0.3}
+    report = {"readouts": {"head": figures, "raw": figures}, "settings": {"seed": 3, "timings": {"fit_s": 1.0}}}
+    summary = summarize({3: report})
+    assert summary["readouts"]["head"]["miou"] == {"mean": 0.25, "std": None, "values": [0.25]}
+    table = format_summary(summary)
+    assert "±" not in table and "one seed: no standard deviation" in table
+    assert "±" in format_summary(summarize({3: report, 4: report}))
+
+
+def test_every_seed_folder_is_checked_before_the_first_seed_starts(tmp_path):
+    """A seed folder holding a run with other settings is refused before any seed runs, not when its turn comes."""
+    config = synthetic_config(tmp_path / "c.yaml")
+    args = ["--config", str(config), *tiny_overrides(tmp_path, epochs=1), "--readout.probe", "false"]
+    root = tmp_path / "run"
+    seed_one = ["--seed_everything", "1", "--trainer.default_root_dir", str(root / "seed-1")]
+    train_cli.run([*args, *seed_one, "--model.out_dim", "6"])
+    with pytest.raises(ConfigError, match=r"seed-1 holds a run with other settings: .*out_dim \(6 there, 8 now\)"):
+        train_cli.run([*args, "--seeds", "0,1"])
+    assert not (root / "seed-0").exists()  # nothing ran

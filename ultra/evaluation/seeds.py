@@ -9,6 +9,8 @@ from ..errors import ConfigError
 from .protocol import LABELS, best_baselines, format_gaps
 
 FIGURES = ("miou", "acc", "miou_present")
+SEED_RANGE = range(2**32)
+"""The seeds numpy (and so Lightning's ``seed_everything``) accepts."""
 
 
 def split_seeds_argument(args: list[str]) -> tuple[list[int] | None, list[str]]:
@@ -40,13 +42,17 @@ def _parse_seeds(value: str) -> list[int]:
         raise ConfigError(f"--seeds takes comma-separated integers, e.g. 0,1,2; got '{value}'") from None
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds needs distinct integers, got '{value}'")
+    outside = [seed for seed in seeds if seed not in SEED_RANGE]
+    if outside:
+        raise ConfigError(f"--seeds must lie in 0 .. 2**32 - 1 (numpy's seeds); {outside[0]} does not")
     return seeds
 
 
 def _stats(values: list[float]) -> dict:
+    """Mean and sample standard deviation; the deviation of one value is undefined (``None``), not zero."""
     return {
         "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "std": statistics.stdev(values) if len(values) > 1 else None,
         "values": values,
     }
 
@@ -75,14 +81,18 @@ def summarize(reports: Mapping[int, dict]) -> dict:
 
 
 def format_summary(summary: dict) -> str:
-    """The table of a summary: mean +- std over seeds, in percent."""
+    """The table of a summary: mean +- std over seeds, in percent (one seed: its figures, and a line saying that a
+    standard deviation needs two)."""
     seeds = ",".join(str(s) for s in summary["seeds"])
     lines = [f"{'readout (seeds ' + seeds + ')':<34} {'mIoU':>13} {'acc':>13}"]
+    spread = lambda r: "" if r["std"] is None else f" ± {100 * r['std']:3.1f}"  # noqa: E731
     for name, r in summary["readouts"].items():
         base, _, crf = name.partition("+")
         label = LABELS.get(base, base) + (" + CRF" if crf else "")
-        cells = [f"{100 * r[f]['mean']:5.1f} ± {100 * r[f]['std']:3.1f}" for f in ("miou", "acc")]
+        cells = [f"{100 * r[f]['mean']:5.1f}{spread(r[f])}" for f in ("miou", "acc")]
         lines.append(f"{label:<34} {cells[0]:>13} {cells[1]:>13}")
+    if len(summary["seeds"]) == 1:
+        lines.append("one seed: no standard deviation (it needs at least two seeds)")
     lines += format_gaps(summary["readouts"], summary["best_baseline"], value=lambda figure: figure["mean"])
     if summary["timings"]:
         lines.append("time (s): " + ", ".join(f"{k[:-2]} {v['mean']:.1f}" for k, v in summary["timings"].items()))

@@ -29,7 +29,7 @@ from ..readout.fit import ReadoutConfig, fit_readouts
 from ..readout.segmenter import Segmenter
 from ..readout.self_training import SelfTrainingConfig, self_trained_head
 from .config import TrainingCLI, parse_training
-from .run_folder import AtomicCheckpointIO, head_settings, resume_point
+from .run_folder import AtomicCheckpointIO, check_resumable, head_settings, resume_point
 
 log = logging.getLogger(__name__)
 
@@ -168,15 +168,29 @@ def train(args: list[str] | None = None) -> dict | None:
         return _run_seeds(args, seeds, root)
 
 
+def _seed_arguments(args: list[str], seed: int, root: Path) -> list[str]:
+    return args + ["--seed_everything", str(seed), "--trainer.default_root_dir", str(root / f"seed-{seed}")]
+
+
+def _check_seed_folders(args: list[str], seeds: list[int], root: Path) -> None:
+    """Before the first seed starts: every seed's folder is empty or resumes under this run's settings."""
+    for seed in seeds:
+        cli = parse_training(_seed_arguments(args, seed, root))
+        if not cli.config.fresh:
+            random_batches = cli.model.node_order == "random"
+            check_resumable(
+                Path(cli.trainer.default_root_dir),
+                head_settings(cli.config, cli.model),
+                cli.trainer.max_epochs if random_batches else None,
+            )
+
+
 def _run_seeds(args: list[str], seeds: list[int], root: Path) -> dict | None:
+    _check_seed_folders(args, seeds, root)
     reports = {}
     for seed in seeds:
         log.info("seed %d of %s", seed, seeds)
-        reports[seed] = run_training(
-            parse_training(
-                args + ["--seed_everything", str(seed), "--trainer.default_root_dir", str(root / f"seed-{seed}")]
-            )
-        )
+        reports[seed] = run_training(parse_training(_seed_arguments(args, seed, root)))
     if any(r is None for r in reports.values()):
         return None
     summary = summarize(reports)

@@ -84,21 +84,29 @@ def resume_point(trainer: pl.Trainer, settings: dict, fresh: bool, epochs_matter
     folder = Path(trainer.default_root_dir) / "checkpoints"
     checkpoint, recorded = folder / "last.ckpt", folder / "run.json"
     if checkpoint.is_file() and not fresh:
-        check_same_settings(recorded, settings, trainer.default_root_dir)
-        check_intact(checkpoint)
-        if epochs_matter:
-            done = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"]) + 1
-            if trainer.max_epochs is not None and 0 <= trainer.max_epochs < done:
-                raise ConfigError(
-                    f"{trainer.default_root_dir} holds a run trained for {done} epochs, more than "
-                    f"--trainer.max_epochs {trainer.max_epochs}: pass --fresh to train {trainer.max_epochs} "
-                    f"epochs anew, or ask for at least {done}"
-                )
+        check_resumable(Path(trainer.default_root_dir), settings, trainer.max_epochs if epochs_matter else None)
         log.info("resuming from %s", checkpoint)
         return str(checkpoint)
     if trainer.is_global_zero:
         start_run_folder(folder, recorded, settings, discard=fresh)
     return None
+
+
+def check_resumable(root: Path, settings: dict, max_epochs: int | None) -> None:
+    """Raise unless the run folder ``root`` is empty of checkpoints or holds one that resumes under ``settings``:
+    same settings, intact, and (``max_epochs`` given: the SGD solver) trained for at most ``max_epochs``."""
+    checkpoint, recorded = root / "checkpoints" / "last.ckpt", root / "checkpoints" / "run.json"
+    if not checkpoint.is_file():
+        return
+    check_same_settings(recorded, settings, root)
+    check_intact(checkpoint)
+    if max_epochs is not None:
+        done = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"]) + 1
+        if 0 <= max_epochs < done:
+            raise ConfigError(
+                f"{root} holds a run trained for {done} epochs, more than --trainer.max_epochs {max_epochs}: "
+                f"pass --fresh to train {max_epochs} epochs anew, or ask for at least {done}"
+            )
 
 
 def check_same_settings(recorded: Path, settings: dict, root) -> None:
