@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import without_crf
+from helpers import TINY_VIT, without_crf
 from PIL import Image
 
 from ultra.cli import evaluate as eval_cli
 from ultra.cli import segment as segment_cli
 from ultra.data import SyntheticScenes
-from ultra.errors import ConfigError, CRFUnavailable, DataError
+from ultra.errors import CheckpointError, ConfigError, CRFUnavailable, DataError
 from ultra.files import file_digest
 
 
@@ -192,3 +192,24 @@ def test_a_folder_of_segmentations_is_one_experiment(tiny_checkpoint, trained, t
     (out / "ultra-segment.json").write_text('{"readout": ')
     with pytest.raises(DataError, match="ultra-segment.json is damaged"):
         segment_cli.run([*base, "--skip_existing"])
+
+
+def test_a_checkpoint_trained_on_a_weights_file_segments_with_the_file_the_user_passes(tmp_path):
+    from safetensors.torch import save_file
+
+    from ultra.backbone.vit import FrozenViT
+    from ultra.head.projection import ProjectionHead
+    from ultra.readout.checkpoint import save_segmenter
+    from ultra.readout.segmenter import ClusterReadout, Segmenter
+
+    state = FrozenViT("vit_tiny_patch16_224", weights="random", model_kwargs=TINY_VIT).model.state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "vit.safetensors"))
+    backbone = FrozenViT("vit_tiny_patch16_224", weights=tmp_path / "vit.safetensors", model_kwargs=TINY_VIT)
+    head = ClusterReadout([("x", 2)], torch.randn(3, 8), ProjectionHead(48, 8))
+    checkpoint = save_segmenter(Segmenter(backbone, {"head": head}, ["a", "b", "c"], resize=64), tmp_path / "m.st")
+    photo = tmp_path / "p.png"
+    Image.fromarray(SyntheticScenes(1, 64, 4, seed=9)[0]["image"].permute(1, 2, 0).numpy()).save(photo)
+    args = [str(checkpoint), str(photo), "-o", str(tmp_path / "out")]
+    with pytest.raises(CheckpointError, match="pass that file"):
+        segment_cli.run(args)
+    assert [p.name for p in segment_cli.run([*args, "--weights", str(tmp_path / "vit.safetensors")])] == ["p.png"]

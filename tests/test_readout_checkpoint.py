@@ -198,6 +198,43 @@ def _crafted(path, source, edit_meta=None, edit_tensors=None):
         (lambda m: m.update(resize=0), None, r"resize must be an integer in \[1, 4096\]"),
         (lambda m: m["readouts"]["head"].update(keys=[["z", 1]]), None, "readouts.head.keys must be a list of"),
         (None, lambda t: t.update({"stray": torch.zeros(1)}), r"tensors \['stray'\] belong to no readout"),
+        # every size within its bound, together a 155 billion parameter model, or 16.8 million tokens per image
+        (
+            lambda m: m["backbone"]["model_kwargs"].update(depth=64, embed_dim=8192, num_heads=64, mlp_ratio=16),
+            None,
+            r"backbone vit_tiny_patch16_224 with .* has 154.6 billion parameters, more than the 5 billion",
+        ),
+        (
+            lambda m: m["backbone"]["model_kwargs"].update(img_size=4096, patch_size=1),
+            None,
+            r"backbone .* makes 16777216 patch tokens per image in its position embedding, more than 16384",
+        ),
+        (
+            lambda m: (m["backbone"]["model_kwargs"].update(patch_size=1, img_size=16), m.update(resize=160)),
+            None,
+            r"backbone .* makes 25600 patch tokens per image at its resize 160 px",
+        ),
+        # values, not only shapes: what passes must segment
+        (
+            lambda m: m["cluster_to_class"].update(ghost=[[0, 1], [2]]),
+            None,
+            r"cluster_to_class.ghost matches clusters of no clustering readout",
+        ),
+        (
+            lambda m: m["cluster_to_class"].update(probe=[0, 1, 2, 3]),
+            None,
+            r"cluster_to_class.probe matches clusters of no clustering readout",
+        ),
+        (
+            lambda m: m["readouts"]["head"].update(keys=[["x", -1]]),
+            None,
+            r"readouts.head.keys must be a list of \[token kind in .*, layer \(0-based block\)\]",
+        ),
+        (
+            lambda m: m["readouts"]["head"].update(keys=[["x", True]]),
+            None,
+            r"readouts.head.keys must be a list of",
+        ),
         # checked against the backbone once it is built (one check for every kind of readout)
         (
             lambda m: m["readouts"]["head"].update(keys=[["x", 99]]),
@@ -243,15 +280,25 @@ def test_a_checkpoint_for_other_backbone_weights_is_refused(tmp_path):
         backbone, {"head": ClusterReadout([("x", 2)], torch.randn(3, 8), ProjectionHead(48, 8))}, ["a", "b", "c"]
     )
     save_segmenter(segmenter, tmp_path / "m.safetensors")
-    assert ultra.load(tmp_path / "m.safetensors").backbone.weights_info.source == "file"
+    with pytest.raises(CheckpointError, match=r"weights from a file \(a.safetensors, digest [0-9a-f]+\).*weights=PATH"):
+        ultra.load(tmp_path / "m.safetensors")  # the checkpoint does not choose the file
+    loaded = ultra.load(tmp_path / "m.safetensors", weights=tmp_path / "a.safetensors")
+    assert loaded.backbone.weights_info.source == "file"
     with pytest.raises(
         CheckpointError,
         match=r"was trained on vit_tiny_patch16_224 with weights file:.*a.safetensors.*loaded file:.*b.safetensors",
     ):
         ultra.load(tmp_path / "m.safetensors", weights=tmp_path / "b.safetensors")
-    (tmp_path / "a.safetensors").unlink()
-    with pytest.raises(CheckpointError, match="weights file .*a.safetensors, which is missing"):
-        ultra.load(tmp_path / "m.safetensors")
+    for planted in ("/etc/passwd", "../../x.safetensors", str(tmp_path / "a.safetensors")):
+        path = _crafted(
+            tmp_path / "planted.safetensors",
+            tmp_path / "m.safetensors",
+            lambda meta: meta["backbone"]["weights"].update(location=planted),  # noqa: B023
+            lambda tensors: None,
+        )
+        with pytest.raises(CheckpointError, match="does not choose which files are read") as refused:
+            ultra.load(path)
+        assert "exist" not in str(refused.value)  # nothing tells whether the planted file exists
 
 
 def test_a_checkpoint_written_before_the_renames_loads_and_segments_alike(trained, tmp_path):

@@ -59,6 +59,12 @@ def check_device(name: str, option: str = "--device") -> None:
         raise ConfigError(f"{option} {name}: this machine has {torch.cuda.device_count()} cuda device(s)")
 
 
+WEIGHTS_HELP = (
+    "the backbone's weights (auto, hub, offline, random or a file): the checkpoint's own by default; a checkpoint "
+    "trained on a weights file needs that file here"
+)
+
+
 def add_backbone_arguments(parser) -> None:
     """The frozen-backbone options shared by the interpretation commands."""
     parser.add_argument(

@@ -14,7 +14,7 @@ from jsonargparse import ArgumentParser
 
 from ..backbone.vit import check_size
 from ..errors import ConfigError, DemoUnavailable
-from . import DEFAULT_SIZE, check_device, console
+from . import DEFAULT_SIZE, WEIGHTS_HELP, check_device, console
 
 
 def build_parser() -> ArgumentParser:
@@ -34,7 +34,12 @@ def build_parser() -> ArgumentParser:
         default="vit_small_patch14_dinov2",
         help="the frozen ViT of Select and Look inside without a checkpoint (timm name or alias)",
     )
-    parser.add_argument("--weights", type=str, default="auto", help="its weights: auto, hub, offline, random or a file")
+    parser.add_argument(
+        "--weights",
+        type=str | None,
+        default=None,
+        help=f"{WEIGHTS_HELP}; auto without a checkpoint",
+    )
     parser.add_argument(
         "--size",
         type=int,

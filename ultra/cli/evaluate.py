@@ -34,7 +34,7 @@ from ..evaluation.checkpoint_report import (
     training_data_section,
 )
 from ..readout.crf import require_crf
-from . import console
+from . import WEIGHTS_HELP, console
 
 
 def build_parser() -> ArgumentParser:
@@ -67,6 +67,7 @@ def build_parser() -> ArgumentParser:
         default=None,
         help=f"protocol: centre crop in pixels (default: the config's data.evaluation, else {EvalConfig.crop})",
     )
+    parser.add_argument("--weights", type=str | None, default=None, help=WEIGHTS_HELP)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report in --output")
     parser.add_argument("--crf", action="store_true", help="also report every readout after a dense CRF")
     parser.add_argument("--flip", action="store_true", help="average predictions with the mirrored image")
@@ -118,6 +119,7 @@ def run(args: list[str] | None = None) -> dict:
         cfg.output or default_report_folder(cfg.checkpoint, dataset),
         trainer,
         overwrite=cfg.overwrite,
+        weights=cfg.weights,
         described=describe_dataset(dataset, init_args),
         flip=cfg.flip,
         crf=cfg.crf,

@@ -25,7 +25,7 @@ from ..pictures import overlay, save_image, save_label_map
 from ..readout.checkpoint import load
 from ..readout.crf import require_crf
 from ..readout.output_folder import claim_output_folder, label_settings, outputs_for
-from . import check_device, console
+from . import WEIGHTS_HELP, check_device, console
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--crf", action="store_true", help="refine with a dense CRF (extra 'crf')")
     parser.add_argument("--flip", action="store_true", help="average with the mirrored image")
     parser.add_argument("--device", type=str, default="cpu")
+    parser.add_argument("--weights", type=str | None, default=None, help=WEIGHTS_HELP)
     return parser
 
 
@@ -66,7 +67,7 @@ def _segment(cfg, images: list[Path]) -> list[Path]:
     both its outputs exist; an incomplete pair (a batch killed between them) is written again."""
     if not cfg.skip_existing:
         refuse_overwrite([path for image in images for path in outputs_for(image, cfg.output)], cfg.overwrite)
-    segmenter = load(cfg.checkpoint, device=cfg.device)
+    segmenter = load(cfg.checkpoint, device=cfg.device, weights=cfg.weights)
     segmenter.require_readout(cfg.readout)
     settings = label_settings(cfg.checkpoint, cfg.readout, cfg.crf, cfg.flip)
     claim_output_folder(cfg.output, settings, images, cfg.skip_existing, cfg.overwrite)

@@ -34,21 +34,22 @@ class DemoModels:
         cls,
         checkpoint: str | Path | None = None,
         backbone: str = "vit_small_patch14_dinov2",
-        weights: str = "auto",
+        weights: str | None = None,
         device: str = "cpu",
         size: int = 448,
     ) -> DemoModels:
         """Load ``checkpoint`` with :func:`ultra.load` (the same validation); a refused checkpoint becomes the page's
-        ``problem`` and the other tabs run on ``backbone`` with ``weights``."""
+        ``problem`` and the other tabs run on ``backbone`` with ``weights`` (default: the checkpoint's own, else
+        ``auto``)."""
         segmenter, problem = None, f"No checkpoint was given. {TRAIN_HINT}"
         if checkpoint is not None:
             try:
-                segmenter = load(checkpoint, device=device)
+                segmenter = load(checkpoint, device=device, weights=weights)
                 problem = None
             except USER_ERRORS as err:
                 problem = f"The checkpoint {checkpoint} was refused: {err}. {TRAIN_HINT}"
                 log.error("%s", problem)
-        vit = segmenter.backbone if segmenter is not None else FrozenViT(backbone, weights=weights).to(device)
+        vit = segmenter.backbone if segmenter is not None else FrozenViT(backbone, weights=weights or "auto").to(device)
         return cls(segmenter, problem, vit, size)
 
     @property

@@ -64,18 +64,20 @@ def evaluate_checkpoint(
     output: Path,
     trainer: pl.Trainer,
     overwrite: bool = False,
+    weights: str | None = None,
     described: dict | None = None,
     **protocol,
 ) -> dict:
     """Evaluate the checkpoint on ``dataset`` (untransformed; ``geometry`` is applied) into the report folder
-    ``output``; ``protocol`` goes to :func:`~ultra.evaluation.protocol.evaluate` (flip, crf, batch_size, ...)."""
+    ``output``; ``weights``: the backbone's (default: the checkpoint's own); ``protocol`` goes to
+    :func:`~ultra.evaluation.protocol.evaluate` (flip, crf, batch_size, ...)."""
     created = not output.exists()
     require_writable(output)
     try:  # one evaluation per folder: the other processes of a multi-process run are covered by the first one's lock
         with folder_lock(output, "--output") if trainer.is_global_zero else contextlib.nullcontext():
             refuse_overwrite([output / "eval.json"], overwrite)
             dataset.check(require_labels=True)  # every label read once: a bad file or a wrong layout, before any work
-            segmenter = load(checkpoint)
+            segmenter = load(checkpoint, weights=weights)
             check_same_classes(segmenter, dataset)
             settings = {
                 "checkpoint": str(checkpoint),

@@ -97,7 +97,8 @@ def load(path: str | Path, device: str | torch.device = "cpu", weights: str | Pa
     """Load an inference checkpoint written by :func:`save_segmenter` (``ultra.load``).
 
     The backbone is rebuilt from the recorded model name and weight source (or ``weights``, a
-    source or file); its weights must be the ones the checkpoint was trained with.
+    source or file); its weights must be the ones the checkpoint was trained with. A checkpoint never
+    chooses which local file is read: one trained on a weights file needs that file as ``weights``.
     """
     meta, tensors = read_checkpoint(path)
     try:
@@ -147,9 +148,9 @@ def load(path: str | Path, device: str | torch.device = "cpu", weights: str | Pa
 
 def _recorded_source(info: dict, path) -> str:
     if info["source"] == "file":
-        if not Path(info["location"]).is_file():
-            raise CheckpointError(
-                f"{path} was trained with the weights file {info['location']}, which is missing: pass weights=PATH"
-            )
-        return info["location"]
+        name = Path(info["location"]).name
+        raise CheckpointError(
+            f"{path} was trained on backbone weights from a file ({name}, digest {info['digest']}); a checkpoint "
+            f"does not choose which files are read: pass that file, weights=PATH (--weights PATH)"
+        )
     return info["source"]

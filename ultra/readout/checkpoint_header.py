@@ -32,7 +32,12 @@ MODEL_KWARGS = {
     "qkv_bias": (bool,),
 }
 """The model keyword arguments a checkpoint may carry (architecture sizes only): type and bounds of each, so that
-no file path reaches ``timm.create_model`` and no size allocates more than a large real ViT (ViT-g, ViT-22B)."""
+no file path reaches ``timm.create_model``. Together they are bounded by what they multiply out to (below)."""
+MAX_PARAMETERS = 5_000_000_000
+"""The largest backbone a checkpoint may describe: above ViT-e (4.4 B parameters; DINOv2's ViT-g has 1.1 B)."""
+MAX_TOKENS = 128 * 128
+"""The most patch tokens per image, at the checkpoint's resize and in the position embedding (a 128 x 128 grid:
+1792 px at patch 14; DINOv2 trains at 37 x 37)."""
 MAX_DIM = 1 << 16
 MAX_RESIZE = 4096
 
@@ -63,6 +68,38 @@ def check_model_kwargs(kwargs, where: str) -> dict:
             f"{kwargs['num_heads']}"
         )
     return kwargs
+
+
+def check_model_size(model: str, kwargs: dict, resize: int, where: str) -> None:
+    """Raise :class:`HeaderError` when the backbone the checkpoint describes (built on the ``meta`` device: no memory)
+    has more than :data:`MAX_PARAMETERS` parameters, or more than :data:`MAX_TOKENS` patch tokens per image at
+    ``resize`` or in its position embedding."""
+    import timm
+
+    try:
+        with torch.device("meta"):
+            vit = timm.create_model(
+                resolve_model_name(model), pretrained=False, num_classes=0, dynamic_img_size=True, **kwargs
+            )
+    except (TypeError, ValueError, AssertionError, RuntimeError) as err:
+        raise HeaderError(f"{where}: backbone {model} cannot be built with model_kwargs {kwargs}: {err}") from None
+    parameters = sum(p.numel() for p in vit.parameters())
+    if parameters > MAX_PARAMETERS:
+        raise HeaderError(
+            f"{where}: backbone {model} with model_kwargs {kwargs} has {parameters / 1e9:.1f} billion parameters, "
+            f"more than the {MAX_PARAMETERS / 1e9:.0f} billion a checkpoint may describe"
+        )
+    patch = vit.patch_embed.patch_size
+    grid = vit.patch_embed.grid_size
+    for what, tokens in (
+        (f"at its resize {resize} px", (resize // patch[0]) * (resize // patch[1])),
+        ("in its position embedding", grid[0] * grid[1]),
+    ):
+        if tokens > MAX_TOKENS:
+            raise HeaderError(
+                f"{where}: backbone {model} with model_kwargs {kwargs} makes {tokens} patch tokens per image {what}, "
+                f"more than {MAX_TOKENS}"
+            )
 
 
 def _int_in(value, low: int, high: int, field: str, where: str) -> int:
@@ -118,7 +155,8 @@ def check_header(meta: dict, tensors: dict[str, Tensor], path: str | Path) -> No
         raise HeaderError(f"{where}: classes must be a list of 1 to 255 names")
     if len(set(classes)) != len(classes):
         raise HeaderError(f"{where}: classes must be distinct names, got {classes}")
-    _int_in(meta.get("resize", 320), 1, MAX_RESIZE, "resize", where)
+    resize = _int_in(meta.get("resize", 320), 1, MAX_RESIZE, "resize", where)
+    check_model_size(meta["backbone"]["model"], meta["backbone"].get("model_kwargs") or {}, resize, where)
     readouts = meta.get("readouts")
     if not isinstance(readouts, dict) or not readouts:
         raise HeaderError(f"{where}: readouts must be a non-empty mapping")
@@ -130,6 +168,12 @@ def check_header(meta: dict, tensors: dict[str, Tensor], path: str | Path) -> No
     expected = set()
     for name, entry in readouts.items():
         expected |= _check_readout(name, entry, tensors, classes, matchings.get(name), where)
+    unmatched = sorted(set(matchings) - {n for n, e in readouts.items() if e["outputs"] == "clusters"})
+    if unmatched:
+        raise HeaderError(
+            f"{where}: cluster_to_class.{unmatched[0]} matches clusters of no clustering readout "
+            f"(readouts: {sorted(readouts)})"
+        )
     unknown = set(tensors) - expected
     if unknown:
         raise HeaderError(f"{where}: tensors {sorted(unknown)[:3]} belong to no readout")
@@ -167,9 +211,11 @@ def _check_readout(name: str, entry, tensors: dict[str, Tensor], classes: list, 
     if (
         not isinstance(keys, list)
         or not keys
-        or not all(isinstance(k, list) and len(k) == 2 and k[0] in KINDS and isinstance(k[1], int) for k in keys)
+        or not all(
+            isinstance(k, list) and len(k) == 2 and k[0] in KINDS and type(k[1]) is int and k[1] >= 0 for k in keys
+        )
     ):
-        raise HeaderError(f"{where}: {field}.keys must be a list of [token kind in {KINDS}, layer]")
+        raise HeaderError(f"{where}: {field}.keys must be a list of [token kind in {KINDS}, layer (0-based block)]")
     if entry["outputs"] == "classes":
         weight = tensors.get(f"{name}.probe.weight")
         if weight is None or weight.ndim != 2:
@@ -262,7 +308,7 @@ def check_token_keys(meta: dict, tensors: dict[str, Tensor], depth: int, embed_d
     model = meta["backbone"]["model"]
     for name, entry in meta["readouts"].items():
         layers = [layer for _, layer in entry["keys"]]
-        if not all(-depth <= layer < depth for layer in layers):
+        if not all(layer < depth for layer in layers):
             raise HeaderError(f"{path}: readouts.{name}.keys name layers {layers}, {model} has {depth} blocks")
         dim, expected = readout_input_dim(name, entry, tensors), embed_dim * len(entry["keys"])
         if dim != expected:
