@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import urllib.request
 
@@ -99,7 +100,8 @@ def test_look_inside_shows_each_graph_and_the_clicked_token(served, photo):
     "content, message",
     [
         (b"not an image at all", "cannot read photo bad.png"),
-        (None, "bad.png is 6000x5000 px (30 MP), more than the demo's 25 MP"),
+        ("huge", "bad.png is 5001x5000 px (25,005,000 pixels), more than the demo's 25,000,000 (25 MP)"),
+        ("tiny", "bad.png is 1x1 px: the demo needs at least 16 px on each side"),  # in every tab alike
         (
             "wide",
             "is 1000x20 px: at a shorter side of 64 px its longer side would be 3200 px, more than the maximum 2048",
@@ -109,8 +111,10 @@ def test_look_inside_shows_each_graph_and_the_clicked_token(served, photo):
 def test_a_bad_upload_is_a_message_naming_it(served, tmp_path, content, message):
     _, client = served
     bad = tmp_path / "bad.png"
-    if content is None:
-        Image.new("RGB", (6000, 5000)).save(bad)
+    if content == "huge":
+        Image.new("RGB", (5001, 5000)).save(bad)
+    elif content == "tiny":
+        Image.new("RGB", (1, 1)).save(bad)
     elif content == "wide":
         Image.new("RGB", (1000, 20)).save(bad)
     else:
@@ -131,7 +135,9 @@ def test_a_point_outside_the_photo_and_no_point_are_messages(served, photo):
     def select(point):
         return client.predict(handle_file(str(photo)), point, 2, True, 0.5, api_name="/select")[-1]
 
-    assert "point (80.0, 5.0) is outside the 70x50 image" in select("80,5")
+    assert "point (80.0, 5.0) is outside the 70x50 image (x must lie in \\[0, 70), y in \\[0, 50))" in select("80,5")
+    assert "point (70.0, 5.0) is outside" in select("69.99999999999999999,5")  # the point as it was read
+    assert "must be X,Y in pixels (finite numbers), got 'nan,5'" in select("nan,5")
     assert "no point: click on the photo" in select("")
     assert "the point must be X,Y in pixels, got 'here'" in select("here")
 
@@ -234,7 +240,8 @@ def test_the_crf_option_refines_or_says_what_is_missing(served, photo, monkeypat
 
     monkeypatch.setattr(crf, "_densecrf", missing)
     *outputs, status = client.predict(handle_file(str(photo)), "head", True, False, api_name="/segment")
-    assert "the CRF option needs the dense CRF: pip install 'ultra-seg[crf]'" in status and outputs == [None, "", None]
+    assert "the CRF option needs the dense CRF: pip install 'ultra-seg\\[crf\\]'" in status  # as Markdown
+    assert outputs == [None, "", None]
 
 
 def test_a_bug_is_named_in_the_page_and_the_app_lives_on(served, photo, monkeypatch, caplog):
@@ -279,3 +286,104 @@ def test_no_photo_and_too_few_tokens_are_messages(served, tiny_vit, photo):
     assert "no photo: upload one or pick an example" in status and outputs == [None, "", None]
     with pytest.raises(ValueError, match=r"photo photo.png gives only 1x1 tokens at --size 16: too few for graphs"):
         look_inside(tiny_vit, photo, layer=1, size=16)
+    few = look_inside(tiny_vit, photo, layer=1, size=48)  # 3x4 tokens: fewer than the graphs' 16 neighbours
+    assert all(picture.shape == (50, 70, 3) for picture in few.eigenvectors.values())
+
+
+def test_pictures_never_go_through_gradios_in_place_cache_writes(served, photo, monkeypatch):
+    """gradio writes an array result into its cache in place at a path named by its content: an identical result for
+    another request rewrote the file a client was still downloading (about 3 % of downloads cut short under identical
+    concurrent requests). The demo hands gradio PNG files, which its cache copies under a temporary name and renames."""
+    import gradio.processing_utils as processing
+
+    writes, original = [], processing.save_pil_to_cache
+
+    def recorded(*args, **kwargs):
+        writes.append(args[1:])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(processing, "save_pil_to_cache", recorded)
+    _, client = served
+    for _ in range(2):  # identical requests
+        overlay, _, labels, _ = client.predict(handle_file(str(photo)), "head", False, False, api_name="/segment")
+        assert read(overlay).shape == (50, 70, 3) and read(labels).shape == (50, 70)
+        *pictures, _ = client.predict(handle_file(str(photo)), "45,25", 2, True, 0.5, api_name="/select")
+        *graphs, _ = client.predict(handle_file(str(photo)), 1, "45,25", api_name="/look_inside")
+        assert all(read(p).shape[:2] == (50, 70) for p in [*pictures, *graphs])
+    assert writes == []
+
+
+def test_the_checkpoints_class_names_are_text_in_the_header_and_a_refused_checkpoint_a_message(
+    tiny_checkpoint, tmp_path
+):
+    """A class name holding a Markdown image or an HTML tag would make every visitor's browser fetch its URL."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from ultra.readout.checkpoint import read_checkpoint
+
+    meta, tensors = read_checkpoint(tiny_checkpoint)
+    meta["classes"] = ["![x](http://127.0.0.1:9/x.png)", "<img src='http://127.0.0.1:9/y.png'>", "road"]
+    hostile = tmp_path / "hostile.safetensors"
+    save_file(tensors, str(hostile), metadata={"ultra": json.dumps(meta)})
+    meta["cluster_to_class"]["ghost"] = [[0, 1], [2]]  # passed validation before, then broke ultra.load
+    ragged = tmp_path / "ragged.safetensors"
+    save_file(tensors, str(ragged), metadata={"ultra": json.dumps(meta)})
+    for checkpoint, shown in (
+        (
+            hostile,
+            r"checkpoint with 3 classes (!\[x\](http://127.0.0.1:9/x.png), \<img src='http://127.0.0.1:9/y.png'\>",
+        ),
+        (ragged, "was refused: "),
+    ):
+        app, url = demo_cli.serve([str(checkpoint), "--port", str(free_port()), "--size", "64"], block=False)
+        try:
+            config = json.loads(urllib.request.urlopen(url + "config").read())
+            header = next(c["props"]["value"] for c in config["components"] if c["props"].get("elem_id") == "header")
+            assert shown in header or shown in _segment_problem(config)
+            bare = re.sub(r"\\.", "", header)  # what is left once every backslash-escaped character is taken out
+            assert "<img" not in bare and "](" not in bare
+        finally:
+            app.close()
+
+
+def _segment_problem(config: dict) -> str:
+    return next(
+        (c["props"]["value"] for c in config["components"] if c["props"].get("elem_id") == "segment-problem"), ""
+    )
+
+
+def test_stopped_by_sigterm_the_demo_leaves_no_uploaded_photo_behind(tiny_checkpoint, tmp_path, photo):
+    """Service managers and containers stop with SIGTERM: the app's folder and gradio's cache of uploads go, as on
+    Ctrl+C."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    temp, cache, port = tmp_path / "tmp", tmp_path / "gradio", free_port()
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp), "GRADIO_TEMP_DIR": str(cache), "PYTHONUNBUFFERED": "1"}
+    command = [str(Path(sys.executable).parent / "ultra-demo"), str(tiny_checkpoint), "--port", str(port)]
+    log = tmp_path / "server.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen([*command, "--size", "64"], stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while "serving" not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.25)
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        client.predict(handle_file(str(photo)), "head", False, False, api_name="/segment")
+        holding = lambda: [p for p in cache.rglob("*") if p.is_file() and p.read_bytes() == photo.read_bytes()]  # noqa: E731
+        assert holding()  # the server holds the user's photo
+        assert list(temp.glob("ultra-demo-*"))
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, log.read_text()
+    finally:
+        process.kill()
+    assert not holding(), "the uploaded photo is left behind in gradio's cache"
+    assert not list(temp.glob("ultra-demo-*")), "the app's folder is left behind"

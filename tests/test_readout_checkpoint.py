@@ -57,6 +57,8 @@ def test_bad_checkpoints_are_clear_errors(trained, tmp_path):
         ultra.load(root / "run" / "checkpoints" / "last.ckpt")
     with pytest.raises(CheckpointError, match="does not exist"):
         ultra.load(tmp_path / "nothing.safetensors")
+    with pytest.raises(CheckpointError, match=r"run is a folder; give the checkpoint file in it \(model.safetensors\)"):
+        ultra.load(root / "run")
 
 
 def _crafted(path, source, edit_meta=None, edit_tensors=None):

@@ -13,6 +13,8 @@ pixels near its border below the threshold).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from scipy.cluster.hierarchy import fcluster, linkage
@@ -85,6 +87,8 @@ def parse_point(text: str, option: str = "--point") -> tuple[float, float]:
         x, y = (float(v) for v in text.split(","))
     except ValueError:
         raise ConfigError(f"{option} must be X,Y in pixels, got '{text}'") from None
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise ConfigError(f"{option} must be X,Y in pixels (finite numbers), got '{text}'")
     return x, y
 
 
@@ -124,7 +128,10 @@ def point_token(point: tuple[float, float], image_size: tuple[int, int], grid: t
     x, y = point
     height, width = image_size
     if not (0 <= x < width and 0 <= y < height):
-        raise ConfigError(f"point ({x}, {y}) is outside the {width}x{height} image")
+        raise ConfigError(
+            f"point ({x!r}, {y!r}) is outside the {width}x{height} image "
+            f"(x must lie in [0, {width}), y in [0, {height}))"
+        )
     return int(y * grid[0] // height) * grid[1] + int(x * grid[1] // width)
 
 

@@ -8,6 +8,7 @@ its header. The page is never shared through a tunnel and sends no analytics.
 from __future__ import annotations
 
 import atexit
+import signal
 from pathlib import Path
 
 from jsonargparse import ArgumentParser
@@ -83,7 +84,14 @@ def serve(args: list[str] | None = None, block: bool = True):
     print(f"ultra-demo: serving {url} (Ctrl+C stops)", flush=True)
     if not block:
         return app, url
+    signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop cleans up as Ctrl+C does
     app.block_thread()
+
+
+def _interrupt(signum, frame) -> None:
+    """SIGTERM as Ctrl+C: the server closes (gradio deletes the uploads and results it cached) and the exit handlers
+    remove the app's folder."""
+    raise KeyboardInterrupt
 
 
 main = console(serve, "ultra-demo")

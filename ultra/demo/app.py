@@ -26,10 +26,18 @@ import numpy as np
 
 from ..analysis.segments import check_threshold, parse_point
 from ..errors import USER_ERRORS, ConfigError
-from ..pictures import save_label_map
+from ..pictures import save_image, save_label_map
 from .examples import write_examples
 from .models import DemoModels
-from .tasks import LOOK_GRAPHS, legend_html, look_inside, read_photo, segment_photo, select_object
+from .tasks import (
+    LOOK_GRAPHS,
+    escape_markdown,
+    legend_html,
+    look_inside,
+    read_photo,
+    segment_photo,
+    select_object,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,24 +50,24 @@ THEME = gr.themes.Default(
 )
 
 
-def failure(err: Exception) -> str:
-    """The page's message for an exception: a user mistake as it is, anything else as a bug (logged)."""
+def failure(err: Exception, photo: str | None = None) -> str:
+    """The page's message (Markdown) for an exception: a user mistake as it is, anything else as a bug (logged); the
+    uploaded ``photo`` is named by its name, not by the server's copy of it, and nothing in the error is formatted."""
+    text = str(err).replace(photo, Path(photo).name) if photo else str(err)
     if isinstance(err, USER_ERRORS):
-        return f"**Error:** {err}"
+        return f"**Error:** {escape_markdown(text)}"
     log.exception("demo task failed")
-    return f"**Internal error** ({type(err).__name__}: {err}); the server's log has the traceback."
+    return f"**Internal error** ({type(err).__name__}: {escape_markdown(text)}); the server's log has the traceback."
 
 
 def guarded(task: Callable, empty: tuple) -> Callable:
-    """``task(photo, ...) -> (*outputs, status)``, with any exception turned into ``(*empty, message)``; the message
-    names the uploaded photo by its name, not by the server's copy of it."""
+    """``task(photo, ...) -> (*outputs, status)``, with any exception turned into ``(*empty, message)``."""
 
     def run(photo, *args, **kwargs):
         try:
             return task(photo, *args, **kwargs)
         except Exception as err:  # noqa: BLE001 - the page must answer, whatever went wrong
-            message = failure(err)
-            return (*empty, message.replace(photo, Path(photo).name) if photo else message)
+            return (*empty, failure(err, photo))
 
     run.__name__, run.__doc__ = task.__name__, task.__doc__
     return run
@@ -99,14 +107,21 @@ def clicked_point(text: str | None) -> tuple[float, float] | None:
 
 
 class DemoActions:
-    """What the page's events compute (each wrapped by :func:`guarded` when wired)."""
+    """What the page's events compute (each wrapped by :func:`guarded` when wired). Pictures are handed to gradio as
+    PNG files of their own: gradio writes an array into its cache in place, at a path named by the content, so an
+    identical result for another request would rewrite the file a client is still downloading (a cut-short
+    download); a file is copied into the cache under a temporary name and renamed, and never rewritten."""
 
     def __init__(self, models: DemoModels, folder: DemoFolder):
         self.models, self.folder = models, folder
 
+    def picture(self, array: np.ndarray | None, name: str) -> str | None:
+        """``array`` as a fresh PNG file in the app's folder (None stays None)."""
+        return None if array is None else str(save_image(array, self.folder.new_file(f"{name}.png")))
+
     def show_photo(self, photo: str | None):
         """The uploaded photo, as the Select and Look inside tabs show it (their points cleared)."""
-        picture = read_photo(photo) if photo else None
+        picture = self.picture(read_photo(photo), Path(photo).stem) if photo else None
         return picture, picture, "", "", ""
 
     def segment(self, photo: str, readout: str, crf: bool, flip: bool):
@@ -121,7 +136,7 @@ class DemoActions:
             f"{width}x{height} px segmented by the **{readout}** readout in {result.seconds:.2f} s "
             f"(backbone at {segmenter.resize} px{', flip-averaged' if flip else ''}{', CRF' if crf else ''})"
         )
-        return result.overlay, legend_html(result.legend), str(labels), status
+        return self.picture(result.overlay, "segments"), legend_html(result.legend), str(labels), status
 
     def select(self, photo: str, point: str, layer: int, otsu: bool, fraction: float, progress=gr.Progress()):
         """The object under the point ``"x,y"``: overlay, mask, relevance map, status."""
@@ -132,7 +147,9 @@ class DemoActions:
         progress(0.0, desc="relevance map of the clicked token")
         result = select_object(self.models.vit, photo, xy, layer=layer, size=self.models.size, threshold=threshold)
         status = f"object at ({xy[0]:.0f}, {xy[1]:.0f}): {100 * result.mask.mean():.1f}% of the photo"
-        return result.overlay, (result.mask * 255).astype(np.uint8), result.relevance, status
+        mask = (result.mask * 255).astype(np.uint8)
+        pictures = (self.picture(result.overlay, "object"), self.picture(mask, "mask"))
+        return *pictures, self.picture(result.relevance, "relevance"), status
 
     def look(self, photo: str, layer: int, point: str, progress=gr.Progress()):
         """The kq, vv and xx eigenvectors of one block, and the relevance map of the token at ``"x,y"`` if given."""
@@ -145,13 +162,17 @@ class DemoActions:
             size=self.models.size,
             report=lambda fraction, what: progress(fraction, desc=what),
         )
-        pictures = [view.eigenvectors[kind] for kind in LOOK_GRAPHS]
+        pictures = [self.picture(view.eigenvectors[kind], f"{kind}-eigenvectors") for kind in LOOK_GRAPHS]
         where = (
             f", relevance of the token at ({xy[0]:.0f}, {xy[1]:.0f})"
             if xy
             else "; click on the photo for a token's relevance"
         )
-        return (*pictures, view.relevance, f"block {view.layer}: eigenvectors 1-3 as RGB{where}")
+        return (
+            *pictures,
+            self.picture(view.relevance, "relevance"),
+            f"block {view.layer}: eigenvectors 1-3 as RGB{where}",
+        )
 
 
 def _segment_tab(models: DemoModels) -> dict:
@@ -255,7 +276,7 @@ def build_app(models: DemoModels, folder: DemoFolder) -> gr.Blocks:
     examples = write_examples(folder.examples)
     last = models.vit.num_layers - 1
     with gr.Blocks(title="ultra demo", analytics_enabled=False, delete_cache=(DOWNLOAD_AGE_S, DOWNLOAD_AGE_S)) as app:
-        gr.Markdown(f"# ultra\n{models.describe()}")
+        gr.Markdown(f"# ultra\n{escape_markdown(models.describe())}", elem_id="header")
         with gr.Row():
             photo = gr.File(label="Photo", file_types=["image"], type="filepath", elem_id="photo")
             gr.Examples([[str(p)] for p in examples], inputs=[photo], label="Examples (synthetic scenes)")

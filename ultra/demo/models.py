@@ -10,6 +10,7 @@ from ..backbone.vit import FrozenViT
 from ..errors import USER_ERRORS
 from ..readout.checkpoint import load
 from ..readout.segmenter import Segmenter
+from .tasks import escape_markdown
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ TRAIN_HINT = (
 
 @dataclass
 class DemoModels:
-    """``segmenter``: the checkpoint's, or None; ``problem``: why there is none (shown in the page);
+    """``segmenter``: the checkpoint's, or None; ``problem``: why there is none (Markdown, shown in the page);
     ``vit``: the backbone of Select and Look inside (the checkpoint's own when there is one)."""
 
     segmenter: Segmenter | None
@@ -46,9 +47,13 @@ class DemoModels:
             try:
                 segmenter = load(checkpoint, device=device, weights=weights)
                 problem = None
-            except USER_ERRORS as err:
-                problem = f"The checkpoint {checkpoint} was refused: {err}. {TRAIN_HINT}"
-                log.error("%s", problem)
+            except Exception as err:  # noqa: BLE001 - whatever the checkpoint does, the page starts and says so
+                if not isinstance(err, USER_ERRORS):
+                    log.exception("loading the checkpoint %s failed", checkpoint)
+                log.error("the checkpoint %s was refused: %s", checkpoint, err)
+                problem = (
+                    f"The checkpoint {escape_markdown(checkpoint)} was refused: {escape_markdown(err)}. {TRAIN_HINT}"
+                )
         vit = segmenter.backbone if segmenter is not None else FrozenViT(backbone, weights=weights or "auto").to(device)
         return cls(segmenter, problem, vit, size)
 
@@ -60,7 +65,7 @@ class DemoModels:
         return sorted(self.segmenter.readouts, key=lambda name: (name != "head", name))
 
     def describe(self) -> str:
-        """One line on what is loaded (the page's header)."""
+        """One line on what is loaded (the page's header; plain text, the class names as the checkpoint gives them)."""
         info = self.vit.weights_info
         model = f"backbone {self.vit.model_name} ({info.source} weights), {self.vit.num_layers} blocks"
         if self.segmenter is None:

@@ -12,9 +12,10 @@ Every user mistake (an unreadable or huge photo, a point outside it, a missing e
 from __future__ import annotations
 
 import html
+import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +36,10 @@ from ..readout.segmenter import Segmenter
 Report = Callable[[float, str], None]
 """``report(fraction_done, what)``: progress of a task (the page shows it as a bar)."""
 
-MAX_MEGAPIXELS = 25.0
-"""The largest photo the demo takes, in millions of pixels (a 6000x4000 photo is 24)."""
+MAX_PIXELS = 25_000_000
+"""The largest photo the demo takes (25 MP: a 6000x4000 photo is 24)."""
+MIN_SIDE = 16
+"""The shortest side of a photo the demo takes, in pixels (every tab: smaller is too small to show objects)."""
 LOOK_GRAPHS = ("kq", "vv", "xx")
 """The graphs of the "Look inside" tab: where (key-query), what (value-value) and the block outputs."""
 LOOK_KNN = KnnConfig(k_intra=16, k_inter=0, k_any=0, candidate_images=None)
@@ -48,17 +51,33 @@ def _no_report(fraction: float, what: str) -> None:
 
 
 def read_photo(path: str | Path) -> np.ndarray:
-    """The photo as ``uint8 [H, W, 3]``, turned as its EXIF orientation says; too large a photo is refused from
-    its header, before its pixels are decoded."""
+    """The photo as ``uint8 [H, W, 3]``, turned as its EXIF orientation says; too large or too small a photo is
+    refused from its header, before its pixels are decoded (the same rule for every tab)."""
     if path is None:
         raise DataError("no photo: upload one or pick an example")
     width, height = image_size(path, "photo")
-    if width * height > MAX_MEGAPIXELS * 1e6:
+    if width * height > MAX_PIXELS:
         raise DataError(
-            f"photo {Path(path).name} is {width}x{height} px ({width * height / 1e6:.0f} MP), more than the "
-            f"demo's {MAX_MEGAPIXELS:.0f} MP: downscale it first"
+            f"photo {Path(path).name} is {width}x{height} px ({width * height:,} pixels), more than the demo's "
+            f"{MAX_PIXELS:,} ({MAX_PIXELS / 1e6:.0f} MP): downscale it first"
+        )
+    if min(width, height) < MIN_SIDE:
+        raise DataError(
+            f"photo {Path(path).name} is {width}x{height} px: the demo needs at least {MIN_SIDE} px on each side"
         )
     return read_image(path, orient=True)
+
+
+MARKDOWN_SPECIALS = re.compile(r"([\\`*_~\[\]<>&])")
+"""What can make a link, an image, emphasis, code or HTML inside one line of Markdown (the brackets of ``[text](url)``
+and ``![alt](url)``, the angle brackets of tags and autolinks, entities); CommonMark shows each as itself after a
+backslash."""
+
+
+def escape_markdown(text: object) -> str:
+    """``text`` shown as itself inside Markdown, on one line: no link, image, emphasis or HTML can come out of it (a
+    checkpoint's class names and an error's file names are not the page's to format)."""
+    return MARKDOWN_SPECIALS.sub(r"\\\1", " ".join(str(text).splitlines()))
 
 
 # --- Segment --------------------------------------------------------------------------------------
@@ -176,7 +195,8 @@ def look_inside(
     height, width = picture.shape[:2]
     image = prepare_image(vit, image_to_tensor(picture), size)
     grid = vit.check_images(image[None])
-    if grid[0] * grid[1] < 5:
+    tokens = grid[0] * grid[1]
+    if tokens < 5:
         raise DataError(
             f"photo {Path(path).name} gives only {grid[0]}x{grid[1]} tokens at --size {size}: too few for "
             f"graphs; use a larger size"
@@ -189,7 +209,7 @@ def look_inside(
     eigenvectors = {}
     for i, spec in enumerate(specs):
         report((i + 1) / (len(specs) + 2), f"{spec.kind} graph: eigenvectors")
-        graph = affinity_graphs(grids, [spec], LOOK_KNN)
+        graph = affinity_graphs(grids, [spec], replace(LOOK_KNN, k_intra=min(LOOK_KNN.k_intra, tokens - 1)))
         vectors, _ = exact_eigenvectors(graph, None, 4)
         eigenvectors[spec.kind] = eigen_rgb(vectors[:, 1:4].reshape(*grid, 3).numpy(), (width, height))
     relevance = None

@@ -68,6 +68,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
     from safetensors import safe_open
 
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; give the checkpoint file in it (model.safetensors)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
