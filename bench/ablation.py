@@ -84,6 +84,7 @@ OPTIONS = {  # name -> overrides of the shipped config
     },
     "self_train2_first": ["--self_training.rounds", "2", "--self_training.balance", "first"],
     "self_train2_embedding": ["--self_training.rounds", "2", "--self_training.features", "embedding"],
+    "self_train_until_stable": ["--self_training.rounds", "6", "--self_training.stop_change", "0.05"],
 }
 
 

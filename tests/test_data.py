@@ -191,6 +191,17 @@ def test_real_cocostuff_coarse_maps_are_refused_as_fine_and_match_when_read_as_c
         assert np.array_equal(a["label"].numpy(), b["label"].numpy())
 
 
+def test_an_image_listed_twice_or_two_images_of_one_name_are_refused(tmp_path):
+    _coco_fixture(tmp_path, curated=("000000000001", "000000000003", "000000000001"))
+    with pytest.raises(DataError, match="two images are named '000000000001'"):
+        CocoStuff27(tmp_path)
+    photos = tmp_path / "photos"
+    for suffix in ("jpg", "png"):
+        save_png(photos / f"a.{suffix}", RNG.integers(0, 255, (20, 20, 3), dtype=np.uint8))
+    with pytest.raises(DataError, match=r"two images are named 'a' \(.*a.jpg and .*a.png\)"):
+        ImageFolder(photos)
+
+
 def _city_fixture(root, label_ids):
     h, w = label_ids.shape
     save_png(

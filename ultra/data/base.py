@@ -66,6 +66,14 @@ class SegmentationDataset(Dataset):
             raise DataError(
                 f"{type(self).__name__}: the class names {repeated} appear more than once in the class list"
             )
+        first: dict[str, Sample] = {}
+        for sample in samples:
+            other = first.setdefault(sample.name, sample)
+            if other is not sample:
+                raise DataError(
+                    f"{type(self).__name__}: two images are named '{sample.name}' ({other.image} and {sample.image}); "
+                    f"names must be unique (they choose the label map, the cache rows and the output files)"
+                )
         self.samples = list(samples)
         self.classes = tuple(classes)
         self.lut = lut
