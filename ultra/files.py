@@ -113,9 +113,13 @@ LOCK_NAME = ".ultra.lock"
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | Path, option: str) -> Iterator[None]:
+def folder_lock(folder: str | Path, option: str, held: bool = True) -> Iterator[None]:
     """Hold ``folder/.ultra.lock`` for the block, so that no two commands write into one folder at once; refuse at
-    once (:class:`FolderInUse`, naming ``option``, the setting that chose the folder) when another process holds it."""
+    once (:class:`FolderInUse`, naming ``option``, the setting that chose the folder) when another process holds it.
+    ``held=False`` (the other processes of a multi-process run, covered by the first one's lock): nothing is locked."""
+    if not held:
+        yield
+        return
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lock = try_lock(folder / LOCK_NAME)

@@ -8,7 +8,6 @@ is replaced only when asked, and a failed evaluation leaves no empty report fold
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -74,7 +73,7 @@ def evaluate_checkpoint(
     created = not output.exists()
     require_writable(output)
     try:  # one evaluation per folder: the other processes of a multi-process run are covered by the first one's lock
-        with folder_lock(output, "--output") if trainer.is_global_zero else contextlib.nullcontext():
+        with folder_lock(output, "--output", held=trainer.is_global_zero):
             refuse_overwrite([output / "eval.json"], overwrite)
             dataset.check(require_labels=True)  # every label read once: a bad file or a wrong layout, before any work
             segmenter = load(checkpoint, weights=weights)

@@ -6,7 +6,6 @@ a parsed config (:func:`~ultra.training.config.parse_training`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import sys
@@ -57,7 +56,7 @@ def run_training(cli: TrainingCLI) -> dict | None:
     if config.evaluate and data.val_dataset is not None:  # a bad validation set fails now, not after training
         data.val_dataset.check(require_labels=True)
     # one run per folder: the other processes of a multi-process run are covered by the first one's lock
-    with folder_lock(root, "--trainer.default_root_dir") if trainer.is_global_zero else contextlib.nullcontext():
+    with folder_lock(root, "--trainer.default_root_dir", held=trainer.is_global_zero):
         return _train(cli, config, self_training, root)
 
 
