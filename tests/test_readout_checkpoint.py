@@ -216,6 +216,11 @@ def _crafted(path, source, edit_meta=None, edit_tensors=None):
             None,
             r"backbone .* makes 25600 patch tokens per image at its resize 160 px",
         ),
+        (
+            lambda m: m["backbone"]["model_kwargs"].update(class_token=False),
+            None,
+            r"backbone vit_tiny_patch16_224 cannot be built with model_kwargs .*Token pooling needs the class token",
+        ),
         # values, not only shapes: what passes must segment
         (
             lambda m: m["cluster_to_class"].update(ghost=[[0, 1], [2]]),
