@@ -9,10 +9,13 @@ from ultra.analysis.segments import (
     mask_from_map,
     otsu_threshold,
     point_token,
+    region_under,
     segments_from_maps,
     select,
+    select_cluster,
     token_pixels,
 )
+from ultra.errors import ConfigError
 
 
 def _planted_maps():
@@ -109,3 +112,40 @@ def test_a_small_object_is_not_swallowed_by_a_large_background():
     segments, _ = segments_from_maps(result, (4, 6), num_segments=2)
     assert segments[0, 0] != segments[3, 5]  # raw sums would give the 20-token cluster every pixel
     assert (segments == segments[0, 0]).sum() == 4
+
+
+def test_region_under_keeps_only_the_connected_part_holding_the_point():
+    mask = torch.zeros(6, 8, dtype=torch.bool)
+    mask[1:3, 1:3] = True  # the clicked part
+    mask[3, 3] = True  # touches it diagonally: 8-connected
+    mask[4:6, 6:8] = True  # apart
+    kept = region_under(mask, (1.5, 2.0))
+    assert kept.sum() == 5 and kept[3, 3] and not kept[4:, 6:].any()
+    assert not region_under(mask, (7.0, 0.0)).any()  # a point outside the mask selects nothing
+
+
+def test_select_cluster_returns_the_clicked_pixels_cluster_kept_to_its_connected_part(tiny_checkpoint, monkeypatch):
+    from ultra import load
+
+    segmenter = load(tiny_checkpoint)
+    planted = torch.zeros(3, 40, 60)
+    planted[1] = 1.0  # cluster 1 everywhere ...
+    planted[2, 5:15, 5:15] = 2.0  # ... except two separate blobs of cluster 2
+    planted[2, 25:35, 40:55] = 2.0
+    seen = {}
+
+    def pixel_scores(images, size=None, flip=False, readouts=None):
+        seen["size"], seen["readouts"] = size, readouts
+        return {"head": planted[None]}
+
+    monkeypatch.setattr(segmenter, "pixel_scores", pixel_scores)
+    image = torch.rand(3, 40, 60)
+    mask, clusters = select_cluster(segmenter, image, (8.0, 9.0), size=32)
+    assert seen == {"size": (40, 60), "readouts": ["head"]} and clusters[30, 45] == 2
+    assert mask.sum() == 100 and mask[5:15, 5:15].all()  # the clicked blob only, not the other one
+    background, _ = select_cluster(segmenter, image, (30.0, 20.0), size=32)
+    assert background.sum() == 40 * 60 - 100 - 150
+    with pytest.raises(ConfigError, match="outside"):
+        select_cluster(segmenter, image, (60.0, 5.0), size=32)
+    with pytest.raises(ConfigError, match="no readout 'probe'"):
+        select_cluster(segmenter, image, (8.0, 9.0), size=32, readout="probe")

@@ -17,12 +17,14 @@ import math
 
 import numpy as np
 import torch
+from scipy import ndimage
 from scipy.cluster.hierarchy import fcluster, linkage
 from torch import Tensor
 
 from ..backbone.vit import FrozenViT, check_resized_side, resize_to_patches
 from ..data.grids import upsample_scores
 from ..errors import ConfigError
+from ..readout.segmenter import Segmenter
 from .relevance import RelevanceMaps, relevance_maps
 
 
@@ -153,6 +155,31 @@ def select(
     result = relevance_maps(vit, resized, layer=layer, targets=torch.tensor([token]), score=score)
     mask = mask_from_map(result.maps[0], (height, width), threshold)
     return mask | token_pixels(token, (height, width), grid), result.maps[0]
+
+
+def region_under(mask: Tensor, point: tuple[float, float]) -> Tensor:
+    """The 8-connected part of the boolean ``[H, W]`` ``mask`` that holds the pixel under ``point = (x, y)`` (empty
+    when that pixel is not in the mask)."""
+    parts, _ = ndimage.label(mask.numpy(), structure=np.ones((3, 3), dtype=bool))
+    x, y = (int(v) for v in point)
+    inside = parts[y, x]
+    return torch.from_numpy(parts == inside) if inside else torch.zeros_like(mask)
+
+
+def select_cluster(
+    segmenter: Segmenter, image: Tensor, point: tuple[float, float], size: int = 448, readout: str = "head"
+) -> tuple[Tensor, Tensor]:
+    """The object under ``point`` from a trained head: the clicked pixel's cluster of ``readout`` (its scores
+    upsampled to the image), kept to its 8-connected part under the point. Returns the mask and the cluster map
+    ``[H, W]``."""
+    segmenter.require_readout(readout)
+    height, width = image.shape[-2:]
+    point_token(point, (height, width), (1, 1))  # refuses a point outside the image
+    resized = prepare_image(segmenter.backbone, image, size)
+    scores = segmenter.pixel_scores(resized[None], size=(height, width), readouts=[readout])[readout][0]
+    clusters = scores.argmax(0).cpu()
+    x, y = (int(v) for v in point)
+    return region_under(clusters == clusters[y, x], point), clusters
 
 
 def token_pixels(token: int, image_size: tuple[int, int], grid: tuple[int, int]) -> Tensor:
