@@ -1,0 +1,224 @@
+"""ULTra's maps on real photos (camvid val, cocostuff-dev val, voc-mini), each against its raw-token baseline.
+
+Selection: every object of every image is clicked by the rule of :mod:`ultra.analysis.clicks` (the most
+interior pixel of each connected class region of at least 2% of the image; VOC's background is not an
+object); each selection method turns the clicked token into a map over the token grid, the same
+threshold rule (Otsu's on the map, bilinear upsampling, the clicked patch always in) makes the mask, and
+the score is its IoU with the clicked region, averaged over clicks. Methods (``--methods``):
+
+- ``relevance``: the clicked token's relevance map (ULTra; ``ultra-select`` before this bench);
+- ``cosine``: the cosine of every token to the clicked token (the raw-token baseline);
+- ``product``: the relevance map (scaled to a maximum of 1) times the cosine map (clamped at 0);
+- ``cluster``: the clicked pixel's cluster of a trained head (``--checkpoints``; scores on the same tokens,
+  upsampled), as :func:`ultra.analysis.segments.select_cluster`;
+- ``<method>&cluster``: the method's mask within the clicked pixel's cluster;
+- ``<method>+region``: the mask kept to its 8-connected part under the click.
+
+Segmentation (the first ``--segment_images`` images of each set): the maps of an anchor grid of tokens
+(stride 2) clustered by :func:`ultra.analysis.segments.segments_from_maps` with K = the classes present
+(``maps``; ``product``: each anchor's relevance map times its similarity map, as for selection),
+against k-means (K, seeds ``--seeds``) on the same layer's raw tokens; per-image Hungarian mIoU over the
+classes present, averaged over images.
+
+The relevance maps are cached per image in ``OUTPUT/maps`` (they dominate the time), so other methods
+on the same maps cost seconds. Writes ``figures.json`` and a sheet per set.
+
+    python bench/interpret.py [--sets camvid,cocostuff,voc] [--size 224] [--layer 11] [--output runs/interpret]
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+SKIP = {"voc": (0,)}
+METHODS = (
+    "relevance",
+    "cosine",
+    "product",
+    "relevance+region",
+    "cosine+region",
+    "product+region",
+    "cluster+region",
+    "cosine&cluster+region",
+    "product&cluster+region",
+)
+
+
+def open_set(name: str):
+    """The val images of set ``name`` at their own size, with labels."""
+    from ultra.data import CocoStuff27, ImageFolder
+
+    if name == "camvid":
+        return ImageFolder(REALDATA / "camvid", split="val")
+    if name == "cocostuff":
+        return CocoStuff27(REALDATA / "cocostuff-dev" / "cocostuff", split="val")
+    if name == "voc":
+        return ImageFolder(REALDATA / "voc-mini", classes=21)
+    raise ValueError(f"unknown set '{name}': camvid, cocostuff or voc")
+
+
+def selection_map(method: str, relevance: torch.Tensor, cosine: torch.Tensor) -> torch.Tensor:
+    """The grid map a selection method thresholds (``&cluster`` and ``+region`` are applied to the mask)."""
+    base = method.split("+")[0].split("&")[0]
+    if base == "relevance":
+        return relevance
+    if base == "cosine":
+        return cosine
+    if base == "cluster":
+        return torch.ones_like(cosine)
+    if base == "product":
+        return product_maps(relevance[None], cosine[None])[0]
+    raise ValueError(f"unknown selection method '{method}'")
+
+
+def product_maps(relevance: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
+    """Relevance maps ``[T, h, w]`` (each scaled to a maximum of 1) times the similarity maps (clamped at 0)."""
+    return relevance / relevance.flatten(1).amax(1).clamp_min(1e-12)[:, None, None] * similarity.clamp_min(0)
+
+
+def iou(mask: np.ndarray, region: np.ndarray) -> float:
+    return float((mask & region).sum() / (mask | region).sum())
+
+
+def image_maps(vit, image, layer: int, targets: torch.Tensor, cache: Path):
+    """The relevance maps of ``targets``, computed once and kept in ``cache``."""
+    from ultra.analysis.relevance import RelevanceMaps, relevance_maps
+
+    if cache.exists():
+        stored = torch.load(cache, weights_only=True)
+        if torch.equal(stored["targets"], targets):
+            return RelevanceMaps(stored["maps"].float(), targets, layer, tuple(stored["grid"].tolist()))
+    result = relevance_maps(vit, image, layer=layer, targets=targets, chunk=16)
+    torch.save({"targets": targets, "maps": result.maps.half(), "grid": torch.tensor(result.grid)}, cache)
+    return result
+
+
+def per_image_miou(prediction: torch.Tensor, label: torch.Tensor, k: int, num_classes: int) -> float:
+    from ultra.evaluation.metrics import UnsupervisedSegmentationMetric
+
+    metric = UnsupervisedSegmentationMetric(num_classes, num_clusters=k)
+    metric.update(prediction[None], label[None])
+    return float(metric.compute()["miou_present"])
+
+
+def measure_set(name, vit, size, layer, methods, seeds, segment_images, min_fraction, output, segmenter) -> dict:
+    from ultra.analysis.clicks import interior_clicks
+    from ultra.analysis.relevance import RelevanceMaps, anchor_targets
+    from ultra.analysis.segments import (
+        mask_from_map,
+        point_token,
+        prepare_image,
+        region_under,
+        segments_from_maps,
+        select_cluster,
+        token_pixels,
+    )
+    from ultra.data.grids import upsample_scores
+    from ultra.readout.kmeans import kmeans
+
+    data = open_set(name)
+    folder = output / "maps" / f"{name}-{size}-{layer}-norm"
+    folder.mkdir(parents=True, exist_ok=True)
+    selection = {method: [] for method in methods}
+    segmentation = {"maps": [], "product": [], **{f"raw_seed{s}": [] for s in seeds}}
+    for index in range(len(data)):
+        item = data[index]
+        label = item["label"]
+        hw = tuple(label.shape)
+        image = prepare_image(vit, item["image"].float() / 255, size)
+        tokens = vit(image[None])["x", layer][0]
+        grid = tuple(tokens.shape[:2])
+        unit = F.normalize(tokens.reshape(-1, tokens.shape[-1]), dim=-1)
+        if segmenter is not None:
+            _, clusters = select_cluster(segmenter, item["image"].float() / 255, (0, 0), size)
+        clicks = interior_clicks(label.numpy(), min_fraction, SKIP.get(name, ()))
+        click_tokens = torch.tensor([point_token((c.x, c.y), hw, grid) for c in clicks], dtype=torch.long)
+        segment = index < segment_images
+        anchors = anchor_targets(grid, 2) if segment else torch.zeros(0, dtype=torch.long)
+        targets = torch.unique(torch.cat([click_tokens, anchors]))
+        result = image_maps(vit, image, layer, targets, folder / f"{data.samples[index].name}.pt")
+        row = {int(t): i for i, t in enumerate(result.targets)}
+        for click, token in zip(clicks, click_tokens.tolist()):
+            relevance = result.maps[row[token]]
+            cosine = (unit @ unit[token]).reshape(grid)
+            own = token_pixels(token, hw, grid).numpy()
+            for method in methods:
+                mask = mask_from_map(selection_map(method, relevance, cosine), hw).numpy() | own
+                if "cluster" in method:
+                    mask &= (clusters == clusters[click.y, click.x]).numpy()
+                if method.endswith("+region"):
+                    mask = region_under(torch.from_numpy(mask), (click.x, click.y)).numpy()
+                selection[method].append(iou(mask, click.region))
+        if segment:
+            present = int((label.unique() != 255).sum())
+            k = max(2, present)
+            relevance = result.maps[[row[int(t)] for t in anchors]]
+            similarity = (unit[anchors] @ unit.T).reshape(-1, *grid).clamp_min(0)
+            for method, maps in (("maps", relevance), ("product", product_maps(relevance, similarity))):
+                segments, _ = segments_from_maps(RelevanceMaps(maps, anchors, layer, grid), hw, num_segments=k)
+                segmentation[method].append(per_image_miou(segments, label, k, data.num_classes))
+            for seed in seeds:
+                centroids = kmeans(tokens.reshape(-1, tokens.shape[-1]), k, restarts=5, seed=seed).centroids
+                scores = (unit @ F.normalize(centroids, dim=-1).T).T.reshape(k, *grid)
+                raw = upsample_scores(scores[None], hw)[0].argmax(0)
+                segmentation[f"raw_seed{seed}"].append(per_image_miou(raw, label, k, data.num_classes))
+        print(f"{name} {index + 1}/{len(data)}: {len(clicks)} clicks", flush=True)
+    raw = [float(np.mean(segmentation[f"raw_seed{s}"])) for s in seeds]
+    return {
+        "images": len(data),
+        "clicks": len(selection[methods[0]]),
+        "selection_iou": {method: float(np.mean(v)) for method, v in selection.items()},
+        "segmentation": {
+            "images": min(segment_images, len(data)),
+            "maps_miou": float(np.mean(segmentation["maps"])),
+            "product_miou": float(np.mean(segmentation["product"])),
+            "raw_kmeans_miou_mean": float(np.mean(raw)),
+            "raw_kmeans_miou_std": float(np.std(raw)),
+        },
+    }
+
+
+def main(
+    sets: str = "camvid,cocostuff,voc",
+    size: int = 224,
+    layer: int = 11,
+    methods: str = ",".join(METHODS),
+    seeds: str = "0,1,2",
+    segment_images: int = 20,
+    min_fraction: float = 0.02,
+    output: Path = Path("runs/interpret"),
+    weights: str = "auto",
+    checkpoints: dict[str, str] | None = None,
+) -> dict:
+    """``checkpoints``: a trained checkpoint per set (its head's clusters for the ``cluster`` methods)."""
+    from ultra import load
+    from ultra.backbone.vit import FrozenViT
+
+    start = time.perf_counter()
+    vit = FrozenViT("vit_small_patch14_dinov2", weights=weights, layers=[layer], kinds=["x"])
+    output.mkdir(parents=True, exist_ok=True)
+    method_list, seed_list = methods.split(","), [int(s) for s in seeds.split(",")]
+    figures = {"size": size, "layer": layer, "min_fraction": min_fraction, "sets": {}}
+    for name in sets.split(","):
+        segmenter = load(checkpoints[name]) if checkpoints and name in checkpoints else None
+        chosen = [m for m in method_list if segmenter is not None or "cluster" not in m]
+        figures["sets"][name] = measure_set(
+            name, vit, size, layer, chosen, seed_list, segment_images, min_fraction, output, segmenter
+        )
+        print(json.dumps(figures["sets"][name], indent=1), flush=True)
+    figures["seconds"] = round(time.perf_counter() - start, 1)
+    (output / "figures.json").write_text(json.dumps(figures, indent=1))
+    return figures
+
+
+if __name__ == "__main__":
+    from jsonargparse import auto_cli
+
+    auto_cli(main)
