@@ -16,7 +16,8 @@ the score is its IoU with the clicked region, averaged over clicks. Methods (``-
 
 Segmentation (the first ``--segment_images`` images of each set): the maps of an anchor grid of tokens
 (stride 2) clustered by :func:`ultra.analysis.segments.segments_from_maps` with K = the classes present
-(``maps``; ``product``: each anchor's relevance map times its similarity map, as for selection),
+(``maps``; ``product``: each anchor's relevance map times its similarity map, as for selection; ``_kmeans``:
+clustered by k-means instead of average linkage, 3 seeds),
 against k-means (K, seeds ``--seeds``) on the same layer's raw tokens; per-image Hungarian mIoU over the
 classes present, averaged over images.
 
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 SKIP = {"voc": (0,)}
+SEEDED = ("raw_kmeans", "maps_kmeans", "product_kmeans")
 METHODS = (
     "relevance",
     "cosine",
@@ -127,7 +129,7 @@ def measure_set(name, vit, size, layer, methods, seeds, segment_images, min_frac
     folder = output / "maps" / f"{name}-{size}-{layer}-norm"
     folder.mkdir(parents=True, exist_ok=True)
     selection = {method: [] for method in methods}
-    segmentation = {"maps": [], "product": [], **{f"raw_seed{s}": [] for s in seeds}}
+    segmentation = {name: [] for name in ["maps", "product"] + [f"{m}_seed{s}" for m in SEEDED for s in seeds]}
     for index in range(len(data)):
         item = data[index]
         label = item["label"]
@@ -162,15 +164,21 @@ def measure_set(name, vit, size, layer, methods, seeds, segment_images, min_frac
             relevance = result.maps[[row[int(t)] for t in anchors]]
             similarity = (unit[anchors] @ unit.T).reshape(-1, *grid).clamp_min(0)
             for method, maps in (("maps", relevance), ("product", product_maps(relevance, similarity))):
-                segments, _ = segments_from_maps(RelevanceMaps(maps, anchors, layer, grid), hw, num_segments=k)
+                result_maps = RelevanceMaps(maps, anchors, layer, grid)
+                segments, _ = segments_from_maps(result_maps, hw, num_segments=k)
                 segmentation[method].append(per_image_miou(segments, label, k, data.num_classes))
+                for seed in seeds:
+                    segments, _ = segments_from_maps(result_maps, hw, num_segments=k, clustering="kmeans", seed=seed)
+                    segmentation[f"{method}_kmeans_seed{seed}"].append(
+                        per_image_miou(segments, label, k, data.num_classes)
+                    )
             for seed in seeds:
                 centroids = kmeans(tokens.reshape(-1, tokens.shape[-1]), k, restarts=5, seed=seed).centroids
                 scores = (unit @ F.normalize(centroids, dim=-1).T).T.reshape(k, *grid)
                 raw = upsample_scores(scores[None], hw)[0].argmax(0)
-                segmentation[f"raw_seed{seed}"].append(per_image_miou(raw, label, k, data.num_classes))
+                segmentation[f"raw_kmeans_seed{seed}"].append(per_image_miou(raw, label, k, data.num_classes))
         print(f"{name} {index + 1}/{len(data)}: {len(clicks)} clicks", flush=True)
-    raw = [float(np.mean(segmentation[f"raw_seed{s}"])) for s in seeds]
+    seeded = {m: [float(np.mean(segmentation[f"{m}_seed{s}"])) for s in seeds] for m in SEEDED}
     return {
         "images": len(data),
         "clicks": len(selection[methods[0]]),
@@ -179,8 +187,7 @@ def measure_set(name, vit, size, layer, methods, seeds, segment_images, min_frac
             "images": min(segment_images, len(data)),
             "maps_miou": float(np.mean(segmentation["maps"])),
             "product_miou": float(np.mean(segmentation["product"])),
-            "raw_kmeans_miou_mean": float(np.mean(raw)),
-            "raw_kmeans_miou_std": float(np.std(raw)),
+            **{f"{m}_miou_{stat}": float(getattr(np, stat)(v)) for m, v in seeded.items() for stat in ("mean", "std")},
         },
     }
 

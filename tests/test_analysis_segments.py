@@ -41,6 +41,20 @@ def test_maps_cluster_into_the_planted_objects_and_segment_pixels():
         cluster_maps(result.maps)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_kmeans_clusters_maps_into_the_planted_objects_and_needs_a_number_of_segments(seed):
+    result, left = _planted_maps()
+    ids = cluster_maps(result.maps, num_segments=2, clustering="kmeans", seed=seed)
+    assert len(set(ids[left.flatten() > 0].tolist())) == 1 and len(set(ids[left.flatten() == 0].tolist())) == 1
+    assert ids.unique().tolist() == [0, 1]
+    segments, _ = segments_from_maps(result, (40, 60), num_segments=2, clustering="kmeans", seed=seed)
+    assert segments[:, :25].unique().numel() == 1 and segments[0, 0] != segments[0, -1]
+    with pytest.raises(ConfigError, match="needs a number of segments"):
+        cluster_maps(result.maps, distance_threshold=0.5, clustering="kmeans")
+    with pytest.raises(ConfigError, match="clustering must be one of"):
+        cluster_maps(result.maps, num_segments=2, clustering="ward")
+
+
 def test_otsu_splits_a_bimodal_sample_and_masks_follow():
     g = torch.Generator().manual_seed(0)
     values = torch.cat([torch.randn(500, generator=g) * 0.1, 3 + torch.randn(200, generator=g) * 0.1])

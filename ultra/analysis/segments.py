@@ -24,17 +24,35 @@ from torch import Tensor
 from ..backbone.vit import FrozenViT, check_resized_side, resize_to_patches
 from ..data.grids import upsample_scores
 from ..errors import ConfigError
+from ..readout.kmeans import assign, kmeans
 from ..readout.segmenter import Segmenter
 from .relevance import RelevanceMaps, relevance_maps
 
+CLUSTERINGS = ("average", "kmeans")
 
-def cluster_maps(maps: Tensor, num_segments: int | None = None, distance_threshold: float | None = None) -> Tensor:
-    """Cluster ids ``[T]`` (0-based) of maps ``[T, ...]``: average linkage on cosine distance."""
+
+def cluster_maps(
+    maps: Tensor,
+    num_segments: int | None = None,
+    distance_threshold: float | None = None,
+    clustering: str = "average",
+    seed: int = 0,
+) -> Tensor:
+    """Cluster ids ``[T]`` (0-based) of maps ``[T, ...]`` on cosine distance: average linkage (``num_segments`` or a
+    ``distance_threshold``), or k-means (``num_segments``, k-means++ seeded by ``seed``)."""
     if (num_segments is None) == (distance_threshold is None):
         raise ConfigError("give exactly one of num_segments and distance_threshold")
+    if clustering not in CLUSTERINGS:
+        raise ConfigError(f"clustering must be one of {CLUSTERINGS}, got '{clustering}'")
     flat = maps.reshape(maps.shape[0], -1).double()
     if flat.shape[0] == 1:
         return torch.zeros(1, dtype=torch.long)
+    if clustering == "kmeans":
+        if num_segments is None:
+            raise ConfigError("k-means clustering of maps needs a number of segments, not a distance threshold")
+        rows = flat.float()
+        ids = assign(rows, kmeans(rows, min(num_segments, len(rows)), restarts=5, seed=seed).centroids)[0]
+        return torch.from_numpy(np.unique(ids.numpy(), return_inverse=True)[1]).long()
     tree = linkage(flat.numpy(), method="average", metric="cosine")
     if num_segments is not None:
         ids = fcluster(tree, t=min(num_segments, flat.shape[0]), criterion="maxclust")
@@ -54,10 +72,13 @@ def segments_from_maps(
     size: tuple[int, int],
     num_segments: int | None = None,
     distance_threshold: float | None = None,
+    clustering: str = "average",
+    seed: int = 0,
 ) -> tuple[Tensor, Tensor]:
-    """Per-pixel segment ids ``[H, W]`` and the clusters' summed maps ``[C, h, w]`` of one image's maps."""
+    """Per-pixel segment ids ``[H, W]`` and the clusters' summed maps ``[C, h, w]`` of one image's maps (clustered
+    by :func:`cluster_maps`)."""
     maps = _unit_max(result.maps)
-    ids = cluster_maps(maps, num_segments, distance_threshold)
+    ids = cluster_maps(maps, num_segments, distance_threshold, clustering, seed)
     summed = _unit_max(torch.zeros(int(ids.max()) + 1, *maps.shape[1:]).index_add_(0, ids, maps))
     scores = upsample_scores(summed[None], size)[0]
     return scores.argmax(0), summed
