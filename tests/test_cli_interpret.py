@@ -81,3 +81,25 @@ def test_select_never_writes_over_its_image(photo, tmp_path):
             [str(photo), "--point", "30,20", "-o", str(photo.with_suffix(".png")), "--overwrite", *TINY_ARGS]
         )
     assert photo.read_bytes() == before
+
+
+def test_select_with_a_checkpoint_selects_the_clicked_pixels_head_cluster_in_its_connected_part(
+    photo, tmp_path, tiny_checkpoint
+):
+    from scipy.ndimage import label
+
+    from ultra import load
+    from ultra.analysis.segments import select_cluster
+    from ultra.data.io import read_image
+    from ultra.data.transforms import image_to_tensor
+
+    args = [str(photo), "--point", "30,20", "--checkpoint", str(tiny_checkpoint), "--size", "48", "--weights", "random"]
+    out = select_cli.run([*args, "-o", str(tmp_path / "m.png")])
+    mask = np.array(Image.open(out)) > 0
+    _, clusters = select_cluster(load(tiny_checkpoint), image_to_tensor(read_image(photo)), (30, 20), size=48)
+    same = clusters.numpy() == clusters[20, 30].item()
+    parts, _ = label(same, structure=np.ones((3, 3)))
+    assert mask[20, 30] and np.array_equal(mask, parts == parts[20, 30])
+    assert (tmp_path / "m_overlay.png").is_file() and (tmp_path / "m_map.png").is_file()
+    with pytest.raises(ValueError, match="--threshold have no effect with --checkpoint"):
+        select_cli.run([*args, "-o", str(tmp_path / "n.png"), "--threshold", "0.5"])

@@ -1,7 +1,9 @@
-"""``ultra-select IMAGE --point X,Y -o mask.png``: the object under a clicked pixel, from its token's relevance map.
+"""``ultra-select IMAGE --point X,Y -o mask.png``: the object under a clicked pixel.
 
-Writes the mask (0/255 PNG) to ``-o`` and, beside it, ``<name>_overlay.png`` (the mask over the
-image, the clicked point marked) and ``<name>_map.png`` (the token's relevance map).
+With ``--checkpoint`` (a trained head), the object is the clicked pixel's head cluster kept to its
+connected part under the click; without, the clicked token's relevance map, thresholded. Writes the
+mask (0/255 PNG) to ``-o`` and, beside it, ``<name>_overlay.png`` (the mask over the image, the
+clicked point marked) and ``<name>_map.png`` (the head's clusters, or the token's relevance map).
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from pathlib import Path
 import numpy as np
 from jsonargparse import ArgumentParser
 
-from ..analysis.segments import check_threshold, parse_point, select
+from ..analysis.segments import check_threshold, parse_point, select, select_cluster
 from ..backbone.vit import FrozenViT, check_size
 from ..data.io import read_image
 from ..data.transforms import image_to_tensor
+from ..errors import ConfigError
 from ..files import refuse_collisions, refuse_overwrite
-from ..pictures import save_image, selection_pictures
+from ..pictures import mark_point, overlay, overlay_mask, save_image, selection_pictures
+from ..readout.checkpoint import load
 from . import add_backbone_arguments, console
 
 
@@ -26,8 +30,20 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--point", type=str, required=True, help="X,Y: the clicked pixel")
     parser.add_argument("-o", "--output", type=Path, required=True, help="mask PNG to write")
     parser.add_argument("--threshold", type=str, default="otsu", help="'otsu' or a fraction of the map's maximum")
+    parser.add_argument(
+        "--checkpoint", type=Path | None, default=None, help="a trained checkpoint: select by its head's clusters"
+    )
     add_backbone_arguments(parser)
     return parser
+
+
+def _check_checkpoint_options(cfg) -> None:
+    """With ``--checkpoint`` the checkpoint sets the backbone and no relevance map is thresholded: refuse the
+    options that would do nothing."""
+    defaults = build_parser().get_defaults()
+    unused = [f"--{name}" for name in ("threshold", "layer", "backbone") if cfg[name] != defaults[name]]
+    if cfg.checkpoint is not None and unused:
+        raise ConfigError(f"{', '.join(unused)} have no effect with --checkpoint (the head's clusters select)")
 
 
 def run(args: list[str] | None = None) -> Path:
@@ -36,6 +52,7 @@ def run(args: list[str] | None = None) -> Path:
     check_size(cfg.size)
     point = parse_point(cfg.point)
     threshold = check_threshold(cfg.threshold)
+    _check_checkpoint_options(cfg)
     outputs = [
         cfg.output,
         cfg.output.with_name(f"{cfg.output.stem}_overlay.png"),
@@ -44,10 +61,16 @@ def run(args: list[str] | None = None) -> Path:
     refuse_collisions({cfg.image: outputs})
     refuse_overwrite(outputs, cfg.overwrite)
     picture = read_image(cfg.image, orient=True)
-    vit = FrozenViT(cfg.backbone, weights=cfg.weights, layers=[cfg.layer], kinds=["x"])
-    mask, values = select(vit, image_to_tensor(picture), point, layer=cfg.layer, size=cfg.size, threshold=threshold)
-    mask = mask.numpy()
-    shown, relevance = selection_pictures(picture, mask, values.numpy(), point)
+    if cfg.checkpoint is not None:
+        segmenter = load(cfg.checkpoint, weights=None if cfg.weights == "auto" else cfg.weights)
+        mask, clusters = select_cluster(segmenter, image_to_tensor(picture), point, size=cfg.size)
+        mask = mask.numpy()
+        shown, relevance = mark_point(overlay_mask(picture, mask), point), overlay(picture, clusters.numpy())
+    else:
+        vit = FrozenViT(cfg.backbone, weights=cfg.weights, layers=[cfg.layer], kinds=["x"])
+        mask, values = select(vit, image_to_tensor(picture), point, layer=cfg.layer, size=cfg.size, threshold=threshold)
+        mask = mask.numpy()
+        shown, relevance = selection_pictures(picture, mask, values.numpy(), point)
     save_image((mask * 255).astype(np.uint8), outputs[0])
     save_image(shown, outputs[1])
     save_image(relevance, outputs[2])
