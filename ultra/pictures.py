@@ -70,6 +70,14 @@ def selection_pictures(
     return mark_point(overlay_mask(picture, mask), point), heatmap(relevance, picture.shape[1::-1])
 
 
+def cluster_selection_pictures(
+    picture: np.ndarray, mask: np.ndarray, clusters: np.ndarray, point: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pictures of an object selected by a click in a head's clusters: the mask over ``picture`` with the point
+    marked, and the ``clusters`` ``[H, W]`` over the picture."""
+    return mark_point(overlay_mask(picture, mask), point), overlay(picture, clusters)
+
+
 def eigen_rgb(vectors: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
     """Three maps ``[h, w, 3]`` as an RGB picture, each channel stretched to [0, 255] (bilinear to ``size`` = (W,
     H))."""

@@ -19,7 +19,7 @@ from ..data.io import read_image
 from ..data.transforms import image_to_tensor
 from ..errors import ConfigError
 from ..files import refuse_collisions, refuse_overwrite
-from ..pictures import mark_point, overlay, overlay_mask, save_image, selection_pictures
+from ..pictures import cluster_selection_pictures, save_image, selection_pictures
 from ..readout.checkpoint import load
 from . import add_backbone_arguments, console
 
@@ -65,7 +65,7 @@ def run(args: list[str] | None = None) -> Path:
         segmenter = load(cfg.checkpoint, weights=None if cfg.weights == "auto" else cfg.weights)
         mask, clusters = select_cluster(segmenter, image_to_tensor(picture), point, size=cfg.size)
         mask = mask.numpy()
-        shown, relevance = mark_point(overlay_mask(picture, mask), point), overlay(picture, clusters.numpy())
+        shown, relevance = cluster_selection_pictures(picture, mask, clusters.numpy(), point)
     else:
         vit = FrozenViT(cfg.backbone, weights=cfg.weights, layers=[cfg.layer], kinds=["x"])
         mask, values = select(vit, image_to_tensor(picture), point, layer=cfg.layer, size=cfg.size, threshold=threshold)

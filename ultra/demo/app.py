@@ -31,6 +31,7 @@ from .examples import write_examples
 from .models import DemoModels
 from .tasks import (
     LOOK_GRAPHS,
+    SELECT_METHODS,
     escape_markdown,
     legend_html,
     look_inside,
@@ -138,18 +139,28 @@ class DemoActions:
         )
         return self.picture(result.overlay, "segments"), legend_html(result.legend), str(labels), status
 
-    def select(self, photo: str, point: str, layer: int, otsu: bool, fraction: float, progress=gr.Progress()):
-        """The object under the point ``"x,y"``: overlay, mask, relevance map, status."""
+    def select(
+        self,
+        photo: str,
+        point: str,
+        layer: int,
+        otsu: bool,
+        fraction: float,
+        method: str = SELECT_METHODS[0],
+        progress=gr.Progress(),
+    ):
+        """The object under the point ``"x,y"`` by ``method``: overlay, mask, clusters or relevance map, status."""
         xy = clicked_point(point)
         if xy is None:
             raise ConfigError("no point: click on the photo (or type x,y)")
         threshold = "otsu" if otsu else check_threshold(fraction)
-        progress(0.0, desc="relevance map of the clicked token")
-        result = select_object(self.models.vit, photo, xy, layer=layer, size=self.models.size, threshold=threshold)
-        status = f"object at ({xy[0]:.0f}, {xy[1]:.0f}): {100 * result.mask.mean():.1f}% of the photo"
+        progress(0.0, desc=f"selecting by the {method}")
+        models = self.models
+        result = select_object(photo, xy, models.segmenter, models.vit, method, layer, models.size, threshold)
+        status = f"object at ({xy[0]:.0f}, {xy[1]:.0f}) by the {method}: {100 * result.mask.mean():.1f}% of the photo"
         mask = (result.mask * 255).astype(np.uint8)
         pictures = (self.picture(result.overlay, "object"), self.picture(mask, "mask"))
-        return *pictures, self.picture(result.relevance, "relevance"), status
+        return *pictures, self.picture(result.map, "map"), status
 
     def look(self, photo: str, layer: int, point: str, progress=gr.Progress()):
         """The kq, vv and xx eigenvectors of one block, and the relevance map of the token at ``"x,y"`` if given."""
@@ -196,15 +207,24 @@ def _segment_tab(models: DemoModels) -> dict:
     return tab
 
 
-def _select_tab(last: int) -> dict:
-    """The Select tab's components."""
-    gr.Markdown("Click on an object in the photo.")
+def _select_tab(last: int, has_head: bool) -> dict:
+    """The Select tab's components (selection by the head's clusters first when there is a head)."""
+    gr.Markdown(
+        "Click on an object in the photo. **head clusters**: the clicked pixel's cluster of the checkpoint's head, "
+        "kept to its connected part; **relevance map**: the clicked token's relevance map at a block, thresholded."
+    )
     with gr.Row():
         tab = {
             "view": gr.Image(label="Photo: click on an object", format="png", interactive=False, elem_id="select-photo")
         }
         with gr.Column():
             tab["point"] = gr.Textbox(label="Point x,y (pixels; a click fills it)", elem_id="select-point")
+            tab["method"] = gr.Radio(
+                list(SELECT_METHODS),
+                value=SELECT_METHODS[0] if has_head else SELECT_METHODS[1],
+                label="Select by",
+                elem_id="select-method",
+            )
             tab["layer"] = gr.Slider(0, last, value=last, step=1, label="Block")
             tab["otsu"] = gr.Checkbox(label="Otsu's threshold", value=True)
             tab["fraction"] = gr.Slider(
@@ -214,7 +234,7 @@ def _select_tab(last: int) -> dict:
     with gr.Row():
         tab["overlay"] = gr.Image(label="Object", format="png", interactive=False, elem_id="select-overlay")
         tab["mask"] = gr.Image(label="Mask", format="png", interactive=False, image_mode="L", elem_id="select-mask")
-        tab["map"] = gr.Image(label="Relevance map of the clicked token", format="png", interactive=False)
+        tab["map"] = gr.Image(label="Head clusters or relevance map", format="png", interactive=False)
     tab["status"] = gr.Markdown(elem_id="select-status")
     return tab
 
@@ -259,7 +279,14 @@ def _wire(actions: DemoActions, photo, segment: dict, select: dict, look: dict) 
         **common,
     )
     for tab, action, inputs, outputs, empty, name in (
-        (select, actions.select, ["point", "layer", "otsu", "fraction"], ["overlay", "mask", "map"], 3, "select"),
+        (
+            select,
+            actions.select,
+            ["point", "layer", "otsu", "fraction", "method"],
+            ["overlay", "mask", "map"],
+            3,
+            "select",
+        ),
         (look, actions.look, ["layer", "point"], ["map"], 4, "look_inside"),
     ):
         wired_inputs = [photo, *(tab[key] for key in inputs)]
@@ -284,7 +311,7 @@ def build_app(models: DemoModels, folder: DemoFolder) -> gr.Blocks:
             with gr.Tab("Segment", elem_id="tab-segment"):
                 segment = _segment_tab(models)
             with gr.Tab("Select", elem_id="tab-select"):
-                select = _select_tab(last)
+                select = _select_tab(last, models.segmenter is not None)
             with gr.Tab("Look inside", elem_id="tab-look"):
                 look = _look_tab(last)
         _wire(DemoActions(models, folder), photo, segment, select, look)
