@@ -117,6 +117,21 @@ def test_select_on_a_tiny_model(tiny_vit):
         select(tiny_vit, image, (5, 5), layer=9, size=32)
 
 
+def test_select_keeps_the_thresholded_map_to_its_connected_part_under_the_click(tiny_vit, monkeypatch):
+    from ultra.analysis import segments
+
+    planted = torch.zeros(1, 4, 6)
+    planted[0, :2, :2] = 1.0  # the clicked object ...
+    planted[0, 2:, 4:] = 1.0  # ... and a look-alike apart from it
+
+    def maps(vit, image, layer, targets, score):
+        return RelevanceMaps(planted.clone(), targets, layer, (4, 6))
+
+    monkeypatch.setattr(segments, "relevance_maps", maps)
+    mask, _ = select(tiny_vit, torch.rand(3, 64, 96), (8.0, 8.0), layer=2, size=64)
+    assert mask[:20, :20].all() and not mask[40:, 70:].any()
+
+
 def test_a_small_object_is_not_swallowed_by_a_large_background():
     obj = torch.zeros(4, 6)
     obj[:2, :2] = 1
