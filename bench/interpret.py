@@ -67,7 +67,8 @@ def open_set(name: str):
 
 
 def selection_map(method: str, relevance: torch.Tensor, cosine: torch.Tensor) -> torch.Tensor:
-    """The grid map a selection method thresholds (``&cluster`` and ``+region`` are applied to the mask)."""
+    """The grid map a selection method thresholds (``&cluster`` and ``+region`` are applied to the mask); ``product``
+    is :func:`ultra.analysis.segments.similarity_weighted` of the one map."""
     base = method.split("+")[0].split("&")[0]
     if base == "relevance":
         return relevance
@@ -76,20 +77,15 @@ def selection_map(method: str, relevance: torch.Tensor, cosine: torch.Tensor) ->
     if base == "cluster":
         return torch.ones_like(cosine)
     if base == "product":
-        return product_maps(relevance[None], cosine[None])[0]
+        return relevance / relevance.max().clamp_min(1e-12) * cosine.clamp_min(0)
     raise ValueError(f"unknown selection method '{method}'")
-
-
-def product_maps(relevance: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
-    """Relevance maps ``[T, h, w]`` (each scaled to a maximum of 1) times the similarity maps (clamped at 0)."""
-    return relevance / relevance.flatten(1).amax(1).clamp_min(1e-12)[:, None, None] * similarity.clamp_min(0)
 
 
 def iou(mask: np.ndarray, region: np.ndarray) -> float:
     return float((mask & region).sum() / (mask | region).sum())
 
 
-def image_maps(vit, image, layer: int, targets: torch.Tensor, cache: Path):
+def image_maps(vit, image, layer: int, targets: torch.Tensor, cache: Path, score: str):
     """The relevance maps of ``targets``, computed once and kept in ``cache``."""
     from ultra.analysis.relevance import RelevanceMaps, relevance_maps
 
@@ -97,7 +93,7 @@ def image_maps(vit, image, layer: int, targets: torch.Tensor, cache: Path):
         stored = torch.load(cache, weights_only=True)
         if torch.equal(stored["targets"], targets):
             return RelevanceMaps(stored["maps"].float(), targets, layer, tuple(stored["grid"].tolist()))
-    result = relevance_maps(vit, image, layer=layer, targets=targets, chunk=16)
+    result = relevance_maps(vit, image, layer=layer, targets=targets, score=score, chunk=16)
     torch.save({"targets": targets, "maps": result.maps.half(), "grid": torch.tensor(result.grid)}, cache)
     return result
 
@@ -110,7 +106,7 @@ def per_image_miou(prediction: torch.Tensor, label: torch.Tensor, k: int, num_cl
     return float(metric.compute()["miou_present"])
 
 
-def measure_set(name, vit, size, layer, methods, seeds, segment_images, min_fraction, output, segmenter) -> dict:
+def measure_set(name, vit, size, layer, score, methods, seeds, segment_images, min_fraction, output, segmenter) -> dict:
     from ultra.analysis.clicks import interior_clicks
     from ultra.analysis.relevance import RelevanceMaps, anchor_targets
     from ultra.analysis.segments import (
@@ -120,13 +116,14 @@ def measure_set(name, vit, size, layer, methods, seeds, segment_images, min_frac
         region_under,
         segments_from_maps,
         select_cluster,
+        similarity_weighted,
         token_pixels,
     )
     from ultra.data.grids import upsample_scores
     from ultra.readout.kmeans import kmeans
 
     data = open_set(name)
-    folder = output / "maps" / f"{name}-{size}-{layer}-norm"
+    folder = output / "maps" / f"{name}-{size}-{layer}-{score}"
     folder.mkdir(parents=True, exist_ok=True)
     selection = {method: [] for method in methods}
     segmentation = {name: [] for name in ["maps", "product"] + [f"{m}_seed{s}" for m in SEEDED for s in seeds]}
@@ -145,7 +142,7 @@ def measure_set(name, vit, size, layer, methods, seeds, segment_images, min_frac
         segment = index < segment_images
         anchors = anchor_targets(grid, 2) if segment else torch.zeros(0, dtype=torch.long)
         targets = torch.unique(torch.cat([click_tokens, anchors]))
-        result = image_maps(vit, image, layer, targets, folder / f"{data.samples[index].name}.pt")
+        result = image_maps(vit, image, layer, targets, folder / f"{data.samples[index].name}.pt", score)
         row = {int(t): i for i, t in enumerate(result.targets)}
         for click, token in zip(clicks, click_tokens.tolist()):
             relevance = result.maps[row[token]]
@@ -161,10 +158,8 @@ def measure_set(name, vit, size, layer, methods, seeds, segment_images, min_frac
         if segment:
             present = int((label.unique() != 255).sum())
             k = max(2, present)
-            relevance = result.maps[[row[int(t)] for t in anchors]]
-            similarity = (unit[anchors] @ unit.T).reshape(-1, *grid).clamp_min(0)
-            for method, maps in (("maps", relevance), ("product", product_maps(relevance, similarity))):
-                result_maps = RelevanceMaps(maps, anchors, layer, grid)
+            relevance = RelevanceMaps(result.maps[[row[int(t)] for t in anchors]], anchors, layer, grid)
+            for method, result_maps in (("maps", relevance), ("product", similarity_weighted(relevance, tokens))):
                 segments, _ = segments_from_maps(result_maps, hw, num_segments=k)
                 segmentation[method].append(per_image_miou(segments, label, k, data.num_classes))
                 for seed in seeds:
@@ -178,17 +173,22 @@ def measure_set(name, vit, size, layer, methods, seeds, segment_images, min_frac
                 raw = upsample_scores(scores[None], hw)[0].argmax(0)
                 segmentation[f"raw_kmeans_seed{seed}"].append(per_image_miou(raw, label, k, data.num_classes))
         print(f"{name} {index + 1}/{len(data)}: {len(clicks)} clicks", flush=True)
-    seeded = {m: [float(np.mean(segmentation[f"{m}_seed{s}"])) for s in seeds] for m in SEEDED}
     return {
         "images": len(data),
         "clicks": len(selection[methods[0]]),
         "selection_iou": {method: float(np.mean(v)) for method, v in selection.items()},
-        "segmentation": {
-            "images": min(segment_images, len(data)),
-            "maps_miou": float(np.mean(segmentation["maps"])),
-            "product_miou": float(np.mean(segmentation["product"])),
-            **{f"{m}_miou_{stat}": float(getattr(np, stat)(v)) for m, v in seeded.items() for stat in ("mean", "std")},
-        },
+        "segmentation": segmentation_figures(segmentation, seeds) if segment_images else None,
+    }
+
+
+def segmentation_figures(segmentation: dict, seeds: list[int]) -> dict:
+    """Mean per-image mIoU of each method (mean and std over seeds for the seeded ones)."""
+    seeded = {m: [float(np.mean(segmentation[f"{m}_seed{s}"])) for s in seeds] for m in SEEDED}
+    return {
+        "images": len(segmentation["maps"]),
+        "maps_miou": float(np.mean(segmentation["maps"])),
+        "product_miou": float(np.mean(segmentation["product"])),
+        **{f"{m}_miou_{stat}": float(getattr(np, stat)(v)) for m, v in seeded.items() for stat in ("mean", "std")},
     }
 
 
@@ -196,6 +196,7 @@ def main(
     sets: str = "camvid,cocostuff,voc",
     size: int = 224,
     layer: int = 11,
+    score: str = "norm",
     methods: str = ",".join(METHODS),
     seeds: str = "0,1,2",
     segment_images: int = 20,
@@ -212,12 +213,12 @@ def main(
     vit = FrozenViT("vit_small_patch14_dinov2", weights=weights, layers=[layer], kinds=["x"])
     output.mkdir(parents=True, exist_ok=True)
     method_list, seed_list = methods.split(","), [int(s) for s in seeds.split(",")]
-    figures = {"size": size, "layer": layer, "min_fraction": min_fraction, "sets": {}}
+    figures = {"size": size, "layer": layer, "score": score, "min_fraction": min_fraction, "sets": {}}
     for name in sets.split(","):
         segmenter = load(checkpoints[name]) if checkpoints and name in checkpoints else None
         chosen = [m for m in method_list if segmenter is not None or "cluster" not in m]
         figures["sets"][name] = measure_set(
-            name, vit, size, layer, chosen, seed_list, segment_images, min_fraction, output, segmenter
+            name, vit, size, layer, score, chosen, seed_list, segment_images, min_fraction, output, segmenter
         )
         print(json.dumps(figures["sets"][name], indent=1), flush=True)
     figures["seconds"] = round(time.perf_counter() - start, 1)

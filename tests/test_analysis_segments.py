@@ -13,6 +13,7 @@ from ultra.analysis.segments import (
     segments_from_maps,
     select,
     select_cluster,
+    similarity_weighted,
     token_pixels,
 )
 from ultra.errors import ConfigError
@@ -178,3 +179,15 @@ def test_select_cluster_returns_the_clicked_pixels_cluster_kept_to_its_connected
         select_cluster(segmenter, image, (60.0, 5.0), size=32)
     with pytest.raises(ConfigError, match="no readout 'probe'"):
         select_cluster(segmenter, image, (8.0, 9.0), size=32, readout="probe")
+
+
+def test_similarity_weighting_keeps_each_map_where_its_token_is_alike():
+    tokens = torch.zeros(2, 3, 4)
+    tokens[:, :2, 0] = 1.0  # the left two columns point one way ...
+    tokens[:, 2:, 1] = 1.0  # ... the right column another
+    flat = torch.full((6, 2, 3), 2.0)  # relevance alone says nothing
+    weighted = similarity_weighted(RelevanceMaps(flat, torch.arange(6), 1, (2, 3)), tokens)
+    left = torch.zeros(2, 3)
+    left[:, :2] = 1
+    assert torch.allclose(weighted.maps[0], left) and torch.allclose(weighted.maps[2], 1 - left)
+    assert torch.equal(weighted.targets, torch.arange(6)) and weighted.grid == (2, 3)

@@ -53,6 +53,19 @@ def test_interpret_command_writes_segments_and_sheet(photo, tmp_path):
     assert Image.open(sheet).size[0] > 600
 
 
+def test_interpret_clusters_the_relevance_maps_alone_or_by_kmeans_when_asked(photo, tmp_path):
+    out = tmp_path / "out"
+    interpret_cli.run([str(photo), "-o", str(out), "--segments", "3", "--maps", "relevance", *TINY_ARGS])
+    alone = np.array(Image.open(out / "photo_segments.png"))
+    interpret_cli.run([str(photo), "-o", str(out), "--segments", "3", "--overwrite", *TINY_ARGS])
+    assert not np.array_equal(alone, np.array(Image.open(out / "photo_segments.png")))  # product maps: other cuts
+    args = [str(photo), "-o", str(out), "--segments", "3", "--clustering", "kmeans", "--overwrite", *TINY_ARGS]
+    interpret_cli.run(args)
+    assert np.array(Image.open(out / "photo_segments.png")).max() <= 2
+    with pytest.raises(ValueError, match="--clustering kmeans needs --segments K"):
+        interpret_cli.run([str(photo), "-o", str(out), "--clustering", "kmeans", "--overwrite", *TINY_ARGS])
+
+
 def test_interpret_writes_more_than_256_segment_ids_without_wrapping(photo, tmp_path):
     """Segment ids above 255 go to a 16-bit PNG (in 8 bits, id 256 would read back as 0)."""
     interpret_cli.run(

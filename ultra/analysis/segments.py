@@ -18,9 +18,11 @@ border below the threshold); :func:`select_cluster`, the clicked pixel's cluster
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 from scipy.cluster.hierarchy import fcluster, linkage
 from torch import Tensor
@@ -69,6 +71,14 @@ def cluster_maps(
 def _unit_max(maps: Tensor) -> Tensor:
     """Each map of ``[T, h, w]`` divided by its maximum."""
     return maps / maps.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+
+
+def similarity_weighted(result: RelevanceMaps, tokens: Tensor) -> RelevanceMaps:
+    """Each target's relevance map (scaled to a maximum of 1) times the cosine similarity of its token to every
+    token, clamped at 0 (``tokens``: ``[h, w, D]``, the maps' layer): a map that is both relevant and alike."""
+    unit = F.normalize(tokens.reshape(-1, tokens.shape[-1]).float(), dim=-1)
+    similarity = (unit[result.targets] @ unit.T).reshape(-1, *result.grid).clamp_min(0)
+    return replace(result, maps=_unit_max(result.maps) * similarity)
 
 
 def segments_from_maps(
