@@ -63,7 +63,9 @@ def open_set(name: str):
         return CocoStuff27(REALDATA / "cocostuff-dev" / "cocostuff", split="val")
     if name == "voc":
         return ImageFolder(REALDATA / "voc-mini", classes=21)
-    raise ValueError(f"unknown set '{name}': camvid, cocostuff or voc")
+    if (Path(name) / "classes.txt").is_file():  # any folder in ImageFolder's layout, with its class list
+        return ImageFolder(name)
+    raise ValueError(f"unknown set '{name}': camvid, cocostuff, voc or an ImageFolder with classes.txt")
 
 
 def selection_map(method: str, relevance: torch.Tensor, cosine: torch.Tensor) -> torch.Tensor:
@@ -123,7 +125,7 @@ def measure_set(name, vit, size, layer, score, methods, seeds, segment_images, m
     from ultra.readout.kmeans import kmeans
 
     data = open_set(name)
-    folder = output / "maps" / f"{name}-{size}-{layer}-{score}"
+    folder = output / "maps" / f"{Path(name).name}-{size}-{layer}-{score}"  # a folder set: its name
     folder.mkdir(parents=True, exist_ok=True)
     selection = {method: [] for method in methods}
     segmentation = {name: [] for name in ["maps", "product"] + [f"{m}_seed{s}" for m in SEEDED for s in seeds]}

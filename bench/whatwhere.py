@@ -42,7 +42,9 @@ def open_set(name: str, size: int):
         return CocoStuff27(REALDATA / "cocostuff-dev" / "cocostuff", split="val", transform=transform)
     if name == "voc":
         return ImageFolder(REALDATA / "voc-mini", classes=21, transform=transform)
-    raise ValueError(f"unknown set '{name}': camvid, cocostuff or voc")
+    if (Path(name) / "classes.txt").is_file():  # any folder in ImageFolder's layout, with its class list
+        return ImageFolder(name, transform=transform)
+    raise ValueError(f"unknown set '{name}': camvid, cocostuff, voc or an ImageFolder with classes.txt")
 
 
 def image_level_vectors(graph, images: int, nodes: int, m: int) -> torch.Tensor:
@@ -179,7 +181,7 @@ def main(
     settings = {"size": size, "seeds": seed_list, "layers": list(layers), "weights": weights}
     figures = {**settings, "sets": {}}
     for name in sets.split(","):
-        done = output / f"{name}.json"
+        done = output / f"{Path(name).name}.json"  # a folder set: its name
         stored = json.loads(done.read_text()) if done.exists() else {}
         if stored.get("settings") != settings:
             stored = {"settings": settings, "figures": measure_set(name, size, seed_list, weights, list(layers))}
