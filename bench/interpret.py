@@ -144,10 +144,13 @@ def measure_set(name, vit, size, layer, score, methods, seeds, segment_images, m
         segment = index < segment_images
         anchors = anchor_targets(grid, 2) if segment else torch.zeros(0, dtype=torch.long)
         targets = torch.unique(torch.cat([click_tokens, anchors]))
-        result = image_maps(vit, image, layer, targets, folder / f"{data.samples[index].name}.pt", score)
-        row = {int(t): i for i, t in enumerate(result.targets)}
+        if segment or any(m.split("+")[0].split("&")[0] in ("relevance", "product") for m in methods):
+            maps = image_maps(vit, image, layer, targets, folder / f"{data.samples[index].name}.pt", score).maps
+        else:  # the raw-token methods alone need no relevance map
+            maps = torch.zeros(len(targets), *grid)
+        row = {int(t): i for i, t in enumerate(targets)}
         for click, token in zip(clicks, click_tokens.tolist()):
-            relevance = result.maps[row[token]]
+            relevance = maps[row[token]]
             cosine = (unit @ unit[token]).reshape(grid)
             own = token_pixels(token, hw, grid).numpy()
             for method in methods:
@@ -160,7 +163,7 @@ def measure_set(name, vit, size, layer, score, methods, seeds, segment_images, m
         if segment:
             present = int((label.unique() != 255).sum())
             k = max(2, present)
-            relevance = RelevanceMaps(result.maps[[row[int(t)] for t in anchors]], anchors, layer, grid)
+            relevance = RelevanceMaps(maps[[row[int(t)] for t in anchors]], anchors, layer, grid)
             for method, result_maps in (("maps", relevance), ("product", similarity_weighted(relevance, tokens))):
                 segments, _ = segments_from_maps(result_maps, hw, num_segments=k)
                 segmentation[method].append(per_image_miou(segments, label, k, data.num_classes))
