@@ -68,19 +68,15 @@ def open_set(name: str):
     raise ValueError(f"unknown set '{name}': camvid, cocostuff, voc or an ImageFolder with classes.txt")
 
 
-def selection_map(method: str, relevance: torch.Tensor, cosine: torch.Tensor) -> torch.Tensor:
-    """The grid map a selection method thresholds (``&cluster`` and ``+region`` are applied to the mask); ``product``
-    is :func:`ultra.analysis.segments.similarity_weighted` of the one map."""
+def selection_map(method: str, maps: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The grid map a selection method thresholds, among the click's ``relevance``, ``cosine`` and ``product``
+    (:func:`ultra.analysis.segments.similarity_weighted`) maps; ``&cluster`` and ``+region`` act on the mask."""
     base = method.split("+")[0].split("&")[0]
-    if base == "relevance":
-        return relevance
-    if base == "cosine":
-        return cosine
     if base == "cluster":
-        return torch.ones_like(cosine)
-    if base == "product":
-        return relevance / relevance.max().clamp_min(1e-12) * cosine.clamp_min(0)
-    raise ValueError(f"unknown selection method '{method}'")
+        return torch.ones_like(maps["cosine"])
+    if base not in maps:
+        raise ValueError(f"unknown selection method '{method}'")
+    return maps[base]
 
 
 def iou(mask: np.ndarray, region: np.ndarray) -> float:
@@ -88,7 +84,8 @@ def iou(mask: np.ndarray, region: np.ndarray) -> float:
 
 
 def image_maps(vit, image, layer: int, targets: torch.Tensor, cache: Path, score: str):
-    """The relevance maps of ``targets``, computed once and kept in ``cache``."""
+    """The relevance maps of ``targets``, computed once and kept in ``cache`` as float16: a fresh run uses the
+    stored values too, so a rerun from the cache prints the same figures."""
     from ultra.analysis.relevance import RelevanceMaps, relevance_maps
 
     if cache.exists():
@@ -96,8 +93,9 @@ def image_maps(vit, image, layer: int, targets: torch.Tensor, cache: Path, score
         if torch.equal(stored["targets"], targets):
             return RelevanceMaps(stored["maps"].float(), targets, layer, tuple(stored["grid"].tolist()))
     result = relevance_maps(vit, image, layer=layer, targets=targets, score=score, chunk=16)
-    torch.save({"targets": targets, "maps": result.maps.half(), "grid": torch.tensor(result.grid)}, cache)
-    return result
+    stored = result.maps.half()
+    torch.save({"targets": targets, "maps": stored, "grid": torch.tensor(result.grid)}, cache)
+    return RelevanceMaps(stored.float(), targets, layer, result.grid)
 
 
 def per_image_miou(prediction: torch.Tensor, label: torch.Tensor, k: int, num_classes: int) -> float:
@@ -112,12 +110,12 @@ def measure_set(name, vit, size, layer, score, methods, seeds, segment_images, m
     from ultra.analysis.clicks import interior_clicks
     from ultra.analysis.relevance import RelevanceMaps, anchor_targets
     from ultra.analysis.segments import (
+        head_clusters,
         mask_from_map,
         point_token,
         prepare_image,
         region_under,
         segments_from_maps,
-        select_cluster,
         similarity_weighted,
         token_pixels,
     )
@@ -138,7 +136,7 @@ def measure_set(name, vit, size, layer, score, methods, seeds, segment_images, m
         grid = tuple(tokens.shape[:2])
         unit = F.normalize(tokens.reshape(-1, tokens.shape[-1]), dim=-1)
         if segmenter is not None:
-            _, clusters = select_cluster(segmenter, item["image"].float() / 255, (0, 0), size)
+            clusters = head_clusters(segmenter, item["image"].float() / 255, size)
         clicks = interior_clicks(label.numpy(), min_fraction, SKIP.get(name, ()))
         click_tokens = torch.tensor([point_token((c.x, c.y), hw, grid) for c in clicks], dtype=torch.long)
         segment = index < segment_images
@@ -149,12 +147,16 @@ def measure_set(name, vit, size, layer, score, methods, seeds, segment_images, m
         else:  # the raw-token methods alone need no relevance map
             maps = torch.zeros(len(targets), *grid)
         row = {int(t): i for i, t in enumerate(targets)}
-        for click, token in zip(clicks, click_tokens.tolist()):
-            relevance = maps[row[token]]
-            cosine = (unit @ unit[token]).reshape(grid)
+        clicked = RelevanceMaps(maps[[row[t] for t in click_tokens.tolist()]], click_tokens, layer, grid)
+        candidates = {
+            "relevance": clicked.maps,
+            "cosine": (unit[click_tokens] @ unit.T).reshape(-1, *grid),
+            "product": similarity_weighted(clicked, tokens).maps,
+        }
+        for c, (click, token) in enumerate(zip(clicks, click_tokens.tolist())):
             own = token_pixels(token, hw, grid).numpy()
             for method in methods:
-                mask = mask_from_map(selection_map(method, relevance, cosine), hw).numpy() | own
+                mask = mask_from_map(selection_map(method, {k: v[c] for k, v in candidates.items()}), hw).numpy() | own
                 if "cluster" in method:
                     mask &= (clusters == clusters[click.y, click.x]).numpy()
                 if method.endswith("+region"):

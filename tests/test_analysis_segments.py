@@ -1,5 +1,6 @@
 """Segments and clicked objects from relevance maps: planted objects, Otsu's threshold, the clicked pixel kept."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +14,7 @@ from ultra.analysis.segments import (
     segments_from_maps,
     select,
     select_cluster,
+    select_object,
     similarity_weighted,
     token_pixels,
 )
@@ -191,3 +193,13 @@ def test_similarity_weighting_keeps_each_map_where_its_token_is_alike():
     left[:, :2] = 1
     assert torch.allclose(weighted.maps[0], left) and torch.allclose(weighted.maps[2], 1 - left)
     assert torch.equal(weighted.targets, torch.arange(6)) and weighted.grid == (2, 3)
+
+
+def test_select_object_refuses_an_unknown_method_and_head_clusters_without_a_head(tiny_vit):
+    picture = np.zeros((40, 60, 3), dtype=np.uint8)
+    with pytest.raises(ConfigError, match=r"selection method must be one of \('head clusters', 'relevance map'\)"):
+        select_object(picture, (5.0, 5.0), None, tiny_vit, method="cosine")
+    with pytest.raises(ConfigError, match="no checkpoint, so no head clusters"):
+        select_object(picture, (5.0, 5.0), None, tiny_vit, method="head clusters")
+    chosen = select_object(picture, (5.0, 5.0), None, tiny_vit, method="relevance map", layer=2, size=32)
+    assert chosen.mask.shape == (40, 60) and chosen.mask[5, 5] and chosen.map.shape == (40, 60, 3)

@@ -18,7 +18,7 @@ border below the threshold); :func:`select_cluster`, the clicked pixel's cluster
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -29,7 +29,9 @@ from torch import Tensor
 
 from ..backbone.vit import FrozenViT, check_resized_side, resize_to_patches
 from ..data.grids import upsample_scores
+from ..data.transforms import image_to_tensor
 from ..errors import ConfigError
+from ..pictures import cluster_selection_pictures, selection_pictures
 from ..readout.kmeans import assign, kmeans
 from ..readout.segmenter import Segmenter
 from .relevance import RelevanceMaps, relevance_maps
@@ -162,6 +164,14 @@ def prepare_image(vit: FrozenViT, image: Tensor, size: int) -> Tensor:
 
 def point_token(point: tuple[float, float], image_size: tuple[int, int], grid: tuple[int, int]) -> int:
     """Row-major index of the token under pixel ``point = (x, y)`` of an image of ``image_size = (H, W)``."""
+    check_point(point, image_size)
+    x, y = point
+    height, width = image_size
+    return int(y * grid[0] // height) * grid[1] + int(x * grid[1] // width)
+
+
+def check_point(point: tuple[float, float], image_size: tuple[int, int]) -> None:
+    """Refuse a pixel ``point = (x, y)`` outside an image of ``image_size = (H, W)``, naming the valid range."""
     x, y = point
     height, width = image_size
     if not (0 <= x < width and 0 <= y < height):
@@ -169,7 +179,6 @@ def point_token(point: tuple[float, float], image_size: tuple[int, int], grid: t
             f"point ({x!r}, {y!r}) is outside the {width}x{height} image "
             f"(x must lie in [0, {width}), y in [0, {height}))"
         )
-    return int(y * grid[0] // height) * grid[1] + int(x * grid[1] // width)
 
 
 def select(
@@ -202,20 +211,66 @@ def region_under(mask: Tensor, point: tuple[float, float]) -> Tensor:
     return torch.from_numpy(parts == inside) if inside else torch.zeros_like(mask)
 
 
+def head_clusters(segmenter: Segmenter, image: Tensor, size: int = 448, readout: str = "head") -> Tensor:
+    """The cluster map ``[H, W]`` of ``readout`` on ``image`` (``[3, H, W]`` in [0, 1], fed at a shorter side of about
+    ``size``): the argmax of its scores upsampled to the image."""
+    segmenter.require_readout(readout)
+    resized = prepare_image(segmenter.backbone, image, size)
+    scores = segmenter.pixel_scores(resized[None], size=tuple(image.shape[-2:]), readouts=[readout])[readout][0]
+    return scores.argmax(0).cpu()
+
+
 def select_cluster(
     segmenter: Segmenter, image: Tensor, point: tuple[float, float], size: int = 448, readout: str = "head"
 ) -> tuple[Tensor, Tensor]:
-    """The object under ``point`` from a trained head: the clicked pixel's cluster of ``readout`` (its scores
-    upsampled to the image), kept to its 8-connected part under the point. Returns the mask and the cluster map
+    """The object under ``point`` from a trained head: the clicked pixel's cluster of ``readout``
+    (:func:`head_clusters`), kept to its 8-connected part under the point. Returns the mask and the cluster map
     ``[H, W]``."""
     segmenter.require_readout(readout)
-    height, width = image.shape[-2:]
-    point_token(point, (height, width), (1, 1))  # refuses a point outside the image
-    resized = prepare_image(segmenter.backbone, image, size)
-    scores = segmenter.pixel_scores(resized[None], size=(height, width), readouts=[readout])[readout][0]
-    clusters = scores.argmax(0).cpu()
+    check_point(point, tuple(image.shape[-2:]))
+    clusters = head_clusters(segmenter, image, size, readout)
     x, y = (int(v) for v in point)
     return region_under(clusters == clusters[y, x], point), clusters
+
+
+SELECT_METHODS = ("head clusters", "relevance map")
+"""The two selections: a trained head's clusters (:func:`select_cluster`), or the clicked token's relevance map
+(:func:`select`)."""
+
+
+@dataclass
+class Selection:
+    """The boolean mask ``[H, W]`` of the object under the point, the mask over the photo (point marked) and what
+    selected it as a picture (the head's clusters, or the clicked token's relevance map)."""
+
+    mask: np.ndarray
+    overlay: np.ndarray
+    map: np.ndarray
+
+
+def select_object(
+    picture: np.ndarray,
+    point: tuple[float, float],
+    segmenter: Segmenter | None,
+    vit: FrozenViT | None,
+    method: str = SELECT_METHODS[0],
+    layer: int = -1,
+    size: int = 448,
+    threshold: str | float = "otsu",
+) -> Selection:
+    """The object under ``point`` (pixel x, y) of ``picture`` (``[H, W, 3]`` uint8) by one of :data:`SELECT_METHODS`,
+    with its pictures: the ``segmenter``'s head clusters, or the relevance map of ``vit``'s ``layer`` thresholded at
+    ``threshold`` (each method needs only its own model)."""
+    if method not in SELECT_METHODS:
+        raise ConfigError(f"the selection method must be one of {SELECT_METHODS}, got {method!r}")
+    image = image_to_tensor(picture)
+    if method == "head clusters":
+        if segmenter is None:
+            raise ConfigError("no checkpoint, so no head clusters: select by the relevance map")
+        mask, clusters = select_cluster(segmenter, image, point, size=size)
+        return Selection(mask.numpy(), *cluster_selection_pictures(picture, mask.numpy(), clusters.numpy(), point))
+    mask, values = select(vit, image, point, layer=layer, size=size, threshold=check_threshold(threshold))
+    return Selection(mask.numpy(), *selection_pictures(picture, mask.numpy(), values.numpy(), point))
 
 
 def token_pixels(token: int, image_size: tuple[int, int], grid: tuple[int, int]) -> Tensor:

@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 from jsonargparse import ArgumentParser
 
-from ..analysis.segments import check_threshold, parse_point, select, select_cluster
+from ..analysis.segments import SELECT_METHODS, check_threshold, parse_point, select_object
 from ..backbone.vit import FrozenViT, check_size
 from ..data.io import read_image
-from ..data.transforms import image_to_tensor
 from ..errors import ConfigError
 from ..files import refuse_collisions, refuse_overwrite
-from ..pictures import cluster_selection_pictures, save_image, selection_pictures
+from ..pictures import save_image
 from ..readout.checkpoint import load
 from . import add_backbone_arguments, console
 
@@ -62,19 +61,15 @@ def run(args: list[str] | None = None) -> Path:
     refuse_overwrite(outputs, cfg.overwrite)
     picture = read_image(cfg.image, orient=True)
     if cfg.checkpoint is not None:
-        segmenter = load(cfg.checkpoint, weights=None if cfg.weights == "auto" else cfg.weights)
-        mask, clusters = select_cluster(segmenter, image_to_tensor(picture), point, size=cfg.size)
-        mask = mask.numpy()
-        shown, relevance = cluster_selection_pictures(picture, mask, clusters.numpy(), point)
+        segmenter, vit = load(cfg.checkpoint, weights=None if cfg.weights == "auto" else cfg.weights), None
     else:
-        vit = FrozenViT(cfg.backbone, weights=cfg.weights, layers=[cfg.layer], kinds=["x"])
-        mask, values = select(vit, image_to_tensor(picture), point, layer=cfg.layer, size=cfg.size, threshold=threshold)
-        mask = mask.numpy()
-        shown, relevance = selection_pictures(picture, mask, values.numpy(), point)
-    save_image((mask * 255).astype(np.uint8), outputs[0])
-    save_image(shown, outputs[1])
-    save_image(relevance, outputs[2])
-    print(f"mask of {int(mask.sum())} px ({100 * mask.mean():.1f}% of the image) written to {outputs[0]}")
+        segmenter, vit = None, FrozenViT(cfg.backbone, weights=cfg.weights, layers=[cfg.layer], kinds=["x"])
+    method = SELECT_METHODS[0] if segmenter is not None else SELECT_METHODS[1]
+    result = select_object(picture, point, segmenter, vit, method, cfg.layer, cfg.size, threshold)
+    save_image((result.mask * 255).astype(np.uint8), outputs[0])
+    save_image(result.overlay, outputs[1])
+    save_image(result.map, outputs[2])
+    print(f"mask of {int(result.mask.sum())} px ({100 * result.mask.mean():.1f}% of the image) written to {outputs[0]}")
     return outputs[0]
 
 

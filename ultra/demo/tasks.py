@@ -1,9 +1,8 @@
 """What each tab of the demo computes, as plain functions of a photo file: no gradio here.
 
 - :func:`segment_photo`: a checkpoint's label map, its overlay and legend (``Segmenter.segment``).
-- :func:`select_object`: the object under a clicked pixel: the clicked pixel's head cluster in its connected part
-  (:func:`ultra.analysis.segments.select_cluster`) or the clicked token's relevance map thresholded
-  (:func:`ultra.analysis.segments.select`).
+- :func:`select_object`: the object under a clicked pixel, by the head's clusters or the clicked token's relevance
+  map (:func:`ultra.analysis.segments.select_object`).
 - :func:`look_inside`: the first eigenvectors of one layer's kq, vv and xx graphs of the photo,
   and the relevance map of a clicked token.
 
@@ -24,22 +23,15 @@ import numpy as np
 import torch
 
 from ..analysis.relevance import relevance_maps
-from ..analysis.segments import check_threshold, point_token, prepare_image, select, select_cluster
+from ..analysis.segments import SELECT_METHODS, Selection, point_token, prepare_image
+from ..analysis.segments import select_object as select_segment_object
 from ..analysis.solver import exact_eigenvectors
 from ..backbone.vit import FrozenViT
 from ..data.io import image_size, read_image
 from ..data.transforms import image_to_tensor
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..graphs.knn import GraphSpec, KnnConfig, affinity_graphs, token_kinds
-from ..pictures import (
-    cluster_selection_pictures,
-    eigen_rgb,
-    heatmap,
-    mark_point,
-    overlay,
-    palette,
-    selection_pictures,
-)
+from ..pictures import eigen_rgb, heatmap, mark_point, overlay, palette
 from ..readout.crf import require_crf
 from ..readout.segmenter import Segmenter
 
@@ -151,44 +143,19 @@ def legend_html(legend: Sequence[tuple[int, str, tuple[int, int, int], float]]) 
 # --- Select ---------------------------------------------------------------------------------------
 
 
-SELECT_METHODS = ("head clusters", "relevance map")
-"""How the Select tab selects: the checkpoint head's clusters, or the clicked token's relevance map."""
-
-
-@dataclass
-class Selection:
-    """The boolean mask ``[H, W]`` of the object under the point, the mask over the photo (point marked) and what
-    selected it as a picture (the head's clusters, or the clicked token's relevance map)."""
-
-    mask: np.ndarray
-    overlay: np.ndarray
-    map: np.ndarray
-
-
 def select_object(
     path: str | Path,
     point: tuple[float, float],
     segmenter: Segmenter | None,
-    vit: FrozenViT,
-    method: str = "head clusters",
+    vit: FrozenViT | None,
+    method: str = SELECT_METHODS[0],
     layer: int = -1,
     size: int = 448,
     threshold: str | float = "otsu",
 ) -> Selection:
-    """The object under ``point`` (pixel x, y) of the photo at ``path``, by one of :data:`SELECT_METHODS`: the
-    ``segmenter``'s head clusters, or the relevance map of ``vit``'s ``layer`` (thresholded at ``threshold``)."""
-    if method not in SELECT_METHODS:
-        raise ConfigError(f"the selection method must be one of {SELECT_METHODS}, got {method!r}")
-    picture = read_photo(path)
-    image = image_to_tensor(picture)
-    if method == "head clusters":
-        if segmenter is None:
-            raise ConfigError("no checkpoint, so no head clusters: select by the relevance map")
-        mask, clusters = select_cluster(segmenter, image, point, size=size)
-        return Selection(mask.numpy(), *cluster_selection_pictures(picture, mask.numpy(), clusters.numpy(), point))
-    threshold = check_threshold(threshold)
-    mask, values = select(vit, image, point, layer=layer, size=size, threshold=threshold)
-    return Selection(mask.numpy(), *selection_pictures(picture, mask.numpy(), values.numpy(), point))
+    """The object under ``point`` (pixel x, y) of the photo at ``path``
+    (:func:`ultra.analysis.segments.select_object`)."""
+    return select_segment_object(read_photo(path), point, segmenter, vit, method, layer, size, threshold)
 
 
 # --- Look inside ----------------------------------------------------------------------------------
