@@ -24,20 +24,18 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from ..analysis.segments import check_threshold, parse_point
+from ..analysis.segments import SELECT_METHODS, check_threshold, parse_point, select_object
 from ..errors import USER_ERRORS, ConfigError
 from ..pictures import save_image, save_label_map
 from .examples import write_examples
 from .models import DemoModels
 from .tasks import (
     LOOK_GRAPHS,
-    SELECT_METHODS,
     escape_markdown,
     legend_html,
     look_inside,
     read_photo,
     segment_photo,
-    select_object,
 )
 
 log = logging.getLogger(__name__)
@@ -156,7 +154,8 @@ class DemoActions:
         threshold = "otsu" if otsu else check_threshold(fraction)
         progress(0.0, desc=f"selecting by the {method}")
         models = self.models
-        result = select_object(photo, xy, models.segmenter, models.vit, method, layer, models.size, threshold)
+        picture = read_photo(photo)
+        result = select_object(picture, xy, models.segmenter, models.vit, method, layer, models.size, threshold)
         status = f"object at ({xy[0]:.0f}, {xy[1]:.0f}) by the {method}: {100 * result.mask.mean():.1f}% of the photo"
         mask = (result.mask * 255).astype(np.uint8)
         pictures = (self.picture(result.overlay, "object"), self.picture(mask, "mask"))

@@ -1,8 +1,7 @@
 """What each tab of the demo computes, as plain functions of a photo file: no gradio here.
 
 - :func:`segment_photo`: a checkpoint's label map, its overlay and legend (``Segmenter.segment``).
-- :func:`select_object`: the object under a clicked pixel, by the head's clusters or the clicked token's relevance
-  map (:func:`ultra.analysis.segments.select_object`).
+- Select is :func:`ultra.analysis.segments.select_object` on :func:`read_photo`'s picture.
 - :func:`look_inside`: the first eigenvectors of one layer's kq, vv and xx graphs of the photo,
   and the relevance map of a clicked token.
 
@@ -23,8 +22,7 @@ import numpy as np
 import torch
 
 from ..analysis.relevance import relevance_maps
-from ..analysis.segments import SELECT_METHODS, Selection, point_token, prepare_image
-from ..analysis.segments import select_object as select_segment_object
+from ..analysis.segments import point_token, prepare_image
 from ..analysis.solver import exact_eigenvectors
 from ..backbone.vit import FrozenViT
 from ..data.io import image_size, read_image
@@ -138,24 +136,6 @@ def legend_html(legend: Sequence[tuple[int, str, tuple[int, int, int], float]]) 
         for i, name, colour, share in legend
     )
     return f'<ul class="ultra-legend" style="list-style:none;padding-left:0">{rows}</ul>'
-
-
-# --- Select ---------------------------------------------------------------------------------------
-
-
-def select_object(
-    path: str | Path,
-    point: tuple[float, float],
-    segmenter: Segmenter | None,
-    vit: FrozenViT | None,
-    method: str = SELECT_METHODS[0],
-    layer: int = -1,
-    size: int = 448,
-    threshold: str | float = "otsu",
-) -> Selection:
-    """The object under ``point`` (pixel x, y) of the photo at ``path``
-    (:func:`ultra.analysis.segments.select_object`)."""
-    return select_segment_object(read_photo(path), point, segmenter, vit, method, layer, size, threshold)
 
 
 # --- Look inside ----------------------------------------------------------------------------------
