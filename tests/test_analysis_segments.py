@@ -7,6 +7,8 @@ import torch
 from ultra.analysis.relevance import RelevanceMaps
 from ultra.analysis.segments import (
     cluster_maps,
+    cosine_maps,
+    default_block,
     mask_from_map,
     otsu_threshold,
     point_token,
@@ -16,6 +18,7 @@ from ultra.analysis.segments import (
     select_cluster,
     select_object,
     similarity_weighted,
+    token_map,
     token_pixels,
 )
 from ultra.errors import ConfigError
@@ -95,7 +98,7 @@ def test_the_clicked_pixel_always_belongs_to_the_selected_object():
     image = torch.rand(3, 50, 70, generator=torch.Generator().manual_seed(0))
     misses = 0
     for x, y in [(45, 25), (12, 37), (69, 0), (23, 12)]:
-        mask, values = select(vit, image, (x, y), layer=11, size=64)
+        mask, values = select(vit, image, (x, y), layer=11, size=64, by="relevance")
         misses += not bool(mask_from_map(values, (50, 70))[y, x])
         assert mask[y, x], (x, y)
     assert misses  # some of these clicks fall outside the thresholded map alone
@@ -131,7 +134,7 @@ def test_select_keeps_the_thresholded_map_to_its_connected_part_under_the_click(
         return RelevanceMaps(planted.clone(), targets, layer, (4, 6))
 
     monkeypatch.setattr(segments, "relevance_maps", maps)
-    mask, _ = select(tiny_vit, torch.rand(3, 64, 96), (8.0, 8.0), layer=2, size=64)
+    mask, _ = select(tiny_vit, torch.rand(3, 64, 96), (8.0, 8.0), layer=2, size=64, by="relevance")
     assert mask[:20, :20].all() and not mask[40:, 70:].any()
 
 
@@ -197,9 +200,33 @@ def test_similarity_weighting_keeps_each_map_where_its_token_is_alike():
 
 def test_select_object_refuses_an_unknown_method_and_head_clusters_without_a_head(tiny_vit):
     picture = np.zeros((40, 60, 3), dtype=np.uint8)
-    with pytest.raises(ConfigError, match=r"selection method must be one of \('head clusters', 'relevance map'\)"):
+    with pytest.raises(ConfigError, match=r"selection method must be one of \('similarity', 'clusters', 'relevance'\)"):
         select_object(picture, (5.0, 5.0), None, tiny_vit, method="cosine")
     with pytest.raises(ConfigError, match="no checkpoint, so no head clusters"):
-        select_object(picture, (5.0, 5.0), None, tiny_vit, method="head clusters")
-    chosen = select_object(picture, (5.0, 5.0), None, tiny_vit, method="relevance map", layer=2, size=32)
+        select_object(picture, (5.0, 5.0), None, tiny_vit, method="clusters")
+    chosen = select_object(picture, (5.0, 5.0), None, tiny_vit, method="relevance", layer=2, size=32)
     assert chosen.mask.shape == (40, 60) and chosen.mask[5, 5] and chosen.map.shape == (40, 60, 3)
+
+
+def test_cosine_maps_are_each_targets_cosine_to_every_token():
+    tokens = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(0))
+    maps = cosine_maps(tokens, torch.tensor([0, 7]))
+    flat = tokens.reshape(12, 5)
+    for row, target in enumerate((0, 7)):
+        expected = torch.nn.functional.cosine_similarity(flat, flat[target][None], dim=-1).reshape(3, 4)
+        assert torch.allclose(maps[row], expected, atol=1e-6)
+    assert torch.allclose(maps[1].flatten()[7], torch.tensor(1.0))
+
+
+def test_the_similarity_map_reads_the_default_block_and_selection_thresholds_it(tiny_vit):
+    assert default_block("similarity", 12) == 8 and default_block("relevance", 12) == 11
+    assert default_block("similarity", 24) == 16 and default_block("similarity", 3) == 2
+    image = torch.rand(3, 32, 48, generator=torch.Generator().manual_seed(1))
+    tokens = tiny_vit(image[None], layers=[1], kinds=["x"])["x", 1][0]
+    values = token_map(tiny_vit, image, 4, layer=1, by="similarity")
+    assert torch.allclose(values, cosine_maps(tokens, torch.tensor([4]))[0], atol=1e-6)
+    with pytest.raises(ConfigError, match="by 'similarity' or 'relevance', got 'cosine'"):
+        token_map(tiny_vit, image, 4, layer=1, by="cosine")
+    mask, shown = select(tiny_vit, image, (40.0, 5.0), size=32)  # the tiny ViT's 3 blocks: default block 2
+    assert torch.allclose(shown, token_map(tiny_vit, image, 2, layer=2, by="similarity"), atol=1e-6)
+    assert mask[5, 40] and torch.equal(mask, region_under(mask, (40.0, 5.0)))

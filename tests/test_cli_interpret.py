@@ -24,7 +24,7 @@ TINY_ARGS = ["--backbone", "vit_tiny_patch16_224", "--weights", "random", "--siz
 def _tiny_vit_in_commands(monkeypatch):
     from ultra.backbone.vit import FrozenViT
 
-    def tiny(name, weights, layers, kinds):
+    def tiny(name, weights, layers=None, kinds=None):
         return FrozenViT(name, weights, layers, kinds, model_kwargs=TINY_VIT)
 
     monkeypatch.setattr(select_cli, "FrozenViT", tiny)
@@ -107,12 +107,32 @@ def test_select_with_a_checkpoint_selects_the_clicked_pixels_head_cluster_in_its
     from ultra.data.transforms import image_to_tensor
 
     args = [str(photo), "--point", "30,20", "--checkpoint", str(tiny_checkpoint), "--size", "48", "--weights", "random"]
-    out = select_cli.run([*args, "-o", str(tmp_path / "m.png")])
+    out = select_cli.run([*args, "--method", "clusters", "-o", str(tmp_path / "m.png")])
     mask = np.array(Image.open(out)) > 0
     _, clusters = select_cluster(load(tiny_checkpoint), image_to_tensor(read_image(photo)), (30, 20), size=48)
     same = clusters.numpy() == clusters[20, 30].item()
     parts, _ = label(same, structure=np.ones((3, 3)))
     assert mask[20, 30] and np.array_equal(mask, parts == parts[20, 30])
     assert (tmp_path / "m_overlay.png").is_file() and (tmp_path / "m_map.png").is_file()
-    with pytest.raises(ValueError, match="--threshold have no effect with --checkpoint"):
-        select_cli.run([*args, "-o", str(tmp_path / "n.png"), "--threshold", "0.5"])
+    for extra in (["--threshold", "0.5"], ["--layer", "1"]):
+        with pytest.raises(ValueError, match=f"{extra[0]} have no effect here \\(--method clusters"):
+            select_cli.run([*args, "--method", "clusters", "-o", str(tmp_path / "n.png"), *extra])
+    with pytest.raises(ValueError, match="--backbone have no effect here"):
+        select_cli.run([*args, "-o", str(tmp_path / "n.png"), "--backbone", "vit_small_patch16_224"])
+    assert not (tmp_path / "n.png").exists()
+
+
+def test_select_by_each_method_and_refuses_what_a_method_cannot_use(photo, tmp_path, tiny_checkpoint):
+    args = [str(photo), "--point", "30,20", "--size", "48"]
+    masks = {}
+    for method in ("similarity", "relevance"):  # on the checkpoint's backbone
+        out = tmp_path / f"{method}.png"
+        select_cli.run([*args, "--method", method, "--checkpoint", str(tiny_checkpoint), "-o", str(out)])
+        masks[method] = np.array(Image.open(out))
+        assert masks[method][20, 30] == 255
+    assert not np.array_equal(masks["similarity"], masks["relevance"])
+    with pytest.raises(ValueError, match="--method clusters needs --checkpoint"):
+        select_cli.run([*args, "--method", "clusters", "-o", str(tmp_path / "c.png")])
+    with pytest.raises(ValueError, match="--method must be one of similarity, clusters, relevance, got 'cosine'"):
+        select_cli.run([*args, "--method", "cosine", "-o", str(tmp_path / "c.png")])
+    assert not (tmp_path / "c.png").exists()

@@ -72,11 +72,12 @@ def test_a_readout_without_matching_names_its_clusters(served, photo):
         assert f"cluster {label} (" in legend
 
 
-@pytest.mark.parametrize("method", ["head clusters", "relevance map"])
+@pytest.mark.parametrize("method", ["similarity", "clusters", "relevance"])
 def test_select_returns_a_mask_that_holds_the_clicked_pixel(served, photo, tiny_checkpoint, method):
     from ultra import load
-    from ultra.analysis.segments import select_cluster
+    from ultra.analysis.segments import select, select_cluster
     from ultra.data.transforms import image_to_tensor
+    from ultra.demo.app import SELECT_LABELS
 
     _, client = served
     overlay, mask, picture, status = client.predict(
@@ -85,9 +86,13 @@ def test_select_returns_a_mask_that_holds_the_clicked_pixel(served, photo, tiny_
     mask = read(mask)
     assert mask.shape == (50, 70) and mask[25, 45] == 255 and set(np.unique(mask)) <= {0, 255}
     assert read(overlay).shape == (50, 70, 3) and read(picture).shape == (50, 70, 3)
-    assert f"by the {method}: {100 * (mask == 255).mean():.1f}% of the photo" in status
-    if method == "head clusters":  # the page's mask is the library's, at the page's size
-        expected, _ = select_cluster(load(tiny_checkpoint), image_to_tensor(read(photo)), (45, 25), size=64)
+    assert f"by the {SELECT_LABELS[method]}: {100 * (mask == 255).mean():.1f}% of the photo" in status
+    segmenter, image = load(tiny_checkpoint), image_to_tensor(read(photo))
+    if method == "clusters":  # the page's mask is the library's, at the page's size
+        expected, _ = select_cluster(segmenter, image, (45, 25), size=64)
+        assert np.array_equal(mask == 255, expected.numpy())
+    if method == "similarity":  # on the checkpoint's backbone, at the block the page was given
+        expected, _ = select(segmenter.backbone, image, (45, 25), layer=2, size=64)
         assert np.array_equal(mask == 255, expected.numpy())
     *_, status = client.predict(handle_file(str(photo)), "45,25", 2, False, 0.9, method, api_name="/select")
     assert "object at (45, 25)" in status
@@ -180,10 +185,8 @@ def test_without_a_usable_checkpoint_segment_says_how_to_train_and_select_works(
         *outputs, status = client.predict(handle_file(str(photo)), "head", False, False, api_name="/segment")
         assert expected in status and outputs == [None, "", None]
         _, mask, _, _ = client.predict(handle_file(str(photo)), "45,25", 11, True, 0.5, api_name="/select")
-        assert read(mask)[25, 45] == 255  # by the relevance map, the only method without a head
-        *_, status = client.predict(
-            handle_file(str(photo)), "45,25", 11, True, 0.5, "head clusters", api_name="/select"
-        )
+        assert read(mask)[25, 45] == 255  # by the token similarity, the default
+        *_, status = client.predict(handle_file(str(photo)), "45,25", 11, True, 0.5, "clusters", api_name="/select")
         assert "no checkpoint, so no head clusters" in status
     finally:
         app.close()

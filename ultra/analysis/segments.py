@@ -7,12 +7,15 @@ scaled to a maximum of 1, then upsampled bilinearly). Without that scaling a lar
 outweighs a small one's everywhere: on synthetic scenes (the development set) per-image mIoU was
 0.47 with raw sums and 0.82 with scaled ones; k-means instead of average linkage is an option.
 
-Selection by a click, two ways, each kept to the 8-connected part of its mask under the click (an
-object is one connected region; on the label-generated clicks of ``bench/interpret.py`` this raised
-IoU on every set measured): :func:`select`, the clicked token's map upsampled to the image and a
-threshold (Otsu's on the map's values, or a fraction of its maximum), the clicked token's own pixels
+Selection by a click (:data:`SELECT_METHODS`), each kept to the 8-connected part of its mask under the
+click (an object is one connected region; on the label-generated clicks of ``bench/interpret.py`` this
+raised IoU on every set measured): :func:`select`, a map of the clicked token upsampled to the image and
+a threshold (Otsu's on the map's values, or a fraction of its maximum), the clicked token's own pixels
 always in (its map's entry is the largest, but bilinear upsampling can lower the pixels near its
-border below the threshold); :func:`select_cluster`, the clicked pixel's cluster of a trained head.
+border below the threshold); the map is the cosine similarity of every token to the clicked one at a
+middle block (the default: it beat the relevance maps and the last block's tokens on every set
+measured) or the clicked token's relevance map; :func:`select_cluster`, the clicked pixel's cluster of a
+trained head.
 """
 
 from __future__ import annotations
@@ -75,11 +78,17 @@ def _unit_max(maps: Tensor) -> Tensor:
     return maps / maps.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
 
 
+def cosine_maps(tokens: Tensor, targets: Tensor) -> Tensor:
+    """``[T, h, w]``: the cosine similarity of every token of the grid ``tokens`` (``[h, w, D]``) to each target
+    token (row-major indices)."""
+    unit = F.normalize(tokens.reshape(-1, tokens.shape[-1]).float(), dim=-1)
+    return (unit[targets] @ unit.T).reshape(-1, *tokens.shape[:2])
+
+
 def similarity_weighted(result: RelevanceMaps, tokens: Tensor) -> RelevanceMaps:
     """Each target's relevance map (scaled to a maximum of 1) times the cosine similarity of its token to every
     token, clamped at 0 (``tokens``: ``[h, w, D]``, the maps' layer): a map that is both relevant and alike."""
-    unit = F.normalize(tokens.reshape(-1, tokens.shape[-1]).float(), dim=-1)
-    similarity = (unit[result.targets] @ unit.T).reshape(-1, *result.grid).clamp_min(0)
+    similarity = cosine_maps(tokens, result.targets).clamp_min(0)
     return replace(result, maps=_unit_max(result.maps) * similarity)
 
 
@@ -181,25 +190,50 @@ def check_point(point: tuple[float, float], image_size: tuple[int, int]) -> None
         )
 
 
+SELECT_METHODS = ("similarity", "clusters", "relevance")
+"""The selections: the cosine similarity of every token to the clicked one (:func:`select`, the default), a
+trained head's clusters (:func:`select_cluster`), or the clicked token's relevance map (:func:`select`)."""
+
+
+def default_block(method: str, num_layers: int) -> int:
+    """The block whose tokens ``method`` reads by default: two thirds of the depth for ``"similarity"`` (block 8 of
+    DINOv2-S/14's 12: the best of blocks 5-11 on the training images of camvid and cocostuff-dev,
+    ``bench/interpret.py --split train``), the last for ``"relevance"`` (the maps run through every block)."""
+    return round(num_layers * 2 / 3) if method == "similarity" else num_layers - 1
+
+
+def token_map(vit: FrozenViT, image: Tensor, token: int, layer: int, by: str, score: str = "norm") -> Tensor:
+    """The ``[h, w]`` map of patch ``token`` (row-major) of ``image`` (``[3, H, W]``, sides multiples of the patch)
+    at block ``layer``: the cosine similarity of every token to it (``by="similarity"``) or its relevance map."""
+    if by == "relevance":
+        return relevance_maps(vit, image, layer=layer, targets=torch.tensor([token]), score=score).maps[0]
+    if by != "similarity":
+        raise ConfigError(f"a token's map is by 'similarity' or 'relevance', got {by!r}")
+    layer = vit.check_layers([layer])[0]
+    tokens = vit.token_grids(image[None], layers=[layer], kinds=["x"])["x", layer][0]
+    return cosine_maps(tokens, torch.tensor([token]))[0].cpu()
+
+
 def select(
     vit: FrozenViT,
     image: Tensor,
     point: tuple[float, float],
-    layer: int = -1,
+    layer: int | None = None,
     size: int = 448,
     threshold: str | float = "otsu",
+    by: str = "similarity",
     score: str = "norm",
 ) -> tuple[Tensor, Tensor]:
-    """The object under ``point`` (pixel x, y of ``image``, ``[3, H, W]`` in [0, 1]): the clicked token's relevance
-    map thresholded, kept to its 8-connected part under the point (which also holds the clicked patch): a boolean
-    ``[H, W]`` mask and the map."""
+    """The object under ``point`` (pixel x, y of ``image``, ``[3, H, W]`` in [0, 1]): the clicked token's map
+    (:func:`token_map` at ``layer``, by default :func:`default_block`) thresholded, kept to its 8-connected part
+    under the point (which also holds the clicked patch): a boolean ``[H, W]`` mask and the map."""
     height, width = image.shape[-2:]
     resized = prepare_image(vit, image, size)
     grid = vit.check_images(resized[None])
     token = point_token(point, (height, width), grid)
-    result = relevance_maps(vit, resized, layer=layer, targets=torch.tensor([token]), score=score)
-    mask = mask_from_map(result.maps[0], (height, width), threshold) | token_pixels(token, (height, width), grid)
-    return region_under(mask, point), result.maps[0]
+    values = token_map(vit, resized, token, default_block(by, vit.num_layers) if layer is None else layer, by, score)
+    mask = mask_from_map(values, (height, width), threshold) | token_pixels(token, (height, width), grid)
+    return region_under(mask, point), values
 
 
 def region_under(mask: Tensor, point: tuple[float, float]) -> Tensor:
@@ -233,11 +267,6 @@ def select_cluster(
     return region_under(clusters == clusters[y, x], point), clusters
 
 
-SELECT_METHODS = ("head clusters", "relevance map")
-"""The two selections: a trained head's clusters (:func:`select_cluster`), or the clicked token's relevance map
-(:func:`select`)."""
-
-
 @dataclass
 class Selection:
     """The boolean mask ``[H, W]`` of the object under the point, the mask over the photo (point marked) and what
@@ -254,22 +283,23 @@ def select_object(
     segmenter: Segmenter | None,
     vit: FrozenViT | None,
     method: str = SELECT_METHODS[0],
-    layer: int = -1,
+    layer: int | None = None,
     size: int = 448,
     threshold: str | float = "otsu",
 ) -> Selection:
     """The object under ``point`` (pixel x, y) of ``picture`` (``[H, W, 3]`` uint8) by one of :data:`SELECT_METHODS`,
-    with its pictures: the ``segmenter``'s head clusters, or the relevance map of ``vit``'s ``layer`` thresholded at
-    ``threshold`` (each method needs only its own model)."""
+    with its pictures: the ``segmenter``'s head clusters, or a map of block ``layer`` of ``vit`` (the segmenter's
+    backbone when ``vit`` is None) thresholded at ``threshold``."""
     if method not in SELECT_METHODS:
         raise ConfigError(f"the selection method must be one of {SELECT_METHODS}, got {method!r}")
     image = image_to_tensor(picture)
-    if method == "head clusters":
+    if method == "clusters":
         if segmenter is None:
-            raise ConfigError("no checkpoint, so no head clusters: select by the relevance map")
+            raise ConfigError("no checkpoint, so no head clusters: select by similarity or relevance")
         mask, clusters = select_cluster(segmenter, image, point, size=size)
         return Selection(mask.numpy(), *cluster_selection_pictures(picture, mask.numpy(), clusters.numpy(), point))
-    mask, values = select(vit, image, point, layer=layer, size=size, threshold=check_threshold(threshold))
+    vit = vit if vit is not None else segmenter.backbone
+    mask, values = select(vit, image, point, layer=layer, size=size, threshold=check_threshold(threshold), by=method)
     return Selection(mask.numpy(), *selection_pictures(picture, mask.numpy(), values.numpy(), point))
 
 

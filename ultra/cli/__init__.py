@@ -65,13 +65,14 @@ WEIGHTS_HELP = (
 )
 
 
-def add_backbone_arguments(parser) -> None:
-    """The frozen-backbone options shared by the interpretation commands."""
+def add_backbone_arguments(parser, layer_help: str = "block of the tokens (default: the last)") -> None:
+    """The frozen-backbone options shared by the interpretation commands (``--layer``'s default, None, is the command's
+    own: ``layer_help`` says which)."""
     parser.add_argument(
         "--backbone", type=str, default="vit_small_patch14_dinov2", help="the frozen ViT (timm name or alias)"
     )
     parser.add_argument("--weights", type=str, default="auto", help="auto, hub, offline, random or a weights file")
-    parser.add_argument("--layer", type=int, default=-1, help="layer of the tokens (block output, default last)")
+    parser.add_argument("--layer", type=int | None, default=None, help=layer_help)
     parser.add_argument(
         "--size", type=int, default=DEFAULT_SIZE, help="shorter side of the image fed to the model (pixels)"
     )

@@ -1,9 +1,11 @@
 """``ultra-select IMAGE --point X,Y -o mask.png``: the object under a clicked pixel.
 
-With ``--checkpoint`` (a trained head), the object is the clicked pixel's head cluster kept to its
-connected part under the click; without, the clicked token's relevance map, thresholded. Writes the
+``--method similarity`` (the default): the cosine similarity of every token to the clicked one at a
+middle block, thresholded; ``relevance``: the clicked token's relevance map, thresholded;
+``clusters``: the clicked pixel's cluster of a trained head (``--checkpoint``). Each is kept to its
+connected part under the click. With ``--checkpoint`` the backbone is the checkpoint's. Writes the
 mask (0/255 PNG) to ``-o`` and, beside it, ``<name>_overlay.png`` (the mask over the image, the
-clicked point marked) and ``<name>_map.png`` (the head's clusters, or the token's relevance map).
+clicked point marked) and ``<name>_map.png`` (the map, or the head's clusters).
 """
 
 from __future__ import annotations
@@ -28,30 +30,37 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("image", type=Path, help="the image")
     parser.add_argument("--point", type=str, required=True, help="X,Y: the clicked pixel")
     parser.add_argument("-o", "--output", type=Path, required=True, help="mask PNG to write")
-    parser.add_argument("--threshold", type=str, default="otsu", help="'otsu' or a fraction of the map's maximum")
+    parser.add_argument("--method", type=str, default=SELECT_METHODS[0], help=f"one of {', '.join(SELECT_METHODS)}")
     parser.add_argument(
-        "--checkpoint", type=Path | None, default=None, help="a trained checkpoint: select by its head's clusters"
+        "--threshold", type=str | None, default=None, help="'otsu' (the default) or a fraction of the map's maximum"
     )
-    add_backbone_arguments(parser)
+    parser.add_argument(
+        "--checkpoint", type=Path | None, default=None, help="a trained checkpoint (its backbone, its head's clusters)"
+    )
+    add_backbone_arguments(parser, "block of the tokens (default: 2/3 of the depth for similarity, else the last)")
     return parser
 
 
-def _check_checkpoint_options(cfg) -> None:
-    """With ``--checkpoint`` the checkpoint sets the backbone and no relevance map is thresholded: refuse the
-    options that would do nothing."""
-    defaults = build_parser().get_defaults()
-    unused = [f"--{name}" for name in ("threshold", "layer", "backbone") if cfg[name] != defaults[name]]
-    if cfg.checkpoint is not None and unused:
-        raise ConfigError(f"{', '.join(unused)} have no effect with --checkpoint (the head's clusters select)")
+def _check_method_options(cfg, backbone_given: bool) -> None:
+    """Refuse an unknown method and the options that would do nothing with the chosen one."""
+    if cfg.method not in SELECT_METHODS:
+        raise ConfigError(f"--method must be one of {', '.join(SELECT_METHODS)}, got '{cfg.method}'")
+    if cfg.method == "clusters" and cfg.checkpoint is None:
+        raise ConfigError("--method clusters needs --checkpoint (a trained head's clusters)")
+    unused = [f"--{name}" for name in ("threshold", "layer") if cfg.method == "clusters" and cfg[name] is not None]
+    unused += ["--backbone"] if cfg.checkpoint is not None and backbone_given else []
+    if unused:
+        raise ConfigError(f"{', '.join(unused)} have no effect here (--method {cfg.method}, --checkpoint's backbone)")
 
 
 def run(args: list[str] | None = None) -> Path:
     """Select the object and write the pictures; returns the mask's path."""
-    cfg = build_parser().parse_args(args)
+    parser = build_parser()
+    cfg = parser.parse_args(args)
     check_size(cfg.size)
     point = parse_point(cfg.point)
-    threshold = check_threshold(cfg.threshold)
-    _check_checkpoint_options(cfg)
+    threshold = check_threshold(cfg.threshold or "otsu")
+    _check_method_options(cfg, cfg.backbone != parser.get_defaults().backbone)
     outputs = [
         cfg.output,
         cfg.output.with_name(f"{cfg.output.stem}_overlay.png"),
@@ -63,9 +72,8 @@ def run(args: list[str] | None = None) -> Path:
     if cfg.checkpoint is not None:
         segmenter, vit = load(cfg.checkpoint, weights=None if cfg.weights == "auto" else cfg.weights), None
     else:
-        segmenter, vit = None, FrozenViT(cfg.backbone, weights=cfg.weights, layers=[cfg.layer], kinds=["x"])
-    method = SELECT_METHODS[0] if segmenter is not None else SELECT_METHODS[1]
-    result = select_object(picture, point, segmenter, vit, method, cfg.layer, cfg.size, threshold)
+        segmenter, vit = None, FrozenViT(cfg.backbone, weights=cfg.weights, kinds=["x"])
+    result = select_object(picture, point, segmenter, vit, cfg.method, cfg.layer, cfg.size, threshold)
     save_image((result.mask * 255).astype(np.uint8), outputs[0])
     save_image(result.overlay, outputs[1])
     save_image(result.map, outputs[2])

@@ -2,7 +2,7 @@
 
 - **Segment**: the checkpoint's label map over the photo, a legend of class names and colours, the
   label PNG to download and the time ``Segmenter.segment`` took; readout, flip and CRF options.
-- **Select**: a click on the photo gives the object under it (mask, overlay, the token's relevance map).
+- **Select**: a click on the photo gives the object under it (mask, overlay, the map or the head's clusters).
 - **Look inside**: for one block, the first eigenvectors of the photo's kq ("where"), vv ("what")
   and xx graphs as RGB pictures, and the relevance map of a clicked token.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from ..analysis.segments import SELECT_METHODS, check_threshold, parse_point, select_object
+from ..analysis.segments import SELECT_METHODS, check_threshold, default_block, parse_point, select_object
 from ..errors import USER_ERRORS, ConfigError
 from ..pictures import save_image, save_label_map
 from .examples import write_examples
@@ -44,6 +44,8 @@ ONE_AT_A_TIME = "ultra-model"
 """The concurrency group of every event that runs the backbone."""
 DOWNLOAD_AGE_S = 600
 """Label PNGs offered for download are removed from the app's folder after this many seconds."""
+SELECT_LABELS = {"similarity": "token similarity", "clusters": "head clusters", "relevance": "relevance map"}
+"""The Select tab's words for :data:`~ultra.analysis.segments.SELECT_METHODS`."""
 THEME = gr.themes.Default(
     font=[gr.themes.Font("system-ui"), "sans-serif"], font_mono=[gr.themes.Font("ui-monospace"), "monospace"]
 )
@@ -152,11 +154,12 @@ class DemoActions:
         if xy is None:
             raise ConfigError("no point: click on the photo (or type x,y)")
         threshold = "otsu" if otsu else check_threshold(fraction)
-        progress(0.0, desc=f"selecting by the {method}")
+        progress(0.0, desc=f"selecting by the {SELECT_LABELS.get(method, method)}")
         models = self.models
         picture = read_photo(photo)
         result = select_object(picture, xy, models.segmenter, models.vit, method, layer, models.size, threshold)
-        status = f"object at ({xy[0]:.0f}, {xy[1]:.0f}) by the {method}: {100 * result.mask.mean():.1f}% of the photo"
+        by = SELECT_LABELS[method]
+        status = f"object at ({xy[0]:.0f}, {xy[1]:.0f}) by the {by}: {100 * result.mask.mean():.1f}% of the photo"
         mask = (result.mask * 255).astype(np.uint8)
         pictures = (self.picture(result.overlay, "object"), self.picture(mask, "mask"))
         return *pictures, self.picture(result.map, "map"), status
@@ -206,11 +209,13 @@ def _segment_tab(models: DemoModels) -> dict:
     return tab
 
 
-def _select_tab(last: int, has_head: bool) -> dict:
-    """The Select tab's components (selection by the head's clusters first when there is a head)."""
+def _select_tab(depth: int) -> dict:
+    """The Select tab's components (the block slider follows the method's default block)."""
     gr.Markdown(
-        "Click on an object in the photo. **head clusters**: the clicked pixel's cluster of the checkpoint's head, "
-        "kept to its connected part; **relevance map**: the clicked token's relevance map at a block, thresholded."
+        "Click on an object in the photo. **token similarity**: the cosine similarity of every token to the clicked "
+        "one at a block, thresholded (the best measured); **head clusters**: the clicked pixel's cluster of the "
+        "checkpoint's head; **relevance map**: the clicked token's relevance map at a block, thresholded. Each is "
+        "kept to its connected part under the click."
     )
     with gr.Row():
         tab = {
@@ -219,12 +224,16 @@ def _select_tab(last: int, has_head: bool) -> dict:
         with gr.Column():
             tab["point"] = gr.Textbox(label="Point x,y (pixels; a click fills it)", elem_id="select-point")
             tab["method"] = gr.Radio(
-                list(SELECT_METHODS),
-                value=SELECT_METHODS[0] if has_head else SELECT_METHODS[1],
+                [(SELECT_LABELS[m], m) for m in SELECT_METHODS],
+                value=SELECT_METHODS[0],
                 label="Select by",
                 elem_id="select-method",
             )
-            tab["layer"] = gr.Slider(0, last, value=last, step=1, label="Block")
+            first = default_block(SELECT_METHODS[0], depth)
+            tab["layer"] = gr.Slider(0, depth - 1, value=first, step=1, label="Block", elem_id="select-layer")
+            tab["method"].change(
+                lambda method: default_block(method, depth), tab["method"], tab["layer"], api_visibility="private"
+            )
             tab["otsu"] = gr.Checkbox(label="Otsu's threshold", value=True)
             tab["fraction"] = gr.Slider(
                 0.05, 0.95, value=0.5, step=0.05, label="Threshold (fraction of the map's maximum)"
@@ -233,7 +242,7 @@ def _select_tab(last: int, has_head: bool) -> dict:
     with gr.Row():
         tab["overlay"] = gr.Image(label="Object", format="png", interactive=False, elem_id="select-overlay")
         tab["mask"] = gr.Image(label="Mask", format="png", interactive=False, image_mode="L", elem_id="select-mask")
-        tab["map"] = gr.Image(label="Head clusters or relevance map", format="png", interactive=False)
+        tab["map"] = gr.Image(label="The map, or the head's clusters", format="png", interactive=False)
     tab["status"] = gr.Markdown(elem_id="select-status")
     return tab
 
@@ -300,7 +309,6 @@ def _wire(actions: DemoActions, photo, segment: dict, select: dict, look: dict) 
 def build_app(models: DemoModels, folder: DemoFolder) -> gr.Blocks:
     """The page over ``models``; its examples and label PNGs are written into ``folder``."""
     examples = write_examples(folder.examples)
-    last = models.vit.num_layers - 1
     with gr.Blocks(title="ultra demo", analytics_enabled=False, delete_cache=(DOWNLOAD_AGE_S, DOWNLOAD_AGE_S)) as app:
         gr.Markdown(f"# ultra\n{escape_markdown(models.describe())}", elem_id="header")
         with gr.Row():
@@ -310,8 +318,8 @@ def build_app(models: DemoModels, folder: DemoFolder) -> gr.Blocks:
             with gr.Tab("Segment", elem_id="tab-segment"):
                 segment = _segment_tab(models)
             with gr.Tab("Select", elem_id="tab-select"):
-                select = _select_tab(last, models.segmenter is not None)
+                select = _select_tab(models.vit.num_layers)
             with gr.Tab("Look inside", elem_id="tab-look"):
-                look = _look_tab(last)
+                look = _look_tab(models.vit.num_layers - 1)
         _wire(DemoActions(models, folder), photo, segment, select, look)
     return app
