@@ -7,7 +7,9 @@ threshold rule (Otsu's on the map, bilinear upsampling, the clicked patch always
 the score is its IoU with the clicked region, averaged over clicks. Methods (``--methods``):
 
 - ``relevance``: the clicked token's relevance map (ULTra; ``ultra-select`` before this bench);
-- ``cosine``: the cosine of every token to the clicked token (the raw-token baseline);
+- ``cosine``: the cosine of every token to the clicked token (the raw-token baseline); ``cosine@B``: at block ``B``
+  instead of the maps'; ``similarity@B``: :func:`ultra.analysis.segments.similarity_maps` (the squared cosine,
+  negatives 0) at block ``B`` (``similarity@8+region`` is ``ultra-select``'s default on DINOv2-S/14);
 - ``product``: the relevance map (scaled to a maximum of 1) times the cosine map (clamped at 0);
 - ``cluster``: the clicked pixel's cluster of a trained head (``--checkpoints``; scores on the same tokens,
   upsampled), as :func:`ultra.analysis.segments.select_cluster`;
@@ -24,7 +26,12 @@ classes present, averaged over images.
 The relevance maps are cached per image in ``OUTPUT/maps`` (they dominate the time), so other methods
 on the same maps cost seconds. Writes ``figures.json`` and a sheet per set.
 
-    python bench/interpret.py [--sets camvid,cocostuff,voc] [--size 224] [--layer 11] [--output runs/interpret]
+``--split train`` measures on camvid's and cocostuff-dev's training images instead (how ``ultra-select``'s
+default was chosen: ``--split train --sets camvid,cocostuff --segment_images 0 --methods
+cosine@5+region,...,similarity@10+region``).
+
+    python bench/interpret.py [--sets camvid,cocostuff,voc] [--split val] [--size 224] [--layer 11]
+        [--output runs/interpret]
 """
 
 from __future__ import annotations
@@ -50,17 +57,19 @@ METHODS = (
     "cluster+region",
     "cosine&cluster+region",
     "product&cluster+region",
+    "cosine@8+region",
+    "similarity@8+region",
 )
 
 
-def open_set(name: str):
-    """The val images of set ``name`` at their own size, with labels."""
+def open_set(name: str, split: str = "val"):
+    """The ``split`` images of set ``name`` at their own size, with labels (voc-mini and folders: all images)."""
     from ultra.data import CocoStuff27, ImageFolder
 
     if name == "camvid":
-        return ImageFolder(REALDATA / "camvid", split="val")
+        return ImageFolder(REALDATA / "camvid", split=split)
     if name == "cocostuff":
-        return CocoStuff27(REALDATA / "cocostuff-dev" / "cocostuff", split="val")
+        return CocoStuff27(REALDATA / "cocostuff-dev" / "cocostuff", split=split)
     if name == "voc":
         return ImageFolder(REALDATA / "voc-mini", classes=21)
     if (Path(name) / "classes.txt").is_file():  # any folder in ImageFolder's layout, with its class list
@@ -68,10 +77,21 @@ def open_set(name: str):
     raise ValueError(f"unknown set '{name}': camvid, cocostuff, voc or an ImageFolder with classes.txt")
 
 
+def base_method(method: str) -> str:
+    """The map a selection method starts from (``cosine@8`` of ``cosine@8&cluster+region``)."""
+    return method.split("+")[0].split("&")[0]
+
+
+def method_blocks(methods: list[str]) -> list[int]:
+    """The blocks the ``cosine@B`` and ``similarity@B`` methods read."""
+    return sorted({int(base_method(m).split("@")[1]) for m in methods if "@" in base_method(m)})
+
+
 def selection_map(method: str, maps: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The grid map a selection method thresholds, among the click's ``relevance``, ``cosine`` and ``product``
-    (:func:`ultra.analysis.segments.similarity_weighted`) maps; ``&cluster`` and ``+region`` act on the mask."""
-    base = method.split("+")[0].split("&")[0]
+    """The grid map a selection method thresholds, among the click's ``relevance``, ``cosine``, ``cosine@B``,
+    ``similarity@B`` and ``product`` (:func:`ultra.analysis.segments.similarity_weighted`) maps; ``&cluster`` and
+    ``+region`` act on the mask."""
+    base = base_method(method)
     if base == "cluster":
         return torch.ones_like(maps["cosine"])
     if base not in maps:
@@ -106,24 +126,29 @@ def per_image_miou(prediction: torch.Tensor, label: torch.Tensor, k: int, num_cl
     return float(metric.compute()["miou_present"])
 
 
-def measure_set(name, vit, size, layer, score, methods, seeds, segment_images, min_fraction, output, segmenter) -> dict:
+def measure_set(
+    name, split, vit, size, layer, score, methods, seeds, segment_images, min_fraction, output, segmenter
+) -> dict:
     from ultra.analysis.clicks import interior_clicks
     from ultra.analysis.relevance import RelevanceMaps, anchor_targets
     from ultra.analysis.segments import (
+        cosine_maps,
         head_clusters,
         mask_from_map,
         point_token,
         prepare_image,
         region_under,
         segments_from_maps,
+        similarity_maps,
         similarity_weighted,
         token_pixels,
     )
     from ultra.data.grids import upsample_scores
     from ultra.readout.kmeans import kmeans
 
-    data = open_set(name)
-    folder = output / "maps" / f"{Path(name).name}-{size}-{layer}-{score}"  # a folder set: its name
+    data = open_set(name, split)
+    tag = "" if split == "val" else f"-{split}"
+    folder = output / "maps" / f"{Path(name).name}{tag}-{size}-{layer}-{score}"  # a folder set: its name
     folder.mkdir(parents=True, exist_ok=True)
     selection = {method: [] for method in methods}
     segmentation = {name: [] for name in ["maps", "product"] + [f"{m}_seed{s}" for m in SEEDED for s in seeds]}
@@ -132,7 +157,8 @@ def measure_set(name, vit, size, layer, score, methods, seeds, segment_images, m
         label = item["label"]
         hw = tuple(label.shape)
         image = prepare_image(vit, item["image"].float() / 255, size)
-        tokens = vit(image[None])["x", layer][0]
+        features = vit(image[None], layers=sorted({layer, *method_blocks(methods)}), kinds=["x"])
+        tokens = features["x", layer][0]
         grid = tuple(tokens.shape[:2])
         unit = F.normalize(tokens.reshape(-1, tokens.shape[-1]), dim=-1)
         if segmenter is not None:
@@ -142,7 +168,7 @@ def measure_set(name, vit, size, layer, score, methods, seeds, segment_images, m
         segment = index < segment_images
         anchors = anchor_targets(grid, 2) if segment else torch.zeros(0, dtype=torch.long)
         targets = torch.unique(torch.cat([click_tokens, anchors]))
-        if segment or any(m.split("+")[0].split("&")[0] in ("relevance", "product") for m in methods):
+        if segment or any(base_method(m) in ("relevance", "product") for m in methods):
             maps = image_maps(vit, image, layer, targets, folder / f"{data.samples[index].name}.pt", score).maps
         else:  # the raw-token methods alone need no relevance map
             maps = torch.zeros(len(targets), *grid)
@@ -150,8 +176,10 @@ def measure_set(name, vit, size, layer, score, methods, seeds, segment_images, m
         clicked = RelevanceMaps(maps[[row[t] for t in click_tokens.tolist()]], click_tokens, layer, grid)
         candidates = {
             "relevance": clicked.maps,
-            "cosine": (unit[click_tokens] @ unit.T).reshape(-1, *grid),
+            "cosine": cosine_maps(tokens, click_tokens),
             "product": similarity_weighted(clicked, tokens).maps,
+            **{f"cosine@{b}": cosine_maps(features["x", b][0], click_tokens) for b in method_blocks(methods)},
+            **{f"similarity@{b}": similarity_maps(features["x", b][0], click_tokens) for b in method_blocks(methods)},
         }
         for c, (click, token) in enumerate(zip(clicks, click_tokens.tolist())):
             own = token_pixels(token, hw, grid).numpy()
@@ -201,6 +229,7 @@ def segmentation_figures(segmentation: dict, seeds: list[int]) -> dict:
 
 def main(
     sets: str = "camvid,cocostuff,voc",
+    split: str = "val",
     size: int = 224,
     layer: int = 11,
     score: str = "norm",
@@ -217,15 +246,15 @@ def main(
     from ultra.backbone.vit import FrozenViT
 
     start = time.perf_counter()
-    vit = FrozenViT("vit_small_patch14_dinov2", weights=weights, layers=[layer], kinds=["x"])
+    vit = FrozenViT("vit_small_patch14_dinov2", weights=weights, kinds=["x"])
     output.mkdir(parents=True, exist_ok=True)
     method_list, seed_list = methods.split(","), [int(s) for s in seeds.split(",")]
-    figures = {"size": size, "layer": layer, "score": score, "min_fraction": min_fraction, "sets": {}}
+    figures = {"split": split, "size": size, "layer": layer, "score": score, "min_fraction": min_fraction, "sets": {}}
     for name in sets.split(","):
         segmenter = load(checkpoints[name]) if checkpoints and name in checkpoints else None
         chosen = [m for m in method_list if segmenter is not None or "cluster" not in m]
         figures["sets"][name] = measure_set(
-            name, vit, size, layer, score, chosen, seed_list, segment_images, min_fraction, output, segmenter
+            name, split, vit, size, layer, score, chosen, seed_list, segment_images, min_fraction, output, segmenter
         )
         print(json.dumps(figures["sets"][name], indent=1), flush=True)
     figures["seconds"] = round(time.perf_counter() - start, 1)

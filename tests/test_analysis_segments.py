@@ -17,6 +17,7 @@ from ultra.analysis.segments import (
     select,
     select_cluster,
     select_object,
+    similarity_maps,
     similarity_weighted,
     token_map,
     token_pixels,
@@ -216,6 +217,7 @@ def test_cosine_maps_are_each_targets_cosine_to_every_token():
         expected = torch.nn.functional.cosine_similarity(flat, flat[target][None], dim=-1).reshape(3, 4)
         assert torch.allclose(maps[row], expected, atol=1e-6)
     assert torch.allclose(maps[1].flatten()[7], torch.tensor(1.0))
+    assert torch.allclose(similarity_maps(tokens, torch.tensor([0, 7])), maps.clamp_min(0) ** 2)
 
 
 def test_the_similarity_map_reads_the_default_block_and_selection_thresholds_it(tiny_vit):
@@ -224,7 +226,8 @@ def test_the_similarity_map_reads_the_default_block_and_selection_thresholds_it(
     image = torch.rand(3, 32, 48, generator=torch.Generator().manual_seed(1))
     tokens = tiny_vit(image[None], layers=[1], kinds=["x"])["x", 1][0]
     values = token_map(tiny_vit, image, 4, layer=1, by="similarity")
-    assert torch.allclose(values, cosine_maps(tokens, torch.tensor([4]))[0], atol=1e-6)
+    cosine = cosine_maps(tokens, torch.tensor([4]))[0]
+    assert torch.allclose(values, cosine.clamp_min(0) ** 2, atol=1e-6) and (cosine < 0).any()
     with pytest.raises(ConfigError, match="by 'similarity' or 'relevance', got 'cosine'"):
         token_map(tiny_vit, image, 4, layer=1, by="cosine")
     mask, shown = select(tiny_vit, image, (40.0, 5.0), size=32)  # the tiny ViT's 3 blocks: default block 2

@@ -12,9 +12,9 @@ click (an object is one connected region; on the label-generated clicks of ``ben
 raised IoU on every set measured): :func:`select`, a map of the clicked token upsampled to the image and
 a threshold (Otsu's on the map's values, or a fraction of its maximum), the clicked token's own pixels
 always in (its map's entry is the largest, but bilinear upsampling can lower the pixels near its
-border below the threshold); the map is the cosine similarity of every token to the clicked one at a
-middle block (the default: it beat the relevance maps and the last block's tokens on every set
-measured) or the clicked token's relevance map; :func:`select_cluster`, the clicked pixel's cluster of a
+border below the threshold); the map is the (squared) cosine similarity of every token to the clicked
+one at a middle block (the default: it beat the relevance maps and the last block's tokens on every
+set measured) or the clicked token's relevance map; :func:`select_cluster`, the clicked pixel's cluster of a
 trained head.
 """
 
@@ -83,6 +83,13 @@ def cosine_maps(tokens: Tensor, targets: Tensor) -> Tensor:
     token (row-major indices)."""
     unit = F.normalize(tokens.reshape(-1, tokens.shape[-1]).float(), dim=-1)
     return (unit[targets] @ unit.T).reshape(-1, *tokens.shape[:2])
+
+
+def similarity_maps(tokens: Tensor, targets: Tensor) -> Tensor:
+    """``[T, h, w]``: the squared cosine similarity of every token to each target (negative cosines as 0), the
+    selection's map: squaring moves Otsu's cut up among the look-alikes (on the training images' clicks of camvid
+    and cocostuff-dev, IoU 0.51 and 0.48 against 0.47 and 0.45 for the plain cosine, ``bench/interpret.py``)."""
+    return cosine_maps(tokens, targets).clamp_min(0).square()
 
 
 def similarity_weighted(result: RelevanceMaps, tokens: Tensor) -> RelevanceMaps:
@@ -191,7 +198,7 @@ def check_point(point: tuple[float, float], image_size: tuple[int, int]) -> None
 
 
 SELECT_METHODS = ("similarity", "clusters", "relevance")
-"""The selections: the cosine similarity of every token to the clicked one (:func:`select`, the default), a
+"""The selections: the similarity of every token to the clicked one (:func:`select`, the default), a
 trained head's clusters (:func:`select_cluster`), or the clicked token's relevance map (:func:`select`)."""
 
 
@@ -204,14 +211,14 @@ def default_block(method: str, num_layers: int) -> int:
 
 def token_map(vit: FrozenViT, image: Tensor, token: int, layer: int, by: str, score: str = "norm") -> Tensor:
     """The ``[h, w]`` map of patch ``token`` (row-major) of ``image`` (``[3, H, W]``, sides multiples of the patch)
-    at block ``layer``: the cosine similarity of every token to it (``by="similarity"``) or its relevance map."""
+    at block ``layer``: its :func:`similarity_maps` (``by="similarity"``) or its relevance map."""
     if by == "relevance":
         return relevance_maps(vit, image, layer=layer, targets=torch.tensor([token]), score=score).maps[0]
     if by != "similarity":
         raise ConfigError(f"a token's map is by 'similarity' or 'relevance', got {by!r}")
     layer = vit.check_layers([layer])[0]
     tokens = vit.token_grids(image[None], layers=[layer], kinds=["x"])["x", layer][0]
-    return cosine_maps(tokens, torch.tensor([token]))[0].cpu()
+    return similarity_maps(tokens, torch.tensor([token]))[0].cpu()
 
 
 def select(
