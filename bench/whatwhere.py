@@ -47,35 +47,10 @@ def open_set(name: str, size: int):
     raise ValueError(f"unknown set '{name}': camvid, cocostuff, voc or an ImageFolder with classes.txt")
 
 
-def image_level_vectors(graph, images: int, nodes: int, m: int) -> torch.Tensor:
-    """``[images, nodes, m]``: the exact top-``m`` eigenvectors of each image's block of a graph with no
-    inter-image edges."""
-    from scipy.sparse import csr_matrix
-
-    csr = graph.csr()
-    operator = csr_matrix((csr.values().double().numpy(), csr.col_indices().numpy(), csr.crow_indices().numpy()))
-    vectors = []
-    for b in range(images):
-        block = operator[b * nodes : (b + 1) * nodes, b * nodes : (b + 1) * nodes].toarray()
-        _, v = np.linalg.eigh((block + block.T) / 2)
-        vectors.append(torch.from_numpy(v[:, -m:][:, ::-1].copy()).float())
-    return torch.stack(vectors)
-
-
-def r2_figures(vectors: torch.Tensor, grid, grid_labels, num_classes: int, per_image: bool) -> dict:
-    """Mean position and class R^2 of the non-trivial eigenvectors, per image (then averaged) or pooled."""
-    from ultra.analysis.whatwhere import class_r2, position_r2
-
-    informative = vectors[..., 1:]
-    parts = [slice(i, i + 1) for i in range(len(vectors))] if per_image else [slice(None)]
-    position = [float(position_r2(informative[p], grid).mean()) for p in parts]
-    classes = [float(class_r2(informative[p], grid_labels[p], num_classes).nanmean()) for p in parts]
-    return {"position_r2": float(np.mean(position)), "class_r2": float(np.nanmean(classes))}
-
-
 def measure_set(name: str, size: int, seeds: list[int], weights: str, layers: list[int] | None = None) -> dict:
     from ultra.analysis.pipeline import ANALYSIS_KNN
-    from ultra.analysis.solver import SolverConfig, solve
+    from ultra.analysis.solver import SolverConfig, image_eigenvectors, solve
+    from ultra.analysis.whatwhere import level_r2
     from ultra.backbone.vit import FrozenViT
     from ultra.data.grids import labels_to_grid
     from ultra.graphs.knn import GraphSpec, affinity_graphs
@@ -95,16 +70,12 @@ def measure_set(name: str, size: int, seeds: list[int], weights: str, layers: li
         for kind in KINDS:
             spec = [GraphSpec(kind, layer)]
             intra = affinity_graphs(tokens, spec, replace(ANALYSIS_KNN, k_inter=0))[0]
-            image = r2_figures(
-                image_level_vectors(intra, count, h * w, solver.num_vectors),
-                (h, w),
-                grid_labels,
-                data.num_classes,
-                per_image=True,
+            image = level_r2(
+                image_eigenvectors(intra, h * w, solver.num_vectors), (h, w), grid_labels, data.num_classes, True
             )
             whole = affinity_graphs(tokens, spec, ANALYSIS_KNN)
             runs = [
-                r2_figures(
+                level_r2(
                     solve(whole, None, replace(solver, seed=s)).vectors.reshape(count, h * w, -1),
                     (h, w),
                     grid_labels,

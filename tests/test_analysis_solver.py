@@ -4,7 +4,7 @@ import pytest
 import torch
 from helpers import clustered_tokens, planted_partition, subspace_cosines
 
-from ultra.analysis.solver import SolverConfig, exact_eigenvectors, solve
+from ultra.analysis.solver import SolverConfig, exact_eigenvectors, image_eigenvectors, solve
 from ultra.evaluation.metrics import UnsupervisedSegmentationMetric
 from ultra.graphs.knn import KnnConfig, knn_graph
 from ultra.graphs.spectral import weighted_matmul
@@ -81,3 +81,16 @@ def test_solver_errors():
     other, _ = planted_partition([6, 6], 0.9, 0.1)
     with pytest.raises(ValueError, match="graphs must share their nodes"):
         solve([graph, other], None, SolverConfig(num_vectors=2))
+
+
+def test_image_eigenvectors_solve_each_images_own_graph():
+    tokens, _ = clustered_tokens()
+    per_image = tokens.shape[1]
+    config = KnnConfig(k_intra=6, k_inter=0, k_any=0, candidate_images=None)
+    vectors = image_eigenvectors(knn_graph(tokens, config=config), per_image, 3)
+    assert vectors.shape == (tokens.shape[0], per_image, 3)
+    for image in (0, tokens.shape[0] - 1):
+        alone, _ = exact_eigenvectors([knn_graph(tokens[image : image + 1], config=config)], None, 3)
+        assert subspace_cosines(vectors[image], alone).min() >= 0.999
+    with pytest.raises(ValueError, match="whole images of 50"):
+        image_eigenvectors(knn_graph(tokens, config=config), 50, 3)

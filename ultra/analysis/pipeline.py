@@ -29,7 +29,7 @@ from ..graphs.knn import GRAPH_KINDS, OLD_GRAPH_KINDS, GraphSpec, KnnConfig, aff
 from ..pictures import eigen_rgb, overlay, save_sheet
 from ..readout.kmeans import assign, kmeans
 from .solver import SolverConfig, solve
-from .whatwhere import class_r2, kmeans_scores, position_r2
+from .whatwhere import kmeans_scores, level_r2
 
 log = logging.getLogger(__name__)
 LEVELS = ("image", "dataset")
@@ -202,25 +202,22 @@ def solve_levels(
 def _level_figures(vectors, grid, labels, num_classes, clusters, seed, level) -> tuple[dict, torch.Tensor]:
     """Position/class R^2 (mean over the non-trivial eigenvectors) and k-means scores, per image or for the set."""
     grid_labels = labels_to_grid(labels, grid, num_classes) if labels is not None else None
+    stats = level_r2(vectors, grid, grid_labels, num_classes, per_image=level == "image")
     informative = vectors[..., 1:]  # the leading eigenvector is sqrt(degree): no grouping information
     groups = [slice(i, i + 1) for i in range(len(vectors))] if level == "image" else [slice(None)]
-    position, classes, scores, segments = [], [], [], []
+    scores, segments = [], []
     for part in groups:
         v = informative[part]
-        position.append(float(position_r2(v, grid).mean()))
         if labels is None:
             rows = v.reshape(-1, v.shape[-1])
             segments.append(assign(rows, kmeans(rows, clusters, seed=seed).centroids)[0].reshape(-1, *grid))
             continue
-        classes.append(float(class_r2(v, grid_labels[part], num_classes).nanmean()))
         present = int((labels[part].unique() != 255).sum())
         score, segment = kmeans_scores(v, labels[part], grid, num_classes, max(present, 2), seed)
         scores.append(score)
         segments.append(segment)
-    stats = {"position_r2": float(np.mean(position))}
     if labels is not None:
         stats.update(
-            class_r2=float(np.nanmean(classes)),
             miou=float(np.mean([x["miou"] for x in scores])),
             acc=float(np.mean([x["acc"] for x in scores])),
         )

@@ -2,7 +2,7 @@
 
 :func:`solve` minimises :func:`~ultra.graphs.spectral.spectral_loss` over a table ``X`` (one row
 per node) for one image or a whole set (minibatches of images); :func:`exact_eigenvectors` is the
-dense reference it is tested against.
+dense reference it is tested against, and :func:`image_eigenvectors` solves each image of a set alone.
 """
 
 from __future__ import annotations
@@ -121,5 +121,31 @@ class ImageBatches:
 def exact_eigenvectors(graphs: Sequence[SparseGraph], weights: Sequence[float] | None, m: int) -> tuple[Tensor, Tensor]:
     """Reference: the top-``m`` eigenpairs of the dense weighted operator (``torch.linalg.eigh``; small graphs only)."""
     dense = sum(w * g.to_dense().double() for w, g in zip(normalized_weights(weights, len(graphs)), graphs))
+    return _top_eigenpairs(dense, m)
+
+
+def image_eigenvectors(graph: SparseGraph, nodes_per_image: int, m: int) -> Tensor:
+    """``[images, nodes_per_image, m]``: the exact top-``m`` eigenvectors of each image's own block of ``graph``, whose
+    nodes are the images' tokens in order (a graph without edges between images, as ``k_inter=0`` builds it: its
+    eigenvectors are the blocks'). Each block is solved densely, so a set of any size costs one small solve per
+    image."""
+    if graph.teleport or graph.num_nodes % nodes_per_image:
+        raise ValueError(
+            f"image_eigenvectors needs a graph without teleport whose {graph.num_nodes} nodes are whole images "
+            f"of {nodes_per_image}"
+        )
+    blocks = []
+    for start in range(0, graph.num_nodes, nodes_per_image):
+        nodes = torch.arange(start, start + nodes_per_image)
+        rows, cols, values = graph.entries(nodes)  # rows: positions in nodes
+        inside = (cols >= start) & (cols < start + nodes_per_image)
+        dense = torch.zeros(nodes_per_image, nodes_per_image, dtype=torch.float64)
+        dense[rows[inside], cols[inside] - start] = values[inside].double()
+        blocks.append(_top_eigenpairs(dense, m)[0])
+    return torch.stack(blocks)
+
+
+def _top_eigenpairs(dense: Tensor, m: int) -> tuple[Tensor, Tensor]:
+    """The top-``m`` eigenvectors (columns) and eigenvalues of the symmetrised ``dense``, largest first."""
     values, vectors = torch.linalg.eigh((dense + dense.T) / 2)
     return vectors[:, -m:].flip(1).float(), values[-m:].flip(0).float()

@@ -48,6 +48,22 @@ def class_r2(vectors: Tensor, classes: Tensor, num_classes: int, ignore_index: i
     return r_squared(rows[keep], design)
 
 
+def level_r2(
+    vectors: Tensor, grid: tuple[int, int], grid_labels: Tensor | None, num_classes: int, per_image: bool
+) -> dict[str, float]:
+    """Mean position R^2 and, with ``grid_labels``, class R^2 of the non-trivial eigenvectors of ``vectors``
+    ``[images, h*w, m]`` (the leading one is sqrt(degree): no grouping information): per image, then averaged over
+    the images, or pooled over the set."""
+    informative = vectors[..., 1:]
+    parts = [slice(i, i + 1) for i in range(len(vectors))] if per_image else [slice(None)]
+    position = torch.tensor([float(position_r2(informative[p], grid).mean()) for p in parts], dtype=torch.float64)
+    figures = {"position_r2": float(position.mean())}
+    if grid_labels is not None:
+        classes = [float(class_r2(informative[p], grid_labels[p], num_classes).nanmean()) for p in parts]
+        figures["class_r2"] = float(torch.tensor(classes, dtype=torch.float64).nanmean())
+    return figures
+
+
 def kmeans_scores(
     vectors: Tensor, labels: Tensor, grid: tuple[int, int], num_classes: int, k: int, seed: int = 0
 ) -> tuple[dict, Tensor]:
