@@ -18,8 +18,9 @@ the score is its IoU with the clicked region, averaged over clicks. Methods (``-
 
 Segmentation (the first ``--segment_images`` images of each set): the maps of an anchor grid of tokens
 (stride 2) clustered by :func:`ultra.analysis.segments.segments_from_maps` with K = the classes present
-(``maps``; ``product``: each anchor's relevance map times its similarity map, as for selection; ``_kmeans``:
-clustered by k-means instead of average linkage, 3 seeds),
+(``maps``; ``product``: each anchor's relevance map times its similarity map, as for selection; ``product_sq``:
+times the squared similarity of :func:`ultra.analysis.segments.similarity_maps`; ``_kmeans``: clustered by
+k-means instead of average linkage, 3 seeds),
 against k-means (K, seeds ``--seeds``) on the same layer's raw tokens; per-image Hungarian mIoU over the
 classes present, averaged over images.
 
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +48,8 @@ import torch.nn.functional as F
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 SKIP = {"voc": (0,)}
-SEEDED = ("raw_kmeans", "maps_kmeans", "product_kmeans")
+SEGMENTATIONS = ("maps", "product", "product_sq")
+SEEDED = ("raw_kmeans", *(f"{m}_kmeans" for m in SEGMENTATIONS))
 METHODS = (
     "relevance",
     "cosine",
@@ -151,7 +154,7 @@ def measure_set(
     folder = output / "maps" / f"{Path(name).name}{tag}-{size}-{layer}-{score}"  # a folder set: its name
     folder.mkdir(parents=True, exist_ok=True)
     selection = {method: [] for method in methods}
-    segmentation = {name: [] for name in ["maps", "product"] + [f"{m}_seed{s}" for m in SEEDED for s in seeds]}
+    segmentation = {name: [] for name in [*SEGMENTATIONS] + [f"{m}_seed{s}" for m in SEEDED for s in seeds]}
     for index in range(len(data)):
         item = data[index]
         label = item["label"]
@@ -194,7 +197,13 @@ def measure_set(
             present = int((label.unique() != 255).sum())
             k = max(2, present)
             relevance = RelevanceMaps(maps[[row[int(t)] for t in anchors]], anchors, layer, grid)
-            for method, result_maps in (("maps", relevance), ("product", similarity_weighted(relevance, tokens))):
+            unit_max = relevance.maps / relevance.maps.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+            variants = {
+                "maps": relevance,
+                "product": similarity_weighted(relevance, tokens),
+                "product_sq": replace(relevance, maps=unit_max * similarity_maps(tokens, anchors)),
+            }
+            for method, result_maps in variants.items():
                 segments, _ = segments_from_maps(result_maps, hw, num_segments=k)
                 segmentation[method].append(per_image_miou(segments, label, k, data.num_classes))
                 for seed in seeds:
@@ -221,8 +230,7 @@ def segmentation_figures(segmentation: dict, seeds: list[int]) -> dict:
     seeded = {m: [float(np.mean(segmentation[f"{m}_seed{s}"])) for s in seeds] for m in SEEDED}
     return {
         "images": len(segmentation["maps"]),
-        "maps_miou": float(np.mean(segmentation["maps"])),
-        "product_miou": float(np.mean(segmentation["product"])),
+        **{f"{m}_miou": float(np.mean(segmentation[m])) for m in SEGMENTATIONS},
         **{f"{m}_miou_{stat}": float(getattr(np, stat)(v)) for m, v in seeded.items() for stat in ("mean", "std")},
     }
 
