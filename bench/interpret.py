@@ -107,18 +107,26 @@ def iou(mask: np.ndarray, region: np.ndarray) -> float:
 
 
 def image_maps(vit, image, layer: int, targets: torch.Tensor, cache: Path, score: str):
-    """The relevance maps of ``targets``, computed once and kept in ``cache`` as float16: a fresh run uses the
-    stored values too, so a rerun from the cache prints the same figures."""
+    """The relevance maps of ``targets`` (sorted), kept per image in ``cache`` as float16 with every target any run
+    asked for: a target's map is computed once (runs that need other targets add theirs), and a fresh run reads
+    back the stored values too, so a rerun prints the same figures."""
     from ultra.analysis.relevance import RelevanceMaps, relevance_maps
 
+    known, maps, grid = torch.zeros(0, dtype=torch.long), None, None
     if cache.exists():
         stored = torch.load(cache, weights_only=True)
-        if torch.equal(stored["targets"], targets):
-            return RelevanceMaps(stored["maps"].float(), targets, layer, tuple(stored["grid"].tolist()))
-    result = relevance_maps(vit, image, layer=layer, targets=targets, score=score, chunk=16)
-    stored = result.maps.half()
-    torch.save({"targets": targets, "maps": stored, "grid": torch.tensor(result.grid)}, cache)
-    return RelevanceMaps(stored.float(), targets, layer, result.grid)
+        known, maps, grid = stored["targets"], stored["maps"], tuple(stored["grid"].tolist())
+    missing = targets[~torch.isin(targets, known)]
+    if len(missing):
+        result = relevance_maps(vit, image, layer=layer, targets=missing, score=score, chunk=16)
+        union = torch.cat([known, missing])
+        order = union.argsort()
+        added = result.maps.half()
+        known, maps, grid = union[order], (added if maps is None else torch.cat([maps, added]))[order], result.grid
+        partial = cache.with_suffix(".partial")
+        torch.save({"targets": known, "maps": maps, "grid": torch.tensor(grid)}, partial)
+        partial.replace(cache)
+    return RelevanceMaps(maps[torch.searchsorted(known, targets)].float(), targets, layer, grid)
 
 
 def per_image_miou(prediction: torch.Tensor, label: torch.Tensor, k: int, num_classes: int) -> float:
@@ -226,12 +234,13 @@ def measure_set(
 
 
 def segmentation_figures(segmentation: dict, seeds: list[int]) -> dict:
-    """Mean per-image mIoU of each method (mean and std over seeds for the seeded ones)."""
+    """Mean per-image mIoU of each method (mean and sample standard deviation over seeds for the seeded ones)."""
     seeded = {m: [float(np.mean(segmentation[f"{m}_seed{s}"])) for s in seeds] for m in SEEDED}
     return {
         "images": len(segmentation["maps"]),
         **{f"{m}_miou": float(np.mean(segmentation[m])) for m in SEGMENTATIONS},
-        **{f"{m}_miou_{stat}": float(getattr(np, stat)(v)) for m, v in seeded.items() for stat in ("mean", "std")},
+        **{f"{m}_miou_mean": float(np.mean(v)) for m, v in seeded.items()},
+        **{f"{m}_miou_std": float(np.std(v, ddof=1)) if len(v) > 1 else None for m, v in seeded.items()},
     }
 
 

@@ -57,5 +57,22 @@ def test_interpret_scores_every_selection_method_and_the_segmentations(folder, t
     assert all(0 < iou <= 1 for iou in result["selection_iou"].values())
     segmentation = result["segmentation"]
     assert segmentation["images"] == 1 and 0 < segmentation["maps_miou"] <= 1
-    assert segmentation["raw_kmeans_miou_std"] == 0  # one seed
+    assert segmentation["raw_kmeans_miou_std"] is None  # one seed: no standard deviation
     assert len(list((tmp_path / "maps").rglob("*.pt"))) == 3  # the maps are cached per image
+
+
+def test_interpret_reads_a_subset_of_the_cached_maps_without_computing_or_dropping_any(folder, tmp_path, monkeypatch):
+    from ultra.analysis import relevance
+
+    interpret = _bench("interpret")
+    args = dict(sets=str(folder), size=112, seeds="0", output=tmp_path, weights="random", methods="relevance+region")
+    first = interpret.main(**args, segment_images=1)["sets"][str(folder)]
+    cached = {path: path.read_bytes() for path in (tmp_path / "maps").rglob("*.pt")}
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a cached map was computed again")
+
+    monkeypatch.setattr(relevance, "relevance_maps", forbidden)
+    again = interpret.main(**args, segment_images=0)["sets"][str(folder)]  # the clicks' maps only
+    assert again["selection_iou"] == first["selection_iou"]
+    assert {path: path.read_bytes() for path in cached} == cached  # the anchors' maps are still there
