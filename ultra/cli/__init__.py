@@ -65,11 +65,22 @@ WEIGHTS_HELP = (
 )
 
 
-def add_backbone_arguments(parser, layer_help: str = "block of the tokens (default: the last)") -> None:
+DEFAULT_BACKBONE = "vit_small_patch14_dinov2"
+"""The interpretation commands' backbone when none is named."""
+
+
+def add_backbone_arguments(
+    parser, layer_help: str = "block of the tokens (default: the last)", backbone_from_checkpoint: bool = False
+) -> None:
     """The frozen-backbone options shared by the interpretation commands (``--layer``'s default, None, is the command's
-    own: ``layer_help`` says which)."""
+    own: ``layer_help`` says which; with ``backbone_from_checkpoint`` the default backbone is None: a checkpoint's,
+    else :data:`DEFAULT_BACKBONE`)."""
     parser.add_argument(
-        "--backbone", type=str, default="vit_small_patch14_dinov2", help="the frozen ViT (timm name or alias)"
+        "--backbone",
+        type=str | None if backbone_from_checkpoint else str,
+        default=None if backbone_from_checkpoint else DEFAULT_BACKBONE,
+        help="the frozen ViT (timm name or alias)"
+        + (f"; default: the checkpoint's, else {DEFAULT_BACKBONE}" if backbone_from_checkpoint else ""),
     )
     parser.add_argument("--weights", type=str, default="auto", help="auto, hub, offline, random or a weights file")
     parser.add_argument("--layer", type=int | None, default=None, help=layer_help)

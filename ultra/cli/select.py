@@ -1,7 +1,7 @@
 """``ultra-select IMAGE --point X,Y -o mask.png``: the object under a clicked pixel.
 
-``--method similarity`` (the default): the cosine similarity of every token to the clicked one at a
-middle block, thresholded; ``relevance``: the clicked token's relevance map, thresholded;
+``--method similarity`` (the default): the squared cosine similarity of every token to the clicked one
+at a middle block, thresholded; ``relevance``: the clicked token's relevance map, thresholded;
 ``clusters``: the clicked pixel's cluster of a trained head (``--checkpoint``). Each is kept to its
 connected part under the click. With ``--checkpoint`` the backbone is the checkpoint's. Writes the
 mask (0/255 PNG) to ``-o`` and, beside it, ``<name>_overlay.png`` (the mask over the image, the
@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..files import refuse_collisions, refuse_overwrite
 from ..pictures import save_image
 from ..readout.checkpoint import load
-from . import add_backbone_arguments, console
+from . import DEFAULT_BACKBONE, add_backbone_arguments, console
 
 
 def build_parser() -> ArgumentParser:
@@ -37,30 +37,32 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--checkpoint", type=Path | None, default=None, help="a trained checkpoint (its backbone, its head's clusters)"
     )
-    add_backbone_arguments(parser, "block of the tokens (default: 2/3 of the depth for similarity, else the last)")
+    layer_help = "block of the tokens (default: 2/3 of the depth for similarity, else the last)"
+    add_backbone_arguments(parser, layer_help, backbone_from_checkpoint=True)
     return parser
 
 
-def _check_method_options(cfg, backbone_given: bool) -> None:
-    """Refuse an unknown method and the options that would do nothing with the chosen one."""
+def _check_method_options(cfg) -> None:
+    """Refuse an unknown method and the options that would do nothing with the chosen method or checkpoint."""
     if cfg.method not in SELECT_METHODS:
         raise ConfigError(f"--method must be one of {', '.join(SELECT_METHODS)}, got '{cfg.method}'")
-    if cfg.method == "clusters" and cfg.checkpoint is None:
-        raise ConfigError("--method clusters needs --checkpoint (a trained head's clusters)")
-    unused = [f"--{name}" for name in ("threshold", "layer") if cfg.method == "clusters" and cfg[name] is not None]
-    unused += ["--backbone"] if cfg.checkpoint is not None and backbone_given else []
-    if unused:
-        raise ConfigError(f"{', '.join(unused)} have no effect here (--method {cfg.method}, --checkpoint's backbone)")
+    if cfg.method == "clusters":
+        if cfg.checkpoint is None:
+            raise ConfigError("--method clusters needs --checkpoint (a trained head's clusters)")
+        given = [f"--{name}" for name in ("threshold", "layer") if cfg[name] is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: no effect with --method clusters (the head's clusters select)")
+    if cfg.checkpoint is not None and cfg.backbone is not None:
+        raise ConfigError("--backbone: no effect with --checkpoint (the checkpoint's backbone is used)")
 
 
 def run(args: list[str] | None = None) -> Path:
     """Select the object and write the pictures; returns the mask's path."""
-    parser = build_parser()
-    cfg = parser.parse_args(args)
+    cfg = build_parser().parse_args(args)
     check_size(cfg.size)
     point = parse_point(cfg.point)
     threshold = check_threshold(cfg.threshold or "otsu")
-    _check_method_options(cfg, cfg.backbone != parser.get_defaults().backbone)
+    _check_method_options(cfg)
     outputs = [
         cfg.output,
         cfg.output.with_name(f"{cfg.output.stem}_overlay.png"),
@@ -72,7 +74,7 @@ def run(args: list[str] | None = None) -> Path:
     if cfg.checkpoint is not None:
         segmenter, vit = load(cfg.checkpoint, weights=None if cfg.weights == "auto" else cfg.weights), None
     else:
-        segmenter, vit = None, FrozenViT(cfg.backbone, weights=cfg.weights, kinds=["x"])
+        segmenter, vit = None, FrozenViT(cfg.backbone or DEFAULT_BACKBONE, weights=cfg.weights, kinds=["x"])
     result = select_object(picture, point, segmenter, vit, cfg.method, cfg.layer, cfg.size, threshold)
     save_image((result.mask * 255).astype(np.uint8), outputs[0])
     save_image(result.overlay, outputs[1])

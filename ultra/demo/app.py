@@ -212,10 +212,10 @@ def _segment_tab(models: DemoModels) -> dict:
 def _select_tab(depth: int) -> dict:
     """The Select tab's components (the block slider follows the method's default block)."""
     gr.Markdown(
-        "Click on an object in the photo. **token similarity**: the cosine similarity of every token to the clicked "
-        "one at a block, thresholded (the best measured); **head clusters**: the clicked pixel's cluster of the "
-        "checkpoint's head; **relevance map**: the clicked token's relevance map at a block, thresholded. Each is "
-        "kept to its connected part under the click."
+        "Click on an object in the photo. **token similarity**: the squared cosine similarity of every token to "
+        "the clicked one at a block, thresholded (the best measured); **head clusters**: the clicked pixel's cluster "
+        "of the checkpoint's head; **relevance map**: the clicked token's relevance map at a block, thresholded. "
+        "Each is kept to its connected part under the click."
     )
     with gr.Row():
         tab = {
