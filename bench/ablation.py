@@ -235,7 +235,11 @@ def run_set(config: str, options: list[str], seeds: list[int], workdir: Path, ex
     )
     graph_input = GraphLeverInput(forms, rows, cache, head.net.weight.detach())
     with torch.no_grad():
-        readout_input = ReadoutLeverInput(head, head(rows), (cache.num_views, *cache.grid), num_classes, keys)
+        solved = forms.solve(settings.out_dim, settings.view_weight, settings.ridge, settings.trivial_threshold)
+        quotients = solved.quotients
+        log.info("the head's spectral quotients: %s", [round(float(q), 3) for q in quotients])
+        shape = (cache.num_views, *cache.grid)
+        readout_input = ReadoutLeverInput(head, head(rows), shape, num_classes, keys, cache, quotients)
     for opt in levers:
         start = time.perf_counter()
         if opt in GRAPH_LEVERS:

@@ -9,13 +9,14 @@ then clusters) were removed; their rows stay in the README with the commit that 
   fit's forms and the training tokens (feature-weighted grid edges, a second graph built on the head's
   own embedding);
 * readout levers: a readout of the head's embedding other than k-means with one centroid per
-  class (self-training on segments). They read whole token grids ``[B, h, w, D] -> [B, h, w, C]``, since
-  segments are per image.
+  class (self-training on segments; the embedding's columns weighted by their spectral quotients). They read
+  whole token grids ``[B, h, w, D] -> [B, h, w, C]``, since segments are per image.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,8 @@ from ultra.data.cache import FeatureCache
 from ultra.graphs.knn import KnnConfig, knn_graph
 from ultra.graphs.sparse import SparseGraph
 from ultra.head.exact import QuadraticForms
+from ultra.head.projection import ProjectionHead
+from ultra.readout.fit import CachedRows, fit_centroids
 from ultra.readout.kmeans import kmeans
 from ultra.readout.segmenter import ClusterReadout
 
@@ -122,13 +125,16 @@ def superpixels(z: Tensor, segments: int = 16, position_weight: float = 1.0, ite
 @dataclass
 class ReadoutLeverInput:
     """What a readout lever reads: the head, its embedding ``[N, m]`` of every cached token, the views' grid shape
-    ``(views, h, w)``, the number of classes and the token keys the head reads."""
+    ``(views, h, w)``, the number of classes, the token keys the head reads, the cache and the spectral quotient of
+    each of the head's output columns."""
 
     head: nn.Module
     embedding: Tensor
     grid_shape: tuple[int, int, int]
     classes: int
     keys: list
+    cache: FeatureCache
+    quotients: Tensor
 
 
 def self_training(ctx: ReadoutLeverInput, seed: int, rounds: int = 2, segments: int = 16) -> nn.Module:
@@ -149,6 +155,16 @@ def self_training(ctx: ReadoutLeverInput, seed: int, rounds: int = 2, segments: 
     return ClusterReadout(ctx.keys, centroids, ctx.head)
 
 
+def quotient_weighted(ctx: ReadoutLeverInput, seed: int, power: float) -> nn.Module:
+    """Diffusion-map style: each output column scaled by its spectral quotient to ``power`` (the coarse directions,
+    whose quotients are near 1, weigh more than the fine ones), then the default readout's cosine k-means."""
+    head = ProjectionHead(ctx.head.in_dim, ctx.head.out_dim).eval()
+    head.net.weight.data.copy_(ctx.head.net.weight * ctx.quotients.clamp_min(0).float().pow(power)[:, None])
+    return ClusterReadout(ctx.keys, fit_centroids(CachedRows(ctx.cache, ctx.keys, head), ctx.classes, seed), head)
+
+
 READOUT_LEVERS = {
     "self_training_segments": self_training,
+    "quotient_weighted4": partial(quotient_weighted, power=4),
+    "quotient_weighted16": partial(quotient_weighted, power=16),
 }

@@ -21,6 +21,7 @@ def test_the_ablation_scores_options_levers_and_baselines_on_one_set(tmp_path, c
     config = synthetic_config(tmp_path / "tiny.yaml", train_images=4, val_images=3)
     overrides = " ".join(f"'{a}'" for a in tiny_overrides(tmp_path, epochs=1))
     options = ["default", "view0", "self_train2", "grid_feature_edges", "second_graph", "self_training_segments"]
+    options += ["quotient_weighted4"]
     results = ablation.main(
         [
             "--sets",
