@@ -165,6 +165,5 @@ def quotient_weighted(ctx: ReadoutLeverInput, seed: int, power: float) -> nn.Mod
 
 READOUT_LEVERS = {
     "self_training_segments": self_training,
-    "quotient_weighted4": partial(quotient_weighted, power=4),
-    "quotient_weighted16": partial(quotient_weighted, power=16),
+    **{f"quotient_weighted{power}": partial(quotient_weighted, power=power) for power in (4, 8, 16, 32, 64)},
 }
