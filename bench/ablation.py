@@ -235,8 +235,7 @@ def run_set(config: str, options: list[str], seeds: list[int], workdir: Path, ex
     )
     graph_input = GraphLeverInput(forms, rows, cache, head.net.weight.detach())
     with torch.no_grad():
-        solved = forms.solve(settings.out_dim, settings.view_weight, settings.ridge, settings.trivial_threshold)
-        quotients = solved.quotients
+        quotients = default.solution.quotients
         log.info("the head's spectral quotients: %s", [round(float(q), 3) for q in quotients])
         shape = (cache.num_views, *cache.grid)
         readout_input = ReadoutLeverInput(head, head(rows), shape, num_classes, keys, cache, quotients)

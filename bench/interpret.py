@@ -45,8 +45,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from realsets import open_set
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 SKIP = {"voc": (0,)}
 SEGMENTATIONS = ("maps", "product", "product_sq")
 SEEDED = ("raw_kmeans", *(f"{m}_kmeans" for m in SEGMENTATIONS))
@@ -63,21 +63,6 @@ METHODS = (
     "cosine@8+region",
     "similarity@8+region",
 )
-
-
-def open_set(name: str, split: str = "val"):
-    """The ``split`` images of set ``name`` at their own size, with labels (voc-mini and folders: all images)."""
-    from ultra.data import CocoStuff27, ImageFolder
-
-    if name == "camvid":
-        return ImageFolder(REALDATA / "camvid", split=split)
-    if name == "cocostuff":
-        return CocoStuff27(REALDATA / "cocostuff-dev" / "cocostuff", split=split)
-    if name == "voc":
-        return ImageFolder(REALDATA / "voc-mini", classes=21)
-    if (Path(name) / "classes.txt").is_file():  # any folder in ImageFolder's layout, with its class list
-        return ImageFolder(name)
-    raise ValueError(f"unknown set '{name}': camvid, cocostuff, voc or an ImageFolder with classes.txt")
 
 
 def base_method(method: str) -> str:
@@ -194,8 +179,9 @@ def measure_set(
         }
         for c, (click, token) in enumerate(zip(clicks, click_tokens.tolist())):
             own = token_pixels(token, hw, grid).numpy()
+            maps_of_click = {k: v[c] for k, v in candidates.items()}
             for method in methods:
-                mask = mask_from_map(selection_map(method, {k: v[c] for k, v in candidates.items()}), hw).numpy() | own
+                mask = mask_from_map(selection_map(method, maps_of_click), hw).numpy() | own
                 if "cluster" in method:
                     mask &= (clusters == clusters[click.y, click.x]).numpy()
                 if method.endswith("+region"):
@@ -270,6 +256,8 @@ def main(
     for name in sets.split(","):
         segmenter = load(checkpoints[name]) if checkpoints and name in checkpoints else None
         chosen = [m for m in method_list if segmenter is not None or "cluster" not in m]
+        if len(chosen) < len(method_list):
+            print(f"{name}: no checkpoint, so no cluster methods ({', '.join(sorted(set(method_list) - set(chosen)))})")
         figures["sets"][name] = measure_set(
             name, split, vit, size, layer, score, chosen, seed_list, segment_images, min_fraction, output, segmenter
         )

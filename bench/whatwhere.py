@@ -26,25 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from realsets import open_set
 
 KINDS = ("kq", "vv", "xx")
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
-
-
-def open_set(name: str, size: int):
-    """The val images of set ``name`` at ``size`` px (resized and centre-cropped) with their labels."""
-    from ultra.data import CocoStuff27, EvalTransform, ImageFolder
-
-    transform = EvalTransform(size, size)
-    if name == "camvid":
-        return ImageFolder(REALDATA / "camvid", split="val", transform=transform)
-    if name == "cocostuff":
-        return CocoStuff27(REALDATA / "cocostuff-dev" / "cocostuff", split="val", transform=transform)
-    if name == "voc":
-        return ImageFolder(REALDATA / "voc-mini", classes=21, transform=transform)
-    if (Path(name) / "classes.txt").is_file():  # any folder in ImageFolder's layout, with its class list
-        return ImageFolder(name, transform=transform)
-    raise ValueError(f"unknown set '{name}': camvid, cocostuff, voc or an ImageFolder with classes.txt")
 
 
 def measure_set(name: str, size: int, seeds: list[int], weights: str, layers: list[int] | None = None) -> dict:
@@ -52,10 +36,11 @@ def measure_set(name: str, size: int, seeds: list[int], weights: str, layers: li
     from ultra.analysis.solver import SolverConfig, image_eigenvectors, solve
     from ultra.analysis.whatwhere import level_r2
     from ultra.backbone.vit import FrozenViT
+    from ultra.data import EvalTransform
     from ultra.data.grids import labels_to_grid
     from ultra.graphs.knn import GraphSpec, affinity_graphs
 
-    data = open_set(name, size)
+    data = open_set(name, transform=EvalTransform(size, size))  # resized and centre-cropped
     vit = FrozenViT("vit_small_patch14_dinov2", weights=weights, layers=layers)
     items = [data[i] for i in range(len(data))]
     keys = [(k, layer) for k in "qkvx" for layer in vit.layers]

@@ -94,3 +94,5 @@ def test_image_eigenvectors_solve_each_images_own_graph():
         assert subspace_cosines(vectors[image], alone).min() >= 0.999
     with pytest.raises(ValueError, match="whole images of 50"):
         image_eigenvectors(knn_graph(tokens, config=config), 50, 3)
+    with pytest.raises(ValueError, match="needs a graph without teleport"):
+        image_eigenvectors(knn_graph(tokens, config=config, teleport=0.5), per_image, 3)

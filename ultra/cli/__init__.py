@@ -69,21 +69,24 @@ DEFAULT_BACKBONE = "vit_small_patch14_dinov2"
 """The interpretation commands' backbone when none is named."""
 
 
-def add_backbone_arguments(
-    parser, layer_help: str = "block of the tokens (default: the last)", backbone_from_checkpoint: bool = False
-) -> None:
-    """The frozen-backbone options shared by the interpretation commands (``--layer``'s default, None, is the command's
-    own: ``layer_help`` says which; with ``backbone_from_checkpoint`` the default backbone is None: a checkpoint's,
-    else :data:`DEFAULT_BACKBONE`)."""
+def add_backbone_arguments(parser, defaults_from_method: bool = False) -> None:
+    """The frozen-backbone options shared by the interpretation commands. With ``defaults_from_method``
+    (``ultra-select``), ``--backbone`` and ``--layer`` default to None: the checkpoint's, the method's block."""
     parser.add_argument(
         "--backbone",
-        type=str | None if backbone_from_checkpoint else str,
-        default=None if backbone_from_checkpoint else DEFAULT_BACKBONE,
+        type=str | None if defaults_from_method else str,
+        default=None if defaults_from_method else DEFAULT_BACKBONE,
         help="the frozen ViT (timm name or alias)"
-        + (f"; default: the checkpoint's, else {DEFAULT_BACKBONE}" if backbone_from_checkpoint else ""),
+        + (f"; default: the checkpoint's, else {DEFAULT_BACKBONE}" if defaults_from_method else ""),
     )
     parser.add_argument("--weights", type=str, default="auto", help="auto, hub, offline, random or a weights file")
-    parser.add_argument("--layer", type=int | None, default=None, help=layer_help)
+    parser.add_argument(
+        "--layer",
+        type=int | None if defaults_from_method else int,
+        default=None if defaults_from_method else -1,
+        help="block of the tokens (default: "
+        + ("2/3 of the depth for similarity, else the last)" if defaults_from_method else "the last)"),
+    )
     parser.add_argument(
         "--size", type=int, default=DEFAULT_SIZE, help="shorter side of the image fed to the model (pixels)"
     )

@@ -69,13 +69,12 @@ def run(args: list[str] | None = None) -> Path:
     outputs = [cfg.output / f"{cfg.image.stem}_segments.png", cfg.output / f"{cfg.image.stem}_sheet.png"]
     refuse_overwrite(outputs, cfg.overwrite)
     picture = read_image(cfg.image, orient=True)
-    layer = -1 if cfg.layer is None else cfg.layer
-    vit = FrozenViT(cfg.backbone, weights=cfg.weights, layers=[layer], kinds=["x"])
+    vit = FrozenViT(cfg.backbone, weights=cfg.weights, layers=[cfg.layer], kinds=["x"])
     image = prepare_image(vit, image_to_tensor(picture), cfg.size)
     grid = vit.check_images(image[None])
     if cfg.stride > min(grid):
         raise ConfigError(f"--stride {cfg.stride} is larger than the {grid[0]}x{grid[1]} token grid of {cfg.image}")
-    result = relevance_maps(vit, image, layer=layer, stride=cfg.stride)
+    result = relevance_maps(vit, image, layer=cfg.layer, stride=cfg.stride)
     clustered = similarity_weighted(result, vit(image[None])["x", result.layer][0]) if cfg.maps == "product" else result
     size = picture.shape[:2]
     segments, _ = segments_from_maps(clustered, size, cfg.segments, cfg.distance_threshold, cfg.clustering)

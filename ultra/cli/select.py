@@ -37,8 +37,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--checkpoint", type=Path | None, default=None, help="a trained checkpoint (its backbone, its head's clusters)"
     )
-    layer_help = "block of the tokens (default: 2/3 of the depth for similarity, else the last)"
-    add_backbone_arguments(parser, layer_help, backbone_from_checkpoint=True)
+    add_backbone_arguments(parser, defaults_from_method=True)
     return parser
 
 

@@ -154,11 +154,11 @@ class DemoActions:
         if xy is None:
             raise ConfigError("no point: click on the photo (or type x,y)")
         threshold = "otsu" if otsu else check_threshold(fraction)
-        progress(0.0, desc=f"selecting by the {SELECT_LABELS.get(method, method)}")
+        by = SELECT_LABELS.get(method, method)  # an unknown method is refused by select_object
+        progress(0.0, desc=f"selecting by the {by}")
         models = self.models
         picture = read_photo(photo)
         result = select_object(picture, xy, models.segmenter, models.vit, method, layer, models.size, threshold)
-        by = SELECT_LABELS[method]
         status = f"object at ({xy[0]:.0f}, {xy[1]:.0f}) by the {by}: {100 * result.mask.mean():.1f}% of the photo"
         mask = (result.mask * 255).astype(np.uint8)
         pictures = (self.picture(result.overlay, "object"), self.picture(mask, "mask"))
