@@ -76,3 +76,11 @@ def test_interpret_reads_a_subset_of_the_cached_maps_without_computing_or_droppi
     again = interpret.main(**args, segment_images=0)["sets"][str(folder)]  # the clicks' maps only
     assert again["selection_iou"] == first["selection_iou"]
     assert {path: path.read_bytes() for path in cached} == cached  # the anchors' maps are still there
+
+
+def test_interpret_cost_prints_the_selections_and_the_maps_in_forwards(capsys):
+    figures = _bench("interpret_cost").main(size=56, stride=2, weights="random")
+    ratios = {"select_similarity_ratio", "select_relevance_ratio", "all_ratio", "anchor_ratio"}
+    assert set(figures) == {"forward_s", *ratios}
+    assert figures["all_ratio"] > figures["anchor_ratio"] > 0 and figures["select_similarity_ratio"] > 0
+    assert "select by similarity" in capsys.readouterr().out
