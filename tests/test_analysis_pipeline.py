@@ -31,7 +31,11 @@ def _tiny_backbone(monkeypatch):
     from ultra.backbone.vit import FrozenViT
 
     monkeypatch.setattr(
-        module, "FrozenViT", lambda name, weights, layers: FrozenViT(name, weights, layers, model_kwargs=TINY_VIT)
+        module,
+        "FrozenViT",
+        lambda name, weights, layers, precision: FrozenViT(
+            name, weights, layers, model_kwargs=TINY_VIT, precision=precision
+        ),
     )
 
 

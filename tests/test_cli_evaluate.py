@@ -136,3 +136,16 @@ def test_an_evaluation_folder_is_locked_and_holds_one_report(trained, tmp_path):
     (out / "confusion_gone.png").write_bytes(b"a readout of an earlier report")
     eval_cli.run([*args, "--overwrite"])
     assert sorted(p.name for p in out.glob("*.png")) == pictures  # the earlier report's files are gone
+
+
+def test_eval_never_replaces_a_picture_in_its_output_without_overwrite(trained, tmp_path):
+    root, _, _ = trained
+    out = tmp_path / "images"
+    out.mkdir()
+    photo = out / "examples.png"
+    photo.write_bytes(b"the user's own picture")
+    scenes = {"class_path": "ultra.data.SyntheticScenes", "init_args": {"num_images": 2, "size": 96, "num_classes": 4}}
+    args = ["--checkpoint", str(root / "run" / "model.safetensors"), "--dataset", json.dumps(scenes)]
+    with pytest.raises(FileExistsError, match=r"examples.png.*pass --overwrite"):
+        eval_cli.run([*args, "--resize", "64", "--crop", "64", "--output", str(out)])
+    assert photo.read_bytes() == b"the user's own picture"

@@ -24,8 +24,8 @@ TINY_ARGS = ["--backbone", "vit_tiny_patch16_224", "--weights", "random", "--siz
 def _tiny_vit_in_commands(monkeypatch):
     from ultra.backbone.vit import FrozenViT
 
-    def tiny(name, weights, layers=None, kinds=None):
-        return FrozenViT(name, weights, layers, kinds, model_kwargs=TINY_VIT)
+    def tiny(name, weights, layers=None, kinds=None, precision="auto"):
+        return FrozenViT(name, weights, layers, kinds, model_kwargs=TINY_VIT, precision=precision)
 
     monkeypatch.setattr(select_cli, "FrozenViT", tiny)
     monkeypatch.setattr(interpret_cli, "FrozenViT", tiny)
@@ -94,6 +94,16 @@ def test_select_never_writes_over_its_image(photo, tmp_path):
             [str(photo), "--point", "30,20", "-o", str(photo.with_suffix(".png")), "--overwrite", *TINY_ARGS]
         )
     assert photo.read_bytes() == before
+
+
+@pytest.mark.parametrize("option", ["--checkpoint", "--weights"])
+def test_select_never_writes_over_its_checkpoint_or_weights(photo, tmp_path, tiny_checkpoint, option):
+    given = tmp_path / "given.safetensors"
+    given.write_bytes(tiny_checkpoint.read_bytes())
+    before = given.read_bytes()
+    with pytest.raises(DataError, match=r"output .*given.safetensors is the input"):
+        select_cli.run([str(photo), "--point", "30,20", "-o", str(given), option, str(given), "--overwrite"])
+    assert given.read_bytes() == before
 
 
 def test_select_with_a_checkpoint_selects_the_clicked_pixels_head_cluster_in_its_connected_part(

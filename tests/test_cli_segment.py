@@ -9,6 +9,7 @@ import torch
 from helpers import TINY_VIT, without_crf
 from PIL import Image
 
+from ultra.backbone.precision import resolve_precision
 from ultra.cli import evaluate as eval_cli
 from ultra.cli import segment as segment_cli
 from ultra.data import SyntheticScenes
@@ -166,9 +167,21 @@ def test_a_folder_of_segmentations_is_one_experiment(tiny_checkpoint, trained, t
     base = [str(tiny_checkpoint), str(photos), "-o", str(out)]
     segment_cli.run(base)
     record = json.loads((out / "ultra-segment.json").read_text())
-    assert record == {"checkpoint_sha256": file_digest(tiny_checkpoint), "readout": "head", "crf": False, "flip": False}
+    auto = resolve_precision("auto", "cpu")
+    assert record == {
+        "checkpoint_sha256": file_digest(tiny_checkpoint),
+        "readout": "head",
+        "crf": False,
+        "flip": False,
+        "precision": auto,
+    }
     (out / "b.png").unlink()  # killed before b's label map
-    for other, differ in ((["--flip"], "flip False there, True now"), (["--readout", "raw"], "readout 'head'")):
+    other_precision = "bf16" if auto == "fp32" else "fp32"
+    for other, differ in (
+        (["--flip"], "flip False there, True now"),
+        (["--readout", "raw"], "readout 'head'"),
+        (["--precision", other_precision], f"precision '{auto}' there, '{other_precision}' now"),
+    ):
         with pytest.raises(ConfigError, match=f"other settings \\({differ}"):
             segment_cli.run([*base, "--skip_existing", *other])
     another = str(trained[0] / "run" / "model.safetensors")

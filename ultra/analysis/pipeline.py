@@ -61,6 +61,7 @@ def analyze(
     output: Path,
     backbone: str = "vit_small_patch14_dinov2",
     weights: str = "auto",
+    precision: str = "auto",
     layers: list[int] | None = None,
     graph_kinds: list[str] = ("kq", "vv", "xx"),
     size: int = DEFAULT_SIZE,
@@ -78,6 +79,7 @@ def analyze(
         output: where to write; must be empty unless ``overwrite``.
         backbone: the frozen ViT (a timm name or alias).
         weights: its weights: auto, hub, offline, random or a file.
+        precision: its arithmetic: auto (bfloat16 where the hardware runs it natively, else float32), bf16 or fp32.
         layers: blocks whose graphs are used (default: all).
         graph_kinds: among kq, vv, xx, nn (the pair of token kinds a graph compares); one solve per kind over all
             chosen layers.
@@ -94,7 +96,7 @@ def analyze(
     graph_kinds = [OLD_GRAPH_KINDS.get(kind, kind) for kind in graph_kinds]  # feat, norm: the older names
     _check_settings(size, graph_kinds, solver, clusters, teleport)
     data, output = _open_folder(images, output, classes, size, overwrite)
-    vit = FrozenViT(backbone, weights=weights, layers=layers)
+    vit = FrozenViT(backbone, weights=weights, layers=layers, precision=precision)
     if size % vit.patch_size:
         raise ConfigError(f"--size {size} is not a multiple of the patch size {vit.patch_size} of {backbone}")
     check_image_sizes(data, vit.patch_size)

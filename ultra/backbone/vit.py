@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, UnknownModelError
+from .precision import autocast, check_precision, resolve_precision
 from .weights import WeightsInfo, load_weights
 
 KINDS = ("x", "n", "q", "k", "v")
@@ -85,6 +86,8 @@ class FrozenViT(nn.Module):
     (0-based block indices, negatives count from the end) and kinds, the patch-token grids.
     Only the requested tensors are kept; blocks after the deepest requested layer are not run.
     ``weights`` is a source (see :mod:`ultra.backbone.weights`) or a file; ``model_kwargs`` go to ``timm.create_model``.
+    ``precision`` (``auto``, ``bf16``, ``fp32``; :mod:`ultra.backbone.precision`) is the arithmetic of the forward
+    pass; the tokens it returns are float32 either way.
     """
 
     def __init__(
@@ -94,10 +97,12 @@ class FrozenViT(nn.Module):
         layers: Sequence[int] | None = None,
         kinds: Iterable[str] = DEFAULT_KINDS,
         model_kwargs: dict | None = None,
+        precision: str = "auto",
     ) -> None:
         super().__init__()
         import timm
 
+        self.precision = check_precision(precision)
         self.model_name = resolve_model_name(model_name)
         self.model_kwargs = dict(model_kwargs or {})
         try:
@@ -136,9 +141,20 @@ class FrozenViT(nn.Module):
     def num_prefix_tokens(self) -> int:
         return int(self.model.num_prefix_tokens)
 
-    def describe(self) -> dict:
-        """JSON-able identity of this backbone (used in cache keys and checkpoints)."""
-        return {"model": self.model_name, "model_kwargs": self.model_kwargs, "weights": self.weights_info.as_dict()}
+    @property
+    def compute_precision(self) -> str:
+        """``bf16`` or ``fp32``: the arithmetic the forward pass runs in on the backbone's current device."""
+        return resolve_precision(self.precision, self.mean.device)
+
+    def describe(self, device: torch.device | str | None = None) -> dict:
+        """JSON-able identity of this backbone and the arithmetic its tokens come from on ``device`` (default: where
+        it is now); used in cache keys and checkpoints."""
+        return {
+            "model": self.model_name,
+            "model_kwargs": self.model_kwargs,
+            "weights": self.weights_info.as_dict(),
+            "precision": resolve_precision(self.precision, device or self.mean.device),
+        }
 
     def train(self, mode: bool = True) -> FrozenViT:
         """The backbone stays in eval mode whatever the caller asks."""
@@ -198,22 +214,24 @@ class FrozenViT(nn.Module):
                 hooks.append(self.model.blocks[layer].attn.qkv.register_forward_hook(_capture(captured, layer)))
         index = sorted(set(layers) | {max(layers)})  # run up to the deepest requested layer only
         try:
-            result = self.model.forward_intermediates(
-                self.normalize(images),
-                indices=index,
-                return_prefix_tokens=True,
-                norm=False,
-                stop_early=True,
-                output_fmt="NLC",
-                intermediates_only=True,
-                output_dict=True,
-            )
+            with autocast(self.compute_precision, self.mean.device):
+                result = self.model.forward_intermediates(
+                    self.normalize(images),
+                    indices=index,
+                    return_prefix_tokens=True,
+                    norm=False,
+                    stop_early=True,
+                    output_fmt="NLC",
+                    intermediates_only=True,
+                    output_dict=True,
+                )
         finally:
             for hook in hooks:
                 hook.remove()
         b, p = images.shape[0], self.num_prefix_tokens
-        blocks = result["image_intermediates"]
-        prefixes = result.get("image_intermediates_prefix") or [t[:, :0] for t in blocks]
+        blocks = [t.float() for t in result["image_intermediates"]]
+        prefixes = [t.float() for t in result.get("image_intermediates_prefix") or [t[:, :0] for t in blocks]]
+        captured = {layer: t.float() for layer, t in captured.items()}
         for kind in {"x", "n"} & set(kinds):
             norm = self.model.norm if kind == "n" else nn.Identity()
             out.grids[kind] = {layer: norm(blocks[index.index(layer)]).reshape(b, h, w, -1) for layer in layers}

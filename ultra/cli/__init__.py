@@ -12,9 +12,11 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 
+from ..backbone.precision import PRECISIONS
 from ..backbone.vit import DEFAULT_SIZE
 from ..errors import USER_ERRORS, ConfigError
 
@@ -65,6 +67,17 @@ WEIGHTS_HELP = (
 )
 
 
+PRECISION_HELP = (
+    "the backbone's arithmetic: auto (bfloat16 where the hardware runs it natively: a CPU with AMX or AVX512-BF16, "
+    "a CUDA device with bf16; float32 elsewhere), bf16 or fp32"
+)
+
+
+def add_precision_argument(parser) -> None:
+    """``--precision``, the same in every command that runs the backbone."""
+    parser.add_argument("--precision", type=Literal[PRECISIONS], default="auto", help=PRECISION_HELP)
+
+
 DEFAULT_BACKBONE = "vit_small_patch14_dinov2"
 """The interpretation commands' backbone when none is named."""
 
@@ -80,6 +93,7 @@ def add_backbone_arguments(parser, defaults_from_method: bool = False) -> None:
         + (f"; default: the checkpoint's, else {DEFAULT_BACKBONE}" if defaults_from_method else ""),
     )
     parser.add_argument("--weights", type=str, default="auto", help="auto, hub, offline, random or a weights file")
+    add_precision_argument(parser)
     parser.add_argument(
         "--layer",
         type=int | None if defaults_from_method else int,

@@ -15,7 +15,7 @@ from jsonargparse import ArgumentParser
 
 from ..backbone.vit import check_size
 from ..errors import ConfigError, DemoUnavailable
-from . import DEFAULT_SIZE, WEIGHTS_HELP, check_device, console
+from . import DEFAULT_SIZE, WEIGHTS_HELP, add_precision_argument, check_device, console
 
 
 def build_parser() -> ArgumentParser:
@@ -48,6 +48,7 @@ def build_parser() -> ArgumentParser:
         help="shorter side (pixels) of the photo fed to the backbone in Select and Look inside",
     )
     parser.add_argument("--device", type=str, default="cpu")
+    add_precision_argument(parser)
     return parser
 
 
@@ -64,7 +65,7 @@ def serve(args: list[str] | None = None, block: bool = True):
         raise DemoUnavailable(f"ultra-demo needs the 'demo' extra: pip install 'ultra-seg[demo]' ({err})") from None
     from ..demo.models import DemoModels
 
-    models = DemoModels.open(cfg.checkpoint, cfg.backbone, cfg.weights, cfg.device, cfg.size)
+    models = DemoModels.open(cfg.checkpoint, cfg.backbone, cfg.weights, cfg.device, cfg.size, cfg.precision)
     folder = DemoFolder()
     atexit.register(folder.remove)
     app = build_app(models, folder)

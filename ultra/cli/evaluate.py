@@ -34,7 +34,7 @@ from ..evaluation.checkpoint_report import (
     training_data_section,
 )
 from ..readout.crf import require_crf
-from . import WEIGHTS_HELP, console
+from . import WEIGHTS_HELP, add_precision_argument, console
 
 
 def build_parser() -> ArgumentParser:
@@ -68,6 +68,7 @@ def build_parser() -> ArgumentParser:
         help=f"protocol: centre crop in pixels (default: the config's data.evaluation, else {EvalConfig.crop})",
     )
     parser.add_argument("--weights", type=str | None, default=None, help=WEIGHTS_HELP)
+    add_precision_argument(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report in --output")
     parser.add_argument("--crf", action="store_true", help="also report every readout after a dense CRF")
     parser.add_argument("--flip", action="store_true", help="average predictions with the mirrored image")
@@ -120,6 +121,7 @@ def run(args: list[str] | None = None) -> dict:
         trainer,
         overwrite=cfg.overwrite,
         weights=cfg.weights,
+        precision=cfg.precision,
         described=describe_dataset(dataset, init_args),
         flip=cfg.flip,
         crf=cfg.crf,

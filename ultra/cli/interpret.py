@@ -69,7 +69,7 @@ def run(args: list[str] | None = None) -> Path:
     outputs = [cfg.output / f"{cfg.image.stem}_segments.png", cfg.output / f"{cfg.image.stem}_sheet.png"]
     refuse_overwrite(outputs, cfg.overwrite)
     picture = read_image(cfg.image, orient=True)
-    vit = FrozenViT(cfg.backbone, weights=cfg.weights, layers=[cfg.layer], kinds=["x"])
+    vit = FrozenViT(cfg.backbone, weights=cfg.weights, layers=[cfg.layer], kinds=["x"], precision=cfg.precision)
     image = prepare_image(vit, image_to_tensor(picture), cfg.size)
     grid = vit.check_images(image[None])
     if cfg.stride > min(grid):

@@ -25,7 +25,7 @@ from ..pictures import overlay, save_image, save_label_map
 from ..readout.checkpoint import load
 from ..readout.crf import require_crf
 from ..readout.output_folder import claim_output_folder, label_settings, outputs_for
-from . import WEIGHTS_HELP, check_device, console
+from . import WEIGHTS_HELP, add_precision_argument, check_device, console
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--flip", action="store_true", help="average with the mirrored image")
     parser.add_argument("--device", type=str, default="cpu")
     parser.add_argument("--weights", type=str | None, default=None, help=WEIGHTS_HELP)
+    add_precision_argument(parser)
     return parser
 
 
@@ -67,9 +68,9 @@ def _segment(cfg, images: list[Path]) -> list[Path]:
     both its outputs exist; an incomplete pair (a batch killed between them) is written again."""
     if not cfg.skip_existing:
         refuse_overwrite([path for image in images for path in outputs_for(image, cfg.output)], cfg.overwrite)
-    segmenter = load(cfg.checkpoint, device=cfg.device, weights=cfg.weights)
+    segmenter = load(cfg.checkpoint, device=cfg.device, weights=cfg.weights, precision=cfg.precision)
     segmenter.require_readout(cfg.readout)
-    settings = label_settings(cfg.checkpoint, cfg.readout, cfg.crf, cfg.flip)
+    settings = label_settings(cfg.checkpoint, cfg.readout, cfg.crf, cfg.flip, segmenter.backbone.compute_precision)
     claim_output_folder(cfg.output, settings, images, cfg.skip_existing, cfg.overwrite)
     if cfg.skip_existing:
         images = [image for image in images if not all(p.exists() for p in outputs_for(image, cfg.output))]

@@ -67,13 +67,20 @@ def run(args: list[str] | None = None) -> Path:
         cfg.output.with_name(f"{cfg.output.stem}_overlay.png"),
         cfg.output.with_name(f"{cfg.output.stem}_map.png"),
     ]
-    refuse_collisions({cfg.image: outputs})
+    weights_file = [Path(cfg.weights)] if cfg.weights and Path(cfg.weights).is_file() else []
+    refuse_collisions({cfg.image: outputs}, other_inputs=[p for p in [cfg.checkpoint] if p] + weights_file)
     refuse_overwrite(outputs, cfg.overwrite)
     picture = read_image(cfg.image, orient=True)
     if cfg.checkpoint is not None:
-        segmenter, vit = load(cfg.checkpoint, weights=None if cfg.weights == "auto" else cfg.weights), None
+        segmenter, vit = (
+            load(cfg.checkpoint, weights=None if cfg.weights == "auto" else cfg.weights, precision=cfg.precision),
+            None,
+        )
     else:
-        segmenter, vit = None, FrozenViT(cfg.backbone or DEFAULT_BACKBONE, weights=cfg.weights, kinds=["x"])
+        segmenter, vit = (
+            None,
+            FrozenViT(cfg.backbone or DEFAULT_BACKBONE, weights=cfg.weights, kinds=["x"], precision=cfg.precision),
+        )
     result = select_object(picture, point, segmenter, vit, cfg.method, cfg.layer, cfg.size, threshold)
     save_image((result.mask * 255).astype(np.uint8), outputs[0])
     save_image(result.overlay, outputs[1])

@@ -186,7 +186,7 @@ class FeatureCache:
         """The cache of ``dataset`` seen through ``views`` (a view transform), built first if needed."""
         keys = sorted({(k, int(layer) % backbone.num_layers) for k, layer in keys})
         source = {
-            "backbone": backbone.describe(),
+            "backbone": backbone.describe(device),
             "views": _describe(views),
             "dataset": dataset.fingerprint(),
             "num_classes": dataset.num_classes,

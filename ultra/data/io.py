@@ -47,7 +47,12 @@ def read_image(path: str | Path, orient: bool = False) -> np.ndarray:
 
     ``orient``: turn the pixels as the file's EXIF orientation says (as a photo viewer shows them). Off for data
     sets, whose label maps are drawn on the stored pixels; on for the user's own photos."""
-    img = _open(Path(path), "image")
+    return picture_array(_open(Path(path), "image"), orient)
+
+
+def picture_array(img: Image.Image, orient: bool = False) -> np.ndarray:
+    """An opened PIL image as ``uint8 [H, W, 3]`` RGB, converted as :func:`read_image` converts a file: 16-bit
+    scaled, transparency composited on white, and with ``orient`` turned as its EXIF orientation says."""
     if orient:
         img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16L", "I;16B", "I"):

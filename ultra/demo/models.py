@@ -38,14 +38,15 @@ class DemoModels:
         weights: str | None = None,
         device: str = "cpu",
         size: int = 448,
+        precision: str = "auto",
     ) -> DemoModels:
         """Load ``checkpoint`` with :func:`ultra.load` (the same validation); a refused checkpoint becomes the page's
         ``problem`` and the other tabs run on ``backbone`` with ``weights`` (default: the checkpoint's own, else
-        ``auto``)."""
+        ``auto``), in the arithmetic ``precision``."""
         segmenter, problem = None, f"No checkpoint was given. {TRAIN_HINT}"
         if checkpoint is not None:
             try:
-                segmenter = load(checkpoint, device=device, weights=weights)
+                segmenter = load(checkpoint, device=device, weights=weights, precision=precision)
                 problem = None
             except Exception as err:  # noqa: BLE001 - whatever the checkpoint does, the page starts and says so
                 if not isinstance(err, USER_ERRORS):
@@ -54,7 +55,11 @@ class DemoModels:
                 problem = (
                     f"The checkpoint {escape_markdown(checkpoint)} was refused: {escape_markdown(err)}. {TRAIN_HINT}"
                 )
-        vit = segmenter.backbone if segmenter is not None else FrozenViT(backbone, weights=weights or "auto").to(device)
+        vit = (
+            segmenter.backbone
+            if segmenter is not None
+            else FrozenViT(backbone, weights=weights or "auto", precision=precision).to(device)
+        )
         return cls(segmenter, problem, vit, size)
 
     @property

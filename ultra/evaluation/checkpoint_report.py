@@ -21,7 +21,7 @@ from ..errors import ConfigError
 from ..files import LOCK_NAME, folder_lock, refuse_overwrite, require_writable
 from ..readout.checkpoint import load
 from ..readout.segmenter import Segmenter
-from .protocol import evaluate
+from .protocol import evaluate, report_files
 
 
 def training_data_section(config: Path) -> dict:
@@ -64,25 +64,27 @@ def evaluate_checkpoint(
     trainer: pl.Trainer,
     overwrite: bool = False,
     weights: str | None = None,
+    precision: str = "auto",
     described: dict | None = None,
     **protocol,
 ) -> dict:
     """Evaluate the checkpoint on ``dataset`` (untransformed; ``geometry`` is applied) into the report folder
-    ``output``; ``weights``: the backbone's (default: the checkpoint's own); ``protocol`` goes to
-    :func:`~ultra.evaluation.protocol.evaluate` (flip, crf, batch_size, ...)."""
+    ``output``; ``weights``: the backbone's (default: the checkpoint's own); ``precision``: its arithmetic;
+    ``protocol`` goes to :func:`~ultra.evaluation.protocol.evaluate` (flip, crf, batch_size, ...)."""
     created = not output.exists()
     require_writable(output)
     try:  # one evaluation per folder: the other processes of a multi-process run are covered by the first one's lock
         with folder_lock(output, "--output", held=trainer.is_global_zero):
-            refuse_overwrite([output / "eval.json"], overwrite)
+            refuse_overwrite([output / "eval.json", *report_files(output)], overwrite)  # every file it would replace
             dataset.check(require_labels=True)  # every label read once: a bad file or a wrong layout, before any work
-            segmenter = load(checkpoint, weights=weights)
+            segmenter = load(checkpoint, weights=weights, precision=precision)
             check_same_classes(segmenter, dataset)
             settings = {
                 "checkpoint": str(checkpoint),
                 "dataset": described or {},
                 "eval_resize": geometry.resize,
                 "eval_crop": geometry.crop,
+                "precision": segmenter.backbone.describe(trainer.strategy.root_device)["precision"],
             }
             return evaluate(
                 segmenter,

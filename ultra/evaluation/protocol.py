@@ -227,14 +227,18 @@ REPORT_FILES = ("eval.json", "examples.png", "confusion_*.png")
 """What a report folder holds: :func:`write_report` removes an earlier report's files before writing its own."""
 
 
+def report_files(output: Path) -> list[Path]:
+    """The files of a report already in ``output`` (what :func:`write_report` would remove)."""
+    return sorted(path for pattern in REPORT_FILES for path in Path(output).glob(pattern))
+
+
 def write_report(report: dict, results: dict, examples: list[dict], classes, output: Path) -> None:
     """The report into ``output``: a confusion picture per matched readout, the example sheet, ``eval.json`` last.
     A report folder holds one report: the files of an earlier one (e.g. the confusion of a readout this report does
     not have) are removed first."""
     output.mkdir(parents=True, exist_ok=True)
-    for pattern in REPORT_FILES:
-        for path in output.glob(pattern):
-            path.unlink()
+    for path in report_files(output):
+        path.unlink()
     for name, r in results.items():
         if "cluster_to_class" in r:
             matched = matched_confusion(r["confusion"], r["cluster_to_class"].to(r["confusion"].device))

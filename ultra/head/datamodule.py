@@ -17,6 +17,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from ..backbone.precision import check_precision
 from ..backbone.vit import FrozenViT
 from ..data.base import SegmentationDataset
 from ..data.cache import CacheConfig, FeatureCache, TokenKey
@@ -38,6 +39,8 @@ class HeadDataModule(pl.LightningDataModule):
         backbone: the frozen ViT (a timm name or alias, see :class:`~ultra.backbone.vit.FrozenViT`).
         weights: its weights: auto, hub, offline, random or a file.
         model_kwargs: architecture sizes passed to ``timm.create_model`` (a custom ViT).
+        precision: the backbone's arithmetic: ``auto`` (bfloat16 where the hardware runs it natively, else
+            float32), ``bf16`` or ``fp32`` (:mod:`ultra.backbone.precision`).
         feature_layers: blocks whose tokens, concatenated, are the head's input (and, of the last,
             the raw-token baseline's).
         tokens: ``x`` block outputs or ``n`` block outputs through the final LayerNorm, for those.
@@ -58,6 +61,7 @@ class HeadDataModule(pl.LightningDataModule):
         backbone: str = "vit_small_patch14_dinov2",
         weights: str = "auto",
         model_kwargs: dict | None = None,
+        precision: str = "auto",
         feature_layers: list[int] = (-1,),
         tokens: str = "x",
         graphs: list[GraphSpec] = (GraphSpec("xx", -1),),
@@ -73,7 +77,12 @@ class HeadDataModule(pl.LightningDataModule):
         if tokens not in FEATURE_TOKENS:
             raise ConfigError(f"data.tokens must be one of {FEATURE_TOKENS}, got '{tokens}'")
         self.train_dataset, self.val_dataset = train_dataset, val_dataset
-        self.backbone_args = {"model_name": backbone, "weights": weights, "model_kwargs": model_kwargs}
+        self.backbone_args = {
+            "model_name": backbone,
+            "weights": weights,
+            "model_kwargs": model_kwargs,
+            "precision": check_precision(precision, "data.precision"),
+        }
         self.feature_layers, self.tokens, self.graphs = list(feature_layers), tokens, list(graphs)
         self.knn, self.views, self.evaluation, self.batches, self.cache_config = knn, views, evaluation, batches, cache
         self.num_workers, self.seed = num_workers, seed

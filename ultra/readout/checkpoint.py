@@ -95,12 +95,15 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
     return meta, tensors
 
 
-def load(path: str | Path, device: str | torch.device = "cpu", weights: str | Path | None = None) -> Segmenter:
+def load(
+    path: str | Path, device: str | torch.device = "cpu", weights: str | Path | None = None, precision: str = "auto"
+) -> Segmenter:
     """Load an inference checkpoint written by :func:`save_segmenter` (``ultra.load``).
 
     The backbone is rebuilt from the recorded model name and weight source (or ``weights``, a
     source or file); its weights must be the ones the checkpoint was trained with. A checkpoint never
-    chooses which local file is read: one trained on a weights file needs that file as ``weights``.
+    chooses which local file is read: one trained on a weights file needs that file as ``weights``. ``precision`` is
+    the backbone's arithmetic here (:mod:`ultra.backbone.precision`), whatever the checkpoint was trained with.
     """
     meta, tensors = read_checkpoint(path)
     try:
@@ -109,7 +112,9 @@ def load(path: str | Path, device: str | torch.device = "cpu", weights: str | Pa
         raise CheckpointError(str(err)) from None
     recorded = meta["backbone"]
     source = weights or _recorded_source(recorded["weights"], path)
-    backbone = FrozenViT(recorded["model"], weights=source, model_kwargs=recorded.get("model_kwargs"))
+    backbone = FrozenViT(
+        recorded["model"], weights=source, model_kwargs=recorded.get("model_kwargs"), precision=precision
+    )
     loaded = backbone.weights_info
     if loaded.digest != recorded["weights"]["digest"]:
         raise CheckpointError(

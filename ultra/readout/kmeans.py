@@ -62,9 +62,9 @@ def _kmeans_pp(sample: Tensor, k: int, generator: torch.Generator) -> Tensor:
     return torch.stack(centroids)
 
 
-def _lloyd_step(centroids: Tensor, x: Tensor) -> Tensor:
-    """One Lloyd update from the rows ``x``: centroid = normalised mean; empty clusters keep their place."""
-    labels = (x @ centroids.T).argmax(1)
+def _lloyd_step(centroids: Tensor, x: Tensor, labels: Tensor) -> Tensor:
+    """One Lloyd update from the rows ``x`` and their nearest ``centroids``' ``labels``: centroid = normalised mean;
+    empty clusters keep their place."""
     sums = torch.zeros_like(centroids).index_add_(0, labels, x)
     counts = torch.bincount(labels, minlength=centroids.shape[0])
     return F.normalize(torch.where(counts[:, None] > 0, sums, centroids), dim=-1)
@@ -123,13 +123,13 @@ def kmeans(
     best: KMeansResult | None = None
     for restart in range(restarts):
         centroids = _kmeans_pp(sample, k, generator)
-        previous = None
-        for _ in range(steps):
-            centroids = _lloyd_step(centroids, sample)
-            labels = (sample @ centroids.T).argmax(1)
-            if previous is not None and torch.equal(labels, previous):
+        labels = (sample @ centroids.T).argmax(1)
+        for _ in range(steps):  # one product per step: the labels of the new centroids feed the next update
+            centroids = _lloyd_step(centroids, sample, labels)
+            updated = (sample @ centroids.T).argmax(1)
+            if torch.equal(updated, labels):
                 break
-            previous = labels
+            labels = updated
         score = inertia(sample, centroids)
         if best is None or score < best.inertia:
             best = KMeansResult(centroids, score, restart)

@@ -19,9 +19,16 @@ RECORD = "ultra-segment.json"
 OVERLAY_SUFFIX = "_overlay.png"
 
 
-def label_settings(checkpoint: Path, readout: str, crf: bool, flip: bool) -> dict:
-    """The settings that decide an image's labels: the checkpoint's bytes, the readout, the CRF and the flip."""
-    return {"checkpoint_sha256": file_digest(checkpoint), "readout": readout, "crf": crf, "flip": flip}
+def label_settings(checkpoint: Path, readout: str, crf: bool, flip: bool, precision: str) -> dict:
+    """The settings that decide an image's labels: the checkpoint's bytes, the readout, the CRF, the flip and the
+    backbone's arithmetic (``bf16`` or ``fp32``)."""
+    return {
+        "checkpoint_sha256": file_digest(checkpoint),
+        "readout": readout,
+        "crf": crf,
+        "flip": flip,
+        "precision": precision,
+    }
 
 
 def outputs_for(image: Path, folder: Path) -> tuple[Path, Path]:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ..backbone.vit import FrozenViT, check_resized_side, resize_to_patches
 from ..data.cache import TokenKey
 from ..data.grids import upsample_scores
-from ..data.io import read_image
+from ..data.io import picture_array, read_image
 from ..data.transforms import image_to_tensor
 from ..errors import ConfigError
 from ..head.projection import ProjectionHead
@@ -177,14 +177,25 @@ def readout_grid_scores(readout: nn.Module, grids) -> Tensor:
 
 
 def as_image_tensor(image) -> Tensor:
-    """A PIL image, file path (turned as its EXIF orientation says), or ``[3, H, W]`` tensor (float in [0, 1] or uint8)
-    as float ``[3, H, W]``."""
+    """A PIL image or file path (both turned as their EXIF orientation says, transparency on white), or a
+    ``[3, H, W]`` tensor (uint8, or float in [0, 1]) as float ``[3, H, W]``; other tensors are refused."""
     if isinstance(image, (str, Path)):
         return image_to_tensor(read_image(image, orient=True))
     if isinstance(image, Image.Image):
-        return image_to_tensor(image.convert("RGB"))
+        return image_to_tensor(picture_array(image, orient=True))
     if isinstance(image, Tensor):
         if image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"an image tensor must be [3, H, W], got {tuple(image.shape)}")
-        return image.float() / 255 if image.dtype == torch.uint8 else image.float()
+        if image.dtype == torch.uint8:
+            return image.float() / 255
+        if not image.is_floating_point():
+            raise ValueError(f"an image tensor must be uint8 (0-255) or float in [0, 1], got {image.dtype}")
+        if not bool(torch.isfinite(image).all()) or image.min() < 0 or image.max() > 1:
+            low, high = float(image.nan_to_num(0).min()), float(image.nan_to_num(0).max())
+            raise ValueError(
+                f"a float image tensor must hold values in [0, 1] without NaN, got {low:g} to {high:g}"
+                + ("" if torch.isfinite(image).all() else " and non-finite values")
+                + " (divide 0-255 values by 255)"
+            )
+        return image.float()
     raise TypeError(f"cannot segment a {type(image).__name__}: give a PIL image, a path or a [3, H, W] tensor")

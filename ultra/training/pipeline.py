@@ -87,7 +87,7 @@ def _train(cli: TrainingCLI, config: ReadoutConfig, self_training: SelfTrainingC
         batch_size=config.eval_batch_size,
         num_workers=data.num_workers,
         settings={
-            "backbone": data.backbone.describe(),
+            "backbone": data.backbone.describe(trainer.strategy.root_device),
             "eval_resize": data.evaluation.resize,
             "eval_crop": data.evaluation.crop,
             "seed": seed,
@@ -137,10 +137,9 @@ def fitted_segmenter(
 
 def export(segmenter: Segmenter, data: HeadDataModule, root: Path, is_main: bool) -> None:
     """Write the inference checkpoint ``root/model.safetensors`` (on the main process)."""
-    if is_main:
-        device = segmenter.device
+    if is_main:  # on its device: the header records the arithmetic the backbone ran in there
         path = save_segmenter(
-            segmenter.cpu(),
+            segmenter,
             root / "model.safetensors",
             extra={
                 "training": {
@@ -149,7 +148,6 @@ def export(segmenter: Segmenter, data: HeadDataModule, root: Path, is_main: bool
                 }
             },
         )
-        segmenter.to(device)
         log.info("inference checkpoint written to %s", path)
 
 
