@@ -155,3 +155,16 @@ def test_a_self_trained_head_is_exported_as_an_ordinary_affine_head(tmp_path, ti
     image = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
     labels = segmenter.segment(Image.fromarray(image))
     assert labels.shape == (40, 50) and set(labels.unique().tolist()) <= {0, 1, 2, 3, 255}
+
+
+def test_a_one_colour_training_set_is_an_error_and_exports_nothing(tmp_path):
+    """Tokens all alike: the kq graph has no edges (or the solve is not finite); the run stops before any model."""
+    folder = photo_folder(tmp_path / "photos", ["stuff_0", "stuff_1", "thing_2", "thing_3"], images=4)
+    for image in (folder / "images").iterdir():
+        Image.new("RGB", (96, 80), (120, 30, 200)).save(image)
+    config = synthetic_config(
+        tmp_path / "c.yaml", train_dataset={"class_path": "ultra.data.ImageFolder", "init_args": {"root": str(folder)}}
+    )
+    with pytest.raises(DataError, match=r"graph of the training set has no edges|exact solve .* is not finite"):
+        train_cli.run(["--config", str(config), *tiny_overrides(tmp_path), "--readout.evaluate", "false"])
+    assert not (tmp_path / "run" / "model.safetensors").exists()

@@ -7,6 +7,7 @@ import errno
 import hashlib
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -52,13 +53,26 @@ def remove_stale_parts(folder: str | Path, name: str = "*") -> None:
         part.unlink(missing_ok=True)
 
 
+_FULL_DISK_TEXT = re.compile(r"No space left on device|Disk quota exceeded|StorageFull|QuotaExceeded|os error 28")
+"""How a full disk reads in the message of a library that does not raise ``OSError`` for it (safetensors' Rust
+writer raises ``SafetensorError`` with the io error's text)."""
+
+
+def is_full_disk(err: BaseException) -> bool:
+    """Whether ``err`` says the disk is full (ENOSPC or EDQUOT), as an ``OSError`` or in a library's message."""
+    if isinstance(err, OSError) and err.errno is not None:
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    return bool(_FULL_DISK_TEXT.search(str(err)))
+
+
 @contextlib.contextmanager
 def disk_full_named(folder: str | Path, doing: str) -> Iterator[None]:
-    """Turn a full disk (ENOSPC, EDQUOT) inside the block into one :class:`DiskFull` error naming the folder."""
+    """Turn a full disk (ENOSPC, EDQUOT) inside the block into one :class:`DiskFull` error naming the folder, whether
+    it comes as an ``OSError`` or as a library's own error (safetensors)."""
     try:
         yield
-    except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+    except Exception as err:
+        if not is_full_disk(err):
             raise
         raise DiskFull(
             f"the disk of {folder} is full ({doing}): free some space and run the command again; "

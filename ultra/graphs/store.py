@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..data.cache import FeatureCache, TokenKey
 from ..data.standardise import token_map
-from ..errors import CacheError, ConfigError
+from ..errors import CacheError, ConfigError, DataError
 from ..files import atomic_path, build_lock, remove_stale_parts
 from .correspondence import image_correspondences
 from .knn import GraphSpec, KnnConfig, knn_graph
@@ -100,15 +100,20 @@ def load_or_build_graphs(
 
                 return knn_graph(rows, columns, knn, device=device, groups=cache.view_image(), on_view=progress)
 
-        graphs.append(
-            _stored(
-                folder / f"{spec.kind}{spec.layer}-{name}.safetensors",
-                SparseGraph.load,
-                build,
-                cache.num_nodes,
-                f"the {spec.name} graph",
-            )
+        graph = _stored(
+            folder / f"{spec.kind}{spec.layer}-{name}.safetensors",
+            SparseGraph.load,
+            build,
+            cache.num_nodes,
+            f"the {spec.name} graph",
         )
+        if graph.nnz == 0:
+            raise DataError(
+                f"the {spec.name} graph of the training set has no edges over its {cache.num_nodes} tokens: its "
+                f"tokens are all alike (e.g. images of one colour) or knn.threshold {knn.threshold} drops every "
+                f"neighbour; train on varied images, or lower the threshold"
+            )
+        graphs.append(graph)
     view = None
     if view_consistency:
         view = _stored(

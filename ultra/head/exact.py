@@ -36,7 +36,7 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..graphs.spectral import normalized_weights
 from .loss import propagate_batch
 
@@ -104,6 +104,11 @@ class QuadraticForms:
         regularised = gram + ridge * np.trace(gram) / dim * np.eye(dim)
         extra = min(dim - out_dim, 4)
         values, vectors = scipy.linalg.eigh(target, regularised, subset_by_index=[dim - out_dim - extra, dim - 1])
+        if not np.isfinite(values).all() or not np.isfinite(vectors).all():
+            raise DataError(
+                f"the exact solve over {int(n)} tokens is not finite: the tokens carry no variation the graphs can "
+                "use (e.g. images of one colour); train on varied images"
+            )
         vectors = vectors[:, np.argsort(values)[::-1]]
         energy = np.einsum("dc,de,ec->c", vectors, gram, vectors)
         mean_square = (vectors.T @ self.total.numpy()) ** 2 / (n * energy)
