@@ -7,7 +7,7 @@ from PIL import Image
 
 from ultra.cli import interpret as interpret_cli
 from ultra.cli import select as select_cli
-from ultra.errors import DataError
+from ultra.errors import ConfigError, DataError
 
 
 @pytest.fixture
@@ -146,3 +146,15 @@ def test_select_by_each_method_and_refuses_what_a_method_cannot_use(photo, tmp_p
     with pytest.raises(ValueError, match="--method must be one of similarity, clusters, relevance, got 'cosine'"):
         select_cli.run([*args, "--method", "cosine", "-o", str(tmp_path / "c.png")])
     assert not (tmp_path / "c.png").exists()
+
+
+def test_select_messages_say_what_was_wrong(photo, tmp_path):
+    out = ["-o", str(tmp_path / "m.png")]
+    with pytest.raises(ConfigError, match=r"point \(-0.5, 3.0\) is outside the .* image"):
+        select_cli.run([str(photo), "--point", "-0.5,3", *out, *TINY_ARGS])
+    tiny = [a for a in TINY_ARGS if a not in ("--size", "48")]
+    with pytest.raises(ConfigError, match="above the maximum side 2048"):
+        select_cli.run([str(photo), "--point", "3,3", *out, *tiny, "--size", "100000"])
+    with pytest.raises(ConfigError, match="--size 8 gives a shorter side of at most one 16 px patch"):
+        select_cli.run([str(photo), "--point", "3,3", *out, *tiny, "--size", "8"])
+    assert not (tmp_path / "m.png").exists()

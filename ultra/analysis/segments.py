@@ -174,6 +174,11 @@ def prepare_image(vit: FrozenViT, image: Tensor, size: int) -> Tensor:
     height, width = image.shape[-2:]
     if min(height, width) < vit.patch_size:
         raise ConfigError(f"image of {width}x{height} px is smaller than one {vit.patch_size}x{vit.patch_size} patch")
+    if size < 2 * vit.patch_size:
+        raise ConfigError(
+            f"--size {size} gives a shorter side of at most one {vit.patch_size} px patch of {vit.model_name}: "
+            f"nothing to select from; give at least {2 * vit.patch_size}"
+        )
     check_resized_side((height, width), size)
     return resize_to_patches(image[None], size, vit.patch_size)[0]
 

@@ -290,6 +290,10 @@ def check_resized_side(size: tuple[int, int], shorter_side: int, what: str = "im
     """Refuse, before any work, an image of ``size = (H, W)`` whose longer side would exceed :data:`MAX_SIDE` once
     its shorter side is resized to ``shorter_side``."""
     height, width = size
+    if shorter_side > MAX_SIDE:
+        raise ConfigError(
+            f"a shorter side of {shorter_side} px is above the maximum side {MAX_SIDE} px the backbone is given"
+        )
     long_side = round(max(height, width) * shorter_side / min(height, width))
     if long_side > MAX_SIDE:
         raise ConfigError(

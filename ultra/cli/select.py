@@ -10,6 +10,7 @@ clicked point marked) and ``<name>_map.png`` (the map, or the head's clusters).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,8 @@ def _check_method_options(cfg) -> None:
 
 def run(args: list[str] | None = None) -> Path:
     """Select the object and write the pictures; returns the mask's path."""
-    cfg = build_parser().parse_args(args)
+    args = sys.argv[1:] if args is None else list(args)
+    cfg = build_parser().parse_args(_attached_points(args))
     check_size(cfg.size)
     point = parse_point(cfg.point)
     threshold = check_threshold(cfg.threshold or "otsu")
@@ -87,6 +89,17 @@ def run(args: list[str] | None = None) -> Path:
     save_image(result.map, outputs[2])
     print(f"mask of {int(result.mask.sum())} px ({100 * result.mask.mean():.1f}% of the image) written to {outputs[0]}")
     return outputs[0]
+
+
+def _attached_points(args: list[str]) -> list[str]:
+    """``--point -0.5,3`` as ``--point=-0.5,3``: a value starting with a minus is the point's, not an option."""
+    out = []
+    for i, arg in enumerate(args):
+        if i and args[i - 1] == "--point" and arg.startswith("-"):
+            out[-1] = f"--point={arg}"
+        else:
+            out.append(arg)
+    return out
 
 
 main = console(run, "ultra-select")
