@@ -376,3 +376,16 @@ def test_coco_json_labels_reproduce_the_official_pngs():
             assert torch.equal(from_json[i]["label"], from_png[png_index[sample.name]]["label"]), sample.name
             compared += 1
     assert compared == 151
+
+
+@pytest.mark.parametrize("pixels", [1600, 2500])
+def test_images_above_pils_limit_are_refused_also_where_pil_only_warns(tmp_path, monkeypatch, pixels):
+    """PIL warns between its limit and twice it, and raises above: both are one clear refusal naming the file."""
+    from ultra.data.io import read_image
+    from ultra.errors import DataError
+
+    side = int(pixels**0.5)
+    path = save_png(tmp_path / "big.png", np.zeros((side, side, 3), np.uint8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1600 px: a warning in PIL; 2500: its error
+    with pytest.raises(DataError, match=r"image .*big.png is refused: .*exceeds limit"):
+        read_image(path)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import photo_folder, synthetic_config, tiny_overrides, without_crf
+from helpers import photo_folder, sgd_overrides, synthetic_config, tiny_overrides, without_crf
 from PIL import Image
 
 import ultra
@@ -168,3 +168,12 @@ def test_a_one_colour_training_set_is_an_error_and_exports_nothing(tmp_path):
     with pytest.raises(DataError, match=r"graph of the training set has no edges|exact solve .* is not finite"):
         train_cli.run(["--config", str(config), *tiny_overrides(tmp_path), "--readout.evaluate", "false"])
     assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_self_training_on_an_mlp_s_embedding_is_refused_before_the_fit(tmp_path):
+    config = synthetic_config(tmp_path / "c.yaml")
+    args = ["--config", str(config), *tiny_overrides(tmp_path), *sgd_overrides(), "--model.architecture", "mlp"]
+    args += ["--self_training.rounds", "1", "--self_training.features", "embedding"]
+    with pytest.raises(ConfigError, match="'embedding' needs a linear or affine head, not an MLP"):
+        train_cli.run(args)
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "cache").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,10 +22,16 @@ def _opened(path: Path, what: str) -> Iterator[Image.Image]:
     if not path.is_file():
         raise DataError(f"{what} {path} does not exist")
     try:
-        with Image.open(path) as img:
-            yield img
-    except Image.DecompressionBombError as err:
+        with warnings.catch_warnings():  # PIL only warns between its limit and twice it: refused here as above it
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise DataError(f"{what} {path} is refused: {err}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise DataError(f"cannot read {what} {path}: {err}") from err
+    try:
+        with opened as img:
+            yield img
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise DataError(f"cannot read {what} {path}: {err}") from err
 

@@ -80,6 +80,11 @@ class SelfTrainingConfig:
         if self.rounds and self.sample < clusters:
             raise ConfigError(f"self_training.sample={self.sample} is smaller than the {clusters} clusters it labels")
 
+    def check_head(self, head: nn.Module) -> None:
+        """Refused before any work: rounds on the ``embedding`` of a head that is not one linear or affine map."""
+        if self.rounds and self.features == "embedding":
+            _inner_linear(head)
+
     def settings(self) -> dict:
         return asdict(self)
 
@@ -115,11 +120,17 @@ def _outputs(head: nn.Module, tokens: Tensor) -> Tensor:
         return head.eval()(tokens)
 
 
-def _composed(classifier: nn.Linear, head: nn.Module) -> nn.Linear:
-    """``classifier(head(x))`` as one linear layer on the tokens (the head must be linear or affine)."""
+def _inner_linear(head: nn.Module) -> nn.Linear:
+    """The head's one linear layer, refused by name when it is not one linear or affine map."""
     inner = getattr(head, "net", None)
     if not isinstance(inner, nn.Linear):
         raise ConfigError("self_training.features 'embedding' needs a linear or affine head, not an MLP")
+    return inner
+
+
+def _composed(classifier: nn.Linear, head: nn.Module) -> nn.Linear:
+    """``classifier(head(x))`` as one linear layer on the tokens (the head must be linear or affine)."""
+    inner = _inner_linear(head)
     layer = nn.Linear(inner.in_features, classifier.out_features)
     with torch.no_grad():
         layer.weight.copy_(classifier.weight @ inner.weight)

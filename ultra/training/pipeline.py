@@ -51,6 +51,7 @@ def run_training(cli: TrainingCLI) -> dict | None:
         require_crf("--readout.crf")
     config.check_clusters(len(data.class_names), data.num_training_tokens)
     self_training.check_clusters(len(data.class_names) + config.extra_clusters)
+    self_training.check_head(cli.model.head)
     root = Path(trainer.default_root_dir)
     require_writable(root)
     if config.evaluate and data.val_dataset is not None:  # a bad validation set fails now, not after training
