@@ -20,7 +20,13 @@ def test_a_rerun_with_other_settings_is_refused_and_fresh_starts_over(tmp_path, 
     first = train_cli.run(args)
     model = tmp_path / "run" / "model.safetensors"
     before = model.read_bytes()
-    for change, named in ((["--model.lr", "0.1"], "model.lr"), (["--model.out_dim", "6"], "model.out_dim")):
+    changes = [
+        (["--model.lr", "0.1"], "model.lr"),
+        (["--model.out_dim", "6"], "model.out_dim"),
+        (["--self_training.rounds", "1"], "self_training.rounds"),  # the exported head would be another one
+        (["--readout.extra_clusters", "1"], "readout.extra_clusters"),  # and so would its centroids
+    ]
+    for change, named in changes:
         with pytest.raises(ConfigError, match=rf"other settings: {named} .*--fresh to discard"):
             train_cli.run(args + change)
         assert model.read_bytes() == before  # nothing was overwritten
@@ -31,6 +37,7 @@ def test_a_rerun_with_other_settings_is_refused_and_fresh_starts_over(tmp_path, 
     train_cli.run(args + ["--model.out_dim", "6", "--fresh"])
     header, _ = read_checkpoint(model)
     assert header["readouts"]["head"]["head"]["out_dim"] == 6
+    assert header["training"]["self_training"]["rounds"] == 0
 
 
 def test_an_exact_run_records_only_what_determines_its_head(tmp_path, caplog):

@@ -75,7 +75,8 @@ def _train(cli: TrainingCLI, config: ReadoutConfig, self_training: SelfTrainingC
     fit_head(trainer, module, data, ckpt_path)
     timings = {"fit_s": time.perf_counter() - start - sum(data.timings.values()), **data.timings}
     segmenter, rounds = fitted_segmenter(cli, config, self_training, seed, timings)
-    export(segmenter, data, root, trainer.is_global_zero)  # saved before the evaluation, saved again with its matching
+    # saved before the evaluation, saved again with its matching
+    export(segmenter, data, root, trainer.is_global_zero, self_training.settings())
     if not (config.evaluate and data.val_dataset is not None):
         return None
     report = evaluate(
@@ -102,7 +103,7 @@ def _train(cli: TrainingCLI, config: ReadoutConfig, self_training: SelfTrainingC
         for name, r in report["readouts"].items()
         if "cluster_to_class" in r and "+" not in name
     }
-    export(segmenter, data, root, trainer.is_global_zero)
+    export(segmenter, data, root, trainer.is_global_zero, self_training.settings())
     return report
 
 
@@ -136,8 +137,9 @@ def fitted_segmenter(
     return segmenter, [asdict(r) for r in rounds]
 
 
-def export(segmenter: Segmenter, data: HeadDataModule, root: Path, is_main: bool) -> None:
-    """Write the inference checkpoint ``root/model.safetensors`` (on the main process)."""
+def export(segmenter: Segmenter, data: HeadDataModule, root: Path, is_main: bool, self_training: dict) -> None:
+    """Write the inference checkpoint ``root/model.safetensors`` (on the main process), recording how it was
+    trained (feature layers, graphs, self-training)."""
     if is_main:  # on its device: the header records the arithmetic the backbone ran in there
         path = save_segmenter(
             segmenter,
@@ -146,6 +148,7 @@ def export(segmenter: Segmenter, data: HeadDataModule, root: Path, is_main: bool
                 "training": {
                     "feature_layers": [k[1] for k in data.feature_keys],
                     "graphs": [g.name for g in data.graph_specs],
+                    "self_training": self_training,
                 }
             },
         )

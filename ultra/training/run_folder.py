@@ -49,10 +49,14 @@ class RunCheckpoint(ModelCheckpoint):
         super().setup(trainer, pl_module, stage)
 
 
+EVALUATION_ONLY = ("evaluate", "flip", "crf", "eval_batch_size")
+"""The readout section's options that change the evaluation only, not the exported model."""
+
+
 def head_settings(config, module: pl.LightningModule) -> dict:
-    """The settings that determine the head, flattened to ``{"model.out_dim": 50, ...}``: a rerun resumes
-    only under the same ones. Evaluation-only and speed-only settings, and the batches' order and seed under a solver
-    that sweeps the nodes once, are left out."""
+    """The settings that determine the exported model (the head, its self-training and its readouts), flattened to
+    ``{"model.out_dim": 50, ...}``: a rerun resumes only under the same ones. Evaluation-only and speed-only
+    settings, and the batches' order and seed under a solver that sweeps the nodes once, are left out."""
     tree = config.as_dict()
     random_batches = module.node_order == "random"
     model = {
@@ -60,6 +64,8 @@ def head_settings(config, module: pl.LightningModule) -> dict:
         **type(module).head_settings(tree["model"].get("init_args", {})),
     }
     settings = {"model": model, "data": HeadDataModule.head_settings(tree["data"], random_batches)}
+    settings["self_training"] = tree.get("self_training", {})  # the exported head is the self-trained one
+    settings["readout"] = {k: v for k, v in tree.get("readout", {}).items() if k not in EVALUATION_ONLY}
     if random_batches:  # the node batches' seed
         settings["seed_everything"] = tree.get("seed_everything")
     flat = {}
