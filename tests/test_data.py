@@ -389,3 +389,16 @@ def test_images_above_pils_limit_are_refused_also_where_pil_only_warns(tmp_path,
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1600 px: a warning in PIL; 2500: its error
     with pytest.raises(DataError, match=r"image .*big.png is refused: .*exceeds limit"):
         read_image(path)
+
+
+def test_cityscapes_train_ids_under_the_label_ids_name_are_refused(tmp_path):
+    """The real sample with its trainId maps copied over its labelIds maps: refused by check, naming what they are."""
+    import shutil
+
+    root = tmp_path / "cityscapes"
+    shutil.copytree(realdata("cityscapes-mini"), root)
+    Cityscapes27(root, "val").check(require_labels=True)  # the real labelIds pass
+    for train_ids in root.glob("gtFine/*/*/*_labelTrainIds.png"):
+        shutil.copy(train_ids, str(train_ids).replace("_labelTrainIds.png", "_labelIds.png"))
+    with pytest.raises(DataError, match=r"these look like trainIds \(0-18.*Give the \*_gtFine_labelIds.png maps"):
+        Cityscapes27(root, "val").check(require_labels=True)

@@ -108,3 +108,18 @@ def test_fewer_tokens_than_clusters_are_named():
     tokens, _, head = _tokens_and_head()
     with pytest.raises(ConfigError, match="at least 4 training tokens, got 3"):
         self_train(head, tokens[:3], 4, SelfTrainingConfig(rounds=1), progress=False)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"temperature": 1e9},  # the balancing's scores are uniform: one cluster takes everything
+        {"temperature": 50.0},
+        {"weight_decay": 1e12, "rounds": 2},  # the classifier's logits are flat: round 2 collapses
+    ],
+)
+def test_a_collapsing_self_training_is_refused_by_name(settings):
+    tokens, _, head = _tokens_and_head()
+    config = SelfTrainingConfig(**{"rounds": 1, **settings})
+    with pytest.raises(ConfigError, match=r"leave \d of 4 clusters empty .*lower self_training.temperature"):
+        self_train(head, tokens, 4, config, progress=False)

@@ -42,6 +42,8 @@ CLASSES = (
     "bicycle",
 )
 FIRST_LABEL_ID = 7
+LAST_TRAIN_ID = 18
+"""The highest id of Cityscapes' 19-class trainId maps (255: ignored)."""
 # labelIds 0-6 (unlabeled, ego vehicle, ... , ground) and 255 (license plate, id -1 stored as 255) are ignored
 _MAPPING = {**{i: IGNORE for i in range(FIRST_LABEL_ID)}, **{i: i - FIRST_LABEL_ID for i in range(7, 34)}, 255: IGNORE}
 _IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -65,3 +67,16 @@ class Cityscapes27(SegmentationDataset):
         if not samples:
             raise DataError(f"no *{_IMAGE_SUFFIX} images under {image_root}/<city>/")
         super().__init__(samples, CLASSES, label_lut(_MAPPING), "labelIds 0-33 or 255", transform)
+
+    def check_label_layout(self, raw_ids: set[int]) -> None:
+        """Refuse trainId maps (0-18) stored under the labelIds name: every Cityscapes frame has labelIds of 19 and
+        above (vegetation 21, sky 23, car 26, ...), which trainIds never reach."""
+        labelled = raw_ids - {IGNORE}
+        if labelled and max(labelled) < LAST_TRAIN_ID + 1:
+            raise DataError(
+                f"Cityscapes label maps in {self.samples[0].label.parent.parent}: no pixel of any of the {len(self)} "
+                f"images holds a labelId of {LAST_TRAIN_ID + 1} or more (the highest is {max(labelled)}), yet every "
+                f"Cityscapes frame has vegetation, sky or cars (labelIds 21, 23, 26): these look like trainIds "
+                f"(0-18, *_gtFine_labelTrainIds.png) under the labelIds name. Give the *{_LABEL_SUFFIX} maps; read "
+                f"as labelIds, trainIds would become the wrong classes"
+            )

@@ -139,6 +139,26 @@ def _composed(classifier: nn.Linear, head: nn.Module) -> nn.Linear:
     return layer
 
 
+def check_no_cluster_vanished(counts: Tensor, index: int, config: SelfTrainingConfig) -> None:
+    """Refuse a round whose balanced pseudo-labels leave a cluster empty (the rounds collapse: too high a temperature
+    makes the balancing's scores uniform, too strong a weight decay the classifier's); with ``balance: none``
+    (where big clusters may swallow small ones) it is a warning."""
+    empty = int((counts == 0).sum())
+    if not empty:
+        return
+    message = (
+        f"self-training round {index}: the pseudo-labels leave {empty} of {counts.numel()} clusters empty "
+        f"(sizes {counts.tolist()}): the rounds collapse"
+    )
+    if config.balance == "none":
+        log.warning("%s (balance 'none' lets big clusters swallow small ones)", message)
+        return
+    raise ConfigError(
+        f"{message}; lower self_training.temperature ({config.temperature}) or self_training.weight_decay "
+        f"({config.weight_decay})"
+    )
+
+
 def token_sample(cache: FeatureCache, keys: Sequence[TokenKey], size: int, seed: int) -> Tensor:
     """``size`` training tokens (all of them if fewer) drawn with ``seed``, in cache order."""
     generator = torch.Generator().manual_seed(seed)
@@ -193,8 +213,10 @@ def self_train(
         else:
             target = sizes if config.balance == "first" else torch.full((clusters,), 1.0 / clusters)
             labels = sinkhorn_labels(scores, target, config.temperature)
+        counts = torch.bincount(labels, minlength=clusters)
+        check_no_cluster_vanished(counts, index, config)
         change = 1.0 if previous is None else label_change(previous, labels, clusters)
-        history.append(SelfTrainingRound(index, change, (torch.bincount(labels, minlength=clusters) / n).tolist()))
+        history.append(SelfTrainingRound(index, change, (counts / n).tolist()))
         log.info("self-training round %d: %.1f%% of the pseudo-labels changed", index, 100 * change)
         if change < config.stop_change:
             break
