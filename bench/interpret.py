@@ -161,7 +161,10 @@ def measure_set(
             clusters = head_clusters(segmenter, item["image"].float() / 255, size)
         clicks = interior_clicks(label.numpy(), min_fraction, SKIP.get(name, ()))
         click_tokens = torch.tensor([point_token((c.x, c.y), hw, grid) for c in clicks], dtype=torch.long)
-        segment = index < segment_images
+        segment = index < segment_images and bool((label != 255).any())  # no labelled pixel: nothing to score
+        if not clicks and not segment:
+            print(f"{name} {index + 1}/{len(data)}: no click (no labelled region above the floor), skipped", flush=True)
+            continue
         anchors = anchor_targets(grid, 2) if segment else torch.zeros(0, dtype=torch.long)
         targets = torch.unique(torch.cat([click_tokens, anchors]))
         if segment or any(base_method(m) in ("relevance", "product") for m in methods):

@@ -20,6 +20,7 @@ default on 2 CPU cores). Writes
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -106,10 +107,12 @@ def plot(figures: dict, path: Path) -> None:
         for i, (level, key, title) in enumerate(rows):
             ax = axes[i][j]
             for kind in KINDS:
-                ys = np.array([layers[layer][kind][level][key] for layer in layers])
+                ys = np.array([layers[layer][kind][level][key] for layer in layers], dtype=float)  # null: NaN
                 ax.plot(xs, ys, marker="o", ms=3, label=kind)
                 if level == "dataset":
-                    std = np.array([layers[layer][kind][level][key.replace("mean", "std")] for layer in layers])
+                    std = np.array(
+                        [layers[layer][kind][level][key.replace("mean", "std")] for layer in layers], dtype=float
+                    )
                     ax.fill_between(xs, ys - std, ys + std, alpha=0.25)
             ax.set_title(f"{name} ({figures['sets'][name]['images']} images): {title}", fontsize=8)
             ax.set_xlabel("block", fontsize=7)
@@ -120,6 +123,22 @@ def plot(figures: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def finite_or_null(value):
+    """``value`` with every non-finite float (an R^2 of a constant target, say) as None: JSON has no NaN."""
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def strict_json(value) -> str:
+    """Standard JSON (non-finite figures as null) that any reader parses."""
+    return json.dumps(finite_or_null(value), indent=1, allow_nan=False)
 
 
 def main(
@@ -141,10 +160,10 @@ def main(
         stored = json.loads(done.read_text()) if done.exists() else {}
         if stored.get("settings") != settings:
             stored = {"settings": settings, "figures": measure_set(name, size, seed_list, weights, list(layers))}
-            done.write_text(json.dumps(stored, indent=1))
+            done.write_text(strict_json(stored))
         figures["sets"][name] = stored["figures"]
     figures["seconds"] = round(time.perf_counter() - start, 1)
-    (output / "figures.json").write_text(json.dumps(figures, indent=1))
+    (output / "figures.json").write_text(strict_json(figures))
     plot(figures, output / "whatwhere.png")
     print(f"figures.json and whatwhere.png in {output} ({figures['seconds']} s)")
     return figures

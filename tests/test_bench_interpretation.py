@@ -84,3 +84,24 @@ def test_interpret_cost_prints_the_selections_and_the_maps_in_forwards(capsys):
     assert set(figures) == {"forward_s", *ratios}
     assert figures["all_ratio"] > figures["anchor_ratio"] > 0 and figures["select_similarity_ratio"] > 0
     assert "select by similarity" in capsys.readouterr().out
+
+
+def test_interpret_skips_an_image_without_a_click_and_says_so(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    root = write_synthetic_folder(tmp_path / "scenes", num_images=2, size=112, num_classes=3)
+    (root / "classes.txt").write_text("sky\nroad\ncar\n")
+    unlabelled = sorted((root / "labels").iterdir())[0]
+    Image.fromarray(np.full((112, 112), 255, np.uint8)).save(unlabelled)
+    figures = _bench("interpret").main(
+        sets=str(root), size=112, seeds="0", segment_images=0, output=tmp_path / "out", weights="random"
+    )
+    assert "no click (no labelled region above the floor), skipped" in capsys.readouterr().out
+    assert figures["sets"][str(root)]["clicks"] >= 1
+
+
+def test_whatwhere_writes_standard_json_with_null_for_a_non_finite_figure():
+    whatwhere = _bench("whatwhere")
+    text = whatwhere.strict_json({"r2": float("nan"), "rows": [1.0, float("inf")], "ok": 0.5})
+    assert json.loads(text) == {"r2": None, "rows": [1.0, None], "ok": 0.5} and "NaN" not in text
