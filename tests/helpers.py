@@ -75,6 +75,8 @@ def save_jpg(path: Path, array: np.ndarray) -> Path:
 
 # --- tiny training runs ------------------------------------------------------------------------
 SGD = "ultra.head.SGDHeadModule"
+HEAD_MODULES = {"exact": "ultra.head.ExactHeadModule", "sgd": SGD}
+"""The head's solvers by the short names the tests are parametrised with."""
 
 
 def tiny_overrides(root: Path, epochs: int = 2, steps: int = 3) -> list[str]:

@@ -97,7 +97,7 @@ def test_analysis_without_labels_and_through_the_console_entry(tmp_path, capsys)
             "--output",
             str(tmp_path / "out"),
             "--graph_kinds",
-            "[feat]",
+            "[xx]",
             "--backbone",
             "vit_tiny_patch16_224",
             "--weights",

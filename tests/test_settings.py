@@ -9,7 +9,6 @@ from ultra.graphs.knn import GraphSpec, KnnConfig
 from ultra.head.exact_module import ExactHeadModule
 from ultra.head.projection import ProjectionHead
 from ultra.readout.fit import ReadoutConfig
-from ultra.training.config import SOLVERS, upgrade_arguments
 
 
 @pytest.mark.parametrize(
@@ -60,22 +59,7 @@ def test_a_bad_setting_is_refused_naming_the_option(make, message):
         make()
 
 
-def test_older_command_lines_are_read_in_today_s_spelling():
-    assert upgrade_arguments(["--model.solver", "sgd", "--model.lr", "0.1"]) == [
-        "--model",
-        SOLVERS["sgd"],
-        "--model.lr",
-        "0.1",
-    ]
-    assert upgrade_arguments(["--model.solver=exact"]) == ["--model", SOLVERS["exact"]]
-    assert upgrade_arguments(["--model.head", "mlp", "--model.head=linear"]) == [
-        "--model.architecture",
-        "mlp",
-        "--model.architecture=linear",
-    ]
-    assert upgrade_arguments(["--data.graphs", "[]"]) == ["--data.graphs", "[]"]  # anything else unchanged
-
-
-def test_graph_kinds_are_named_by_their_token_kinds_and_the_older_names_still_read():
-    assert GraphSpec("feat", 3) == GraphSpec("xx", 3) and GraphSpec("norm", 3).kind == "nn"
-    assert GraphSpec("feat", 3).name == "xx3" and GraphSpec("kq", 3).token_keys == (("q", 3), ("k", 3))
+def test_graph_kinds_are_named_by_their_token_kinds():
+    assert GraphSpec("xx", 3).name == "xx3" and GraphSpec("kq", 3).token_keys == (("q", 3), ("k", 3))
+    with pytest.raises(ConfigError, match=r"graph kind must be one of \['kq', 'nn', 'vv', 'xx'\], got 'feat'"):
+        GraphSpec("feat", 3)

@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import REPO, config_path, save_jpg, save_png, synthetic_config, tiny_overrides
+from helpers import HEAD_MODULES, REPO, config_path, save_jpg, save_png, synthetic_config, tiny_overrides
 
 from ultra.cli import train as train_cli
 from ultra.data import Cityscapes27, CocoStuff27, EvalTransform
 from ultra.readout.checkpoint import read_checkpoint
-from ultra.training.config import SOLVERS
 
 pytestmark = pytest.mark.slow
 
@@ -44,12 +43,12 @@ def test_a_killed_training_resumes_and_ends_like_an_uninterrupted_one(tmp_path, 
     config = synthetic_config(tmp_path / "tiny.yaml")
     epochs, steps = (40, 20) if solver == "sgd" else (1, 3)
     subprocess.run(
-        _train_command(config, tmp_path / "a", "--model", SOLVERS[solver], epochs=epochs, steps=steps),
+        _train_command(config, tmp_path / "a", "--model", HEAD_MODULES[solver], epochs=epochs, steps=steps),
         check=True,
         env=_env(),
         capture_output=True,
     )
-    command = _train_command(config, tmp_path / "b", "--model", SOLVERS[solver], epochs=epochs, steps=steps)
+    command = _train_command(config, tmp_path / "b", "--model", HEAD_MODULES[solver], epochs=epochs, steps=steps)
     last = tmp_path / "b" / "run" / "checkpoints" / "last.ckpt"
     process = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300

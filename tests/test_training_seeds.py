@@ -4,12 +4,11 @@ import json
 import statistics
 
 import pytest
-from helpers import synthetic_config, tiny_overrides
+from helpers import HEAD_MODULES, synthetic_config, tiny_overrides
 
 from ultra.cli import train as train_cli
 from ultra.errors import ConfigError
 from ultra.evaluation.seeds import format_summary, split_seeds_argument, summarize
-from ultra.training.config import SOLVERS
 
 
 def test_seeds_argument_is_parsed_and_checked():
@@ -40,7 +39,7 @@ def test_two_runs_in_one_process_print_the_same_figures(tmp_path, solver):
             "--data.cache.dir",
             str(tmp_path / "cache"),
             "--model",
-            SOLVERS[solver],
+            HEAD_MODULES[solver],
         ]
         reports.append(train_cli.run(args))
     assert reports[0]["readouts"] == reports[1]["readouts"]

@@ -25,7 +25,7 @@ from ..data import EvalTransform, ImageFolder
 from ..data.grids import labels_to_grid
 from ..errors import ConfigError, DataError
 from ..files import atomic_path, refuse_collisions
-from ..graphs.knn import GRAPH_KINDS, OLD_GRAPH_KINDS, GraphSpec, KnnConfig, affinity_graphs, token_kinds
+from ..graphs.knn import GRAPH_KINDS, GraphSpec, KnnConfig, affinity_graphs, token_kinds
 from ..pictures import eigen_rgb, overlay, save_sheet
 from ..readout.kmeans import assign, kmeans
 from .solver import SolverConfig, solve
@@ -93,7 +93,6 @@ def analyze(
         overwrite: write into a non-empty output folder.
     """
     start = time.perf_counter()
-    graph_kinds = [OLD_GRAPH_KINDS.get(kind, kind) for kind in graph_kinds]  # feat, norm: the older names
     _check_settings(size, graph_kinds, solver, clusters, teleport)
     data, output = _open_folder(images, output, classes, size, overwrite)
     vit = FrozenViT(backbone, weights=weights, layers=layers, precision=precision)

@@ -32,8 +32,6 @@ from .sparse import SparseGraph, index_dtype, lift_graph, pooling_matrix
 
 GRAPH_KINDS = {"kq": ("q", "k"), "vv": ("v", "v"), "xx": ("x", "x"), "nn": ("n", "n")}
 """Graph kind -> (token kind of the rows, token kind of the columns)."""
-OLD_GRAPH_KINDS = {"feat": "xx", "norm": "nn"}
-"""The graph kinds' names before they were named by their token kinds (configs may still use them)."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +44,6 @@ class GraphSpec:
     weight: float = 1.0
 
     def __post_init__(self):
-        object.__setattr__(self, "kind", OLD_GRAPH_KINDS.get(self.kind, self.kind))
         if self.kind not in GRAPH_KINDS:
             raise ConfigError(f"graph kind must be one of {sorted(GRAPH_KINDS)}, got '{self.kind}'")
         if self.weight <= 0:

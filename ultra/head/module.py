@@ -26,7 +26,7 @@ class HeadModule(pl.LightningModule):
     """
 
     solver = ""
-    """The solver's short name (reports, the old ``--model.solver`` values)."""
+    """The solver's short name (``eval.json``'s ``settings.solver``)."""
     node_order = "random"
     """The node batches this solver trains on (see :class:`~ultra.head.batches.NodeBatches`)."""
 

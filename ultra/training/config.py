@@ -31,10 +31,8 @@ from ..readout.fit import ReadoutConfig
 from ..readout.self_training import SelfTrainingConfig
 from .run_folder import RunCheckpoint
 
-SOLVERS = {"exact": "ultra.head.ExactHeadModule", "sgd": "ultra.head.SGDHeadModule"}
-"""The head's solvers by their short names (the old ``--model.solver`` values)."""
-RENAMED = {"--model.head": "--model.architecture"}
-"""Options of older configs, and their names now."""
+DEFAULT_HEAD_MODULE = "ultra.head.ExactHeadModule"
+"""The head's solver when a config names none (``model.class_path``)."""
 
 
 class TrainingCLI(LightningCLI):
@@ -42,7 +40,7 @@ class TrainingCLI(LightningCLI):
     readouts and the run options."""
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.set_defaults({"model": {"class_path": SOLVERS["exact"]}})
+        parser.set_defaults({"model": {"class_path": DEFAULT_HEAD_MODULE}})
         parser.link_arguments(
             "data", "model.init_args.in_dim", compute_fn=lambda dm: dm.head_dim, apply_on="instantiate"
         )
@@ -78,21 +76,6 @@ class HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Every option with its type and default (jsonargparse's), the description as written."""
 
 
-def upgrade_arguments(args: list[str]) -> list[str]:
-    """Older spellings of the command line in today's: ``--model.solver sgd`` -> ``--model <SGD solver>``,
-    ``--model.head mlp`` -> ``--model.architecture mlp`` (also with ``=``)."""
-    out = []
-    for arg in args:
-        name, eq, value = arg.partition("=")
-        if out and out[-1] == "--model.solver" and arg in SOLVERS:
-            out[-1:] = ["--model", SOLVERS[arg]]
-        elif eq and name == "--model.solver" and value in SOLVERS:
-            out += ["--model", SOLVERS[value]]
-        else:
-            out.append(RENAMED.get(name, name) + eq + value if eq else RENAMED.get(arg, arg))
-    return out
-
-
 def parse_training(args: list[str] | None = None, instantiate: bool = True) -> TrainingCLI:
     """The training config of ``args``: with ``instantiate``, its trainer, head module and data module built
     (``cli.trainer``, ``cli.model``, ``cli.datamodule``); without, only the parsed ``cli.config``."""
@@ -104,7 +87,7 @@ def parse_training(args: list[str] | None = None, instantiate: bool = True) -> T
             subclass_mode_model=True,
             run=False,
             instantiate=instantiate,
-            args=upgrade_arguments(sys.argv[1:] if args is None else list(args)),
+            args=sys.argv[1:] if args is None else list(args),
             seed_everything_default=0,
             auto_configure_optimizers=False,  # each solver makes its own optimizer (SGD) or none (exact)
             parser_kwargs={
