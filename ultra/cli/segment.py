@@ -39,7 +39,12 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--skip_existing", action="store_true", help="leave images whose outputs exist (resume a batch)"
     )
-    parser.add_argument("--readout", type=str, default="head", help="head (default), raw or probe")
+    parser.add_argument(
+        "--readout",
+        type=str,
+        default="head",
+        help="a readout of the checkpoint: head (default), raw, raw_centred, raw_whitened, probe or oracle",
+    )
     parser.add_argument("--crf", action="store_true", help="refine with a dense CRF (extra 'crf')")
     parser.add_argument("--flip", action="store_true", help="average with the mirrored image")
     parser.add_argument("--device", type=str, default="cpu")

@@ -13,7 +13,8 @@ kNN graph; inter-image neighbours appear where they are closer than the image's 
 token. Similarities below ``threshold`` are dropped, and the edges are symmetrised and normalised
 (:class:`~ultra.graphs.sparse.SparseGraph`). Work is blockwise: the largest similarity block held is
 ``n x max(k, max_block // n)`` floats (``max_block`` = 2^24 by default, 64 MB in float32), never
-``N x N``; memory of the result is O(N * (k_intra + k_inter)).
+``N x N``; memory of the result is O(N * (k_intra + k_inter + k_any)) before symmetrising (at most twice that
+after).
 """
 
 from __future__ import annotations
