@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..backbone.vit import DEFAULT_SIZE, FrozenViT, check_size
+from ..backbone.vit import DEFAULT_BACKBONE, DEFAULT_SIZE, FrozenViT, check_size
 from ..data import EvalTransform, ImageFolder
 from ..data.grids import labels_to_grid
 from ..errors import ConfigError, DataError
@@ -59,7 +59,7 @@ ANALYSIS_KNN = KnnConfig(k_intra=16, k_inter=16, k_any=0, candidate_images=None)
 def analyze(
     images: Path,
     output: Path,
-    backbone: str = "vit_small_patch14_dinov2",
+    backbone: str = DEFAULT_BACKBONE,
     weights: str = "auto",
     precision: str = "auto",
     layers: list[int] | None = None,

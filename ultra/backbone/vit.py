@@ -21,6 +21,9 @@ normalisation the model's own outputs get), ``q``/``k``/``v`` from the block's f
 DEFAULT_KINDS = ("x", "q", "k", "v")
 """What a forward pass returns unless told otherwise (``n`` is on request)."""
 
+DEFAULT_BACKBONE = "vit_small_patch14_dinov2"
+"""The frozen ViT every command and config uses when none is named (DINOv2 ViT-S/14)."""
+
 MODEL_ALIASES = {
     "dino_vits8": "vit_small_patch8_224.dino",
     "dino_vits16": "vit_small_patch16_224.dino",

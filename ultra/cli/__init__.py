@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 
 from ..backbone.precision import PRECISIONS
-from ..backbone.vit import DEFAULT_SIZE
+from ..backbone.vit import DEFAULT_BACKBONE, DEFAULT_SIZE
 from ..errors import USER_ERRORS, ConfigError
 
 
@@ -76,10 +76,6 @@ PRECISION_HELP = (
 def add_precision_argument(parser) -> None:
     """``--precision``, the same in every command that runs the backbone."""
     parser.add_argument("--precision", type=Literal[PRECISIONS], default="auto", help=PRECISION_HELP)
-
-
-DEFAULT_BACKBONE = "vit_small_patch14_dinov2"
-"""The interpretation commands' backbone when none is named."""
 
 
 def add_backbone_arguments(parser, defaults_from_method: bool = False) -> None:

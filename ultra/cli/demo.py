@@ -13,7 +13,7 @@ from pathlib import Path
 
 from jsonargparse import ArgumentParser
 
-from ..backbone.vit import check_size
+from ..backbone.vit import DEFAULT_BACKBONE, check_size
 from ..errors import ConfigError, DemoUnavailable
 from . import DEFAULT_SIZE, WEIGHTS_HELP, add_precision_argument, check_device, console
 
@@ -32,7 +32,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--backbone",
         type=str,
-        default="vit_small_patch14_dinov2",
+        default=DEFAULT_BACKBONE,
         help="the frozen ViT of Select and Look inside without a checkpoint (timm name or alias)",
     )
     parser.add_argument(

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..backbone.vit import FrozenViT
+from ..backbone.vit import DEFAULT_BACKBONE, FrozenViT
 from ..errors import USER_ERRORS
 from ..readout.checkpoint import load
 from ..readout.segmenter import Segmenter
@@ -34,7 +34,7 @@ class DemoModels:
     def open(
         cls,
         checkpoint: str | Path | None = None,
-        backbone: str = "vit_small_patch14_dinov2",
+        backbone: str = DEFAULT_BACKBONE,
         weights: str | None = None,
         device: str = "cpu",
         size: int = 448,

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..backbone.precision import check_precision
-from ..backbone.vit import FrozenViT
+from ..backbone.vit import DEFAULT_BACKBONE, FrozenViT
 from ..data.base import SegmentationDataset
 from ..data.cache import CacheConfig, FeatureCache, TokenKey
 from ..data.transforms import EvalConfig, ViewConfig
@@ -58,7 +58,7 @@ class HeadDataModule(pl.LightningDataModule):
         self,
         train_dataset: SegmentationDataset,
         val_dataset: SegmentationDataset | None = None,
-        backbone: str = "vit_small_patch14_dinov2",
+        backbone: str = DEFAULT_BACKBONE,
         weights: str = "auto",
         model_kwargs: dict | None = None,
         precision: str = "auto",
