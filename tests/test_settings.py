@@ -63,3 +63,29 @@ def test_graph_kinds_are_named_by_their_token_kinds():
     assert GraphSpec("xx", 3).name == "xx3" and GraphSpec("kq", 3).token_keys == (("q", 3), ("k", 3))
     with pytest.raises(ConfigError, match=r"graph kind must be one of \['kq', 'nn', 'vv', 'xx'\], got 'feat'"):
         GraphSpec("feat", 3)
+
+
+def test_parsing_a_training_config_reads_no_weights(tmp_path, monkeypatch):
+    """The argument links (the head's input size) and the settings' checks take the backbone's sizes from the model
+    built on the meta device: the weights are read once, when the cache is built, not per parse or per seed."""
+    from helpers import synthetic_config, tiny_overrides
+
+    import ultra.backbone.vit
+    from ultra.training.config import parse_training
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights were read while parsing")
+
+    monkeypatch.setattr(ultra.backbone.vit, "load_weights", no_weights)
+    cli = parse_training(["--config", str(synthetic_config(tmp_path / "c.yaml")), *tiny_overrides(tmp_path)])
+    assert cli.model.head.net.in_features == 48 and cli.datamodule.feature_keys == [("x", 2)]
+    with pytest.raises(ConfigError, match="data.views.size=60 is not a multiple of the patch size 16"):
+        parse_training(
+            [
+                "--config",
+                str(synthetic_config(tmp_path / "c.yaml")),
+                *tiny_overrides(tmp_path),
+                "--data.views.size",
+                "60",
+            ]
+        )

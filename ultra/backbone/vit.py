@@ -64,6 +64,54 @@ class ViTFeatures:
         return tuple(first.shape[1:3])
 
 
+@dataclass(frozen=True)
+class BackboneShape:
+    """A timm ViT's sizes, read without its weights (:func:`backbone_shape`)."""
+
+    model_name: str
+    num_layers: int
+    embed_dim: int
+    patch_size: int
+
+    def check_layers(self, layers: Iterable[int]) -> tuple[int, ...]:
+        """``layers`` as sorted, distinct 0-based blocks (negatives count from the end), refused when out of range."""
+        return check_layers(layers, self.num_layers, self.model_name)
+
+
+def backbone_shape(model_name: str, model_kwargs: dict | None = None) -> BackboneShape:
+    """The sizes of the timm ViT ``model_name`` (an alias or a timm name), from the model built on the ``meta``
+    device: no memory, no weights read, so a config is checked before any weights are loaded."""
+    import timm
+
+    name = resolve_model_name(model_name)
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(
+                name, pretrained=False, num_classes=0, dynamic_img_size=True, **(model_kwargs or {})
+            )
+    except TypeError as err:
+        raise UnknownModelError(f"'{model_name}' is not a timm ViT accepting these arguments: {err}") from err
+    if getattr(model, "blocks", None) is None:
+        raise UnknownModelError(f"'{model_name}' is not a ViT: it has no blocks")
+    return BackboneShape(name, len(model.blocks), int(model.embed_dim), int(model.patch_embed.patch_size[0]))
+
+
+def check_layers(layers: Iterable[int], num_layers: int, model_name: str) -> tuple[int, ...]:
+    """``layers`` of a model of ``num_layers`` blocks as sorted, distinct 0-based blocks (negatives count from the
+    end); a layer out of range, or none, is refused naming the model."""
+    out = []
+    for layer in layers:
+        if not -num_layers <= int(layer) < num_layers:
+            raise ConfigError(
+                f"layer {layer} is out of range for {model_name} with {num_layers} blocks "
+                f"(0..{num_layers - 1} or -{num_layers}..-1)"
+            )
+        out.append(int(layer) % num_layers)
+    if not out:
+        raise ConfigError("no layers requested")
+    return tuple(sorted(set(out)))
+
+
 def resolve_model_name(name: str) -> str:
     """The timm name for ``name`` (an alias such as ``dino_vits8`` or any timm model name)."""
     import timm
@@ -165,17 +213,7 @@ class FrozenViT(nn.Module):
 
     # --- validation --------------------------------------------------------------------------
     def check_layers(self, layers: Iterable[int]) -> tuple[int, ...]:
-        n = self.num_layers
-        out = []
-        for layer in layers:
-            if not -n <= int(layer) < n:
-                raise ConfigError(
-                    f"layer {layer} is out of range for {self.model_name} with {n} blocks (0..{n - 1} or -{n}..-1)"
-                )
-            out.append(int(layer) % n)
-        if not out:
-            raise ConfigError("no layers requested")
-        return tuple(sorted(set(out)))
+        return check_layers(layers, self.num_layers, self.model_name)
 
     @staticmethod
     def check_kinds(kinds: Iterable[str]) -> tuple[str, ...]:

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..backbone.precision import check_precision
-from ..backbone.vit import DEFAULT_BACKBONE, FrozenViT
+from ..backbone.vit import DEFAULT_BACKBONE, BackboneShape, FrozenViT, backbone_shape
 from ..data.base import SegmentationDataset
 from ..data.cache import CacheConfig, FeatureCache, TokenKey
 from ..data.transforms import EvalConfig, ViewConfig
@@ -101,38 +101,43 @@ class HeadDataModule(pl.LightningDataModule):
 
     # --- the backbone and what it decides --------------------------------------------------------
     @cached_property
-    def backbone(self) -> FrozenViT:
-        """The frozen ViT, built (weights loaded) on first use, with the settings that depend on it checked."""
-        vit = FrozenViT(**self.backbone_args)
-        patch = vit.patch_size
-        if self.views.size % patch:
+    def shape(self) -> BackboneShape:
+        """The backbone's sizes (read without its weights), with the settings that depend on them checked."""
+        shape = backbone_shape(self.backbone_args["model_name"], self.backbone_args["model_kwargs"])
+        if self.views.size % shape.patch_size:
             raise ConfigError(
-                f"data.views.size={self.views.size} is not a multiple of the patch size {patch} of "
+                f"data.views.size={self.views.size} is not a multiple of the patch size {shape.patch_size} of "
                 f"{self.backbone_args['model_name']}"
             )
-        self.knn.check_counts((self.views.size // patch) ** 2)
-        vit.check_layers(self.feature_layers)
-        vit.check_layers([g.layer for g in self.graphs])
-        return vit
+        self.knn.check_counts((self.views.size // shape.patch_size) ** 2)
+        shape.check_layers(self.feature_layers)
+        shape.check_layers([g.layer for g in self.graphs])
+        return shape
+
+    @cached_property
+    def backbone(self) -> FrozenViT:
+        """The frozen ViT, built (weights loaded) on first use, once its settings are checked."""
+        self.shape  # noqa: B018 - the settings first: a wrong one is refused before any weights are read
+        return FrozenViT(**self.backbone_args)
 
     @cached_property
     def feature_keys(self) -> list[TokenKey]:
         """The token keys the head reads, in the config's order, layers counted from the start."""
-        return [(self.tokens, self.backbone.check_layers([layer])[0]) for layer in self.feature_layers]
+        return [(self.tokens, self.shape.check_layers([layer])[0]) for layer in self.feature_layers]
 
     @cached_property
     def graph_specs(self) -> list[GraphSpec]:
         """The graphs of the loss, layers counted from the start."""
-        return [GraphSpec(g.kind, self.backbone.check_layers([g.layer])[0], g.weight) for g in self.graphs]
+        return [GraphSpec(g.kind, self.shape.check_layers([g.layer])[0], g.weight) for g in self.graphs]
 
     @property
     def num_training_tokens(self) -> int:
         """The tokens the training cache holds (images x views x tokens per view)."""
-        return len(self.train_dataset) * self.views.views_per_image * (self.views.size // self.backbone.patch_size) ** 2
+        return len(self.train_dataset) * self.views.views_per_image * (self.views.size // self.shape.patch_size) ** 2
 
     @property
     def head_dim(self) -> int:
-        return self.backbone.embed_dim * len(self.feature_layers)
+        return self.shape.embed_dim * len(self.feature_layers)
 
     @property
     def graph_weights(self) -> list[float]:
