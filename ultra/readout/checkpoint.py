@@ -11,14 +11,13 @@ import json
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..backbone.vit import FrozenViT
 from ..errors import CheckpointError, HeaderError
 from ..files import atomic_path
-from ..head.projection import ProjectionHead
 from .checkpoint_header import check_header, check_token_keys
-from .segmenter import ClusterReadout, ProbeReadout, Segmenter
+from .segmenter import READOUT_CLASSES, Segmenter, tensors_under
 
 FORMAT = "ultra-segmenter"
 VERSION = 1
@@ -29,20 +28,8 @@ def save_segmenter(segmenter: Segmenter, path: str | Path, extra: dict | None = 
     header."""
     from safetensors.torch import save_file
 
-    tensors, readouts = {}, {}
-    for name, readout in segmenter.readouts.items():
-        entry = {"outputs": readout.outputs, "keys": [list(k) for k in readout.keys]}
-        if isinstance(readout, ClusterReadout):
-            tensors[f"{name}.centroids"] = readout.centroids
-            if readout.head is not None:
-                entry["head"] = readout.head.config()
-                tensors.update({f"{name}.head.{k}": v for k, v in readout.head.state_dict().items()})
-            if readout.token_map is not None:
-                entry["token_map"] = {"dim": readout.token_map.in_features}
-                tensors.update({f"{name}.token_map.{k}": v for k, v in readout.token_map.state_dict().items()})
-        else:
-            tensors.update({f"{name}.probe.{k}": v for k, v in readout.probe.state_dict().items()})
-        readouts[name] = entry
+    readouts = {name: readout.config() for name, readout in segmenter.readouts.items()}
+    tensors = {f"{name}.{k}": v for name, readout in segmenter.readouts.items() for k, v in readout.tensors().items()}
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -126,29 +113,10 @@ def load(
         check_token_keys(meta, tensors, backbone.num_layers, backbone.embed_dim, path)
     except HeaderError as err:
         raise CheckpointError(str(err)) from None
-    readouts = {}
-    for name, entry in meta["readouts"].items():
-        keys = [tuple(k) for k in entry["keys"]]
-        if entry["outputs"] == "clusters":
-            head = None
-            if "head" in entry:
-                head = ProjectionHead(**entry["head"])
-                head.load_state_dict(
-                    {k[len(name) + 6 :]: v for k, v in tensors.items() if k.startswith(f"{name}.head.")}
-                )
-            token_map = None
-            if "token_map" in entry:
-                dim = entry["token_map"]["dim"]
-                token_map = nn.Linear(dim, dim)
-                token_map.load_state_dict(
-                    {"weight": tensors[f"{name}.token_map.weight"], "bias": tensors[f"{name}.token_map.bias"]}
-                )
-            readouts[name] = ClusterReadout(keys, tensors[f"{name}.centroids"], head, token_map)
-        else:
-            weight = tensors[f"{name}.probe.weight"]
-            probe = nn.Linear(weight.shape[1], weight.shape[0])
-            probe.load_state_dict({"weight": weight, "bias": tensors[f"{name}.probe.bias"]})
-            readouts[name] = ProbeReadout(keys, probe)
+    readouts = {
+        name: READOUT_CLASSES[entry["outputs"]].from_config(entry, tensors_under(tensors, name))
+        for name, entry in meta["readouts"].items()
+    }
     matching = {k: torch.tensor(v) for k, v in meta.get("cluster_to_class", {}).items()}
     return Segmenter(backbone, readouts, meta["classes"], meta.get("resize", 320), matching).to(device).eval()
 

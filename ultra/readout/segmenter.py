@@ -65,6 +65,34 @@ class ClusterReadout(nn.Module):
         z = self.head(z) if self.head is not None else z
         return F.normalize(z, dim=-1) @ self.centroids.T
 
+    # --- its part of the checkpoint (header entry and tensors; read back by from_config) ----------------------
+    def config(self) -> dict:
+        entry = {"outputs": self.outputs, "keys": [list(k) for k in self.keys]}
+        if self.head is not None:
+            entry["head"] = self.head.config()
+        if self.token_map is not None:
+            entry["token_map"] = {"dim": self.token_map.in_features}
+        return entry
+
+    def tensors(self) -> dict[str, Tensor]:
+        tensors = {"centroids": self.centroids}
+        for part in ("head", "token_map"):
+            if getattr(self, part) is not None:
+                tensors.update({f"{part}.{k}": v for k, v in getattr(self, part).state_dict().items()})
+        return tensors
+
+    @classmethod
+    def from_config(cls, entry: dict, tensors: Mapping[str, Tensor]) -> ClusterReadout:
+        """The readout of a checkpoint's header ``entry`` and its own ``tensors`` (names without its prefix)."""
+        head = token_map = None
+        if "head" in entry:
+            head = ProjectionHead(**entry["head"])
+            head.load_state_dict(tensors_under(tensors, "head"))
+        if "token_map" in entry:
+            token_map = nn.Linear(entry["token_map"]["dim"], entry["token_map"]["dim"])
+            token_map.load_state_dict(tensors_under(tensors, "token_map"))
+        return cls(entry["keys"], tensors["centroids"], head, token_map)
+
 
 class ProbeReadout(nn.Module):
     """A linear classifier of tokens: ``[N, D] -> [N, classes]`` logits."""
@@ -82,6 +110,29 @@ class ProbeReadout(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         return self.probe(tokens)
+
+    def config(self) -> dict:
+        return {"outputs": self.outputs, "keys": [list(k) for k in self.keys]}
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {f"probe.{k}": v for k, v in self.probe.state_dict().items()}
+
+    @classmethod
+    def from_config(cls, entry: dict, tensors: Mapping[str, Tensor]) -> ProbeReadout:
+        weight = tensors["probe.weight"]
+        probe = nn.Linear(weight.shape[1], weight.shape[0])
+        probe.load_state_dict(tensors_under(tensors, "probe"))
+        return cls(entry["keys"], probe)
+
+
+READOUT_CLASSES = {cls.outputs: cls for cls in (ClusterReadout, ProbeReadout)}
+"""The readout classes by what they output (a checkpoint entry's ``outputs``): each writes and reads its own part of
+the checkpoint (``config`` / ``tensors`` / ``from_config``)."""
+
+
+def tensors_under(tensors: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The tensors named ``<prefix>.<name>``, as ``<name>``."""
+    return {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(f"{prefix}.")}
 
 
 class Segmenter(nn.Module):
