@@ -8,7 +8,8 @@ from helpers import HEAD_MODULES, synthetic_config, tiny_overrides
 
 from ultra.cli import train as train_cli
 from ultra.errors import ConfigError
-from ultra.evaluation.seeds import format_summary, split_seeds_argument, summarize
+from ultra.evaluation.seeds import format_summary, summarize
+from ultra.training.config import split_seeds_argument
 
 
 def test_seeds_argument_is_parsed_and_checked():

@@ -24,8 +24,8 @@ from ..files import folder_lock, refuse_collisions, refuse_overwrite
 from ..pictures import overlay, save_image, save_label_map
 from ..readout.checkpoint import load
 from ..readout.crf import require_crf
-from ..readout.output_folder import claim_output_folder, label_settings, outputs_for
 from . import WEIGHTS_HELP, add_precision_argument, check_device, console
+from .segment_folder import claim_output_folder, label_settings, outputs_for
 
 log = logging.getLogger(__name__)
 

@@ -1,51 +1,13 @@
-"""Several seeds of one run: the ``--seeds`` argument, and every figure's mean and standard deviation over them."""
+"""Several seeds of one run: every figure's mean and standard deviation over them."""
 
 from __future__ import annotations
 
 import statistics
 from collections.abc import Mapping
 
-from ..errors import ConfigError
 from .protocol import LABELS, best_baselines, format_gaps
 
 FIGURES = ("miou", "acc", "miou_present")
-SEED_RANGE = range(2**32)
-"""The seeds numpy (and so Lightning's ``seed_everything``) accepts."""
-
-
-def split_seeds_argument(args: list[str]) -> tuple[list[int] | None, list[str]]:
-    """``--seeds 0,1,2`` (or ``--seeds=0,1,2``) taken out of ``args``: the seeds, and the other arguments."""
-    rest, seeds = [], None
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg == "--seeds" or arg.startswith("--seeds="):
-            if arg == "--seeds":
-                if i + 1 >= len(args):
-                    raise ConfigError("--seeds needs a comma-separated list of integers, e.g. --seeds 0,1,2")
-                value, i = args[i + 1], i + 2
-            else:
-                value, i = arg.split("=", 1)[1], i + 1
-            seeds = _parse_seeds(value)
-            continue
-        rest.append(arg)
-        i += 1
-    if seeds is not None and any(a == "--seed_everything" or a.startswith("--seed_everything=") for a in rest):
-        raise ConfigError("--seeds and --seed_everything exclude each other")
-    return seeds, rest
-
-
-def _parse_seeds(value: str) -> list[int]:
-    try:
-        seeds = [int(part) for part in value.split(",") if part.strip()]
-    except ValueError:
-        raise ConfigError(f"--seeds takes comma-separated integers, e.g. 0,1,2; got '{value}'") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"--seeds needs distinct integers, got '{value}'")
-    outside = [seed for seed in seeds if seed not in SEED_RANGE]
-    if outside:
-        raise ConfigError(f"--seeds must lie in 0 .. 2**32 - 1 (numpy's seeds); {outside[0]} does not")
-    return seeds
 
 
 def _stats(values: list[float]) -> dict:

@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 import torch
 
 from ..evaluation.protocol import evaluate
-from ..evaluation.seeds import format_summary, split_seeds_argument, summarize
+from ..evaluation.seeds import format_summary, summarize
 from ..files import atomic_path, folder_lock, remove_stale_parts, require_writable
 from ..head.datamodule import HeadDataModule
 from ..head.module import HeadModule
@@ -27,7 +27,7 @@ from ..readout.crf import require_crf
 from ..readout.fit import ReadoutConfig, fit_readouts
 from ..readout.segmenter import Segmenter
 from ..readout.self_training import SelfTrainingConfig, self_trained_head
-from .config import TrainingCLI, parse_training
+from .config import TrainingCLI, parse_training, split_seeds_argument
 from .run_folder import AtomicCheckpointIO, check_resumable, head_settings, resume_point
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """What made a folder of segmentations: ``ultra-segment`` records it in the folder and refuses to mix settings.
 
 A folder of label maps is one experiment: every image in it was segmented by the same checkpoint
-(its SHA-256) with the same readout, CRF and flip, the settings that change a label. The record is
+(its SHA-256) with the same readout, CRF, flip and backbone precision, the settings that change a label. The record is
 ``<folder>/ultra-segment.json``; a resume (``--skip_existing``) or a second batch into the folder
 with other settings is refused, as ``train.py`` refuses to resume a run with other settings.
 """
