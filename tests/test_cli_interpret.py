@@ -155,6 +155,8 @@ def test_select_messages_say_what_was_wrong(photo, tmp_path):
     tiny = [a for a in TINY_ARGS if a not in ("--size", "48")]
     with pytest.raises(ConfigError, match="above the maximum side 2048"):
         select_cli.run([str(photo), "--point", "3,3", *out, *tiny, "--size", "100000"])
-    with pytest.raises(ConfigError, match="--size 8 gives a shorter side of at most one 16 px patch"):
+    with pytest.raises(
+        ConfigError, match="--size 8 gives a shorter side of at most one 16 px patch: nothing to select"
+    ):
         select_cli.run([str(photo), "--point", "3,3", *out, *tiny, "--size", "8"])
     assert not (tmp_path / "m.png").exists()

@@ -174,11 +174,6 @@ def prepare_image(vit: FrozenViT, image: Tensor, size: int) -> Tensor:
     height, width = image.shape[-2:]
     if min(height, width) < vit.patch_size:
         raise ConfigError(f"image of {width}x{height} px is smaller than one {vit.patch_size}x{vit.patch_size} patch")
-    if size < 2 * vit.patch_size:
-        raise ConfigError(
-            f"--size {size} gives a shorter side of at most one {vit.patch_size} px patch of {vit.model_name}: "
-            f"nothing to select from; give at least {2 * vit.patch_size}"
-        )
     check_resized_side((height, width), size)
     return resize_to_patches(image[None], size, vit.patch_size)[0]
 
@@ -305,6 +300,12 @@ def select_object(
     if method not in SELECT_METHODS:
         raise ConfigError(f"the selection method must be one of {SELECT_METHODS}, got {method!r}")
     image = image_to_tensor(picture)
+    patch = (vit if vit is not None else segmenter.backbone).patch_size
+    if size < 2 * patch:
+        raise ConfigError(
+            f"--size {size} gives a shorter side of at most one {patch} px patch: nothing to select from; "
+            f"give at least {2 * patch}"
+        )
     if method == "clusters":
         if segmenter is None:
             raise ConfigError("no checkpoint, so no head clusters: select by similarity or relevance")
