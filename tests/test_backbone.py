@@ -5,11 +5,11 @@ import torch
 import torch.nn.functional as F
 from helpers import TINY_VIT
 
+from ultra.backbone.image_size import snap_to_patch
 from ultra.backbone.vit import (
     FrozenViT,
     UnknownModelError,
     resolve_model_name,
-    snap_to_patch,
 )
 from ultra.errors import WeightsError
 

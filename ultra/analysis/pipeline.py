@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..backbone.vit import DEFAULT_BACKBONE, DEFAULT_SIZE, FrozenViT, check_size
+from ..backbone.image_size import DEFAULT_SIZE, check_size
+from ..backbone.vit import DEFAULT_BACKBONE, FrozenViT
 from ..data import EvalTransform, ImageFolder
 from ..data.grids import labels_to_grid
 from ..errors import ConfigError, DataError

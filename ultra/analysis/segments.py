@@ -30,7 +30,8 @@ from scipy import ndimage
 from scipy.cluster.hierarchy import fcluster, linkage
 from torch import Tensor
 
-from ..backbone.vit import FrozenViT, check_resized_side, resize_to_patches
+from ..backbone.image_size import check_resized_side, resize_to_patches
+from ..backbone.vit import FrozenViT
 from ..data.grids import upsample_scores
 from ..data.transforms import image_to_tensor
 from ..errors import ConfigError
@@ -170,7 +171,7 @@ def mask_from_map(values: Tensor, size: tuple[int, int], threshold: str | float 
 
 def prepare_image(vit: FrozenViT, image: Tensor, size: int) -> Tensor:
     """``image`` resized so its shorter side is about ``size``, both sides multiples of the patch (its longer side
-    at most :data:`~ultra.backbone.vit.MAX_SIDE`)."""
+    at most :data:`~ultra.backbone.image_size.MAX_SIDE`)."""
     height, width = image.shape[-2:]
     if min(height, width) < vit.patch_size:
         raise ConfigError(f"image of {width}x{height} px is smaller than one {vit.patch_size}x{vit.patch_size} patch")

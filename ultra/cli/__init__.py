@@ -16,8 +16,9 @@ from typing import Literal
 
 import torch
 
+from ..backbone.image_size import DEFAULT_SIZE
 from ..backbone.precision import PRECISIONS
-from ..backbone.vit import DEFAULT_BACKBONE, DEFAULT_SIZE
+from ..backbone.vit import DEFAULT_BACKBONE
 from ..errors import USER_ERRORS, ConfigError
 
 

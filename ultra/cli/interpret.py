@@ -18,7 +18,8 @@ from jsonargparse import ArgumentParser
 
 from ..analysis.relevance import relevance_maps
 from ..analysis.segments import prepare_image, segments_from_maps, similarity_weighted
-from ..backbone.vit import FrozenViT, check_size
+from ..backbone.image_size import check_size
+from ..backbone.vit import FrozenViT
 from ..data.io import read_image
 from ..data.transforms import image_to_tensor
 from ..errors import ConfigError

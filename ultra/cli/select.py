@@ -17,7 +17,8 @@ import numpy as np
 from jsonargparse import ArgumentParser
 
 from ..analysis.segments import SELECT_METHODS, check_threshold, parse_point, select_object
-from ..backbone.vit import FrozenViT, check_size
+from ..backbone.image_size import check_size
+from ..backbone.vit import FrozenViT
 from ..data.io import read_image
 from ..errors import ConfigError
 from ..files import refuse_collisions, refuse_overwrite

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from ..backbone.vit import FrozenViT, check_resized_side, resize_to_patches
+from ..backbone.image_size import check_resized_side, resize_to_patches
+from ..backbone.vit import FrozenViT
 from ..data.cache import TokenKey
 from ..data.grids import upsample_scores
 from ..data.io import picture_array, read_image
