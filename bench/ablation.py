@@ -46,7 +46,7 @@ from ultra.data.standardise import token_map  # noqa: E402
 from ultra.evaluation.protocol import score_token_grids  # noqa: E402
 from ultra.files import atomic_path, cache_root  # noqa: E402
 from ultra.head.projection import ProjectionHead  # noqa: E402
-from ultra.readout.fit import CachedRows, fit_centroids, oracle_readout  # noqa: E402
+from ultra.readout.fit import CachedRows, ReadoutConfig, fit_centroids, oracle_readout  # noqa: E402
 from ultra.readout.probe import train_probe  # noqa: E402
 from ultra.readout.segmenter import ClusterReadout, ProbeReadout  # noqa: E402
 from ultra.readout.self_training import SelfTrainingConfig, self_trained_head  # noqa: E402
@@ -104,7 +104,7 @@ def eval_tokens(data, dataset, keys, batch_size: int = 8) -> tuple[dict, torch.T
     """Token grids of the protocol's images (:meth:`ultra.backbone.vit.FrozenViT.collect_grids`, as the evaluation
     computes them) and their labels, kept (float32, as computed) under ``<cache root>/ablation/`` and read back by
     the next run of the same images, backbone, keys and protocol."""
-    identity = [dataset.fingerprint(), data.backbone.describe(), sorted(keys), data.evaluation.resize]
+    identity = [dataset.fingerprint(), data.backbone.describe(), sorted(keys), data.evaluation.resize, "float32"]
     digest = hashlib.sha256(json.dumps([*identity, data.evaluation.crop], default=str).encode()).hexdigest()[:16]
     path = cache_root() / "ablation" / f"eval-tokens-{digest}.pt"
     if path.is_file():
@@ -120,7 +120,7 @@ def eval_tokens(data, dataset, keys, batch_size: int = 8) -> tuple[dict, torch.T
             labels.append(torch.stack([it["label"] for it in items]).to(torch.uint8))
             yield torch.stack([it["image"] for it in items])
 
-    grids = data.backbone.eval().collect_grids(images(), keys)
+    grids = data.backbone.eval().collect_grids(images(), keys, dtype=torch.float32)
     with atomic_path(path) as tmp:
         torch.save({"grids": {json.dumps(list(k)): v for k, v in grids.items()}, "labels": torch.cat(labels)}, tmp)
     return grids, torch.cat(labels)
@@ -163,6 +163,13 @@ def run_set(config: str, options: list[str], seeds: list[int], workdir: Path, ex
     evaluation = {split: eval_tokens(base, dataset, eval_keys) for split, dataset in splits.items()}
     log.info("%s: caches and evaluation tokens in %.0f s", name, time.perf_counter() - start)
     num_classes = len(base.class_names)
+    readout_config = ReadoutConfig(
+        **clis[options[0]].config.readout
+    )  # the config's k-means restarts and sample, as train.py
+
+    def centroids(rows: CachedRows, k: int, seed: int) -> torch.Tensor:
+        return fit_centroids(rows, k, seed, readout_config.restarts, readout_config.kmeans_sample)
+
     results = {"options": {}, "raw": {}, "reference": {}}
 
     def scored(readout_for_seed) -> dict:
@@ -184,13 +191,20 @@ def run_set(config: str, options: list[str], seeds: list[int], workdir: Path, ex
         module = token_map(cache, keys, space or "raw")
         results["raw"][variant] = scored(
             lambda seed, keys=keys, module=module: ClusterReadout(
-                keys, fit_centroids(CachedRows(cache, keys, module), num_classes, seed), token_map=module
+                keys, centroids(CachedRows(cache, keys, module), num_classes, seed), token_map=module
             )
         )
         logged("raw", variant)
-    probes = {seed: train_probe(cache, base.feature_keys, num_classes, seed=seed, progress=False) for seed in seeds}
+    probes = {
+        seed: train_probe(cache, base.feature_keys, num_classes, readout_config.probe_steps, seed=seed, progress=False)
+        for seed in seeds
+    }
     results["reference"]["probe"] = scored(lambda seed: ProbeReadout(base.feature_keys, probes[seed]))
-    results["reference"]["oracle"] = scored(lambda seed: oracle_readout(cache, base.feature_keys, probes[seed], seed))
+    results["reference"]["oracle"] = scored(
+        lambda seed: oracle_readout(
+            cache, base.feature_keys, probes[seed], seed, readout_config.restarts, readout_config.kmeans_sample
+        )
+    )
     for row in results["reference"]:
         logged("reference", row)
 
@@ -203,8 +217,10 @@ def run_set(config: str, options: list[str], seeds: list[int], workdir: Path, ex
         """Per seed: the head's self-training (as ``train.py`` runs it, if any), then k-means on its outputs."""
 
         def readout(seed):
-            trained, _ = self_trained_head(head, cache, keys, k, self_training, seed, progress=False)
-            return ClusterReadout(keys, fit_centroids(CachedRows(cache, keys, trained), k, seed), trained)
+            trained, _ = self_trained_head(
+                head, cache, keys, k, self_training, seed, readout_config.restarts, progress=False
+            )
+            return ClusterReadout(keys, centroids(CachedRows(cache, keys, trained), k, seed), trained)
 
         return readout
 
