@@ -11,7 +11,7 @@ training tokens come from one feature cache holding every option's tokens, evalu
 computed once per split, shared by all options and kept for the next run (``<cache root>/ablation/``; the
 same figures, without the backbone's quarter of an hour on CamVid). Options that change only the
 self-training reuse the default's fit. No CRF and no flip averaging here (they are
-evaluation-side and slow; ``train.py --readout.crf true`` measures them).
+evaluation-side and slow; ``train.py --evaluation.crf true`` measures them).
 
     python bench/ablation.py [--sets camvid,cocostuff_dev] [--options default,norm,...] [--seeds 0,1,2]
 
@@ -43,6 +43,7 @@ from levers import GRAPH_LEVERS, READOUT_LEVERS, GraphLeverInput, ReadoutLeverIn
 
 from ultra.data.cache import FeatureCache  # noqa: E402
 from ultra.data.standardise import token_map  # noqa: E402
+from ultra.data.transforms import EvalConfig  # noqa: E402
 from ultra.evaluation.protocol import score_token_grids  # noqa: E402
 from ultra.files import atomic_path, cache_root  # noqa: E402
 from ultra.head.projection import ProjectionHead  # noqa: E402
@@ -100,18 +101,18 @@ LEVERS = [*GRAPH_LEVERS, *READOUT_LEVERS]
 forms again with another spectral form; readout levers read the default head's embedding another way."""
 
 
-def eval_tokens(data, dataset, keys, batch_size: int = 8) -> tuple[dict, torch.Tensor]:
+def eval_tokens(data, geometry, dataset, keys, batch_size: int = 8) -> tuple[dict, torch.Tensor]:
     """Token grids of the protocol's images (:meth:`ultra.backbone.vit.FrozenViT.collect_grids`, as the evaluation
     computes them) and their labels, kept (float32, as computed) under ``<cache root>/ablation/`` and read back by
     the next run of the same images, backbone, keys and protocol."""
-    identity = [dataset.fingerprint(), data.backbone.describe(), sorted(keys), data.evaluation.resize, "float32"]
-    digest = hashlib.sha256(json.dumps([*identity, data.evaluation.crop], default=str).encode()).hexdigest()[:16]
+    identity = [dataset.fingerprint(), data.backbone.describe(), sorted(keys), geometry.resize, "float32"]
+    digest = hashlib.sha256(json.dumps([*identity, geometry.crop], default=str).encode()).hexdigest()[:16]
     path = cache_root() / "ablation" / f"eval-tokens-{digest}.pt"
     if path.is_file():
         saved = torch.load(path, weights_only=True)
         return {tuple(json.loads(k)): v for k, v in saved["grids"].items()}, saved["labels"]
     loader = DataLoader(
-        dataset.with_transform(data.evaluation.transform()), batch_size=batch_size, collate_fn=lambda items: items
+        dataset.with_transform(geometry.transform()), batch_size=batch_size, collate_fn=lambda items: items
     )
     labels = []
 
@@ -160,7 +161,8 @@ def run_set(config: str, options: list[str], seeds: list[int], workdir: Path, ex
     )
     eval_keys = sorted(set().union(*(set(c.datamodule.feature_keys) for c in clis.values())) | raw_keys)
     splits = {"val": base.val_dataset, "train": base.train_dataset}
-    evaluation = {split: eval_tokens(base, dataset, eval_keys) for split, dataset in splits.items()}
+    geometry = EvalConfig(**clis[options[0]].config.evaluation)
+    evaluation = {split: eval_tokens(base, geometry, dataset, eval_keys) for split, dataset in splits.items()}
     log.info("%s: caches and evaluation tokens in %.0f s", name, time.perf_counter() - start)
     num_classes = len(base.class_names)
     readout_config = ReadoutConfig(

@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 from ablation import stats  # noqa: E402  (bench/ is the script's folder)
 
 import ultra  # noqa: E402
-from ultra.data.transforms import EvalTransform  # noqa: E402
+from ultra.data.transforms import EvalConfig  # noqa: E402
 from ultra.evaluation.protocol import evaluate  # noqa: E402
 from ultra.readout.crf import SCORE_SCALE  # noqa: E402
 from ultra.readout.segmenter import Segmenter  # noqa: E402
@@ -95,17 +95,18 @@ def run_set(name: str, variants: list[str], train_variants: list[str], seeds: li
         str(root),
         "--trainer.enable_progress_bar",
         "false",
-        "--readout.evaluate",
+        "--evaluation.run",
         "false",
         "--readout.probe",
         "false",
     ]
     train(args + ["--seeds", ",".join(map(str, seeds))])
-    data = parse_training(args).datamodule
+    cli = parse_training(args)
+    data, geometry = cli.datamodule, EvalConfig(**cli.config.evaluation)
     loaded = {s: ultra.load(root / f"seed-{s}" / "model.safetensors") for s in seeds}
     readouts = {f"{r}@{s}": loaded[s].readouts[r] for s in seeds for r in loaded[s].readouts}
-    segmenter = Segmenter(loaded[seeds[0]].backbone, readouts, data.class_names, resize=data.evaluation.resize).eval()
-    transform = EvalTransform(data.evaluation.resize, data.evaluation.crop)
+    segmenter = Segmenter(loaded[seeds[0]].backbone, readouts, data.class_names, resize=geometry.resize).eval()
+    transform = geometry.transform()
     splits = {"val": data.val_dataset.with_transform(transform), "train": data.train_dataset.with_transform(transform)}
     results = {}
     for variant in variants:

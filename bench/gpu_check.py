@@ -34,8 +34,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SMALL = ["--data.views.size", "64", "--data.views.resize", "96", "--data.evaluation.resize", "64"]
-SMALL += ["--data.evaluation.crop", "64", "--data.model_kwargs", '{"depth": 3, "embed_dim": 48, "num_heads": 3}']
+SMALL = ["--data.views.size", "64", "--data.views.resize", "96", "--evaluation.resize", "64"]
+SMALL += ["--evaluation.crop", "64", "--data.model_kwargs", '{"depth": 3, "embed_dim": 48, "num_heads": 3}']
 SMALL += ["--data.backbone", "vit_tiny_patch16_224", "--data.knn.candidate_images", "4", "--model.out_dim", "8"]
 SMALL += ["--readout.probe_steps", "10", "--readout.restarts", "1"]
 

@@ -195,7 +195,7 @@ def _settings() -> dict:
         "batch_nodes": BatchConfig(**config.get("batches", {})).nodes,
         "out_dim": data["model"]["out_dim"],
         "restarts": data["readout"]["restarts"],
-        "eval_crop": EvalConfig(**config.get("evaluation", {})).crop,
+        "eval_crop": EvalConfig(**data.get("evaluation", {})).crop,
     }
 
 

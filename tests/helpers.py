@@ -92,9 +92,9 @@ def tiny_overrides(root: Path, epochs: int = 2, steps: int = 3) -> list[str]:
         "64",
         "--data.views.resize",
         "96",
-        "--data.evaluation.resize",
+        "--evaluation.resize",
         "64",
-        "--data.evaluation.crop",
+        "--evaluation.crop",
         "64",
         "--data.batches.nodes",
         "128",
@@ -124,7 +124,7 @@ def tiny_overrides(root: Path, epochs: int = 2, steps: int = 3) -> list[str]:
         "20",
         "--readout.restarts",
         "2",
-        "--readout.crf",
+        "--evaluation.crf",
         "false",
     ]
 

@@ -113,7 +113,7 @@ def test_a_bug_in_a_real_command_reaches_the_user_with_its_traceback(tmp_path):
     code = (
         "import sys, ultra.cli.evaluate as e\n"
         "def broken(*a, **k):\n    raise ValueError('internal shape mismatch')\n"
-        "e.training_data_section = broken\n"
+        "e.training_evaluation = broken\n"
         "e.main(['--checkpoint', 'x.safetensors', '--config', 'c.yaml'])\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)

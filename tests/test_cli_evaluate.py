@@ -149,3 +149,16 @@ def test_eval_never_replaces_a_picture_in_its_output_without_overwrite(trained, 
     with pytest.raises(FileExistsError, match=r"examples.png.*pass --overwrite"):
         eval_cli.run([*args, "--resize", "64", "--crop", "64", "--output", str(out)])
     assert photo.read_bytes() == b"the user's own picture"
+
+
+def test_eval_composes_training_configs_and_reads_their_evaluation_section(trained, tmp_path):
+    """``--config`` goes through the training parser: a second config's ``evaluation`` group applies, and the
+    options given here override it."""
+    root, config, _ = trained
+    (tmp_path / "eval.yaml").write_text("evaluation: {resize: 80, crop: 64, batch_size: 2}\n")
+    args = ["--checkpoint", str(root / "run" / "model.safetensors"), "--config", str(config)]
+    args += ["--config", str(tmp_path / "eval.yaml"), "--output", str(tmp_path / "e")]
+    report = eval_cli.run(args)
+    assert (report["settings"]["eval_resize"], report["settings"]["eval_crop"]) == (80, 64)
+    again = eval_cli.run([*args, "--resize", "72", "--overwrite"])
+    assert (again["settings"]["eval_resize"], again["settings"]["eval_crop"]) == (72, 64)

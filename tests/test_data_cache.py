@@ -153,7 +153,7 @@ def test_a_bad_training_image_is_named_before_the_cache_build_starts(tmp_path):
         },
     )
     with pytest.raises(DataError, match=rf"cannot read image {broken}"):
-        train_cli.run(["--config", str(config), *tiny_overrides(tmp_path), "--readout.evaluate", "false"])
+        train_cli.run(["--config", str(config), *tiny_overrides(tmp_path), "--evaluation.run", "false"])
     assert not list((tmp_path / "cache").glob("*.partial"))
 
 
@@ -227,7 +227,7 @@ def test_an_unfinished_cache_of_an_older_version_of_the_images_is_removed(tmp_pa
         "--config",
         str(config),
         *tiny_overrides(tmp_path, epochs=1),
-        "--readout.evaluate",
+        "--evaluation.run",
         "false",
         "--readout.probe",
         "false",
@@ -256,5 +256,5 @@ def test_a_label_map_of_another_size_is_named_before_the_cache_build(tmp_path):
         },
     )
     with pytest.raises(DataError, match=rf"label map {label} is 48x96 px, its image .* 96x96"):
-        train_cli.run(["--config", str(config), *tiny_overrides(tmp_path), "--readout.evaluate", "false"])
+        train_cli.run(["--config", str(config), *tiny_overrides(tmp_path), "--evaluation.run", "false"])
     assert not list((tmp_path / "cache").glob("*.partial"))

@@ -11,11 +11,11 @@ from ultra.errors import ConfigError, DataError
 
 def test_a_crop_larger_than_the_resize_is_refused_everywhere(tmp_path, checkpoint):
     """Such a crop is padded, and the padding would count as labelled pixels of class 0."""
-    with pytest.raises(ConfigError, match=r"data.evaluation.crop \(320\) exceeds data.evaluation.resize \(64\)"):
+    with pytest.raises(ConfigError, match=r"evaluation.crop \(320\) exceeds evaluation.resize \(64\)"):
         EvalConfig(resize=64, crop=320)
     config = synthetic_config(tmp_path / "c.yaml")
-    with pytest.raises(ConfigError, match=r"data.evaluation.crop \(96\) exceeds data.evaluation.resize \(64\)"):
-        train_cli.run(["--config", str(config), *tiny_overrides(tmp_path), "--data.evaluation.crop", "96"])
+    with pytest.raises(ConfigError, match=r"evaluation.crop \(96\) exceeds evaluation.resize \(64\)"):
+        train_cli.run(["--config", str(config), *tiny_overrides(tmp_path), "--evaluation.crop", "96"])
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
     model, config = checkpoint
     args = ["--checkpoint", str(model), "--config", str(config), "--output", str(tmp_path / "eval")]

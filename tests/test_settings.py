@@ -18,9 +18,9 @@ from ultra.readout.fit import ReadoutConfig
         (lambda: ViewConfig(crop_fraction=0), r"data.views: .*crop_fraction in \(0, 1\], got 224, 320, 0"),
         (
             lambda: EvalConfig(resize=64, crop=320),
-            r"data.evaluation.crop \(320\) exceeds data.evaluation.resize \(64\)",
+            r"evaluation.crop \(320\) exceeds evaluation.resize \(64\)",
         ),
-        (lambda: EvalConfig(resize=0), r"data.evaluation.resize must be a positive number of pixels, got 0"),
+        (lambda: EvalConfig(resize=0), r"evaluation.resize must be a positive number of pixels, got 0"),
         (lambda: KnnConfig(space="pca"), "knn.space must be one of .*got 'pca'"),
         (lambda: KnnConfig(k_any=0), r"k_intra, k_inter and k_any must be >= 0 and not all 0"),
         (lambda: KnnConfig(candidate_images=0), "candidate_images must be >= 1 or None"),

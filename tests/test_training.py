@@ -81,7 +81,7 @@ def test_crf_requested_without_the_package_fails_before_training(tmp_path, monke
     without_crf(monkeypatch)
     config = synthetic_config(tmp_path / "c.yaml")
     with pytest.raises(CRFUnavailable, match="pip install 'ultra-seg\\[crf\\]'"):
-        train_cli.run(["--config", str(config), *tiny_overrides(tmp_path), "--readout.crf", "true"])
+        train_cli.run(["--config", str(config), *tiny_overrides(tmp_path), "--evaluation.crf", "true"])
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -166,7 +166,7 @@ def test_a_one_colour_training_set_is_an_error_and_exports_nothing(tmp_path):
         tmp_path / "c.yaml", train_dataset={"class_path": "ultra.data.ImageFolder", "init_args": {"root": str(folder)}}
     )
     with pytest.raises(DataError, match=r"graph of the training set has no edges|exact solve .* is not finite"):
-        train_cli.run(["--config", str(config), *tiny_overrides(tmp_path), "--readout.evaluate", "false"])
+        train_cli.run(["--config", str(config), *tiny_overrides(tmp_path), "--evaluation.run", "false"])
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 

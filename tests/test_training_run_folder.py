@@ -57,14 +57,14 @@ def test_an_exact_run_records_only_what_determines_its_head(tmp_path, caplog):
         "model.ortho_weight",
         "model.hidden_dim",
         "data.batches.steps_per_epoch",
-        "data.evaluation.resize",
+        "evaluation.resize",
         "data.val_dataset.init_args.seed",
         "data.cache.dir",
         "seed_everything",
     )
     assert not [key for key in inert if key in recorded]
     # the node batches' size and seed, and evaluation-only options, resume the exact run instead of refusing it
-    changed = ["--data.batches.steps_per_epoch", "7", "--seed_everything", "4", "--data.evaluation.resize", "80"]
+    changed = ["--data.batches.steps_per_epoch", "7", "--seed_everything", "4", "--evaluation.resize", "80"]
     with caplog.at_level("INFO", logger="ultra"):
         train_cli.run(args + changed)
     assert "resuming from" in caplog.text

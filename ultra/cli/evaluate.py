@@ -1,10 +1,12 @@
 """``eval.py`` / ``ultra-eval``: the evaluation protocol for an inference checkpoint.
 
     python eval.py --checkpoint runs/demo/model.safetensors --config configs/demo.yaml [--crf] [--flip]
+    python eval.py --checkpoint CK --config configs/cityscapes27.yaml --config configs/backbones/dino_vitb8.yaml
     python eval.py --checkpoint CHECKPOINT --dataset ImageFolder --dataset.root DIR --dataset.split test
 
 The data set is ``--dataset`` (a class name or path and its arguments) or the ``data.val_dataset``
-of a training config given as ``--config`` (with its ``data.evaluation`` geometry; the config's
+of a training config given as ``--config`` (repeatable: composed as ``train.py`` composes them, through its
+parser; its ``evaluation`` group gives the geometry and the options, which the options here override; the config's
 other settings do not apply to an evaluation). Prints the table of every readout of the
 checkpoint (head, raw-token baseline, probe), and writes ``eval.json`` (with what was evaluated:
 the data set's class, arguments and fingerprint), confusion matrices and an example sheet to
@@ -27,13 +29,9 @@ from ..data import cityscapes, cocostuff, folder, synthetic  # noqa: F401  (thei
 from ..data.base import SegmentationDataset
 from ..data.transforms import EvalConfig, check_eval_geometry
 from ..errors import ConfigError, user_errors_unwrapped
-from ..evaluation.checkpoint_report import (
-    default_report_folder,
-    describe_dataset,
-    evaluate_checkpoint,
-    training_data_section,
-)
+from ..evaluation.checkpoint_report import default_report_folder, describe_dataset, evaluate_checkpoint
 from ..readout.crf import require_crf
+from ..training.config import take_configs, training_evaluation
 from . import WEIGHTS_HELP, add_precision_argument, console
 
 
@@ -50,7 +48,8 @@ def build_parser() -> ArgumentParser:
         "--config",
         type=Path | None,
         default=None,
-        help="a training config: its data.val_dataset and data.evaluation are used",
+        help="a training config (repeatable, composed as train.py composes them): its data.val_dataset and "
+        "evaluation group are used",
     )
     parser.add_argument(
         "--output", type=Path | None, default=None, help="report folder (default: beside the checkpoint)"
@@ -59,20 +58,20 @@ def build_parser() -> ArgumentParser:
         "--resize",
         type=int | None,
         default=None,
-        help=f"protocol: shorter side in pixels (default: the config's data.evaluation, else {EvalConfig.resize})",
+        help=f"protocol: shorter side in pixels (default: the config's evaluation.resize, else {EvalConfig.resize})",
     )
     parser.add_argument(
         "--crop",
         type=int | None,
         default=None,
-        help=f"protocol: centre crop in pixels (default: the config's data.evaluation, else {EvalConfig.crop})",
+        help=f"protocol: centre crop in pixels (default: the config's evaluation.crop, else {EvalConfig.crop})",
     )
     parser.add_argument("--weights", type=str | None, default=None, help=WEIGHTS_HELP)
     add_precision_argument(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report in --output")
     parser.add_argument("--crf", action="store_true", help="also report every readout after a dense CRF")
     parser.add_argument("--flip", action="store_true", help="average predictions with the mirrored image")
-    parser.add_argument("--batch_size", type=int, default=4, help="images per batch")
+    parser.add_argument("--batch_size", type=int | None, default=None, help="images per batch (default: the config's)")
     parser.add_argument("--num_workers", type=int, default=0, help="data loader workers")
     parser.add_argument("--accelerator", type=str, default="auto", help="Lightning accelerator (cpu, gpu, auto)")
     parser.add_argument("--devices", type=Any, default=1, help="Lightning devices (a number or a list)")
@@ -83,18 +82,18 @@ def build_parser() -> ArgumentParser:
 def run(args: list[str] | None = None) -> dict:
     """Evaluate; returns the report."""
     parser = build_parser()
-    args = sys.argv[1:] if args is None else list(args)
+    configs, args = take_configs(sys.argv[1:] if args is None else list(args))
     cfg = parser.parse_args(args)
-    data = training_data_section(cfg.config) if cfg.config else {}
+    val_dataset, configured = training_evaluation(configs)
     if cfg.dataset is None:
-        if not data.get("val_dataset"):
+        if not val_dataset:
             raise ConfigError("give --dataset, or a --config whose data section has a val_dataset")
-        cfg = parser.parse_args([*args, "--dataset", json.dumps(data["val_dataset"])])
-    if cfg.crf:
-        require_crf("--crf")
+        cfg = parser.parse_args([*args, "--dataset", json.dumps(val_dataset)])
+    crf, flip = cfg.crf or configured.crf, cfg.flip or configured.flip
+    if crf:
+        require_crf("--crf" if cfg.crf else "the config's evaluation.crf")
     with user_errors_unwrapped():  # the data set's own error, not jsonargparse's wrapper
         dataset: SegmentationDataset = parser.instantiate(cfg).dataset
-    configured = EvalConfig(**data.get("evaluation", {}))
     resize = configured.resize if cfg.resize is None else cfg.resize
     crop = configured.crop if cfg.crop is None else cfg.crop
     check_eval_geometry(
@@ -123,9 +122,9 @@ def run(args: list[str] | None = None) -> dict:
         weights=cfg.weights,
         precision=cfg.precision,
         described=describe_dataset(dataset, init_args),
-        flip=cfg.flip,
-        crf=cfg.crf,
-        batch_size=cfg.batch_size,
+        flip=flip,
+        crf=crf,
+        batch_size=configured.batch_size if cfg.batch_size is None else cfg.batch_size,
         num_workers=cfg.num_workers,
     )
 

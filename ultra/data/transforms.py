@@ -147,18 +147,29 @@ def check_eval_geometry(resize, crop, resize_name: str, crop_name: str) -> None:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """The evaluation protocol's geometry.
+    """The evaluation: the protocol's geometry and its options (``evaluation:`` in a training config, read by
+    ``train.py`` after training and by ``ultra-eval --config``).
 
     Args:
         resize: shorter side of an evaluated image, in pixels.
         crop: side of its centre crop, in pixels.
+        flip: average the scores of each image and its mirror image.
+        crf: also report every readout after a dense CRF (the ``crf`` extra).
+        batch_size: images per evaluation batch.
+        run: evaluate on ``data.val_dataset`` after training.
     """
 
     resize: int = 320
     crop: int = 320
+    flip: bool = False
+    crf: bool = False
+    batch_size: int = 4
+    run: bool = True
 
     def __post_init__(self):
-        check_eval_geometry(self.resize, self.crop, "data.evaluation.resize", "data.evaluation.crop")
+        check_eval_geometry(self.resize, self.crop, "evaluation.resize", "evaluation.crop")
+        if self.batch_size < 1:
+            raise ConfigError(f"evaluation.batch_size must be >= 1, got {self.batch_size}")
 
     def transform(self) -> EvalTransform:
         return EvalTransform(self.resize, self.crop)

@@ -13,7 +13,6 @@ import shutil
 from pathlib import Path
 
 import pytorch_lightning as pl
-import yaml
 
 from ..data.base import SegmentationDataset
 from ..data.transforms import EvalConfig
@@ -22,18 +21,6 @@ from ..files import LOCK_NAME, folder_lock, refuse_overwrite, require_writable
 from ..readout.checkpoint import load
 from ..readout.segmenter import Segmenter
 from .protocol import evaluate, report_files
-
-
-def training_data_section(config: Path) -> dict:
-    """The ``data`` section of a training config (a LightningCLI YAML file)."""
-    try:
-        tree = yaml.safe_load(Path(config).read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"--config {config} is not a readable YAML file: {err}") from None
-    data = tree.get("data") if isinstance(tree, dict) else None
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config {config} has no data section (a training config has one)")
-    return data.get("init_args", data)
 
 
 def default_report_folder(checkpoint: Path, dataset: SegmentationDataset) -> Path:

@@ -3,7 +3,7 @@
 :class:`HeadDataModule` builds the feature cache of the training views and the global graphs once
 (``prepare_data``, on one process per node) and serves node batches (:mod:`ultra.head.batches`) in
 the order the head's solver asks for; the head module never sees images. It also carries what the
-rest of a training run reads from the same settings: the evaluation set, its geometry and the class
+rest of a training run reads from the same settings: the evaluation set and the class
 names. The frozen backbone is built the first time it is needed.
 """
 
@@ -21,7 +21,7 @@ from ..backbone.precision import check_precision
 from ..backbone.vit import DEFAULT_BACKBONE, BackboneShape, FrozenViT, backbone_shape
 from ..data.base import SegmentationDataset
 from ..data.cache import CacheConfig, FeatureCache, TokenKey
-from ..data.transforms import EvalConfig, ViewConfig
+from ..data.transforms import ViewConfig
 from ..errors import ConfigError
 from ..graphs.knn import GraphSpec, KnnConfig
 from ..graphs.store import TrainingGraphs, load_or_build_graphs
@@ -35,7 +35,7 @@ class HeadDataModule(pl.LightningDataModule):
 
     Args:
         train_dataset: images the head is trained on (labels unused, except by the optional probe).
-        val_dataset: the evaluation set (the run applies the protocol's geometry, ``evaluation``, to it).
+        val_dataset: the evaluation set (the run applies the ``evaluation`` group's geometry to it).
         backbone: the frozen ViT (a timm name or alias, see :class:`~ultra.backbone.vit.FrozenViT`).
         weights: its weights: auto, hub, offline, random or a file.
         model_kwargs: architecture sizes passed to ``timm.create_model`` (a custom ViT).
@@ -47,7 +47,6 @@ class HeadDataModule(pl.LightningDataModule):
         graphs: the graphs of the spectral loss (kind, layer, weight).
         knn: neighbours, threshold and candidate images of the global graphs.
         views: the training views of the cache.
-        evaluation: the evaluation protocol's geometry.
         batches: node minibatches.
         cache: the feature cache's folder and batch size.
         num_workers: data loader workers (caching, node batches, evaluation).
@@ -67,7 +66,6 @@ class HeadDataModule(pl.LightningDataModule):
         graphs: list[GraphSpec] = (GraphSpec("xx", -1),),
         knn: KnnConfig = KnnConfig(),
         views: ViewConfig = ViewConfig(),
-        evaluation: EvalConfig = EvalConfig(),
         batches: BatchConfig = BatchConfig(),
         cache: CacheConfig = CacheConfig(),
         num_workers: int = 0,
@@ -84,7 +82,7 @@ class HeadDataModule(pl.LightningDataModule):
             "precision": check_precision(precision, "data.precision"),
         }
         self.feature_layers, self.tokens, self.graphs = list(feature_layers), tokens, list(graphs)
-        self.knn, self.views, self.evaluation, self.batches, self.cache_config = knn, views, evaluation, batches, cache
+        self.knn, self.views, self.batches, self.cache_config = knn, views, batches, cache
         self.num_workers, self.seed = num_workers, seed
         self.cache: FeatureCache | None = None
         self.training_graphs: TrainingGraphs | None = None
@@ -92,11 +90,9 @@ class HeadDataModule(pl.LightningDataModule):
 
     @staticmethod
     def head_settings(init_args: dict, random_batches: bool) -> dict:
-        """The arguments that determine the head: not the evaluation's (``val_dataset``, ``evaluation``), not
-        speed's (``cache``, ``num_workers``), and the node batches and their seed only when they are random."""
-        drop = {"val_dataset", "evaluation", "cache", "num_workers"} | (
-            set() if random_batches else {"batches", "seed"}
-        )
+        """The arguments that determine the head: not the evaluation set (``val_dataset``), not speed's (``cache``,
+        ``num_workers``), and the node batches and their seed only when they are random."""
+        drop = {"val_dataset", "cache", "num_workers"} | (set() if random_batches else {"batches", "seed"})
         return {k: v for k, v in init_args.items() if k not in drop}
 
     # --- the backbone and what it decides --------------------------------------------------------

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ReadoutConfig:
-    """The readouts fitted after the head, and the evaluation's options.
+    """The readouts fitted after the head.
 
     Args:
         extra_clusters: k-means clusters beyond the number of classes.
@@ -35,10 +35,6 @@ class ReadoutConfig:
         probe: also fit the supervised linear probe and the oracle head, k-means on its logits (the references that
             use labels).
         probe_steps: L-BFGS iterations of the probe.
-        evaluate: evaluate on the validation set after training.
-        flip: average the scores of each image and its mirror image at evaluation.
-        crf: also evaluate with the dense CRF (the ``crf`` extra).
-        eval_batch_size: images per evaluation batch.
     """
 
     extra_clusters: int = 0
@@ -47,10 +43,6 @@ class ReadoutConfig:
     raw_spaces: tuple[str, ...] = SPACES
     probe: bool = True
     probe_steps: int = 100
-    evaluate: bool = True
-    flip: bool = False
-    crf: bool = False
-    eval_batch_size: int = 4
 
     def __post_init__(self):
         unknown = [space for space in self.raw_spaces if space not in SPACES]
@@ -58,14 +50,10 @@ class ReadoutConfig:
             raise ConfigError(
                 f"readout.raw_spaces must be distinct token spaces of {SPACES}, got {list(self.raw_spaces)}"
             )
-        if (
-            self.extra_clusters < 0
-            or min(self.restarts, self.kmeans_sample, self.probe_steps, self.eval_batch_size) < 1
-        ):
+        if self.extra_clusters < 0 or min(self.restarts, self.kmeans_sample, self.probe_steps) < 1:
             raise ConfigError(
-                "readout: extra_clusters must be >= 0 and restarts, kmeans_sample, probe_steps, "
-                f"eval_batch_size >= 1, got {self.extra_clusters}, {self.restarts}, {self.kmeans_sample}, "
-                f"{self.probe_steps}, {self.eval_batch_size}"
+                "readout: extra_clusters must be >= 0 and restarts, kmeans_sample, probe_steps >= 1, got "
+                f"{self.extra_clusters}, {self.restarts}, {self.kmeans_sample}, {self.probe_steps}"
             )
 
     def check_clusters(self, num_classes: int, num_training_tokens: int) -> int:

@@ -19,10 +19,13 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from pathlib import Path
 
+import yaml
 from jsonargparse import DefaultHelpFormatter
 from pytorch_lightning.cli import LightningCLI
 
+from ..data.transforms import EvalConfig
 from ..errors import ConfigError, user_errors_unwrapped
 from ..head import exact_module, sgd_module  # noqa: F401  (the solvers, so that --model takes their short names)
 from ..head.datamodule import HeadDataModule
@@ -37,7 +40,7 @@ DEFAULT_HEAD_MODULE = "ultra.head.ExactHeadModule"
 
 class TrainingCLI(LightningCLI):
     """The training command's parser: the head's solver, the data module, the trainer, the self-training, the
-    readouts and the run options."""
+    readouts, the evaluation and the run options."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({"model": {"class_path": DEFAULT_HEAD_MODULE}})
@@ -49,6 +52,7 @@ class TrainingCLI(LightningCLI):
         )
         parser.add_class_arguments(SelfTrainingConfig, "self_training")
         parser.add_class_arguments(ReadoutConfig, "readout")
+        parser.add_class_arguments(EvalConfig, "evaluation")
         parser.add_argument(
             "--fresh",
             action="store_true",
@@ -113,6 +117,41 @@ def _parse_seeds(value: str) -> list[int]:
     if outside:
         raise ConfigError(f"--seeds must lie in 0 .. 2**32 - 1 (numpy's seeds); {outside[0]} does not")
     return seeds
+
+
+def take_configs(args: list[str]) -> tuple[list[str], list[str]]:
+    """Every ``--config FILE`` (or ``--config=FILE``) taken out of ``args``, in order: the configs, and the rest."""
+    configs, rest, i = [], [], 0
+    while i < len(args):
+        if args[i] == "--config" and i + 1 < len(args):
+            configs.append(args[i + 1])
+            i += 2
+            continue
+        if args[i].startswith("--config="):
+            configs.append(args[i].split("=", 1)[1])
+        else:
+            rest.append(args[i])
+        i += 1
+    return configs, rest
+
+
+def training_evaluation(configs: list[str]) -> tuple[dict | None, EvalConfig]:
+    """The validation set and the ``evaluation`` group of the training configs ``configs``, composed by the training
+    parser without building anything (none: no set, the default evaluation)."""
+    if not configs:
+        return None, EvalConfig()
+    trees = {config: _read_yaml(config) for config in configs}  # a clear error before the parser's own
+    if not any(isinstance(tree, dict) and isinstance(tree.get("data"), dict) for tree in trees.values()):
+        raise ConfigError(f"--config {' + '.join(configs)} has no data section (a training config has one)")
+    tree = parse_training([a for c in configs for a in ("--config", c)], instantiate=False).config.as_dict()
+    return tree["data"].get("val_dataset"), EvalConfig(**tree["evaluation"])
+
+
+def _read_yaml(path: str):
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"--config {path} is not a readable YAML file: {err}") from None
 
 
 def parse_training(args: list[str] | None = None, instantiate: bool = True) -> TrainingCLI:

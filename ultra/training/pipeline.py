@@ -17,6 +17,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from ..data.transforms import EvalConfig
 from ..evaluation.protocol import evaluate
 from ..evaluation.seeds import format_summary, summarize
 from ..files import atomic_path, folder_lock, remove_stale_parts, require_writable
@@ -47,21 +48,24 @@ def run_training(cli: TrainingCLI) -> dict | None:
     trainer.strategy.checkpoint_io = AtomicCheckpointIO()
     config = ReadoutConfig(**cli.config.readout)
     self_training = SelfTrainingConfig(**cli.config.self_training)
-    if config.crf:  # fail before training, not after it
-        require_crf("--readout.crf")
+    evaluation = EvalConfig(**cli.config.evaluation)
+    if evaluation.crf:  # fail before training, not after it
+        require_crf("--evaluation.crf")
     config.check_clusters(len(data.class_names), data.num_training_tokens)
     self_training.check_clusters(len(data.class_names) + config.extra_clusters)
     self_training.check_head(cli.model.head)
     root = Path(trainer.default_root_dir)
     require_writable(root)
-    if config.evaluate and data.val_dataset is not None:  # a bad validation set fails now, not after training
+    if evaluation.run and data.val_dataset is not None:  # a bad validation set fails now, not after training
         data.val_dataset.check(require_labels=True)
     # one run per folder: the other processes of a multi-process run are covered by the first one's lock
     with folder_lock(root, "--trainer.default_root_dir", held=trainer.is_global_zero):
-        return _train(cli, config, self_training, root)
+        return _train(cli, config, self_training, evaluation, root)
 
 
-def _train(cli: TrainingCLI, config: ReadoutConfig, self_training: SelfTrainingConfig, root: Path) -> dict | None:
+def _train(
+    cli: TrainingCLI, config: ReadoutConfig, self_training: SelfTrainingConfig, evaluation: EvalConfig, root: Path
+) -> dict | None:
     """The run itself (its folder checked and locked): fit, readouts, export, evaluation."""
     trainer, module, data = cli.trainer, cli.model, cli.datamodule
     if trainer.is_global_zero:  # what a killed write of this folder left
@@ -74,24 +78,24 @@ def _train(cli: TrainingCLI, config: ReadoutConfig, self_training: SelfTrainingC
     start = time.perf_counter()
     fit_head(trainer, module, data, ckpt_path)
     timings = {"fit_s": time.perf_counter() - start - sum(data.timings.values()), **data.timings}
-    segmenter, rounds = fitted_segmenter(cli, config, self_training, seed, timings)
+    segmenter, rounds = fitted_segmenter(cli, config, self_training, seed, timings, evaluation.resize)
     # saved before the evaluation, saved again with its matching
     export(segmenter, data, root, trainer.is_global_zero, self_training.settings())
-    if not (config.evaluate and data.val_dataset is not None):
+    if not (evaluation.run and data.val_dataset is not None):
         return None
     report = evaluate(
         segmenter,
-        data.val_dataset.with_transform(data.evaluation.transform()),
+        data.val_dataset.with_transform(evaluation.transform()),
         trainer,
         output=root / "eval",
-        flip=config.flip,
-        crf=config.crf,
-        batch_size=config.eval_batch_size,
+        flip=evaluation.flip,
+        crf=evaluation.crf,
+        batch_size=evaluation.batch_size,
         num_workers=data.num_workers,
         settings={
             "backbone": data.backbone.describe(trainer.strategy.root_device),
-            "eval_resize": data.evaluation.resize,
-            "eval_crop": data.evaluation.crop,
+            "eval_resize": evaluation.resize,
+            "eval_crop": evaluation.crop,
             "seed": seed,
             "solver": module.solver,
             "self_training": {**self_training.settings(), "history": rounds},
@@ -108,10 +112,10 @@ def _train(cli: TrainingCLI, config: ReadoutConfig, self_training: SelfTrainingC
 
 
 def fitted_segmenter(
-    cli: TrainingCLI, config: ReadoutConfig, self_training: SelfTrainingConfig, seed: int, timings: dict
+    cli: TrainingCLI, config: ReadoutConfig, self_training: SelfTrainingConfig, seed: int, timings: dict, resize: int
 ) -> tuple[Segmenter, list[dict]]:
     """The fitted head's self-training (with ``self_training.rounds``) and readouts over the training cache, with the
-    backbone: the segmenter, and the self-training's rounds."""
+    backbone (segmenting at the shorter side ``resize``): the segmenter, and the self-training's rounds."""
     trainer, module, data = cli.trainer, cli.model, cli.datamodule
     start = time.perf_counter()
     cache, clusters = data.open_cache(), len(data.class_names) + config.extra_clusters
@@ -131,7 +135,7 @@ def fitted_segmenter(
     readouts = fit_readouts(
         head, cache, data.feature_keys, data.class_names, config, seed, progress=trainer.is_global_zero
     )
-    segmenter = Segmenter(data.backbone, readouts, data.class_names, resize=data.evaluation.resize)
+    segmenter = Segmenter(data.backbone, readouts, data.class_names, resize=resize)
     segmenter.to(trainer.strategy.root_device)
     timings["readouts_s"] = time.perf_counter() - start
     return segmenter, [asdict(r) for r in rounds]

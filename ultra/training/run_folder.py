@@ -49,10 +49,6 @@ class RunCheckpoint(ModelCheckpoint):
         super().setup(trainer, pl_module, stage)
 
 
-EVALUATION_ONLY = ("evaluate", "flip", "crf", "eval_batch_size")
-"""The readout section's options that change the evaluation only, not the exported model."""
-
-
 def head_settings(config, module: pl.LightningModule) -> dict:
     """The settings that determine the exported model (the head, its self-training and its readouts), flattened to
     ``{"model.out_dim": 50, ...}``: a rerun resumes only under the same ones. Evaluation-only and speed-only
@@ -65,7 +61,7 @@ def head_settings(config, module: pl.LightningModule) -> dict:
     }
     settings = {"model": model, "data": HeadDataModule.head_settings(tree["data"], random_batches)}
     settings["self_training"] = tree.get("self_training", {})  # the exported head is the self-trained one
-    settings["readout"] = {k: v for k, v in tree.get("readout", {}).items() if k not in EVALUATION_ONLY}
+    settings["readout"] = tree.get("readout", {})  # the evaluation's options are their own group: not compared
     if random_batches:  # the node batches' seed
         settings["seed_everything"] = tree.get("seed_everything")
     flat = {}
