@@ -6,6 +6,7 @@ import torch
 
 from ultra.analysis.relevance import RelevanceMaps
 from ultra.analysis.segments import (
+    click_map,
     cluster_maps,
     cosine_maps,
     default_block,
@@ -19,7 +20,6 @@ from ultra.analysis.segments import (
     select_object,
     similarity_maps,
     similarity_weighted,
-    token_map,
     token_pixels,
 )
 from ultra.errors import ConfigError
@@ -225,11 +225,11 @@ def test_the_similarity_map_reads_the_default_block_and_selection_thresholds_it(
     assert default_block("similarity", 24) == 16 and default_block("similarity", 3) == 2
     image = torch.rand(3, 32, 48, generator=torch.Generator().manual_seed(1))
     tokens = tiny_vit(image[None], layers=[1], kinds=["x"])["x", 1][0]
-    values = token_map(tiny_vit, image, 4, layer=1, by="similarity")
+    values = click_map(tiny_vit, image, 4, layer=1, by="similarity")
     cosine = cosine_maps(tokens, torch.tensor([4]))[0]
     assert torch.allclose(values, cosine.clamp_min(0) ** 2, atol=1e-6) and (cosine < 0).any()
     with pytest.raises(ConfigError, match="by 'similarity' or 'relevance', got 'cosine'"):
-        token_map(tiny_vit, image, 4, layer=1, by="cosine")
+        click_map(tiny_vit, image, 4, layer=1, by="cosine")
     mask, shown = select(tiny_vit, image, (40.0, 5.0), size=32)  # the tiny ViT's 3 blocks: default block 2
-    assert torch.allclose(shown, token_map(tiny_vit, image, 2, layer=2, by="similarity"), atol=1e-6)
+    assert torch.allclose(shown, click_map(tiny_vit, image, 2, layer=2, by="similarity"), atol=1e-6)
     assert mask[5, 40] and torch.equal(mask, region_under(mask, (40.0, 5.0)))

@@ -210,7 +210,7 @@ def default_block(method: str, num_layers: int) -> int:
     return round(num_layers * 2 / 3) if method == "similarity" else num_layers - 1
 
 
-def token_map(vit: FrozenViT, image: Tensor, token: int, layer: int, by: str, score: str = "norm") -> Tensor:
+def click_map(vit: FrozenViT, image: Tensor, token: int, layer: int, by: str, score: str = "norm") -> Tensor:
     """The ``[h, w]`` map of patch ``token`` (row-major) of ``image`` (``[3, H, W]``, sides multiples of the patch)
     at block ``layer``: its :func:`similarity_maps` (``by="similarity"``) or its relevance map."""
     if by == "relevance":
@@ -233,13 +233,13 @@ def select(
     score: str = "norm",
 ) -> tuple[Tensor, Tensor]:
     """The object under ``point`` (pixel x, y of ``image``, ``[3, H, W]`` in [0, 1]): the clicked token's map
-    (:func:`token_map` at ``layer``, by default :func:`default_block`) thresholded, kept to its 8-connected part
+    (:func:`click_map` at ``layer``, by default :func:`default_block`) thresholded, kept to its 8-connected part
     under the point (which also holds the clicked patch): a boolean ``[H, W]`` mask and the map."""
     height, width = image.shape[-2:]
     resized = prepare_image(vit, image, size)
     grid = vit.check_images(resized[None])
     token = point_token(point, (height, width), grid)
-    values = token_map(vit, resized, token, default_block(by, vit.num_layers) if layer is None else layer, by, score)
+    values = click_map(vit, resized, token, default_block(by, vit.num_layers) if layer is None else layer, by, score)
     mask = mask_from_map(values, (height, width), threshold) | token_pixels(token, (height, width), grid)
     return region_under(mask, point), values
 

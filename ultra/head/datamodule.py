@@ -89,7 +89,7 @@ class HeadDataModule(pl.LightningDataModule):
         self.timings: dict[str, float] = {}  # seconds of the cache and graph stages of this process (built or loaded)
 
     @staticmethod
-    def head_settings(init_args: dict, random_batches: bool) -> dict:
+    def head_arguments(init_args: dict, random_batches: bool) -> dict:
         """The arguments that determine the head: not the evaluation set (``val_dataset``), not speed's (``cache``,
         ``num_workers``), and the node batches and their seed only when they are random."""
         drop = {"val_dataset", "cache", "num_workers"} | (set() if random_batches else {"batches", "seed"})

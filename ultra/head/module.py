@@ -44,7 +44,7 @@ class HeadModule(pl.LightningModule):
         self.graph_weights = list(graph_weights) if graph_weights else None
 
     @classmethod
-    def head_settings(cls, init_args: dict) -> dict:
+    def head_arguments(cls, init_args: dict) -> dict:
         """The arguments that determine the fitted head: a rerun resumes only under the same ones."""
         return dict(init_args)
 

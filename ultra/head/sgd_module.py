@@ -42,7 +42,7 @@ class SGDHeadModule(HeadModule):
         self.save_hyperparameters()
 
     @classmethod
-    def head_settings(cls, init_args: dict) -> dict:
+    def head_arguments(cls, init_args: dict) -> dict:
         """Every argument but ``hidden_dim`` of a linear head (it builds nothing)."""
         return {k: v for k, v in init_args.items() if k != "hidden_dim" or init_args.get("architecture") == "mlp"}
 

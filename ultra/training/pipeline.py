@@ -29,7 +29,7 @@ from ..readout.fit import ReadoutConfig, fit_readouts
 from ..readout.segmenter import Segmenter
 from ..readout.self_training import SelfTrainingConfig, self_trained_head
 from .config import TrainingCLI, parse_training, split_seeds_argument
-from .run_folder import AtomicCheckpointIO, check_resumable, head_settings, resume_point
+from .run_folder import AtomicCheckpointIO, check_resumable, resume_point, run_settings
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def _train(
         for folder in (root, root / "checkpoints", root / "eval"):
             remove_stale_parts(folder)
     random_batches = module.node_order == "random"
-    ckpt_path = resume_point(trainer, head_settings(cli.config, module), bool(cli.config.fresh), random_batches)
+    ckpt_path = resume_point(trainer, run_settings(cli.config, module), bool(cli.config.fresh), random_batches)
     seed = int(cli.config.seed_everything) if cli.config.seed_everything is not None else 0
     pl.seed_everything(seed, workers=True, verbose=False)  # again: building the backbone may have drawn random numbers
     start = time.perf_counter()
@@ -185,7 +185,7 @@ def _check_seed_folders(args: list[str], seeds: list[int], root: Path) -> None:
             random_batches = cli.model.node_order == "random"
             check_resumable(
                 Path(cli.trainer.default_root_dir),
-                head_settings(cli.config, cli.model),
+                run_settings(cli.config, cli.model),
                 cli.trainer.max_epochs if random_batches else None,
             )
 

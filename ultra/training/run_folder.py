@@ -1,6 +1,6 @@
 """A run folder's identity and its checkpoints: what a rerun resumes, and what it refuses.
 
-``checkpoints/run.json`` records the settings that determine the head (:func:`head_settings`); a rerun
+``checkpoints/run.json`` records the settings that determine the exported model (:func:`run_settings`); a rerun
 with the same settings resumes from ``checkpoints/last.ckpt``, one with other settings is refused
 unless ``--fresh`` discards the old run. Checkpoints are written atomically (a killed run never
 leaves a truncated one).
@@ -49,7 +49,7 @@ class RunCheckpoint(ModelCheckpoint):
         super().setup(trainer, pl_module, stage)
 
 
-def head_settings(config, module: pl.LightningModule) -> dict:
+def run_settings(config, module: pl.LightningModule) -> dict:
     """The settings that determine the exported model (the head, its self-training and its readouts), flattened to
     ``{"model.out_dim": 50, ...}``: a rerun resumes only under the same ones. Evaluation-only and speed-only
     settings, and the batches' order and seed under a solver that sweeps the nodes once, are left out."""
@@ -57,9 +57,9 @@ def head_settings(config, module: pl.LightningModule) -> dict:
     random_batches = module.node_order == "random"
     model = {
         "class_path": tree["model"]["class_path"],
-        **type(module).head_settings(tree["model"].get("init_args", {})),
+        **type(module).head_arguments(tree["model"].get("init_args", {})),
     }
-    settings = {"model": model, "data": HeadDataModule.head_settings(tree["data"], random_batches)}
+    settings = {"model": model, "data": HeadDataModule.head_arguments(tree["data"], random_batches)}
     settings["self_training"] = tree.get("self_training", {})  # the exported head is the self-trained one
     settings["readout"] = tree.get("readout", {})  # the evaluation's options are their own group: not compared
     if random_batches:  # the node batches' seed
