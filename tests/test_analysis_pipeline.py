@@ -92,9 +92,8 @@ def test_analysis_without_labels_and_through_the_console_entry(tmp_path, capsys)
         )
     main(
         [
-            "--images",
             str(tmp_path / "flat"),
-            "--output",
+            "-o",
             str(tmp_path / "out"),
             "--graph_kinds",
             "[xx]",

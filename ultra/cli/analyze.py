@@ -6,10 +6,12 @@ once (intra- and inter-image edges). The command writes, per image, a sheet with
 non-trivial eigenvectors as RGB and k-means segments, and ``analysis.json`` with the figures of
 :mod:`ultra.analysis.whatwhere` (position R^2, class R^2, k-means mIoU) per kind and level.
 
-    ultra-analyze --images FOLDER --output OUT [--classes 21] [--backbone vit_small_patch14_dinov2]
+    ultra-analyze FOLDER -o OUT [--classes 21] [--backbone vit_small_patch14_dinov2]
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from jsonargparse import ArgumentParser
 
@@ -19,7 +21,9 @@ from . import console
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="ultra-analyze", description=__doc__.split("\n\n")[0])
-    parser.add_function_arguments(analyze, skip={"overwrite"}, as_positional=False)
+    parser.add_argument("images", type=Path, help="a folder of images (images/ and optional labels/, or flat)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    parser.add_function_arguments(analyze, skip={"images", "output", "overwrite"}, as_positional=False)
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     return parser
 
