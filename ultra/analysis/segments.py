@@ -35,7 +35,7 @@ from ..backbone.vit import FrozenViT
 from ..data.grids import upsample_scores
 from ..data.transforms import image_to_tensor
 from ..errors import ConfigError
-from ..pictures import cluster_selection_pictures, selection_pictures
+from ..pictures import cluster_selection_pictures, heatmap, overlay, selection_pictures
 from ..readout.kmeans import assign, kmeans
 from ..readout.segmenter import Segmenter
 from .relevance import RelevanceMaps, relevance_maps
@@ -323,3 +323,40 @@ def token_pixels(token: int, image_size: tuple[int, int], grid: tuple[int, int])
     rows = torch.arange(height) * grid[0] // height == token // grid[1]
     cols = torch.arange(width) * grid[1] // width == token % grid[1]
     return rows[:, None] & cols[None, :]
+
+
+def segment_by_relevance(
+    vit: FrozenViT,
+    image: Tensor,
+    size: tuple[int, int],
+    layer: int,
+    stride: int = 2,
+    maps: str = "product",
+    num_segments: int | None = None,
+    distance_threshold: float | None = 0.5,
+    clustering: str = "average",
+    what: str = "the image",
+) -> tuple[Tensor, RelevanceMaps]:
+    """Segments ``[H, W]`` of ``image`` (prepared, :func:`prepare_image`) at the picture ``size`` from the relevance
+    maps of an anchor grid of tokens (every ``stride``-th), each times its token's similarity map (``maps="product"``)
+    or alone (``"relevance"``), clustered as :func:`segments_from_maps` does; and the maps."""
+    grid = vit.check_images(image[None])
+    if stride > min(grid):
+        raise ConfigError(f"--stride {stride} is larger than the {grid[0]}x{grid[1]} token grid of {what}")
+    result = relevance_maps(vit, image, layer=layer, stride=stride)
+    clustered = similarity_weighted(result, vit(image[None])["x", result.layer][0]) if maps == "product" else result
+    segments, _ = segments_from_maps(clustered, size, num_segments, distance_threshold, clustering)
+    return segments, result
+
+
+def relevance_sheet(picture: np.ndarray, segments: Tensor, result: RelevanceMaps, shown: int = 4):
+    """The panels and titles of an interpretation sheet: the picture, its segments and the maps of ``shown`` tokens
+    spread over the anchors."""
+    tokens = result.targets[torch.linspace(0, len(result.targets) - 1, shown).long()]
+    panels = [picture, overlay(picture, segments.numpy())] + [
+        heatmap(result.maps[int((result.targets == t).nonzero()[0, 0])].numpy(), picture.shape[1::-1]) for t in tokens
+    ]
+    titles = ["image", f"{int(segments.max()) + 1} segments"] + [
+        f"map of token ({int(t) // result.grid[1]}, {int(t) % result.grid[1]})" for t in tokens
+    ]
+    return panels, titles

@@ -13,18 +13,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import torch
 from jsonargparse import ArgumentParser
 
-from ..analysis.relevance import relevance_maps
-from ..analysis.segments import prepare_image, segments_from_maps, similarity_weighted
+from ..analysis.segments import prepare_image, relevance_sheet, segment_by_relevance
 from ..backbone.image_size import check_size
 from ..backbone.vit import FrozenViT
 from ..data.io import read_image
 from ..data.transforms import image_to_tensor
 from ..errors import ConfigError
 from ..files import refuse_overwrite
-from ..pictures import heatmap, overlay, save_label_map, save_sheet
+from ..pictures import save_label_map, save_sheet
 from . import add_backbone_arguments, console
 
 
@@ -72,21 +70,20 @@ def run(args: list[str] | None = None) -> Path:
     picture = read_image(cfg.image, orient=True)
     vit = FrozenViT(cfg.backbone, weights=cfg.weights, layers=[cfg.layer], kinds=["x"], precision=cfg.precision)
     image = prepare_image(vit, image_to_tensor(picture), cfg.size)
-    grid = vit.check_images(image[None])
-    if cfg.stride > min(grid):
-        raise ConfigError(f"--stride {cfg.stride} is larger than the {grid[0]}x{grid[1]} token grid of {cfg.image}")
-    result = relevance_maps(vit, image, layer=cfg.layer, stride=cfg.stride)
-    clustered = similarity_weighted(result, vit(image[None])["x", result.layer][0]) if cfg.maps == "product" else result
-    size = picture.shape[:2]
-    segments, _ = segments_from_maps(clustered, size, cfg.segments, cfg.distance_threshold, cfg.clustering)
+    segments, result = segment_by_relevance(
+        vit,
+        image,
+        picture.shape[:2],
+        cfg.layer,
+        stride=cfg.stride,
+        maps=cfg.maps,
+        num_segments=cfg.segments,
+        distance_threshold=cfg.distance_threshold,
+        clustering=cfg.clustering,
+        what=str(cfg.image),
+    )
     save_label_map(segments.numpy(), outputs[0])
-    shown = result.targets[torch.linspace(0, len(result.targets) - 1, 4).long()]
-    panels = [picture, overlay(picture, segments.numpy())] + [
-        heatmap(result.maps[int((result.targets == t).nonzero()[0, 0])].numpy(), picture.shape[1::-1]) for t in shown
-    ]
-    titles = ["image", f"{int(segments.max()) + 1} segments"] + [
-        f"map of token ({int(t) // result.grid[1]}, {int(t) % result.grid[1]})" for t in shown
-    ]
+    panels, titles = relevance_sheet(picture, segments, result)
     save_sheet([panels], [titles], outputs[1])
     print(f"{len(result.targets)} maps at layer {result.layer}, {int(segments.max()) + 1} segments; sheet {outputs[1]}")
     return outputs[1]
