@@ -160,5 +160,6 @@ def test_eval_composes_training_configs_and_reads_their_evaluation_section(train
     args += ["--config", str(tmp_path / "eval.yaml"), "--output", str(tmp_path / "e")]
     report = eval_cli.run(args)
     assert (report["settings"]["eval_resize"], report["settings"]["eval_crop"]) == (80, 64)
+    assert report["settings"]["backbone"]["precision"] == "fp32"  # the suite's backbone arithmetic, recorded
     again = eval_cli.run([*args, "--resize", "72", "--overwrite"])
     assert (again["settings"]["eval_resize"], again["settings"]["eval_crop"]) == (72, 64)

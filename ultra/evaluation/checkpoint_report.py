@@ -71,7 +71,7 @@ def evaluate_checkpoint(
                 "dataset": described or {},
                 "eval_resize": geometry.resize,
                 "eval_crop": geometry.crop,
-                "precision": segmenter.backbone.describe(trainer.strategy.root_device)["precision"],
+                "backbone": segmenter.backbone.describe(trainer.strategy.root_device),  # as a training run records it
             }
             return evaluate(
                 segmenter,
