@@ -84,23 +84,30 @@ SEED_RANGE = range(2**32)
 """The seeds numpy (and so Lightning's ``seed_everything``) accepts."""
 
 
-def split_seeds_argument(args: list[str]) -> tuple[list[int] | None, list[str]]:
-    """``--seeds 0,1,2`` (or ``--seeds=0,1,2``) taken out of ``args``: the seeds, and the other arguments."""
-    rest, seeds = [], None
-    i = 0
+def take_option(args: list[str], option: str, missing: str) -> tuple[list[str], list[str]]:
+    """Every value of ``option`` (``--option VALUE`` or ``--option=VALUE``) taken out of ``args``, in order: the values,
+    and the other arguments; ``missing`` is the error when the option ends the line without its value."""
+    values, rest, i = [], [], 0
     while i < len(args):
-        arg = args[i]
-        if arg == "--seeds" or arg.startswith("--seeds="):
-            if arg == "--seeds":
-                if i + 1 >= len(args):
-                    raise ConfigError("--seeds needs a comma-separated list of integers, e.g. --seeds 0,1,2")
-                value, i = args[i + 1], i + 2
-            else:
-                value, i = arg.split("=", 1)[1], i + 1
-            seeds = _parse_seeds(value)
+        if args[i] == option:
+            if i + 1 >= len(args):
+                raise ConfigError(missing)
+            values.append(args[i + 1])
+            i += 2
             continue
-        rest.append(arg)
+        if args[i].startswith(f"{option}="):
+            values.append(args[i].split("=", 1)[1])
+        else:
+            rest.append(args[i])
         i += 1
+    return values, rest
+
+
+def split_seeds_argument(args: list[str]) -> tuple[list[int] | None, list[str]]:
+    """``--seeds 0,1,2`` (or ``--seeds=0,1,2``) taken out of ``args``: the seeds (of the last one given), and the
+    other arguments."""
+    values, rest = take_option(args, "--seeds", "--seeds needs a comma-separated list of integers, e.g. --seeds 0,1,2")
+    seeds = [_parse_seeds(value) for value in values][-1] if values else None  # every one checked, the last wins
     if seeds is not None and any(a == "--seed_everything" or a.startswith("--seed_everything=") for a in rest):
         raise ConfigError("--seeds and --seed_everything exclude each other")
     return seeds, rest
@@ -121,18 +128,7 @@ def _parse_seeds(value: str) -> list[int]:
 
 def take_configs(args: list[str]) -> tuple[list[str], list[str]]:
     """Every ``--config FILE`` (or ``--config=FILE``) taken out of ``args``, in order: the configs, and the rest."""
-    configs, rest, i = [], [], 0
-    while i < len(args):
-        if args[i] == "--config" and i + 1 < len(args):
-            configs.append(args[i + 1])
-            i += 2
-            continue
-        if args[i].startswith("--config="):
-            configs.append(args[i].split("=", 1)[1])
-        else:
-            rest.append(args[i])
-        i += 1
-    return configs, rest
+    return take_option(args, "--config", "--config needs a training config file")
 
 
 def training_evaluation(configs: list[str]) -> tuple[dict | None, EvalConfig]:
