@@ -89,3 +89,13 @@ def test_parsing_a_training_config_reads_no_weights(tmp_path, monkeypatch):
                 "60",
             ]
         )
+
+
+def test_an_option_ending_the_command_line_without_its_value_is_named():
+    from ultra.training.config import split_seeds_argument, take_configs
+
+    assert take_configs(["--config", "a.yaml", "--x", "1", "--config=b.yaml"]) == (["a.yaml", "b.yaml"], ["--x", "1"])
+    with pytest.raises(ConfigError, match="--config needs a training config file"):
+        take_configs(["--checkpoint", "c", "--config"])
+    with pytest.raises(ConfigError, match="--seeds needs a comma-separated list of integers"):
+        split_seeds_argument(["--seeds"])
