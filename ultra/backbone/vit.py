@@ -79,19 +79,29 @@ class BackboneShape:
         return check_layers(layers, self.num_layers, self.model_name)
 
 
-def backbone_shape(model_name: str, model_kwargs: dict | None = None) -> BackboneShape:
-    """The sizes of the timm ViT ``model_name`` (an alias or a timm name), from the model built on the ``meta``
-    device: no memory, no weights read, so a config is checked before any weights are loaded."""
+def meta_model(model_name: str, model_kwargs: dict | None = None) -> nn.Module:
+    """The timm model ``model_name`` (an alias or a timm name) as :class:`FrozenViT` builds it, on the ``meta`` device:
+    its sizes without memory or weights."""
     import timm
 
-    name = resolve_model_name(model_name)
+    with torch.device("meta"):
+        return timm.create_model(
+            resolve_model_name(model_name),
+            pretrained=False,
+            num_classes=0,
+            dynamic_img_size=True,
+            **(model_kwargs or {}),
+        )
+
+
+def backbone_shape(model_name: str, model_kwargs: dict | None = None) -> BackboneShape:
+    """The sizes of the timm ViT ``model_name`` (:func:`meta_model`): a config is checked before any weights are
+    loaded."""
     try:
-        with torch.device("meta"):
-            model = timm.create_model(
-                name, pretrained=False, num_classes=0, dynamic_img_size=True, **(model_kwargs or {})
-            )
+        model = meta_model(model_name, model_kwargs)
     except TypeError as err:
         raise UnknownModelError(f"'{model_name}' is not a timm ViT accepting these arguments: {err}") from err
+    name = resolve_model_name(model_name)
     if getattr(model, "blocks", None) is None:
         raise UnknownModelError(f"'{model_name}' is not a ViT: it has no blocks")
     return BackboneShape(name, len(model.blocks), int(model.embed_dim), int(model.patch_embed.patch_size[0]))

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..backbone.vit import KINDS, resolve_model_name
+from ..backbone.vit import KINDS, meta_model, resolve_model_name
 from ..errors import HeaderError, UnknownModelError
 from ..head.projection import ARCHITECTURES, head_tensor_shapes
 from .segmenter import MAX_CLUSTERS
@@ -74,13 +74,8 @@ def check_model_size(model: str, kwargs: dict, resize: int, where: str) -> None:
     """Raise :class:`HeaderError` when the backbone the checkpoint describes (built on the ``meta`` device: no memory)
     has more than :data:`MAX_PARAMETERS` parameters, or more than :data:`MAX_TOKENS` patch tokens per image at
     ``resize`` or in its position embedding."""
-    import timm
-
     try:
-        with torch.device("meta"):
-            vit = timm.create_model(
-                resolve_model_name(model), pretrained=False, num_classes=0, dynamic_img_size=True, **kwargs
-            )
+        vit = meta_model(model, kwargs)
     except (TypeError, ValueError, AssertionError, RuntimeError) as err:
         raise HeaderError(f"{where}: backbone {model} cannot be built with model_kwargs {kwargs}: {err}") from None
     parameters = sum(p.numel() for p in vit.parameters())
