@@ -82,8 +82,7 @@ def evaluate_variant(segmenter: Segmenter, dataset, variant: str) -> dict[str, f
         accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
     )
     report = evaluate(segmenter, data, trainer, flip=flip, crf=crf, crf_scale=scale or SCORE_SCALE)
-    suffix = "+crf" if crf else ""
-    return {name.removesuffix(suffix): r["miou"] for name, r in report["readouts"].items() if name.endswith(suffix)}
+    return {name: r["miou"] for name, r in (report["crf"] if crf else report)["readouts"].items()}
 
 
 def run_set(name: str, variants: list[str], train_variants: list[str], seeds: list[int], output: Path) -> dict:

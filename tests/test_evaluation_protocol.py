@@ -4,9 +4,10 @@ import pytest
 import torch
 
 import ultra
+from ultra.cli import evaluate as eval_cli
 from ultra.data import SyntheticScenes
 from ultra.data.transforms import EvalConfig
-from ultra.evaluation.protocol import score_token_grids
+from ultra.evaluation.protocol import format_report, score_token_grids
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -25,3 +26,24 @@ def test_scoring_precomputed_grids_gives_the_evaluation_s_figures(trained, dtype
         figures = score_token_grids(readout, grids, labels, len(segmenter.class_names))
         assert figures["miou"] == pytest.approx(report["readouts"][name]["miou"], abs=tolerance), name
         assert figures["acc"] == pytest.approx(report["readouts"][name]["acc"], abs=tolerance), name
+
+
+def test_the_crf_is_a_group_of_the_report_with_its_own_baseline_and_pictures(checkpoint, tmp_path):
+    """With ``--crf`` every readout is scored twice, plain (``readouts``) and after the CRF (``crf.readouts``): the
+    same readout names in both, each group's best baseline chosen among its own raw readouts, a table row and a
+    confusion picture per refined cluster readout, and the CRF changes the predictions it refines."""
+    pytest.importorskip("pydensecrf")
+    ck, config = checkpoint
+    args = ["--checkpoint", str(ck), "--config", str(config), "--resize", "64", "--crop", "64"]
+    report = eval_cli.run([*args, "--crf", "--output", str(tmp_path / "crf")])
+    plain, refined = report["readouts"], report["crf"]["readouts"]
+    assert set(refined) == set(plain) and not any("+" in name for name in plain)
+    raws = [name for name in refined if name.startswith("raw")]
+    assert report["crf"]["best_baseline"] == {"head": max(raws, key=lambda n: refined[n]["miou"])}
+    assert any(refined[n]["miou"] != plain[n]["miou"] for n in plain)
+    without = eval_cli.run([*args, "--output", str(tmp_path / "plain")])
+    assert without["readouts"] == plain and "crf" not in without
+    for name in ("head", "raw"):
+        assert (tmp_path / "crf" / f"confusion_{name}_crf.png").is_file()
+    table = format_report(report)
+    assert "head + k-means + CRF" in table and "head + CRF vs the best no-head baseline" in table

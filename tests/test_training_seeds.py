@@ -76,6 +76,30 @@ def test_one_seed_has_no_standard_deviation():
     assert "±" in format_summary(summarize({3: report, 4: report}))
 
 
+def test_the_crf_group_is_summarised_on_its_own():
+    """Seeds with a CRF group: its readouts get their own mean and deviation, and its own best baseline (here another
+    raw readout than the plain group's), both in the table."""
+
+    def figures(miou):
+        return {"miou": miou, "acc": 0.5, "miou_present": miou}
+
+    reports = {
+        seed: {
+            "readouts": {"head": figures(0.3 + d), "raw": figures(0.2), "raw_whitened": figures(0.1)},
+            "crf": {"readouts": {"head": figures(0.4 + d), "raw": figures(0.1), "raw_whitened": figures(0.25)}},
+            "settings": {"seed": seed, "timings": {}},
+        }
+        for seed, d in ((0, 0.0), (1, 0.02))
+    }
+    summary = summarize(reports)
+    assert summary["best_baseline"] == {"head": "raw"}
+    assert summary["crf"]["best_baseline"] == {"head": "raw_whitened"}
+    assert summary["crf"]["readouts"]["head"]["miou"]["mean"] == pytest.approx(0.41)
+    table = format_summary(summary)
+    assert "head + k-means + CRF" in table
+    assert "head + CRF vs the best no-head baseline (raw_whitened + CRF): +16.0 mIoU" in table
+
+
 def test_every_seed_folder_is_checked_before_the_first_seed_starts(tmp_path):
     """A seed folder holding a run with other settings is refused before any seed runs, not when its turn comes."""
     config = synthetic_config(tmp_path / "c.yaml")

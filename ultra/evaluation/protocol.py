@@ -46,36 +46,47 @@ LABELS = {
 
 
 def best_baselines(readouts: Mapping[str, Mapping[str, float]]) -> dict[str, str]:
-    """For ``head`` (and ``head+crf``): the no-head baseline (a ``raw*`` readout, with the same CRF setting) of the
-    highest mIoU, the one the head is compared with."""
-    best = {}
-    for head in (name for name in readouts if name.partition("+")[0] == "head"):
-        suffix = head.partition("+")[2]
-        raws = [name for name in readouts if name.startswith("raw") and name.partition("+")[2] == suffix]
-        if raws:
-            best[head] = max(raws, key=lambda name: readouts[name]["miou"])
-    return best
+    """For ``head``: the no-head baseline (a ``raw*`` readout of the same group, with or without CRF) of the highest
+    mIoU, the one the head is compared with."""
+    raws = [name for name in readouts if name.startswith("raw")]
+    if "head" not in readouts or not raws:
+        return {}
+    return {"head": max(raws, key=lambda name: readouts[name]["miou"])}
 
 
-def format_gaps(readouts: Mapping[str, Mapping], best: Mapping[str, str], value=lambda r: r) -> list[str]:
+def format_gaps(
+    readouts: Mapping[str, Mapping], best: Mapping[str, str], value=lambda r: r, refinement: str = ""
+) -> list[str]:
     """Lines "head vs the best no-head baseline (name): +x mIoU, +y acc", and with the oracle head (k-means on the
-    probe's logits, the same CRF setting) the share of the gap from that baseline to it the head closes (``value``
-    reads a figure of a readout)."""
+    probe's logits, of the same group) the share of the gap from that baseline to it the head closes (``value``
+    reads a figure of a readout; ``refinement``, e.g. " + CRF", names the group)."""
     lines = []
     for head, raw in best.items():
         miou = {name: value(readouts[name]["miou"]) for name in (head, raw)}
-        line = f"{head} vs the best no-head baseline ({raw}): " + ", ".join(
+        line = f"{head}{refinement} vs the best no-head baseline ({raw}{refinement}): " + ", ".join(
             f"{100 * (value(readouts[head][f]) - value(readouts[raw][f])):+.1f} {label}"
             for f, label in (("miou", "mIoU"), ("acc", "acc"))
         )
-        suffix = head.partition("+")[2]
-        oracle = f"oracle+{suffix}" if suffix else "oracle"
-        if oracle in readouts and value(readouts[oracle]["miou"]) > miou[raw]:
-            ceiling = value(readouts[oracle]["miou"])
+        if "oracle" in readouts and value(readouts["oracle"]["miou"]) > miou[raw]:
+            ceiling = value(readouts["oracle"]["miou"])
             closed = (miou[head] - miou[raw]) / (ceiling - miou[raw])
             line += f"; {100 * closed:.0f}% of the gap to the oracle head ({100 * ceiling:.1f} mIoU)"
         lines.append(line)
     return lines
+
+
+REFINEMENT_LABELS = {"plain": "", "crf": " + CRF"}
+"""The groups of a report: every readout as it is (``plain``), and again after a dense CRF (``crf``)."""
+
+
+def report_groups(report: Mapping) -> dict[str, Mapping]:
+    """A report's (or a seed summary's) groups of readouts by their label (``""``, ``" + CRF"``): the plain ones, and
+    the same readouts after a dense CRF (``report["crf"]``, present when the CRF ran); each a mapping with
+    ``readouts`` and ``best_baseline``."""
+    groups = {REFINEMENT_LABELS["plain"]: report}
+    if "crf" in report:
+        groups[REFINEMENT_LABELS["crf"]] = report["crf"]
+    return groups
 
 
 def readout_metric(readout: torch.nn.Module, num_classes: int):
@@ -86,7 +97,7 @@ def readout_metric(readout: torch.nn.Module, num_classes: int):
 
 
 class EvaluationModule(pl.LightningModule):
-    """Updates one metric per readout (and per readout + CRF) over the test loader."""
+    """Updates one metric per readout over the test loader, and with ``crf`` one more per readout after the CRF."""
 
     def __init__(
         self,
@@ -105,37 +116,41 @@ class EvaluationModule(pl.LightningModule):
             crf_scale,
             examples,
         )
-        metrics = {}
-        for name, readout in segmenter.readouts.items():
-            variants = [name, f"{name}+crf"] if crf else [name]
-            for variant in variants:
-                metrics[variant] = readout_metric(readout, num_classes)
-        self.metrics = torch.nn.ModuleDict(metrics)
+        groups = ["plain", "crf"] if crf else ["plain"]
+        self.metrics = torch.nn.ModuleDict(
+            {
+                group: torch.nn.ModuleDict(
+                    {name: readout_metric(readout, num_classes) for name, readout in segmenter.readouts.items()}
+                )
+                for group in groups
+            }
+        )
         self.examples: list[dict] = []
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         images, labels = batch["image"], batch["label"]
         scores = self.segmenter.pixel_scores(images, tuple(labels.shape[-2:]), flip=self.flip)
-        predictions = {}
+        predictions = {group: {} for group in self.metrics}
         for name, s in scores.items():
-            predictions[name] = s.argmax(1)
-            self.metrics[name].update(predictions[name], labels)
+            predictions["plain"][name] = s.argmax(1)
             if self.crf:
-                refined = crf_labels(images, s, self.crf_scale).to(labels.device)
-                predictions[f"{name}+crf"] = refined
-                self.metrics[f"{name}+crf"].update(refined, labels)
+                predictions["crf"][name] = crf_labels(images, s, self.crf_scale).to(labels.device)
+        for group, metrics in self.metrics.items():
+            for name, metric in metrics.items():
+                metric.update(predictions[group][name], labels)
         if self.global_rank == 0 and len(self.examples) < self.num_examples:
             for i in range(min(images.shape[0], self.num_examples - len(self.examples))):
                 self.examples.append(
                     {
                         "image": images[i].cpu(),
                         "label": labels[i].cpu(),
-                        **{k: v[i].cpu() for k, v in predictions.items()},
+                        **{group: {k: v[i].cpu() for k, v in p.items()} for group, p in predictions.items()},
                     }
                 )
 
-    def results(self) -> dict[str, dict]:
-        return {name: metric.compute() for name, metric in self.metrics.items()}
+    def results(self) -> dict[str, dict[str, dict]]:
+        """``{group: {readout: computed metric}}``, the groups ``plain`` and (with ``crf``) ``crf``."""
+        return {group: {name: m.compute() for name, m in metrics.items()} for group, metrics in self.metrics.items()}
 
 
 @torch.no_grad()
@@ -195,17 +210,20 @@ def evaluate(
     module = EvaluationModule(segmenter, dataset.num_classes, flip=flip, crf=crf, crf_scale=crf_scale)
     trainer.test(module, dataloaders=evaluation_loader(dataset, trainer, batch_size, num_workers), verbose=False)
     results = module.results()
-    if all(int(metric.confusion.sum()) == 0 for metric in module.metrics.values()):
+    if all(int(metric.confusion.sum()) == 0 for metric in module.metrics["plain"].values()):
         raise DataError(
             f"the {len(dataset)} evaluated images hold no labelled pixel (every label is 'unlabelled', 255): "
             f"there is nothing to score"
         )
-    readouts = {k: as_floats(v) for k, v in results.items()}
+    groups = {}
+    for group, computed in results.items():
+        readouts = {k: as_floats(v) for k, v in computed.items()}
+        groups[group] = {"readouts": readouts, "best_baseline": best_baselines(readouts)}
     report = {
         "settings": {**(settings or {}), "flip": flip, "crf": crf, "images": len(dataset)},
         "classes": list(dataset.classes),
-        "readouts": readouts,
-        "best_baseline": best_baselines(readouts),
+        **groups["plain"],
+        **({"crf": groups["crf"]} if crf else {}),
     }
     if trainer.is_global_zero:
         print(format_report(report))
@@ -216,11 +234,15 @@ def evaluate(
 
 def format_report(report: dict) -> str:
     lines = [f"{'readout':<34} {'mIoU':>7} {'acc':>7} {'mIoU(present classes)':>22}"]
-    for name, r in report["readouts"].items():
-        base, _, crf = name.partition("+")
-        label = LABELS.get(base, base) + (" + CRF" if crf else "")
-        lines.append(f"{label:<34} {100 * r['miou']:>6.1f}% {100 * r['acc']:>6.1f}% {100 * r['miou_present']:>21.1f}%")
-    return "\n".join(lines + format_gaps(report["readouts"], report.get("best_baseline", {})))
+    gaps = []
+    for refinement, group in report_groups(report).items():
+        for name, r in group["readouts"].items():
+            label = LABELS.get(name, name) + refinement
+            lines.append(
+                f"{label:<34} {100 * r['miou']:>6.1f}% {100 * r['acc']:>6.1f}% {100 * r['miou_present']:>21.1f}%"
+            )
+        gaps += format_gaps(group["readouts"], group["best_baseline"], refinement=refinement)
+    return "\n".join(lines + gaps)
 
 
 REPORT_FILES = ("eval.json", "examples.png", "confusion_*.png")
@@ -239,12 +261,13 @@ def write_report(report: dict, results: dict, examples: list[dict], classes, out
     output.mkdir(parents=True, exist_ok=True)
     for path in report_files(output):
         path.unlink()
-    for name, r in results.items():
-        if "cluster_to_class" in r:
-            matched = matched_confusion(r["confusion"], r["cluster_to_class"].to(r["confusion"].device))
-            save_confusion(
-                matched.T.cpu().numpy(), classes, output / f"confusion_{name}.png", title=f"{name}: true x matched"
-            )
+    for group, computed in results.items():
+        for name, r in computed.items():
+            if "cluster_to_class" in r:
+                matched = matched_confusion(r["confusion"], r["cluster_to_class"].to(r["confusion"].device))
+                file = f"confusion_{name}{'' if group == 'plain' else '_' + group}.png"
+                title = f"{name}{REFINEMENT_LABELS[group]}: true x matched"
+                save_confusion(matched.T.cpu().numpy(), classes, output / file, title=title)
     if examples:
         panels, titles = [], []
         for ex in examples:
@@ -253,12 +276,13 @@ def write_report(report: dict, results: dict, examples: list[dict], classes, out
                 [picture, overlay(picture, ex["label"].numpy(), num_colors=len(classes))],
                 ["image", "ground truth"],
             )
-            for name, r in results.items():
-                prediction = ex[name]
-                if "cluster_to_class" in r:
-                    prediction = apply_matching(prediction, r["cluster_to_class"])
-                row.append(overlay(picture, prediction.numpy(), num_colors=len(classes)))
-                row_titles.append(name)
+            for group, computed in results.items():
+                for name, r in computed.items():
+                    prediction = ex[group][name]
+                    if "cluster_to_class" in r:
+                        prediction = apply_matching(prediction, r["cluster_to_class"])
+                    row.append(overlay(picture, prediction.numpy(), num_colors=len(classes)))
+                    row_titles.append(name + REFINEMENT_LABELS[group])
             panels.append(row)
             titles.append(row_titles)
         save_sheet(panels, titles, output / "examples.png")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Mapping
 
-from .protocol import LABELS, best_baselines, format_gaps
+from .protocol import LABELS, best_baselines, format_gaps, report_groups
 
 FIGURES = ("miou", "acc", "miou_present")
 
@@ -19,24 +19,31 @@ def _stats(values: list[float]) -> dict:
     }
 
 
+def summarize_readouts(reports: list[Mapping]) -> dict:
+    """One group's readouts (of one report per seed): mean and deviation of every figure, and the best no-head
+    baseline by mean mIoU."""
+    readouts = {
+        name: {f: _stats([report["readouts"][name][f] for report in reports]) for f in FIGURES}
+        for name in reports[0]["readouts"]
+    }
+    means = {name: {f: r[f]["mean"] for f in FIGURES} for name, r in readouts.items()}
+    return {"readouts": readouts, "best_baseline": best_baselines(means)}
+
+
 def summarize(reports: Mapping[int, dict]) -> dict:
-    """Mean and (sample) standard deviation over seeds of every readout's figures and of the stage timings; the
-    head is compared with the no-head baseline of the best mean mIoU."""
+    """Mean and (sample) standard deviation over seeds of every readout's figures (and after the CRF, when it ran)
+    and of the stage timings; the head is compared with the no-head baseline of the best mean mIoU."""
     seeds = list(reports)
     first = reports[seeds[0]]
-    readouts = {
-        name: {f: _stats([reports[s]["readouts"][name][f] for s in seeds]) for f in FIGURES}
-        for name in first["readouts"]
-    }
     timings = {
         k: _stats([reports[s]["settings"]["timings"].get(k, 0.0) for s in seeds])
         for k in first["settings"].get("timings", {})
     }
-    means = {name: {f: r[f]["mean"] for f in FIGURES} for name, r in readouts.items()}
+    crf = {"crf": summarize_readouts([reports[s]["crf"] for s in seeds])} if "crf" in first else {}
     return {
         "seeds": seeds,
-        "readouts": readouts,
-        "best_baseline": best_baselines(means),
+        **summarize_readouts([reports[s] for s in seeds]),
+        **crf,
         "timings": timings,
         "settings": {k: v for k, v in first["settings"].items() if k not in ("seed", "timings")},
     }
@@ -48,14 +55,17 @@ def format_summary(summary: dict) -> str:
     seeds = ",".join(str(s) for s in summary["seeds"])
     lines = [f"{'readout (seeds ' + seeds + ')':<34} {'mIoU':>13} {'acc':>13}"]
     spread = lambda r: "" if r["std"] is None else f" ± {100 * r['std']:3.1f}"  # noqa: E731
-    for name, r in summary["readouts"].items():
-        base, _, crf = name.partition("+")
-        label = LABELS.get(base, base) + (" + CRF" if crf else "")
-        cells = [f"{100 * r[f]['mean']:5.1f}{spread(r[f])}" for f in ("miou", "acc")]
-        lines.append(f"{label:<34} {cells[0]:>13} {cells[1]:>13}")
+    gaps = []
+    for refinement, group in report_groups(summary).items():
+        for name, r in group["readouts"].items():
+            cells = [f"{100 * r[f]['mean']:5.1f}{spread(r[f])}" for f in ("miou", "acc")]
+            lines.append(f"{LABELS.get(name, name) + refinement:<34} {cells[0]:>13} {cells[1]:>13}")
+        gaps += format_gaps(
+            group["readouts"], group["best_baseline"], value=lambda figure: figure["mean"], refinement=refinement
+        )
     if len(summary["seeds"]) == 1:
         lines.append("one seed: no standard deviation (it needs at least two seeds)")
-    lines += format_gaps(summary["readouts"], summary["best_baseline"], value=lambda figure: figure["mean"])
+    lines += gaps
     if summary["timings"]:
         lines.append("time (s): " + ", ".join(f"{k[:-2]} {v['mean']:.1f}" for k, v in summary["timings"].items()))
     return "\n".join(lines)

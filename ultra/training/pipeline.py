@@ -103,9 +103,7 @@ def _train(
         },
     )
     segmenter.cluster_to_class = {
-        name: torch.tensor(r["cluster_to_class"])
-        for name, r in report["readouts"].items()
-        if "cluster_to_class" in r and "+" not in name
+        name: torch.tensor(r["cluster_to_class"]) for name, r in report["readouts"].items() if "cluster_to_class" in r
     }
     export(segmenter, data, root, trainer.is_global_zero, self_training.settings())
     return report
