@@ -105,7 +105,13 @@ def main() -> None:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         server = subprocess.Popen(
-            [str(Path(sys.executable).parent / "ultra-demo"), str(args.checkpoint), "--port", str(port)],
+            [
+                str(Path(sys.executable).parent / "ultra-demo"),
+                "--checkpoint",
+                str(args.checkpoint),
+                "--port",
+                str(port),
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

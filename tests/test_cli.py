@@ -147,7 +147,7 @@ def test_a_run_or_output_folder_in_use_by_another_command_is_refused(tmp_path):
     from PIL import Image
 
     Image.fromarray((torch.rand(64, 80, 3) * 255).byte().numpy()).save(photo)
-    segment = [str(tmp_path / "run" / "model.safetensors"), str(photo), "-o", str(tmp_path / "out")]
+    segment = ["--checkpoint", str(tmp_path / "run" / "model.safetensors"), str(photo), "-o", str(tmp_path / "out")]
     with FileLock(tmp_path / "out" / LOCK_NAME):
         with pytest.raises(FolderInUse, match=r"out is in use by another command .* choose another --output"):
             segment_cli.run(segment)

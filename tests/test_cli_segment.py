@@ -25,15 +25,26 @@ def test_segment_command_writes_pictures_and_refuses_to_overwrite(trained, tmp_p
         Image.fromarray(SyntheticScenes(2, 96, 4, seed=9)[i]["image"].permute(1, 2, 0).numpy()).save(
             images / f"p{i}.jpg"
         )
-    written = segment_cli.run([str(root / "run" / "model.safetensors"), str(images), "-o", str(tmp_path / "out")])
+    written = segment_cli.run(
+        ["--checkpoint", str(root / "run" / "model.safetensors"), str(images), "-o", str(tmp_path / "out")]
+    )
     assert [p.name for p in written] == ["p0.png", "p1.png"]
     label = np.array(Image.open(written[0]))
     assert label.shape == (96, 96) and label.dtype == np.uint8
     assert (tmp_path / "out" / "p0_overlay.png").is_file()
     with pytest.raises(FileExistsError, match="pass --overwrite"):
-        segment_cli.run([str(root / "run" / "model.safetensors"), str(images), "-o", str(tmp_path / "out")])
+        segment_cli.run(
+            ["--checkpoint", str(root / "run" / "model.safetensors"), str(images), "-o", str(tmp_path / "out")]
+        )
     segment_cli.run(
-        [str(root / "run" / "model.safetensors"), str(images / "p1.jpg"), "-o", str(tmp_path / "out"), "--overwrite"]
+        [
+            "--checkpoint",
+            str(root / "run" / "model.safetensors"),
+            str(images / "p1.jpg"),
+            "-o",
+            str(tmp_path / "out"),
+            "--overwrite",
+        ]
     )
 
 
@@ -46,30 +57,30 @@ def test_segment_never_writes_over_inputs_and_survives_bad_images(trained, tmp_p
     Image.fromarray(picture).save(photos / "a.png")
     before = (photos / "a.png").read_bytes()
     with pytest.raises(DataError, match=r"output .*a.png is the input .*a.png; choose another output"):
-        segment_cli.run([checkpoint, str(photos), "-o", str(photos), "--overwrite"])
+        segment_cli.run(["--checkpoint", checkpoint, str(photos), "-o", str(photos), "--overwrite"])
     assert (photos / "a.png").read_bytes() == before
     Image.fromarray(picture).save(photos / "a.jpg")
     with pytest.raises(DataError, match=r"a.jpg and .*a.png would both write .*out/a.png"):
-        segment_cli.run([checkpoint, str(photos), "-o", str(tmp_path / "out")])
+        segment_cli.run(["--checkpoint", checkpoint, str(photos), "-o", str(tmp_path / "out")])
     (photos / "a.jpg").unlink()
     Image.fromarray(picture).save(photos / "a_overlay.png")  # its labels would replace a's overlay
     with pytest.raises(DataError, match=r"a.png and .*a_overlay.png would both write .*out/a_overlay.png"):
-        segment_cli.run([checkpoint, str(photos), "-o", str(tmp_path / "out")])
+        segment_cli.run(["--checkpoint", checkpoint, str(photos), "-o", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
     (photos / "a_overlay.png").unlink()
     Image.fromarray(picture).save(photos / "b.png")
     (photos / "c.png").write_bytes(b"not a picture")
     Image.fromarray(np.zeros((20, 2000, 3), np.uint8)).save(photos / "d.png")  # 32000 px wide at 320
     with pytest.raises(DataError, match="2 of 4 images could not be segmented"):
-        segment_cli.run([checkpoint, str(photos), "-o", str(tmp_path / "out")])
+        segment_cli.run(["--checkpoint", checkpoint, str(photos), "-o", str(tmp_path / "out")])
     assert sorted(p.name for p in (tmp_path / "out").glob("?.png")) == ["a.png", "b.png"]
     (photos / "c.png").unlink()
     (photos / "d.png").unlink()
     Image.fromarray(picture).save(photos / "e.png")
-    written = segment_cli.run([checkpoint, str(photos), "-o", str(tmp_path / "out"), "--skip_existing"])
+    written = segment_cli.run(["--checkpoint", checkpoint, str(photos), "-o", str(tmp_path / "out"), "--skip_existing"])
     assert [p.name for p in written] == ["e.png"]  # a and b were done: a killed batch resumes
     (tmp_path / "out" / "b.png").unlink()  # killed between b's overlay and its label map: b is not done
-    written = segment_cli.run([checkpoint, str(photos), "-o", str(tmp_path / "out"), "--skip_existing"])
+    written = segment_cli.run(["--checkpoint", checkpoint, str(photos), "-o", str(tmp_path / "out"), "--skip_existing"])
     assert [p.name for p in written] == ["b.png"] and (tmp_path / "out" / "b_overlay.png").is_file()
 
 
@@ -77,7 +88,13 @@ def test_console_entry_reports_user_errors_without_a_traceback(trained, tmp_path
     root, _, _ = trained
     with pytest.raises(SystemExit) as exit_info:
         segment_cli.main(
-            [str(root / "run" / "model.safetensors"), str(tmp_path / "missing"), "-o", str(tmp_path / "o")]
+            [
+                "--checkpoint",
+                str(root / "run" / "model.safetensors"),
+                str(tmp_path / "missing"),
+                "-o",
+                str(tmp_path / "o"),
+            ]
         )
     assert exit_info.value.code == 2
     assert "ultra-segment: error:" in capsys.readouterr().err
@@ -92,7 +109,7 @@ def test_eval_and_segment_refuse_crf_without_the_package(trained, tmp_path, monk
     picture = tmp_path / "p.jpg"
     Image.fromarray(SyntheticScenes(1, 64, 4, seed=3)[0]["image"].permute(1, 2, 0).numpy()).save(picture)
     with pytest.raises(CRFUnavailable, match=r"--crf needs the dense CRF"):
-        segment_cli.run([checkpoint, str(picture), "-o", str(tmp_path / "s"), "--crf"])
+        segment_cli.run(["--checkpoint", checkpoint, str(picture), "-o", str(tmp_path / "s"), "--crf"])
     assert not (tmp_path / "e").exists() and not (tmp_path / "s").exists()
 
 
@@ -115,7 +132,9 @@ def test_segment_refuses_a_decompression_bomb_by_name_and_goes_on(trained, tmp_p
     _png_claiming(photos / "a_bomb.png", 40000, 40000)
     Image.fromarray(SyntheticScenes(1, 96, 4, seed=3)[0]["image"].permute(1, 2, 0).numpy()).save(photos / "b.png")
     with pytest.raises(DataError, match=r"1 of 2 images could not be segmented \(first: .*a_bomb.png\)"):
-        segment_cli.run([str(root / "run" / "model.safetensors"), str(photos), "-o", str(tmp_path / "out")])
+        segment_cli.run(
+            ["--checkpoint", str(root / "run" / "model.safetensors"), str(photos), "-o", str(tmp_path / "out")]
+        )
     assert (tmp_path / "out" / "b.png").is_file() and not (tmp_path / "out" / "a_bomb.png").exists()
     from ultra.data.io import read_image
 
@@ -131,7 +150,13 @@ def test_a_photo_is_segmented_as_its_exif_orientation_shows_it(trained, tmp_path
     exif[0x0112] = 6
     Image.fromarray(np.ascontiguousarray(stored[:, :96])).resize((100, 80)).save(tmp_path / "turned.jpg", exif=exif)
     written = segment_cli.run(
-        [str(root / "run" / "model.safetensors"), str(tmp_path / "turned.jpg"), "-o", str(tmp_path / "out")]
+        [
+            "--checkpoint",
+            str(root / "run" / "model.safetensors"),
+            str(tmp_path / "turned.jpg"),
+            "-o",
+            str(tmp_path / "out"),
+        ]
     )
     assert np.array(Image.open(written[0])).shape == (100, 80)
     assert Image.open(tmp_path / "out" / "turned_overlay.png").size == (80, 100)
@@ -152,7 +177,7 @@ def test_segment_refuses_a_device_it_cannot_use(tmp_path, checkpoint, device, me
     from ultra.cli import segment as segment_cli
 
     with pytest.raises(ConfigError, match=message):
-        segment_cli.run([str(model), str(tmp_path), "-o", str(tmp_path / "out"), "--device", device])
+        segment_cli.run(["--checkpoint", str(model), str(tmp_path), "-o", str(tmp_path / "out"), "--device", device])
 
 
 def test_a_folder_of_segmentations_is_one_experiment(tiny_checkpoint, trained, tmp_path):
@@ -164,7 +189,7 @@ def test_a_folder_of_segmentations_is_one_experiment(tiny_checkpoint, trained, t
             photos / f"{name}.png"
         )
     (photos / "c.png").rename(tmp_path / "c.png")  # c comes in a second batch
-    base = [str(tiny_checkpoint), str(photos), "-o", str(out)]
+    base = ["--checkpoint", str(tiny_checkpoint), str(photos), "-o", str(out)]
     segment_cli.run(base)
     record = json.loads((out / "ultra-segment.json").read_text())
     auto = resolve_precision("auto", "cpu")
@@ -186,10 +211,10 @@ def test_a_folder_of_segmentations_is_one_experiment(tiny_checkpoint, trained, t
             segment_cli.run([*base, "--skip_existing", *other])
     another = str(trained[0] / "run" / "model.safetensors")
     with pytest.raises(ConfigError, match="other settings \\(checkpoint_sha256"):
-        segment_cli.run([another, *base[1:], "--skip_existing"])
+        segment_cli.run(["--checkpoint", another, *base[2:], "--skip_existing"])
     assert not (out / "b.png").exists()  # nothing written by a refused resume
     assert [p.name for p in segment_cli.run([*base, "--skip_existing"])] == ["b.png"]
-    second = [str(tiny_checkpoint), str(tmp_path / "c.png"), "-o", str(out), "--readout", "raw"]
+    second = ["--checkpoint", str(tiny_checkpoint), str(tmp_path / "c.png"), "-o", str(out), "--readout", "raw"]
     with pytest.raises(ConfigError, match="or pass --overwrite"):  # a second batch with another readout
         segment_cli.run(second)
     with pytest.raises(ConfigError, match=r"would leave 2 image\(s\) of the earlier settings .*a.png"):
@@ -222,7 +247,7 @@ def test_a_checkpoint_trained_on_a_weights_file_segments_with_the_file_the_user_
     checkpoint = save_segmenter(Segmenter(backbone, {"head": head}, ["a", "b", "c"], resize=64), tmp_path / "m.st")
     photo = tmp_path / "p.png"
     Image.fromarray(SyntheticScenes(1, 64, 4, seed=9)[0]["image"].permute(1, 2, 0).numpy()).save(photo)
-    args = [str(checkpoint), str(photo), "-o", str(tmp_path / "out")]
+    args = ["--checkpoint", str(checkpoint), str(photo), "-o", str(tmp_path / "out")]
     with pytest.raises(CheckpointError, match="pass that file"):
         segment_cli.run(args)
     assert [p.name for p in segment_cli.run([*args, "--weights", str(tmp_path / "vit.safetensors")])] == ["p.png"]

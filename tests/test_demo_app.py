@@ -33,7 +33,9 @@ def outgoing():
 @pytest.fixture(scope="module")
 def served(tiny_checkpoint, outgoing):
     """The page on the tiny checkpoint, and a client of it."""
-    app, url = demo_cli.serve([str(tiny_checkpoint), "--port", str(free_port()), "--size", "64"], block=False)
+    app, url = demo_cli.serve(
+        ["--checkpoint", str(tiny_checkpoint), "--port", str(free_port()), "--size", "64"], block=False
+    )
     yield url, Client(url, verbose=False)
     app.close()
 
@@ -177,7 +179,7 @@ def test_without_a_usable_checkpoint_segment_says_how_to_train_and_select_works(
     args = NO_CHECKPOINT + ["--port", str(free_port())]
     if checkpoint:
         (tmp_path / "broken.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
-        args.insert(0, str(tmp_path / "broken.safetensors"))
+        args += ["--checkpoint", str(tmp_path / "broken.safetensors")]
     app, url = demo_cli.serve(args, block=False)
     try:
         client = Client(url, verbose=False)
@@ -328,7 +330,9 @@ def test_the_checkpoints_class_names_are_text_in_the_header_and_a_refused_checkp
         ),
         (ragged, "was refused: "),
     ):
-        app, url = demo_cli.serve([str(checkpoint), "--port", str(free_port()), "--size", "64"], block=False)
+        app, url = demo_cli.serve(
+            ["--checkpoint", str(checkpoint), "--port", str(free_port()), "--size", "64"], block=False
+        )
         try:
             config = json.loads(urllib.request.urlopen(url + "config").read())
             header = next(c["props"]["value"] for c in config["components"] if c["props"].get("elem_id") == "header")
@@ -358,7 +362,13 @@ def test_stopped_by_sigterm_the_demo_leaves_no_uploaded_photo_behind(tiny_checkp
     temp, cache, port = tmp_path / "tmp", tmp_path / "gradio", free_port()
     temp.mkdir()
     env = {**os.environ, "TMPDIR": str(temp), "GRADIO_TEMP_DIR": str(cache), "PYTHONUNBUFFERED": "1"}
-    command = [str(Path(sys.executable).parent / "ultra-demo"), str(tiny_checkpoint), "--port", str(port)]
+    command = [
+        str(Path(sys.executable).parent / "ultra-demo"),
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--port",
+        str(port),
+    ]
     log = tmp_path / "server.log"
     with open(log, "w") as out:
         process = subprocess.Popen([*command, "--size", "64"], stdout=out, stderr=subprocess.STDOUT, env=env)

@@ -54,7 +54,7 @@ def server(tiny_checkpoint, tmp_path_factory):
     log = tmp_path_factory.mktemp("demo-server") / "server.log"
     with open(log, "w") as out:
         process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "ultra-demo"), checkpoint, "--port", str(port)],
+            [str(Path(sys.executable).parent / "ultra-demo"), "--checkpoint", checkpoint, "--port", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

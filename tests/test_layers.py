@@ -2,6 +2,8 @@
 and a call, functions stay short."""
 
 import ast
+import configparser
+import importlib
 from pathlib import Path
 
 import ultra
@@ -70,7 +72,28 @@ def test_the_layering_check_sees_a_stage_reaching_up():
     assert _backward_imports("from ..readout import segmenter\n", ROOT / "demo" / "app.py") == []
 
 
+def _console_scripts() -> dict[str, str]:
+    """``{script: module}`` of setup.cfg's console scripts."""
+    parser = configparser.ConfigParser()
+    parser.read(ROOT.parent / "setup.cfg")
+    lines = parser["options.entry_points"]["console_scripts"].strip().splitlines()
+    return {name.strip(): target.split(":")[0].strip() for name, target in (line.split("=") for line in lines)}
+
+
 def test_command_modules_are_a_parser_and_a_call():
+    """Every console script is a module of ``ultra.cli`` holding its parser (``build_parser``, named for the script;
+    ultra-train's is the training CLI's) and the call (``main``), with no class of its own and under 150 lines: the
+    work lives in the stages it calls."""
+    scripts = _console_scripts()
+    assert {"ultra-train", "ultra-eval", "ultra-segment", "ultra-demo"} <= set(scripts)
+    for script, name in scripts.items():
+        assert name.startswith("ultra.cli."), (script, name)
+        module = importlib.import_module(name)
+        assert callable(module.main), script
+        if script != "ultra-train":
+            assert module.build_parser().prog == script, script
+        tree = ast.parse(Path(module.__file__).read_text())
+        assert not [node.name for node in tree.body if isinstance(node, ast.ClassDef)], script
     long = {p.name: n for p in (ROOT / "cli").glob("*.py") if (n := len(p.read_text().splitlines())) > 150}
     assert not long, long
 

@@ -1,4 +1,4 @@
-"""``ultra-demo [CHECKPOINT]``: the browser demo (extra ``demo``), served on this machine only unless told otherwise.
+"""``ultra-demo [--checkpoint CHECKPOINT]``: the browser demo (extra ``demo``), served here only unless told otherwise.
 
 Without a checkpoint (or with one that fails validation) the Segment tab says how to train one;
 Select and Look inside run on ``--backbone``. With one, the class names and the backbone come from
@@ -22,9 +22,8 @@ from . import DEFAULT_SIZE, WEIGHTS_HELP, add_precision_argument, check_device, 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="ultra-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "checkpoint",
+        "--checkpoint",
         type=Path | None,
-        nargs="?",
         default=None,
         help="inference checkpoint (model.safetensors); without one, Segment says how to train one",
     )

@@ -12,7 +12,8 @@ checkpoint (head, raw-token baseline, probe), and writes ``eval.json`` (with wha
 the data set's class, arguments and fingerprint), confusion matrices and an example sheet to
 ``--output`` (default: ``eval-<data set class>-<fingerprint>`` beside the checkpoint, so two data
 sets never share a folder). An existing report is replaced only with ``--overwrite``.
-``--strategy ddp --devices N`` spreads the images over processes.
+``--trainer.*`` are ``ultra-train``'s (``--trainer.strategy ddp --trainer.devices N`` spreads the images over
+processes).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytorch_lightning as pl
 from jsonargparse import ArgumentParser
@@ -73,9 +73,10 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--flip", action="store_true", help="average predictions with the mirrored image")
     parser.add_argument("--batch_size", type=int | None, default=None, help="images per batch (default: the config's)")
     parser.add_argument("--num_workers", type=int, default=0, help="data loader workers")
-    parser.add_argument("--accelerator", type=str, default="auto", help="Lightning accelerator (cpu, gpu, auto)")
-    parser.add_argument("--devices", type=Any, default=1, help="Lightning devices (a number or a list)")
-    parser.add_argument("--strategy", type=str, default="auto", help="Lightning strategy (ddp spreads the images)")
+    parser.add_class_arguments(pl.Trainer, "trainer", fail_untyped=False, sub_configs=True)
+    parser.set_defaults(
+        {"trainer.logger": False, "trainer.enable_checkpointing": False, "trainer.enable_model_summary": False}
+    )
     return parser
 
 
@@ -93,7 +94,8 @@ def run(args: list[str] | None = None) -> dict:
     if crf:
         require_crf("--crf" if cfg.crf else "the config's evaluation.crf")
     with user_errors_unwrapped():  # the data set's own error, not jsonargparse's wrapper
-        dataset: SegmentationDataset = parser.instantiate(cfg).dataset
+        built = parser.instantiate(cfg)
+    dataset: SegmentationDataset = built.dataset
     resize = configured.resize if cfg.resize is None else cfg.resize
     crop = configured.crop if cfg.crop is None else cfg.crop
     check_eval_geometry(
@@ -102,14 +104,6 @@ def run(args: list[str] | None = None) -> dict:
         "--resize" if cfg.resize is not None else "the config's evaluation.resize",
         "--crop" if cfg.crop is not None else "the config's evaluation.crop",
     )
-    trainer = pl.Trainer(
-        accelerator=cfg.accelerator,
-        devices=cfg.devices,
-        strategy=cfg.strategy,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-    )
     plain = cfg.dataset.as_dict() if hasattr(cfg.dataset, "as_dict") else dict(cfg.dataset)
     init_args = plain.get("init_args", {})
     return evaluate_checkpoint(
@@ -117,7 +111,7 @@ def run(args: list[str] | None = None) -> dict:
         dataset,
         EvalConfig(resize, crop),
         cfg.output or default_report_folder(cfg.checkpoint, dataset),
-        trainer,
+        built.trainer,
         overwrite=cfg.overwrite,
         weights=cfg.weights,
         precision=cfg.precision,

@@ -1,4 +1,4 @@
-"""``ultra-segment CKPT IMAGES -o OUT``: label PNGs and overlays for a folder of images (or one image).
+"""``ultra-segment --checkpoint CKPT IMAGES -o OUT``: label PNGs and overlays for a folder of images (or one image).
 
 For every image ``NAME.ext`` it writes ``OUT/NAME.png`` (single-channel labels: class ids when the
 checkpoint knows its matching, else cluster ids; 255 for clusters matched to no class) and
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="ultra-segment", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", type=Path, help="inference checkpoint (model.safetensors)")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="inference checkpoint (model.safetensors)")
     parser.add_argument("images", type=Path, help="an image file or a folder of images")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 TRAIN_HINT = (
     "Train one with `python train.py --config configs/camvid.yaml` (it writes "
-    "`runs/camvid/model.safetensors`), then start `ultra-demo runs/camvid/model.safetensors`."
+    "`runs/camvid/model.safetensors`), then start `ultra-demo --checkpoint runs/camvid/model.safetensors`."
 )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -46,7 +47,9 @@ class RunCheckpoint(ModelCheckpoint):
 
     def setup(self, trainer, pl_module, stage) -> None:
         self.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
-        super().setup(trainer, pl_module, stage)
+        with warnings.catch_warnings():  # the folder holds run.json (and last.ckpt when resuming) by design
+            warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+            super().setup(trainer, pl_module, stage)
 
 
 def run_settings(config, module: pl.LightningModule) -> dict:
