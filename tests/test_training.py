@@ -1,12 +1,14 @@
 """A training run end to end on a tiny ViT: what it writes, its readouts, and what it refuses before any work."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import photo_folder, sgd_overrides, synthetic_config, tiny_overrides, without_crf
+from helpers import REPO, photo_folder, sgd_overrides, synthetic_config, tiny_overrides, without_crf
 from PIL import Image
 
 import ultra
@@ -177,3 +179,18 @@ def test_self_training_on_an_mlp_s_embedding_is_refused_before_the_fit(tmp_path)
     with pytest.raises(ConfigError, match="'embedding' needs a linear or affine head, not an MLP"):
         train_cli.run(args)
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "cache").exists()
+
+
+def test_the_command_s_output_says_what_the_exact_solver_does_without_lightning_s_tips(tmp_path):
+    """``ultra-train`` with its progress bars on: the exact solver's one pass shows its own bar (not Lightning's
+    "Epoch 0/0"), then says it solves; Lightning's product tips and its TensorBoard note are left out."""
+    config = synthetic_config(tmp_path / "c.yaml")
+    args = [*tiny_overrides(tmp_path), "--trainer.enable_progress_bar", "true", "--evaluation.run", "false"]
+    done = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "--config", str(config), *args], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    shown = done.stdout + done.stderr
+    assert "exact solver: summing the loss's quadratic forms" in shown
+    assert "Epoch 0" not in shown
+    assert "💡" not in shown and "tensorboardX" not in shown

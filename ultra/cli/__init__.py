@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Literal
 
@@ -28,6 +29,7 @@ def console(run: Callable[[list[str] | None], object], prog: str) -> Callable[[l
     def main(args: list[str] | None = None) -> None:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         logging.getLogger("ultra").setLevel(logging.INFO)
+        quiet_lightning()
         try:
             run(args)
             end_distributed()
@@ -37,6 +39,26 @@ def console(run: Callable[[list[str] | None], object], prog: str) -> Callable[[l
 
     main.__doc__ = f"Console entry point of {prog}."
     return main
+
+
+LIGHTNING_ADVERTS = ("💡 Tip:",)
+"""How Lightning's product tips begin: a command's output leaves them out."""
+
+
+def quiet_lightning() -> None:
+    """Leave Lightning's product tips and its note on the absent TensorBoard out of a command's output (its
+    other messages stay)."""
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoAdverts) for f in logger.filters):
+            logger.addFilter(_NoAdverts())
+    warnings.filterwarnings("ignore", message="Starting from v1.9.0, `tensorboardX` has been removed")
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
+class _NoAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(LIGHTNING_ADVERTS)
 
 
 def end_distributed() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from .exact import LinearHeadSolution, QuadraticForms
@@ -54,23 +55,44 @@ class ExactHeadModule(HeadModule):
         self.automatic_optimization = False
         self.forms: QuadraticForms | None = None
         self.solution: LinearHeadSolution | None = None
+        self._bar_shown = False
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.trainer.max_epochs != 1:
             log.info("exact solver: one pass over the training tokens (max_epochs %s -> 1)", self.trainer.max_epochs)
             self.trainer.fit_loop.max_epochs = 1
 
+    def on_train_start(self) -> None:
+        """Lightning's "Epoch 0/0" bar says nothing true of one pass and a solve: the pass shows its own bar."""
+        lightning_bar = self.trainer.progress_bar_callback
+        self._bar_shown = lightning_bar is not None and lightning_bar.is_enabled
+        if self._bar_shown:
+            lightning_bar.disable()
+
+    def on_train_end(self) -> None:
+        if self._bar_shown:
+            self.trainer.progress_bar_callback.enable()  # the evaluation's bar, later on the same trainer
+
     def on_train_epoch_start(self) -> None:
         self.forms = None
+        self._progress = tqdm(
+            total=self.trainer.num_training_batches,
+            desc="exact solver: summing the loss's quadratic forms over the node batches",
+            disable=not (self._bar_shown and self.trainer.is_global_zero),
+            leave=False,
+        )
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         if self.forms is None:
             self.forms = QuadraticForms(self.hparams.in_dim, self.weights_for(batch))
         self.forms.update(batch)
+        self._progress.update(1)
 
     def on_train_epoch_end(self) -> None:
         if self.forms is None:
             raise RuntimeError("the exact solver saw no node batch")
+        self._progress.close()
+        log.info("exact solver: solving for the %d-dimensional head", self.hparams.out_dim)
         strategy = self.trainer.strategy
         self.forms.reduce(lambda t: strategy.reduce(t.to(strategy.root_device), reduce_op="sum"))
         self.solution = self.forms.solve(
