@@ -11,6 +11,8 @@ _EXPORTS = {
     "ViTFeatures": "backbone.vit",
     "Segmenter": "readout.segmenter",
     "load": "readout.checkpoint",
+    "export": "deploy.export",
+    "OnnxSegmenter": "deploy.runtime",
 }
 __all__ = [*_EXPORTS, "__version__"]
 __getattr__ = lazy_attributes(__name__, _EXPORTS)

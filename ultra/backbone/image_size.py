@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:  # the sizes need no torch: the ONNX runtime path (ultra.deploy.runtime) runs without it
+    from torch import Tensor
 
 MAX_SIDE = 2048
 """The longest side (pixels, after resizing the shorter side) of an image given to the backbone by the segmenter, the
@@ -34,12 +36,19 @@ def snap_to_patch(size: tuple[int, int], patch: int) -> tuple[int, int]:
     return tuple(max(patch, int(round(s / patch)) * patch) for s in size)
 
 
+def resized_to_patches(size: tuple[int, int], shorter_side: int, patch: int) -> tuple[int, int]:
+    """The size ``(H, W)`` of an image of ``size`` once :func:`resize_to_patches` has resized it."""
+    height, width = size
+    scale = shorter_side / min(height, width)
+    return snap_to_patch((round(height * scale), round(width * scale)), patch)
+
+
 def resize_to_patches(images: Tensor, shorter_side: int, patch: int) -> Tensor:
     """``images [B, 3, H, W]`` resized (bilinear, antialiased) so the shorter side is about ``shorter_side``
     and both sides are multiples of ``patch``: one interpolation, no second snap."""
-    height, width = images.shape[-2:]
-    scale = shorter_side / min(height, width)
-    target = snap_to_patch((round(height * scale), round(width * scale)), patch)
+    target = resized_to_patches(tuple(images.shape[-2:]), shorter_side, patch)
+    import torch
+
     return torch.nn.functional.interpolate(
         images.float(), size=target, mode="bilinear", align_corners=False, antialias=True
     )
