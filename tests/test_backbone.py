@@ -6,12 +6,9 @@ import torch.nn.functional as F
 from helpers import TINY_VIT
 
 from ultra.backbone.image_size import snap_to_patch
-from ultra.backbone.vit import (
-    FrozenViT,
-    UnknownModelError,
-    resolve_model_name,
-)
-from ultra.errors import WeightsError
+from ultra.backbone.names import resolve_model_name
+from ultra.backbone.vit import FrozenViT
+from ultra.errors import UnknownModelError, WeightsError
 
 
 def _reference_tokens(vit: FrozenViT, images: torch.Tensor) -> tuple[list, list]:

@@ -195,6 +195,7 @@ def test_a_folder_of_segmentations_is_one_experiment(tiny_checkpoint, trained, t
     auto = resolve_precision("auto", "cpu")
     assert record == {
         "checkpoint_sha256": file_digest(tiny_checkpoint),
+        "engine": "torch",
         "readout": "head",
         "crf": False,
         "flip": False,

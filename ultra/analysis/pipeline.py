@@ -21,7 +21,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..backbone.image_size import DEFAULT_SIZE, check_size
-from ..backbone.vit import DEFAULT_BACKBONE, FrozenViT
+from ..backbone.names import DEFAULT_BACKBONE
+from ..backbone.vit import FrozenViT
 from ..data import EvalTransform, ImageFolder
 from ..data.grids import labels_to_grid
 from ..errors import ConfigError, DataError

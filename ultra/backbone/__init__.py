@@ -1,5 +1,6 @@
 """The frozen transformer and where its weights come from.
 
+- ``names``: the default ViT, the field's short aliases and their timm names.
 - ``vit``: :class:`FrozenViT`, a timm ViT returning every requested layer's tokens, queries, keys and values as grids.
 - ``image_size``: the sizes of the images it is given (patch multiples, ``--size``, the longest side allowed).
 - ``precision``: its arithmetic (``auto``, ``bf16``, ``fp32``).

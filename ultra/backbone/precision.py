@@ -8,10 +8,12 @@ AMX or AVX512-BF16 instructions; float32 on any other CPU (there bfloat16 is emu
 from __future__ import annotations
 
 import contextlib
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:  # the precisions' names need no torch (a command's parser, the ONNX runtime path)
+    import torch
 
 PRECISIONS = ("auto", "bf16", "fp32")
 
@@ -25,12 +27,16 @@ def check_precision(precision: str, option: str = "precision") -> str:
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU runs bfloat16 matrix products in hardware (AMX tiles or AVX512-BF16)."""
+    import torch
+
     probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
 def has_native_bf16(device: torch.device | str) -> bool:
     """Whether ``device`` runs bfloat16 natively (the ``auto`` rule)."""
+    import torch
+
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
@@ -49,6 +55,8 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
 
 def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
     """The context the backbone's forward runs in for a resolved ``precision`` (``bf16`` or ``fp32``)."""
+    import torch
+
     device = torch.device(device)
     if precision == "fp32":
         return contextlib.nullcontext()

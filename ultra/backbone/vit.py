@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, UnknownModelError
 from .image_size import snap_to_patch
+from .names import resolve_model_name
 from .precision import autocast, check_precision, resolve_precision
 from .weights import WeightsInfo, load_weights
 
@@ -21,21 +21,6 @@ normalisation the model's own outputs get), ``q``/``k``/``v`` from the block's f
 (heads concatenated)."""
 DEFAULT_KINDS = ("x", "q", "k", "v")
 """What a forward pass returns unless told otherwise (``n`` is on request)."""
-
-DEFAULT_BACKBONE = "vit_small_patch14_dinov2"
-"""The frozen ViT every command and config uses when none is named (DINOv2 ViT-S/14)."""
-
-MODEL_ALIASES = {
-    "dino_vits8": "vit_small_patch8_224.dino",
-    "dino_vits16": "vit_small_patch16_224.dino",
-    "dino_vitb8": "vit_base_patch8_224.dino",
-    "dino_vitb16": "vit_base_patch16_224.dino",
-    "dinov2_vits14": "vit_small_patch14_dinov2.lvd142m",
-    "dinov2_vitb14": "vit_base_patch14_dinov2.lvd142m",
-    "dinov2_vits14_reg": "vit_small_patch14_reg4_dinov2.lvd142m",
-    "dinov2_vitb14_reg": "vit_base_patch14_reg4_dinov2.lvd142m",
-}
-"""Short names used by the field's papers -> timm model names (with their pretrained tag)."""
 
 
 @dataclass
@@ -121,23 +106,6 @@ def check_layers(layers: Iterable[int], num_layers: int, model_name: str) -> tup
     if not out:
         raise ConfigError("no layers requested")
     return tuple(sorted(set(out)))
-
-
-def resolve_model_name(name: str) -> str:
-    """The timm name for ``name`` (an alias such as ``dino_vits8`` or any timm model name)."""
-    import timm
-
-    resolved = MODEL_ALIASES.get(name, name)
-    if not timm.is_model(resolved.split(".")[0]):
-        candidates = list(MODEL_ALIASES) + timm.list_models("vit_*")
-        close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
-        hint = f"; did you mean {close}?" if close else ""
-        raise UnknownModelError(f"unknown model '{name}': not a timm model nor one of {sorted(MODEL_ALIASES)}{hint}")
-    arch, _, tag = resolved.partition(".")
-    if tag and resolved not in timm.list_pretrained(f"{arch}.*"):
-        tags = [known.partition(".")[2] for known in timm.list_pretrained(f"{arch}.*")]
-        raise UnknownModelError(f"unknown tag '{tag}' of the timm model {arch}: its tags are {tags}")
-    return resolved
 
 
 class FrozenViT(nn.Module):

@@ -15,11 +15,9 @@ import warnings
 from collections.abc import Callable
 from typing import Literal
 
-import torch
-
 from ..backbone.image_size import DEFAULT_SIZE
+from ..backbone.names import DEFAULT_BACKBONE
 from ..backbone.precision import PRECISIONS
-from ..backbone.vit import DEFAULT_BACKBONE
 from ..errors import USER_ERRORS, ConfigError
 
 
@@ -63,7 +61,10 @@ class _NoAdverts(logging.Filter):
 
 def end_distributed() -> None:
     """Wait for every process of a DDP run, then tear its process group down while the interpreter is whole
-    (left to the exit handlers, a gloo rank can abort in teardown now and then)."""
+    (left to the exit handlers, a gloo rank can abort in teardown now and then). A command that never imported torch
+    (``ultra-segment --engine onnx``) has none."""
+    if sys.modules.get("torch") is None:
+        return
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -73,6 +74,8 @@ def end_distributed() -> None:
 
 def check_device(name: str, option: str = "--device") -> None:
     """Refuse a device torch does not know, or an accelerator this machine lacks, before anything is loaded."""
+    import torch
+
     try:
         device = torch.device(name)
     except RuntimeError:

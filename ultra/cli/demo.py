@@ -14,7 +14,7 @@ from pathlib import Path
 from jsonargparse import ArgumentParser
 
 from ..backbone.image_size import check_size
-from ..backbone.vit import DEFAULT_BACKBONE
+from ..backbone.names import DEFAULT_BACKBONE
 from ..errors import ConfigError, DemoUnavailable
 from . import DEFAULT_SIZE, WEIGHTS_HELP, add_precision_argument, check_device, console
 

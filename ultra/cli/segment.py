@@ -4,17 +4,20 @@ For every image ``NAME.ext`` it writes ``OUT/NAME.png`` (single-channel labels: 
 checkpoint knows its matching, else cluster ids; 255 for clusters matched to no class) and
 ``OUT/NAME_overlay.png``. Existing files are never replaced unless ``--overwrite`` is given, and an
 input image is never written over, whatever the flags. ``--skip_existing`` resumes an interrupted
-batch. ``OUT/ultra-segment.json`` records what made the folder (the checkpoint's SHA-256, readout, CRF,
+batch. ``OUT/ultra-segment.json`` records what made the folder (the checkpoint's SHA-256, engine, readout, CRF,
 flip): a resume or a second batch with other settings is refused. An image that cannot be read or
 segmented is reported and skipped; the command then exits with status 2 after the others are done.
+``--engine onnx`` segments with a model written by ``ultra-export`` in onnxruntime (no torch, no timm).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
-import torch
+import numpy as np
 from jsonargparse import ArgumentParser
 from tqdm.auto import tqdm
 
@@ -22,50 +25,116 @@ from ..data.io import list_images, read_image
 from ..errors import ConfigError, DataError
 from ..files import folder_lock, refuse_collisions, refuse_overwrite
 from ..pictures import overlay, save_image, save_label_map
-from ..readout.checkpoint import load
-from ..readout.crf import require_crf
-from . import WEIGHTS_HELP, add_precision_argument, check_device, console
+from . import WEIGHTS_HELP, add_precision_argument, console
 from .segment_folder import claim_output_folder, label_settings, outputs_for
 
 log = logging.getLogger(__name__)
+Engine = tuple[Callable[[np.ndarray, str], np.ndarray], dict, int]
+"""A loaded engine: ``segment(picture, name) -> labels``, the settings that decide the labels, the number of
+classes."""
 
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="ultra-segment", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, required=True, help="inference checkpoint (model.safetensors)")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="inference checkpoint (model.safetensors), or with --engine onnx a model written by ultra-export",
+    )
     parser.add_argument("images", type=Path, help="an image file or a folder of images")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    parser.add_argument("--engine", type=Literal["torch", "onnx"], default="torch", help="torch or onnx(runtime)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument(
         "--skip_existing", action="store_true", help="leave images whose outputs exist (resume a batch)"
     )
     parser.add_argument(
         "--readout",
-        type=str,
-        default="head",
-        help="a readout of the checkpoint: head (default), raw, raw_centred, raw_whitened, probe or oracle",
+        type=str | None,
+        default=None,
+        help="a readout of the checkpoint: head (the default), raw, raw_centred, raw_whitened, probe or oracle; "
+        "an exported model holds one",
     )
-    parser.add_argument("--crf", action="store_true", help="refine with a dense CRF (extra 'crf')")
+    parser.add_argument("--crf", action="store_true", help="refine with a dense CRF (extra 'crf'; torch engine)")
     parser.add_argument("--flip", action="store_true", help="average with the mirrored image")
-    parser.add_argument("--device", type=str, default="cpu")
-    parser.add_argument("--weights", type=str | None, default=None, help=WEIGHTS_HELP)
+    parser.add_argument("--device", type=str, default="cpu", help="torch engine: the device")
+    parser.add_argument("--weights", type=str | None, default=None, help=f"torch engine: {WEIGHTS_HELP}")
     add_precision_argument(parser)
     return parser
 
 
 def run(args: list[str] | None = None) -> list[Path]:
     """Segment the images; returns the label files written."""
-    parser = build_parser()
-    cfg = parser.parse_args(args)
+    cfg = build_parser().parse_args(args)
     if cfg.overwrite and cfg.skip_existing:
         raise ConfigError("--overwrite and --skip_existing exclude each other")
-    check_device(cfg.device)
+    if cfg.engine == "onnx":
+        _refuse_torch_options(cfg)
+    else:
+        _check_torch_options(cfg)
     images = _input_images(cfg.images)
-    refuse_collisions({image: outputs_for(image, cfg.output) for image in images})
-    if cfg.crf:
-        require_crf("--crf")
+    refuse_collisions({image: outputs_for(image, cfg.output) for image in images}, other_inputs=[cfg.checkpoint])
     with folder_lock(cfg.output, "--output"):
         return _segment(cfg, images)
+
+
+def _check_torch_options(cfg) -> None:
+    from ..readout.crf import require_crf
+    from . import check_device
+
+    check_device(cfg.device)
+    if cfg.crf:
+        require_crf("--crf")
+
+
+def _refuse_torch_options(cfg) -> None:
+    """Refuse what the onnx engine would ignore: the model file fixes the backbone, its weights and arithmetic."""
+    given = {
+        "--crf": cfg.crf,
+        "--weights": cfg.weights is not None,
+        "--precision": cfg.precision != "auto",
+        "--device": cfg.device != "cpu",
+    }
+    ignored = [option for option, set_ in given.items() if set_]
+    if ignored:
+        raise ConfigError(
+            f"{', '.join(ignored)}: no effect with --engine onnx (the exported model fixes the backbone, its weights "
+            f"and float32 arithmetic, and runs on onnxruntime's CPU provider; the CRF needs the torch engine)"
+        )
+
+
+def _torch_engine(cfg) -> Engine:
+    import torch
+
+    from ..readout.checkpoint import load
+
+    readout = cfg.readout or "head"
+    segmenter = load(cfg.checkpoint, device=cfg.device, weights=cfg.weights, precision=cfg.precision)
+    segmenter.require_readout(readout)
+
+    def segment(picture: np.ndarray, name: str) -> np.ndarray:
+        tensor = torch.from_numpy(picture).permute(2, 0, 1)
+        return segmenter.segment(tensor, readout=readout, crf=cfg.crf, flip=cfg.flip).numpy()
+
+    precision = segmenter.backbone.compute_precision
+    settings = label_settings(cfg.checkpoint, "torch", readout, cfg.crf, cfg.flip, precision)
+    return segment, settings, len(segmenter.class_names)
+
+
+def _onnx_engine(cfg) -> Engine:
+    from ..deploy.runtime import OnnxSegmenter
+
+    model = OnnxSegmenter(cfg.checkpoint)
+    if cfg.readout not in (None, model.readout):
+        raise ConfigError(f"--readout {cfg.readout}: {cfg.checkpoint} holds readout '{model.readout}' only")
+
+    def segment(picture: np.ndarray, name: str) -> np.ndarray:
+        return model.segment(picture, flip=cfg.flip, what=f"image {name}")
+
+    precision = "int8" if model.meta["quantize"] == "int8" else "fp32"
+    settings = label_settings(cfg.checkpoint, "onnx", model.readout, False, cfg.flip, precision)
+    return segment, settings, len(model.class_names)
 
 
 def _segment(cfg, images: list[Path]) -> list[Path]:
@@ -73,9 +142,7 @@ def _segment(cfg, images: list[Path]) -> list[Path]:
     both its outputs exist; an incomplete pair (a batch killed between them) is written again."""
     if not cfg.skip_existing:
         refuse_overwrite([path for image in images for path in outputs_for(image, cfg.output)], cfg.overwrite)
-    segmenter = load(cfg.checkpoint, device=cfg.device, weights=cfg.weights, precision=cfg.precision)
-    segmenter.require_readout(cfg.readout)
-    settings = label_settings(cfg.checkpoint, cfg.readout, cfg.crf, cfg.flip, segmenter.backbone.compute_precision)
+    segment, settings, num_classes = (_onnx_engine if cfg.engine == "onnx" else _torch_engine)(cfg)
     claim_output_folder(cfg.output, settings, images, cfg.skip_existing, cfg.overwrite)
     if cfg.skip_existing:
         images = [image for image in images if not all(p.exists() for p in outputs_for(image, cfg.output))]
@@ -83,17 +150,13 @@ def _segment(cfg, images: list[Path]) -> list[Path]:
     for image in tqdm(images, desc="segment"):
         try:
             picture = read_image(image, orient=True)  # read once: segmented and overlaid
-            labels = segmenter.segment(
-                torch.from_numpy(picture).permute(2, 0, 1), readout=cfg.readout, crf=cfg.crf, flip=cfg.flip
-            ).numpy()
+            labels = segment(picture, str(image))
         except (DataError, ValueError) as err:
             log.error("skipped %s: %s", image, err)
             failed.append(image)
             continue
         label_path, overlay_path = outputs_for(image, cfg.output)
-        save_image(
-            overlay(picture, labels, num_colors=max(len(segmenter.class_names), int(labels.max()) + 1)), overlay_path
-        )
+        save_image(overlay(picture, labels, num_colors=max(num_classes, int(labels.max()) + 1)), overlay_path)
         save_label_map(labels, label_path)  # the label map last: where it exists, the overlay does too
         written.append(label_path)
     if failed:

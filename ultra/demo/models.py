@@ -6,7 +6,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..backbone.vit import DEFAULT_BACKBONE, FrozenViT
+from ..backbone.names import DEFAULT_BACKBONE
+from ..backbone.vit import FrozenViT
 from ..errors import USER_ERRORS
 from ..readout.checkpoint import load
 from ..readout.segmenter import Segmenter

@@ -22,11 +22,9 @@ from ..errors import CheckpointError, ConfigError
 from ..files import atomic_path, file_digest
 from ..readout.checkpoint import load
 from ..readout.segmenter import Segmenter, readout_grid_scores
-from .runtime import FORMAT, UNMATCHED, _onnxruntime
+from .runtime import FORMAT, QUANTIZATIONS, UNMATCHED, _onnxruntime
 
 log = logging.getLogger(__name__)
-QUANTIZATIONS = ("none", "int8")
-"""``none``: float32 weights; ``int8``: onnxruntime's dynamic quantisation of the weights of the matrix products."""
 MAX_BATCH, MAX_PATCHES = 1024, 512
 """The bounds the exported graph is traced for: images per batch, patches along a side."""
 

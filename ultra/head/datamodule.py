@@ -17,8 +17,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from ..backbone.names import DEFAULT_BACKBONE
 from ..backbone.precision import check_precision
-from ..backbone.vit import DEFAULT_BACKBONE, BackboneShape, FrozenViT, backbone_shape
+from ..backbone.vit import BackboneShape, FrozenViT, backbone_shape
 from ..data.base import SegmentationDataset
 from ..data.cache import CacheConfig, FeatureCache, TokenKey
 from ..data.transforms import ViewConfig

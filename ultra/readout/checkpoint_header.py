@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..backbone.vit import KINDS, meta_model, resolve_model_name
+from ..backbone.names import resolve_model_name
+from ..backbone.vit import KINDS, meta_model
 from ..errors import HeaderError, UnknownModelError
 from ..head.projection import ARCHITECTURES, head_tensor_shapes
 from .segmenter import MAX_CLUSTERS
