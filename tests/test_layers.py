@@ -18,6 +18,7 @@ STAGES = [
     "graphs",
     "head",
     "readout",
+    "deploy",
     "evaluation",
     "training",
     "analysis",
@@ -25,7 +26,7 @@ STAGES = [
     "cli",
 ]
 """Modules and packages of ``ultra`` in data-flow order; the first four are the bottom every stage may use."""
-BOTTOM = {"errors", "_lazy", "files", "pictures"}
+BOTTOM = {"errors", "_lazy", "files", "pictures", "__version__"}  # and the package's version
 ROOT = Path(ultra.__file__).parent
 
 

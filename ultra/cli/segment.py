@@ -13,15 +13,14 @@ segmented is reported and skipped; the command then exits with status 2 after th
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 from jsonargparse import ArgumentParser
 from tqdm.auto import tqdm
 
 from ..data.io import list_images, read_image
+from ..deploy.engines import Engine, onnx_engine, torch_engine
 from ..errors import ConfigError, DataError
 from ..files import folder_lock, refuse_collisions, refuse_overwrite
 from ..pictures import overlay, save_image, save_label_map
@@ -29,9 +28,6 @@ from . import WEIGHTS_HELP, add_precision_argument, console
 from .segment_folder import claim_output_folder, label_settings, outputs_for
 
 log = logging.getLogger(__name__)
-Engine = tuple[Callable[[np.ndarray, str], np.ndarray], dict, int]
-"""A loaded engine: ``segment(picture, name) -> labels``, the settings that decide the labels, the number of
-classes."""
 
 
 def build_parser() -> ArgumentParser:
@@ -69,17 +65,22 @@ def run(args: list[str] | None = None) -> list[Path]:
     cfg = build_parser().parse_args(args)
     if cfg.overwrite and cfg.skip_existing:
         raise ConfigError("--overwrite and --skip_existing exclude each other")
-    if cfg.engine == "onnx":
-        _refuse_torch_options(cfg)
-    else:
-        _check_torch_options(cfg)
+    _check_engine_options(cfg)
     images = _input_images(cfg.images)
     refuse_collisions({image: outputs_for(image, cfg.output) for image in images}, other_inputs=[cfg.checkpoint])
     with folder_lock(cfg.output, "--output"):
         return _segment(cfg, images)
 
 
-def _check_torch_options(cfg) -> None:
+def _check_engine_options(cfg) -> None:
+    """The torch engine's device and CRF; with the onnx engine, refuse what it would ignore (the exported file fixes
+    the backbone, its weights and float32 arithmetic, on onnxruntime's CPU provider)."""
+    if cfg.engine == "onnx":
+        given = {"--crf": cfg.crf, "--weights": cfg.weights, "--precision": cfg.precision != "auto"}
+        ignored = [option for option, value in {**given, "--device": cfg.device != "cpu"}.items() if value]
+        if ignored:
+            raise ConfigError(f"{', '.join(ignored)}: no effect with --engine onnx (the exported file fixes them)")
+        return
     from ..readout.crf import require_crf
     from . import check_device
 
@@ -88,53 +89,10 @@ def _check_torch_options(cfg) -> None:
         require_crf("--crf")
 
 
-def _refuse_torch_options(cfg) -> None:
-    """Refuse what the onnx engine would ignore: the model file fixes the backbone, its weights and arithmetic."""
-    given = {
-        "--crf": cfg.crf,
-        "--weights": cfg.weights is not None,
-        "--precision": cfg.precision != "auto",
-        "--device": cfg.device != "cpu",
-    }
-    ignored = [option for option, set_ in given.items() if set_]
-    if ignored:
-        raise ConfigError(
-            f"{', '.join(ignored)}: no effect with --engine onnx (the exported model fixes the backbone, its weights "
-            f"and float32 arithmetic, and runs on onnxruntime's CPU provider; the CRF needs the torch engine)"
-        )
-
-
-def _torch_engine(cfg) -> Engine:
-    import torch
-
-    from ..readout.checkpoint import load
-
-    readout = cfg.readout or "head"
-    segmenter = load(cfg.checkpoint, device=cfg.device, weights=cfg.weights, precision=cfg.precision)
-    segmenter.require_readout(readout)
-
-    def segment(picture: np.ndarray, name: str) -> np.ndarray:
-        tensor = torch.from_numpy(picture).permute(2, 0, 1)
-        return segmenter.segment(tensor, readout=readout, crf=cfg.crf, flip=cfg.flip).numpy()
-
-    precision = segmenter.backbone.compute_precision
-    settings = label_settings(cfg.checkpoint, "torch", readout, cfg.crf, cfg.flip, precision)
-    return segment, settings, len(segmenter.class_names)
-
-
-def _onnx_engine(cfg) -> Engine:
-    from ..deploy.runtime import OnnxSegmenter
-
-    model = OnnxSegmenter(cfg.checkpoint)
-    if cfg.readout not in (None, model.readout):
-        raise ConfigError(f"--readout {cfg.readout}: {cfg.checkpoint} holds readout '{model.readout}' only")
-
-    def segment(picture: np.ndarray, name: str) -> np.ndarray:
-        return model.segment(picture, flip=cfg.flip, what=f"image {name}")
-
-    precision = "int8" if model.meta["quantize"] == "int8" else "fp32"
-    settings = label_settings(cfg.checkpoint, "onnx", model.readout, False, cfg.flip, precision)
-    return segment, settings, len(model.class_names)
+def _engine(cfg) -> Engine:
+    if cfg.engine == "onnx":
+        return onnx_engine(cfg.checkpoint, cfg.readout, cfg.flip)
+    return torch_engine(cfg.checkpoint, cfg.readout, cfg.crf, cfg.flip, cfg.device, cfg.weights, cfg.precision)
 
 
 def _segment(cfg, images: list[Path]) -> list[Path]:
@@ -142,7 +100,8 @@ def _segment(cfg, images: list[Path]) -> list[Path]:
     both its outputs exist; an incomplete pair (a batch killed between them) is written again."""
     if not cfg.skip_existing:
         refuse_overwrite([path for image in images for path in outputs_for(image, cfg.output)], cfg.overwrite)
-    segment, settings, num_classes = (_onnx_engine if cfg.engine == "onnx" else _torch_engine)(cfg)
+    engine = _engine(cfg)
+    settings = label_settings(cfg.checkpoint, engine.name, engine.readout, cfg.crf, cfg.flip, engine.precision)
     claim_output_folder(cfg.output, settings, images, cfg.skip_existing, cfg.overwrite)
     if cfg.skip_existing:
         images = [image for image in images if not all(p.exists() for p in outputs_for(image, cfg.output))]
@@ -150,13 +109,13 @@ def _segment(cfg, images: list[Path]) -> list[Path]:
     for image in tqdm(images, desc="segment"):
         try:
             picture = read_image(image, orient=True)  # read once: segmented and overlaid
-            labels = segment(picture, str(image))
+            labels = engine.segment(picture, str(image))
         except (DataError, ValueError) as err:
             log.error("skipped %s: %s", image, err)
             failed.append(image)
             continue
         label_path, overlay_path = outputs_for(image, cfg.output)
-        save_image(overlay(picture, labels, num_colors=max(num_classes, int(labels.max()) + 1)), overlay_path)
+        save_image(overlay(picture, labels, num_colors=max(engine.num_classes, int(labels.max()) + 1)), overlay_path)
         save_label_map(labels, label_path)  # the label map last: where it exists, the overlay does too
         written.append(label_path)
     if failed:

@@ -2,6 +2,7 @@
 
 - ``export``: :func:`export` (``ultra-export``, ``ultra.export``) traces a readout with its backbone to ONNX.
 - ``runtime``: :class:`OnnxSegmenter` runs an exported file in onnxruntime with numpy and PIL only.
+- ``engines``: what ``ultra-segment`` segments with: a checkpoint in torch, or an exported file in onnxruntime.
 """
 
 from .._lazy import lazy_attributes
