@@ -154,16 +154,6 @@ def test_a_readout_that_cannot_be_traced_is_refused_by_name_and_nothing_is_writt
     assert list(tmp_path.iterdir()) == []
 
 
-def test_int8_weights_make_a_smaller_file_that_runs(exported, tmp_path):
-    path, checkpoint = exported
-    small = ultra.export(checkpoint, tmp_path / "int8.onnx", quantize="int8")
-    model = OnnxSegmenter(small)
-    assert model.meta["quantize"] == "int8"
-    assert small.stat().st_size < path.stat().st_size
-    labels = model.run(scenes(1, 64, 64).numpy())["labels"]
-    assert labels.shape == (1, 64, 64) and set(np.unique(labels)) <= {0, 1, 2, 255}
-
-
 def test_segment_engine_onnx_writes_the_torch_engine_s_outputs_without_torch_or_timm(exported, tmp_path):
     path, checkpoint = exported
     photos = tmp_path / "photos"

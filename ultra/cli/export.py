@@ -2,7 +2,6 @@
 ONNX file that onnxruntime runs without torch or timm (``ultra-segment --engine onnx``, :class:`ultra.OnnxSegmenter`).
 
     ultra-export --checkpoint runs/demo/model.safetensors -o runs/demo/model.onnx
-    ultra-export --checkpoint CKPT -o model-int8.onnx --quantize int8      # int8 weights (onnxruntime's dynamic)
 
 The model takes ``images`` ``[N, 3, H, W]`` float32 RGB in [0, 1] (H and W multiples of the patch) and gives
 ``labels`` ``[N, H, W]`` int64 and the readout's patch ``scores``; its ``ultra`` metadata holds the class names, the
@@ -12,11 +11,9 @@ patch, the protocol's shorter side, the normalisation, the backbone and its weig
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from jsonargparse import ArgumentParser
 
-from ..deploy.runtime import QUANTIZATIONS
 from . import WEIGHTS_HELP, console
 
 
@@ -26,12 +23,6 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("-o", "--output", type=Path, required=True, help="the ONNX file to write")
     parser.add_argument("--readout", type=str, default="head", help="the checkpoint's readout to export")
     parser.add_argument("--weights", type=str | None, default=None, help=WEIGHTS_HELP)
-    parser.add_argument(
-        "--quantize",
-        type=Literal[QUANTIZATIONS],
-        default="none",
-        help="none: float32; int8: the weights of the matrix products in int8 (onnxruntime's dynamic quantisation)",
-    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing file")
     return parser
 
@@ -41,7 +32,7 @@ def run(args: list[str] | None = None) -> Path:
     from ..deploy.export import export
 
     cfg = build_parser().parse_args(args)
-    written = export(cfg.checkpoint, cfg.output, cfg.readout, cfg.weights, cfg.quantize, cfg.overwrite)
+    written = export(cfg.checkpoint, cfg.output, cfg.readout, cfg.weights, cfg.overwrite)
     print(f"ultra-export: wrote {written}")
     return written
 

@@ -21,8 +21,7 @@ OVERLAY_SUFFIX = "_overlay.png"
 
 def label_settings(checkpoint: Path, engine: str, readout: str, crf: bool, flip: bool, precision: str) -> dict:
     """The settings that decide an image's labels: the checkpoint's (or exported model's) bytes, the engine (``torch``
-    or ``onnx``), the readout, the CRF, the flip and the backbone's arithmetic (``bf16``, ``fp32``; ``int8`` weights
-    of a quantised export)."""
+    or ``onnx``), the readout, the CRF, the flip and the backbone's arithmetic (``bf16`` or ``fp32``)."""
     return {
         "checkpoint_sha256": file_digest(checkpoint),
         "engine": engine,

@@ -53,5 +53,4 @@ def onnx_engine(path: Path, readout: str | None, flip: bool) -> Engine:
     def segment(picture: np.ndarray, name: str) -> np.ndarray:
         return model.segment(picture, flip=flip, what=f"image {name}")
 
-    precision = "int8" if model.meta["quantize"] == "int8" else "fp32"
-    return Engine("onnx", segment, model.readout, precision, len(model.class_names))
+    return Engine("onnx", segment, model.readout, "fp32", len(model.class_names))

@@ -22,7 +22,7 @@ from ..errors import CheckpointError, ConfigError
 from ..files import atomic_path, file_digest
 from ..readout.checkpoint import load
 from ..readout.segmenter import Segmenter, readout_grid_scores
-from .runtime import FORMAT, QUANTIZATIONS, UNMATCHED, _onnxruntime
+from .runtime import FORMAT, UNMATCHED, _onnxruntime
 
 log = logging.getLogger(__name__)
 MAX_BATCH, MAX_PATCHES = 1024, 512
@@ -51,7 +51,7 @@ def score_classes(segmenter: Segmenter, readout: str) -> Tensor:
     return segmenter.to_labels(torch.arange(segmenter.readouts[readout].num_outputs), readout).long()
 
 
-def export_metadata(segmenter: Segmenter, readout: str, checkpoint: Path, quantize: str) -> dict:
+def export_metadata(segmenter: Segmenter, readout: str, checkpoint: Path) -> dict:
     """The ``ultra`` metadata of an exported model."""
     backbone = segmenter.backbone
     return {
@@ -68,7 +68,6 @@ def export_metadata(segmenter: Segmenter, readout: str, checkpoint: Path, quanti
         "normalisation": {"mean": backbone.mean.flatten().tolist(), "std": backbone.std.flatten().tolist()},
         "backbone": {**backbone.describe(), "precision": "fp32"},
         "checkpoint_sha256": file_digest(checkpoint),
-        "quantize": quantize,
     }
 
 
@@ -77,27 +76,26 @@ def export(
     output: str | Path,
     readout: str = "head",
     weights: str | Path | None = None,
-    quantize: str = "none",
     overwrite: bool = False,
 ) -> Path:
     """Write ``checkpoint``'s ``readout`` with its backbone as one ONNX file ``output`` (atomically; an existing file
     is kept unless ``overwrite``); ``weights`` as for :func:`ultra.load`. Returns ``output``."""
     checkpoint, output = Path(checkpoint), Path(output)
-    if quantize not in QUANTIZATIONS:
-        raise ConfigError(f"--quantize must be one of {QUANTIZATIONS}, got '{quantize}'")
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} exists already; pass --overwrite to replace it")
     if output.resolve() == checkpoint.resolve():
         raise ConfigError(f"--output {output} is the checkpoint itself; choose another file")
     _onnxruntime()  # the check of what is written needs it: say so before the export's work
+    import onnx
+
     segmenter = load(checkpoint, weights=weights, precision="fp32")
     segmenter.require_readout(readout)
     model = ExportedSegmenter(segmenter, readout).eval()
     proto = _onnx_graph(model, segmenter, readout)
-    proto.metadata_props.add(key="ultra", value=json.dumps(export_metadata(segmenter, readout, checkpoint, quantize)))
+    proto.metadata_props.add(key="ultra", value=json.dumps(export_metadata(segmenter, readout, checkpoint)))
     output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(output) as tmp:
-        _write(proto, tmp, quantize)
+        onnx.save_model(proto, str(tmp))
     log.info("exported readout '%s' of %s to %s", readout, checkpoint, output)
     return output
 
@@ -129,24 +127,3 @@ def _onnx_graph(model: ExportedSegmenter, segmenter: Segmenter, readout: str):
     proto = program.model_proto
     onnx.checker.check_model(proto, full_check=True)
     return proto
-
-
-def _write(proto, path: Path, quantize: str) -> None:
-    """``proto`` into ``path`` (float32, or with int8 weights through onnxruntime's dynamic quantisation)."""
-    import onnx
-
-    if quantize == "none":
-        onnx.save_model(proto, str(path))
-        return
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    floating = path.with_name(path.name + ".float32")
-    try:
-        onnx.save_model(proto, str(floating))
-        quantize_dynamic(str(floating), str(path), weight_type=QuantType.QInt8)
-    finally:
-        floating.unlink(missing_ok=True)
-    quantized = onnx.load(str(path))
-    if not any(p.key == "ultra" for p in quantized.metadata_props):
-        quantized.metadata_props.extend(proto.metadata_props)
-        onnx.save_model(quantized, str(path))

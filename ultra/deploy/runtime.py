@@ -20,8 +20,6 @@ from ..errors import CheckpointError, DataError, MissingExtra
 
 FORMAT = "ultra-onnx-segmenter"
 """The ``format`` of an exported model's ``ultra`` metadata."""
-QUANTIZATIONS = ("none", "int8")
-"""``none``: float32 weights; ``int8``: onnxruntime's dynamic quantisation of the weights of the matrix products."""
 UNMATCHED = 255
 """The class id of a cluster matched to no class (as :func:`ultra.readout.segmenter.apply_matching` writes it)."""
 
