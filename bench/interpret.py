@@ -126,18 +126,16 @@ def measure_set(
     name, split, vit, size, layer, score, methods, seeds, segment_images, min_fraction, output, segmenter
 ) -> dict:
     from ultra.analysis.clicks import interior_clicks
+    from ultra.analysis.masks import mask_from_map
+    from ultra.analysis.points import point_token, region_under, token_pixels
     from ultra.analysis.relevance import RelevanceMaps, anchor_targets
     from ultra.analysis.segments import (
         cosine_maps,
         head_clusters,
-        mask_from_map,
-        point_token,
         prepare_image,
-        region_under,
         segments_from_maps,
         similarity_maps,
         similarity_weighted,
-        token_pixels,
     )
     from ultra.data.grids import upsample_scores
     from ultra.readout.kmeans import kmeans

@@ -4,23 +4,20 @@ import numpy as np
 import pytest
 import torch
 
+from ultra.analysis.masks import mask_from_map, otsu_threshold
+from ultra.analysis.points import point_token, region_under, token_pixels
 from ultra.analysis.relevance import RelevanceMaps
 from ultra.analysis.segments import (
     click_map,
     cluster_maps,
     cosine_maps,
     default_block,
-    mask_from_map,
-    otsu_threshold,
-    point_token,
-    region_under,
     segments_from_maps,
     select,
     select_cluster,
     select_object,
     similarity_maps,
     similarity_weighted,
-    token_pixels,
 )
 from ultra.errors import ConfigError
 

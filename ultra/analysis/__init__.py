@@ -4,4 +4,6 @@
 - ``whatwhere``: figures that test "key-query graphs say where, value graphs say what".
 - ``relevance``: ULTra relevance maps of latent tokens (gradient-weighted attention rollout).
 - ``segments``: per-image segments and clicked-object masks from those maps.
+- ``masks``: a map to a mask (Otsu's threshold or a fraction of the maximum).
+- ``points``: a clicked pixel (its text, its check, its token and pixels, the part of a mask under it).
 """

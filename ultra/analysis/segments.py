@@ -20,13 +20,11 @@ trained head.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 from scipy.cluster.hierarchy import fcluster, linkage
 from torch import Tensor
 
@@ -38,6 +36,8 @@ from ..errors import ConfigError
 from ..pictures import cluster_selection_pictures, heatmap, overlay, selection_pictures
 from ..readout.kmeans import assign, kmeans
 from ..readout.segmenter import Segmenter
+from .masks import check_threshold, mask_from_map
+from .points import check_point, point_token, region_under, token_pixels
 from .relevance import RelevanceMaps, relevance_maps
 
 CLUSTERINGS = ("average", "kmeans")
@@ -117,58 +117,6 @@ def segments_from_maps(
     return scores.argmax(0), summed
 
 
-def otsu_threshold(values: Tensor, bins: int = 256) -> float:
-    """Otsu's threshold of ``values``: the cut that maximises the between-class variance."""
-    v = values.flatten().double()
-    lo, hi = float(v.min()), float(v.max())
-    if hi <= lo:
-        return hi
-    hist = torch.histc(v, bins=bins, min=lo, max=hi)
-    centers = torch.linspace(lo, hi, bins + 1, dtype=torch.float64)
-    centers = (centers[:-1] + centers[1:]) / 2
-    weight = hist.cumsum(0)
-    mass = (hist * centers).cumsum(0)
-    total, total_mass = weight[-1], mass[-1]
-    w0, w1 = weight, total - weight
-    valid = (w0 > 0) & (w1 > 0)
-    between = torch.where(
-        valid, (total_mass * w0 - total * mass) ** 2 / (w0 * w1).clamp_min(1e-12), torch.zeros_like(w0)
-    )
-    return float(centers[int(between.argmax())])
-
-
-def parse_point(text: str, option: str = "--point") -> tuple[float, float]:
-    """``"X,Y"`` (pixels) as ``(x, y)``; anything else is refused naming ``option``."""
-    try:
-        x, y = (float(v) for v in text.split(","))
-    except ValueError:
-        raise ConfigError(f"{option} must be X,Y in pixels, got '{text}'") from None
-    if not (math.isfinite(x) and math.isfinite(y)):
-        raise ConfigError(f"{option} must be X,Y in pixels (finite numbers), got '{text}'")
-    return x, y
-
-
-def check_threshold(threshold: str | float) -> str | float:
-    """``threshold`` if it is ``"otsu"`` or a fraction in (0, 1) of a map's maximum (a number or its text)."""
-    if threshold == "otsu":
-        return threshold
-    try:
-        value = float(threshold)
-    except (TypeError, ValueError):
-        value = -1.0
-    if not 0 < value < 1:
-        raise ConfigError(f"threshold must be 'otsu' or a fraction in (0, 1) of the map's maximum, got {threshold!r}")
-    return value
-
-
-def mask_from_map(values: Tensor, size: tuple[int, int], threshold: str | float = "otsu") -> Tensor:
-    """A boolean ``[H, W]`` mask from a grid map: bilinear upsampling, then Otsu's threshold or ``threshold * max``."""
-    threshold = check_threshold(threshold)
-    pixels = upsample_scores(values[None, None].float(), size)[0, 0]
-    cut = otsu_threshold(values) if threshold == "otsu" else threshold * float(values.max())
-    return pixels >= cut
-
-
 def prepare_image(vit: FrozenViT, image: Tensor, size: int) -> Tensor:
     """``image`` resized so its shorter side is about ``size``, both sides multiples of the patch (its longer side
     at most :data:`~ultra.backbone.image_size.MAX_SIDE`)."""
@@ -177,25 +125,6 @@ def prepare_image(vit: FrozenViT, image: Tensor, size: int) -> Tensor:
         raise ConfigError(f"image of {width}x{height} px is smaller than one {vit.patch_size}x{vit.patch_size} patch")
     check_resized_side((height, width), size)
     return resize_to_patches(image[None], size, vit.patch_size)[0]
-
-
-def point_token(point: tuple[float, float], image_size: tuple[int, int], grid: tuple[int, int]) -> int:
-    """Row-major index of the token under pixel ``point = (x, y)`` of an image of ``image_size = (H, W)``."""
-    check_point(point, image_size)
-    x, y = point
-    height, width = image_size
-    return int(y * grid[0] // height) * grid[1] + int(x * grid[1] // width)
-
-
-def check_point(point: tuple[float, float], image_size: tuple[int, int]) -> None:
-    """Refuse a pixel ``point = (x, y)`` outside an image of ``image_size = (H, W)``, naming the valid range."""
-    x, y = point
-    height, width = image_size
-    if not (0 <= x < width and 0 <= y < height):
-        raise ConfigError(
-            f"point ({x!r}, {y!r}) is outside the {width}x{height} image "
-            f"(x must lie in [0, {width}), y in [0, {height}))"
-        )
 
 
 SELECT_METHODS = ("similarity", "clusters", "relevance")
@@ -242,15 +171,6 @@ def select(
     values = click_map(vit, resized, token, default_block(by, vit.num_layers) if layer is None else layer, by, score)
     mask = mask_from_map(values, (height, width), threshold) | token_pixels(token, (height, width), grid)
     return region_under(mask, point), values
-
-
-def region_under(mask: Tensor, point: tuple[float, float]) -> Tensor:
-    """The 8-connected part of the boolean ``[H, W]`` ``mask`` that holds the pixel under ``point = (x, y)`` (empty
-    when that pixel is not in the mask)."""
-    parts, _ = ndimage.label(mask.numpy(), structure=np.ones((3, 3), dtype=bool))
-    x, y = (int(v) for v in point)
-    inside = parts[y, x]
-    return torch.from_numpy(parts == inside) if inside else torch.zeros_like(mask)
 
 
 def head_clusters(segmenter: Segmenter, image: Tensor, size: int = 448, readout: str = "head") -> Tensor:
@@ -315,14 +235,6 @@ def select_object(
     vit = vit if vit is not None else segmenter.backbone
     mask, values = select(vit, image, point, layer=layer, size=size, threshold=check_threshold(threshold), by=method)
     return Selection(mask.numpy(), *selection_pictures(picture, mask.numpy(), values.numpy(), point))
-
-
-def token_pixels(token: int, image_size: tuple[int, int], grid: tuple[int, int]) -> Tensor:
-    """The boolean ``[H, W]`` mask of the pixels under patch ``token`` (row-major), as :func:`point_token` maps them."""
-    height, width = image_size
-    rows = torch.arange(height) * grid[0] // height == token // grid[1]
-    cols = torch.arange(width) * grid[1] // width == token % grid[1]
-    return rows[:, None] & cols[None, :]
 
 
 def segment_by_relevance(

@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 from jsonargparse import ArgumentParser
 
-from ..analysis.segments import SELECT_METHODS, check_threshold, parse_point, select_object
+from ..analysis.masks import check_threshold
+from ..analysis.points import parse_point
+from ..analysis.segments import SELECT_METHODS, select_object
 from ..backbone.image_size import check_size
 from ..backbone.vit import FrozenViT
 from ..data.io import read_image

@@ -24,7 +24,9 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from ..analysis.segments import SELECT_METHODS, check_threshold, default_block, parse_point, select_object
+from ..analysis.masks import check_threshold
+from ..analysis.points import parse_point
+from ..analysis.segments import SELECT_METHODS, default_block, select_object
 from ..errors import USER_ERRORS, ConfigError
 from ..pictures import save_image, save_label_map
 from .examples import write_examples

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..analysis.points import point_token
 from ..analysis.relevance import relevance_maps
-from ..analysis.segments import point_token, prepare_image
+from ..analysis.segments import prepare_image
 from ..analysis.solver import exact_eigenvectors
 from ..backbone.vit import FrozenViT
 from ..data.io import image_size, read_image
