@@ -37,7 +37,7 @@ Prints a table per N, the largest per-doubling ratio of each stage, a projection
 Cityscapes-27, and last: ``scale: max time ratio per doubling X (stage), max memory ratio Y (stage);
 node batch at N=...: Z ms``.
 
-    python bench/scale.py [--sizes 5] [--start-images 205] [--root DIR] [--keep]
+    python bench/scale.py [--sizes 5] [--start-images 205] [--root DIR] [--keep] [--once]
 
 The default run keeps every size's cache until it ends: about 9 GB of disk.
 """
@@ -186,7 +186,7 @@ def _settings() -> dict:
 
     from ultra.data.transforms import EvalConfig
     from ultra.graphs.knn import KnnConfig
-    from ultra.head.datamodule import BatchConfig
+    from ultra.head.batches import BatchConfig
 
     data = yaml.safe_load(CONFIG.read_text())
     config = data["data"]
@@ -501,12 +501,11 @@ def draw_time_at(nodes: int, batch_nodes: int, repeats: int = 20) -> float:
 
 
 # --- the driver ------------------------------------------------------------------------------------------
-def _child(runner: str, cache: Path) -> dict:
+def _child(runner: str, cache: Path, once: bool) -> dict:
     """The results of ``runner`` on ``cache``, measured in a new process (its memory peaks are its own)."""
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    out = subprocess.run(
-        [sys.executable, __file__, "--stage", runner, "--cache", str(cache)], env=env, capture_output=True, text=True
-    )
+    command = [sys.executable, __file__, "--stage", runner, "--cache", str(cache), *(["--once"] if once else [])]
+    out = subprocess.run(command, env=env, capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(f"stage {runner} on {cache} failed:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -626,9 +625,16 @@ def main() -> None:
         "--root", type=Path, default=None, help="where the synthetic caches go (default: a temporary folder)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the synthetic caches")
+    parser.add_argument(
+        "--once",
+        action="store_true",
+        help="each stage run once, in one sweep: a quick look (the test suite's smoke run), not the ratios to report",
+    )
     parser.add_argument("--stage", choices=RUNNERS, help=argparse.SUPPRESS)
     parser.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.once:
+        RUNS.update(dict.fromkeys(RUNS, 1))
     if args.stage:
         print(json.dumps(run_stage(args.stage, args.cache)))
         return
@@ -649,10 +655,10 @@ def main() -> None:
                 {"nodes": images * VIEWS * GRID[0] * GRID[1], "images": images, "write_s": time.perf_counter() - start}
             )
             for runner in RUNNERS:
-                _record(rows[-1], _child(runner, folders[-1]), 1, started)
-        for row, folder in reversed(list(zip(rows, folders))):  # sweep 2: every stage again, sizes in reverse
+                _record(rows[-1], _child(runner, folders[-1], args.once), 1, started)
+        for row, folder in reversed(list(zip(rows, folders)) if not args.once else []):  # sweep 2, sizes reversed
             for runner in RESWEPT:
-                _record(row, _child(runner, folder), 2, started)
+                _record(row, _child(runner, folder, args.once), 2, started)
     finally:
         if not args.keep:
             for folder in folders:

@@ -86,7 +86,7 @@ def test_graph_build_marks_its_views_without_changing_the_graph():
 @pytest.mark.slow
 def test_scale_benchmark_runs_and_ends_with_its_summary_line(tmp_path):
     out = subprocess.run(
-        [sys.executable, str(BENCH), "--sizes", "2", "--start-images", "3", "--root", str(tmp_path)],
+        [sys.executable, str(BENCH), "--sizes", "2", "--start-images", "3", "--root", str(tmp_path), "--once"],
         capture_output=True,
         text=True,
         timeout=900,
