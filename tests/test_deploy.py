@@ -36,9 +36,10 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def exported(tiny_checkpoint, tmp_path_factory):
-    """The tiny checkpoint's head exported once."""
+    """The tiny checkpoint's head exported once, by the command."""
     path = tmp_path_factory.mktemp("export") / "tiny.onnx"
-    return ultra.export(tiny_checkpoint, path), tiny_checkpoint
+    assert export_cli.run(["--checkpoint", str(tiny_checkpoint), "-o", str(path)]) == path
+    return path, tiny_checkpoint
 
 
 def test_the_onnx_file_gives_segment_s_labels_for_two_sizes_and_a_batch_of_two(exported):
