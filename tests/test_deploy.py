@@ -15,7 +15,7 @@ import ultra
 from ultra.cli import export as export_cli
 from ultra.data import SyntheticScenes
 from ultra.deploy.runtime import OnnxSegmenter, upsample_scores
-from ultra.errors import CheckpointError, ConfigError, DataError
+from ultra.errors import CheckpointError, ConfigError, DataError, MissingExtra
 from ultra.files import file_digest
 from ultra.readout.segmenter import ClusterReadout
 
@@ -126,6 +126,16 @@ def test_an_existing_file_is_kept_and_a_bad_readout_or_checkpoint_is_refused(exp
     with pytest.raises(ConfigError, match=r"no readout 'nope' in this segmenter \(has \['head', 'raw'\]\)"):
         ultra.export(checkpoint, tmp_path / "n.onnx", readout="nope")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # nothing half-written
+
+
+def test_an_export_without_the_onnx_extra_says_how_to_install_it(tiny_checkpoint, tmp_path, monkeypatch):
+    from ultra.deploy import export as export_module
+
+    real = export_module.find_spec
+    monkeypatch.setattr(export_module, "find_spec", lambda name: None if name == "onnxscript" else real(name))
+    with pytest.raises(MissingExtra, match=r"ultra-export needs onnxscript: pip install 'ultra-seg\[onnx\]'"):
+        ultra.export(tiny_checkpoint, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_file_that_is_not_an_exported_segmenter_is_refused_by_name(exported, tmp_path):

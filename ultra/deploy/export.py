@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from importlib.util import find_spec
 from pathlib import Path
 
 import torch
@@ -18,11 +19,11 @@ from torch import Tensor, nn
 
 from .. import __version__
 from ..data.grids import upsample_scores
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, MissingExtra
 from ..files import atomic_path, file_digest
 from ..readout.checkpoint import load
 from ..readout.segmenter import Segmenter, readout_grid_scores
-from .runtime import FORMAT, UNMATCHED, _onnxruntime
+from .runtime import FORMAT, UNMATCHED
 
 log = logging.getLogger(__name__)
 MAX_BATCH, MAX_PATCHES = 1024, 512
@@ -85,7 +86,7 @@ def export(
         raise FileExistsError(f"{output} exists already; pass --overwrite to replace it")
     if output.resolve() == checkpoint.resolve():
         raise ConfigError(f"--output {output} is the checkpoint itself; choose another file")
-    _onnxruntime()  # the check of what is written needs it: say so before the export's work
+    require_export_packages()
     import onnx
 
     segmenter = load(checkpoint, weights=weights, precision="fp32")
@@ -98,6 +99,17 @@ def export(
         onnx.save_model(proto, str(tmp))
     log.info("exported readout '%s' of %s to %s", readout, checkpoint, output)
     return output
+
+
+EXPORT_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+"""What an export needs: the format, torch's exporter's graph builder, and the runtime that checks nothing is lost."""
+
+
+def require_export_packages() -> None:
+    """Refuse, before any work, an export without :data:`EXPORT_PACKAGES`, naming the extra that brings them."""
+    missing = [name for name in EXPORT_PACKAGES if find_spec(name) is None]
+    if missing:
+        raise MissingExtra(f"ultra-export needs {', '.join(missing)}: pip install 'ultra-seg[onnx]'")
 
 
 def _onnx_graph(model: ExportedSegmenter, segmenter: Segmenter, readout: str):
