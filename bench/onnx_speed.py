@@ -19,24 +19,16 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timing import fastest  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _fastest(fn, repeats: int) -> float:
-    fn()  # warm-up: first-call allocations and onnxruntime's graph preparation
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def real_photos(count: int, sets: list[str]) -> list[np.ndarray]:
@@ -83,14 +75,14 @@ def measure(segmenter, files: dict[str, Path], photos: list[np.ndarray], batch: 
         q: [float((model.segment(p) == r).mean()) for p, r in zip(photos, reference)] for q, model in models.items()
     }
     int8_vs_fp32 = [float((models["int8"].segment(p) == models["none"].segment(p)).mean()) for p in photos]
-    one = {"torch": _fastest(lambda: segmenter.segment(tensors[0]), repeats)}
-    one.update({q: _fastest(lambda m=m: m.segment(photos[0]), repeats) for q, m in models.items()})
+    one = {"torch": fastest(lambda: segmenter.segment(tensors[0]), repeats, warm_up=True)}
+    one.update({q: fastest(lambda m=m: m.segment(photos[0]), repeats, warm_up=True) for q, m in models.items()})
     first_size = photos[0].shape[:2]
     same = [t for t, p in zip(tensors, photos) if p.shape[:2] == first_size][:batch]
     images = resize_to_patches(torch.stack(same).float() / 255, segmenter.resize, segmenter.backbone.patch_size)
     graph = ExportedSegmenter(segmenter, "head").eval()
-    many = {"torch": _fastest(lambda: graph(images), repeats)}
-    many.update({q: _fastest(lambda m=m: m.run(images.numpy()), repeats) for q, m in models.items()})
+    many = {"torch": fastest(lambda: graph(images), repeats, warm_up=True)}
+    many.update({q: fastest(lambda m=m: m.run(images.numpy()), repeats, warm_up=True) for q, m in models.items()})
     return {
         "photo_size": list(first_size),
         "input_size": list(images.shape[-2:]),

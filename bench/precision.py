@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timing import fastest  # noqa: E402
 
 
 def _images(batch: int, size: int, random: bool) -> torch.Tensor:
@@ -32,15 +33,6 @@ def _images(batch: int, size: int, random: bool) -> torch.Tensor:
 
     photos = open_set("camvid", "val", transform=EvalTransform(size, size))
     return torch.stack([photos[i]["image"] for i in range(min(batch, len(photos)))])
-
-
-def _fastest(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def knn_overlap(a: torch.Tensor, b: torch.Tensor, k: int = 16) -> float:
@@ -84,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     seconds = {name: float("inf") for name in runs}
     for _ in range(2):  # alternate so that the machine's drift touches every run alike
         for name, fn in runs.items():
-            seconds[name] = min(seconds[name], _fastest(fn, args.repeats))
+            seconds[name] = min(seconds[name], fastest(fn, args.repeats))
     base = seconds["timm fp32 forward_features"]
     print(
         f"{len(images)} images of {args.size} px, {torch.get_num_threads()} threads; auto = "
