@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..backbone.image_size import check_resized_side, resized_to_patches
+from ..backbone.image_size import check_resized_side, resized_to_patches, snap_to_patch
 from ..errors import CheckpointError, DataError, MissingExtra
 
 FORMAT = "ultra-onnx-segmenter"
@@ -109,7 +109,7 @@ class OnnxSegmenter:
             raise DataError(f"images must be [N, 3, H, W], got {list(images.shape)}")
         height, width, p = images.shape[2], images.shape[3], self.patch_size
         if height < p or width < p or height % p or width % p:
-            fit = [max(p, round(s / p) * p) for s in (height, width)]
+            fit = snap_to_patch((height, width), p)
             raise DataError(
                 f"image size {height}x{width} is not a multiple of the patch {p} of {self.path.name}; "
                 f"resize to {fit[0]}x{fit[1]}"

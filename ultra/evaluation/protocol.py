@@ -89,6 +89,16 @@ def report_groups(report: Mapping) -> dict[str, Mapping]:
     return groups
 
 
+def group_rows(report: Mapping, row, value=lambda r: r) -> tuple[list[str], list[str]]:
+    """A report's (or seed summary's) table: ``row(label, figures)`` for every readout of every group, and every
+    group's gap lines (:func:`format_gaps`, ``value`` reading a figure)."""
+    rows, gaps = [], []
+    for refinement, group in report_groups(report).items():
+        rows += [row(LABELS.get(name, name) + refinement, r) for name, r in group["readouts"].items()]
+        gaps += format_gaps(group["readouts"], group["best_baseline"], value=value, refinement=refinement)
+    return rows, gaps
+
+
 def readout_metric(readout: torch.nn.Module, num_classes: int):
     """A readout's metric: Hungarian-matched for clusters, plain for class scores (the probe)."""
     if readout.outputs == "clusters":
@@ -233,16 +243,14 @@ def evaluate(
 
 
 def format_report(report: dict) -> str:
-    lines = [f"{'readout':<34} {'mIoU':>7} {'acc':>7} {'mIoU(present classes)':>22}"]
-    gaps = []
-    for refinement, group in report_groups(report).items():
-        for name, r in group["readouts"].items():
-            label = LABELS.get(name, name) + refinement
-            lines.append(
-                f"{label:<34} {100 * r['miou']:>6.1f}% {100 * r['acc']:>6.1f}% {100 * r['miou_present']:>21.1f}%"
-            )
-        gaps += format_gaps(group["readouts"], group["best_baseline"], refinement=refinement)
-    return "\n".join(lines + gaps)
+    header = f"{'readout':<34} {'mIoU':>7} {'acc':>7} {'mIoU(present classes)':>22}"
+    rows, gaps = group_rows(
+        report,
+        lambda label, r: (
+            f"{label:<34} {100 * r['miou']:>6.1f}% {100 * r['acc']:>6.1f}% {100 * r['miou_present']:>21.1f}%"
+        ),
+    )
+    return "\n".join([header, *rows, *gaps])
 
 
 REPORT_FILES = ("eval.json", "examples.png", "confusion_*.png")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Mapping
 
-from .protocol import LABELS, best_baselines, format_gaps, report_groups
+from .protocol import best_baselines, group_rows
 
 FIGURES = ("miou", "acc", "miou_present")
 
@@ -55,14 +55,11 @@ def format_summary(summary: dict) -> str:
     seeds = ",".join(str(s) for s in summary["seeds"])
     lines = [f"{'readout (seeds ' + seeds + ')':<34} {'mIoU':>13} {'acc':>13}"]
     spread = lambda r: "" if r["std"] is None else f" ± {100 * r['std']:3.1f}"  # noqa: E731
-    gaps = []
-    for refinement, group in report_groups(summary).items():
-        for name, r in group["readouts"].items():
-            cells = [f"{100 * r[f]['mean']:5.1f}{spread(r[f])}" for f in ("miou", "acc")]
-            lines.append(f"{LABELS.get(name, name) + refinement:<34} {cells[0]:>13} {cells[1]:>13}")
-        gaps += format_gaps(
-            group["readouts"], group["best_baseline"], value=lambda figure: figure["mean"], refinement=refinement
-        )
+    cells = lambda r: [f"{100 * r[f]['mean']:5.1f}{spread(r[f])}" for f in ("miou", "acc")]  # noqa: E731
+    rows, gaps = group_rows(
+        summary, lambda label, r: f"{label:<34} {cells(r)[0]:>13} {cells(r)[1]:>13}", lambda figure: figure["mean"]
+    )
+    lines += rows
     if len(summary["seeds"]) == 1:
         lines.append("one seed: no standard deviation (it needs at least two seeds)")
     lines += gaps
