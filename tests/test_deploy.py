@@ -138,6 +138,29 @@ def test_an_export_without_the_onnx_extra_says_how_to_install_it(tiny_checkpoint
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_output_over_the_checkpoint_is_refused(tiny_checkpoint, tmp_path):
+    copy = tmp_path / "ck.safetensors"
+    copy.write_bytes(tiny_checkpoint.read_bytes())
+    with pytest.raises(ConfigError, match=r"--output .*ck.safetensors is the checkpoint itself; choose another file"):
+        ultra.export(copy, copy, overwrite=True)
+    assert copy.read_bytes() == tiny_checkpoint.read_bytes()
+
+
+def test_the_runtime_refuses_a_missing_file_a_bad_photo_and_a_missing_onnxruntime(exported, tmp_path, monkeypatch):
+    model = OnnxSegmenter(exported[0])
+    with pytest.raises(DataError, match=r"the image must be \[H, W, 3\] uint8, got \[20, 30\] uint8"):
+        model.segment(np.zeros((20, 30), np.uint8))
+    with pytest.raises(DataError, match=r"image p.png must be \[H, W, 3\] uint8, got \[20, 30, 3\] float32"):
+        model.segment(np.zeros((20, 30, 3), np.float32), what="image p.png")
+    with pytest.raises(FileNotFoundError, match=r"exported model .*none.onnx does not exist"):
+        OnnxSegmenter(tmp_path / "none.onnx")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(
+        MissingExtra, match=r"running an exported model needs onnxruntime: pip install 'ultra-seg\[onnx\]'"
+    ):
+        OnnxSegmenter(exported[0])
+
+
 def test_a_file_that_is_not_an_exported_segmenter_is_refused_by_name(exported, tmp_path):
     path, checkpoint = exported
     plain = onnx.load(str(path))
@@ -145,6 +168,10 @@ def test_a_file_that_is_not_an_exported_segmenter_is_refused_by_name(exported, t
     onnx.save_model(plain, str(tmp_path / "plain.onnx"))
     with pytest.raises(CheckpointError, match=r"plain.onnx is an ONNX model without ultra's metadata"):
         OnnxSegmenter(tmp_path / "plain.onnx")
+    plain.metadata_props.add(key="ultra", value=json.dumps({"format": "something-else"}))
+    onnx.save_model(plain, str(tmp_path / "other.onnx"))
+    with pytest.raises(CheckpointError, match=r"other.onnx is not an exported ultra segmenter .*'something-else'"):
+        OnnxSegmenter(tmp_path / "other.onnx")
     with pytest.raises(CheckpointError, match=r"model.safetensors is not a readable ONNX model|is not a readable ONNX"):
         OnnxSegmenter(checkpoint)
 
